@@ -1,0 +1,313 @@
+//! Config → the resources one proxy needs (scoping). A proxy for service S in
+//! namespace N gets: an inbound listener describing S's ports, the HTTP routes
+//! and TCP listeners of every Route whose sources include S, and the clusters
+//! and endpoints those routes reach. Nothing else: sidecar memory must not
+//! grow with the size of the mesh.
+
+use crate::config::kinds::{Destination, Protocol, RouteSpec, ServiceSpec};
+use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
+use std::collections::BTreeMap;
+use xds_proto::type_url;
+use xds_proto::v1::{self as pb, resource::Kind as RKind, route_rule::Path};
+
+/// Resources keyed by (type URL, name), ordered for stable output.
+pub type ResourceSet = BTreeMap<(String, String), pb::Resource>;
+
+pub const INBOUND_LISTENER: &str = "inbound";
+pub const OUTBOUND_ROUTES: &str = "outbound";
+
+pub fn cluster_name(service: &str, namespace: &str, port: i64) -> String {
+    format!("{service}.{namespace}:{port}")
+}
+
+fn proto(p: Protocol) -> i32 {
+    (match p {
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Http2 => pb::Protocol::Http2,
+        Protocol::Grpc => pb::Protocol::Grpc,
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Opaque => pb::Protocol::Opaque,
+    }) as i32
+}
+
+fn route_applies(key: &ObjectKey, route: &RouteSpec, node: &pb::Node) -> bool {
+    if route.sources.is_empty() {
+        return key.namespace == node.namespace;
+    }
+    route.sources.iter().any(|s| {
+        let (name, ns) = resolve_service_ref(s, &key.namespace);
+        name == node.service && ns == node.namespace
+    })
+}
+
+fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: RKind) {
+    set.insert(
+        (type_url.to_string(), name.clone()),
+        pb::Resource {
+            name,
+            type_url: type_url.to_string(),
+            kind: Some(kind),
+        },
+    );
+}
+
+/// Adds the cluster and endpoints for `dest` (as seen from a route in
+/// `route_ns`) and returns the cluster name; None if it does not resolve
+/// (validation prevents that for stored config).
+fn add_cluster(set: &mut ResourceSet, config: &ConfigSet, route_ns: &str, dest: &Destination) -> Option<String> {
+    let (name, ns) = resolve_service_ref(&dest.service, route_ns);
+    let svc: &ServiceSpec = config.service(ns, name)?;
+    let port = svc.ports.iter().find(|p| p.port == dest.port)?;
+    let cname = cluster_name(name, ns, dest.port);
+    insert(
+        set,
+        type_url::CLUSTER,
+        cname.clone(),
+        RKind::Cluster(pb::Cluster {
+            name: cname.clone(),
+            service: name.to_string(),
+            namespace: ns.to_string(),
+            port: dest.port as u32,
+            protocol: proto(port.protocol),
+            addresses: svc.addresses.clone(),
+        }),
+    );
+    let endpoints = svc
+        .endpoints
+        .iter()
+        .map(|e| pb::Endpoint {
+            address: e.address.clone(),
+            port: e.port.unwrap_or(dest.port) as u32,
+        })
+        .collect();
+    insert(
+        set,
+        type_url::ENDPOINTS,
+        cname.clone(),
+        RKind::Endpoints(pb::Endpoints {
+            cluster: cname.clone(),
+            endpoints,
+        }),
+    );
+    Some(cname)
+}
+
+/// Compiles the resources for one proxy.
+pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
+    let mut set = ResourceSet::new();
+    let app_ports = config
+        .service(&node.namespace, &node.service)
+        .map(|s| {
+            s.ports
+                .iter()
+                .map(|p| pb::AppPort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: p.port as u32,
+                    protocol: proto(p.protocol),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    insert(
+        &mut set,
+        type_url::LISTENER,
+        INBOUND_LISTENER.to_string(),
+        RKind::Listener(pb::Listener {
+            name: INBOUND_LISTENER.to_string(),
+            direction: pb::Direction::Inbound as i32,
+            app_ports,
+            ..Default::default()
+        }),
+    );
+
+    let mut vhosts = Vec::new();
+    for (key, route) in config.routes() {
+        if !route_applies(key, route, node) {
+            continue;
+        }
+        let route_name = format!("{}/{}", key.namespace, key.name);
+        if let Some(tcp) = &route.tcp {
+            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &tcp.destination) else {
+                continue;
+            };
+            let name = format!("tcp/{route_name}");
+            let protocol = set
+                .get(&(type_url::CLUSTER.to_string(), cluster.clone()))
+                .and_then(|r| match &r.kind {
+                    Some(RKind::Cluster(c)) => Some(c.protocol),
+                    _ => None,
+                })
+                .unwrap_or(pb::Protocol::Tcp as i32);
+            insert(
+                &mut set,
+                type_url::LISTENER,
+                name.clone(),
+                RKind::Listener(pb::Listener {
+                    name,
+                    direction: pb::Direction::Outbound as i32,
+                    protocol,
+                    bind_port: tcp.bind_port as u32,
+                    cluster,
+                    app_ports: vec![],
+                }),
+            );
+        }
+        let mut rules = Vec::new();
+        for rule in &route.http {
+            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &rule.destination) else {
+                continue;
+            };
+            let m = rule.matches.clone().unwrap_or(crate::config::kinds::RequestMatch {
+                path: None,
+                method: None,
+                headers: BTreeMap::new(),
+            });
+            let path = m.path.and_then(|p| match (p.prefix, p.exact) {
+                (Some(v), _) => Some(Path::Prefix(v)),
+                (None, Some(v)) => Some(Path::Exact(v)),
+                _ => None,
+            });
+            rules.push(pb::RouteRule {
+                path,
+                method: m.method.unwrap_or_default(),
+                headers: m
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| pb::HeaderMatch { name, value })
+                    .collect(),
+                cluster,
+            });
+        }
+        if !rules.is_empty() {
+            vhosts.push(pb::VirtualHost {
+                name: route_name,
+                hosts: route.hosts.clone(),
+                rules,
+            });
+        }
+    }
+    insert(
+        &mut set,
+        type_url::ROUTE_TABLE,
+        OUTBOUND_ROUTES.to_string(),
+        RKind::RouteTable(pb::RouteTable {
+            name: OUTBOUND_ROUTES.to_string(),
+            virtual_hosts: vhosts,
+        }),
+    );
+    set
+}
+
+/// What changed between two resource sets: (changed or new, removed).
+pub fn diff(old: &ResourceSet, new: &ResourceSet) -> (Vec<pb::Resource>, Vec<pb::ResourceRef>) {
+    let changed = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|(t, n)| pb::ResourceRef {
+            type_url: t.clone(),
+            name: n.clone(),
+        })
+        .collect();
+    (changed, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_documents;
+
+    fn config(yaml: &str) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        for l in parse_documents("t", yaml).unwrap() {
+            set.objects.insert(l.object.key(), l.object);
+        }
+        set
+    }
+
+    const MESH: &str = r#"
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}], endpoints: [{address: 10.0.0.1}]}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {ports: [{port: 9090, protocol: grpc}], endpoints: [{address: 10.0.0.2}, {address: 10.0.0.3, port: 15006}]}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: billing, namespace: shop}
+spec: {ports: [{port: 7070, protocol: http}], endpoints: [{address: 10.0.0.4}]}
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {name: cart, namespace: shop}
+spec:
+  sources: [web]
+  hosts: [cart]
+  http: [{destination: {service: cart, port: 9090}}]
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {name: billing, namespace: shop}
+spec:
+  sources: [cart]
+  hosts: [billing]
+  http: [{destination: {service: billing, port: 7070}}]
+"#;
+
+    fn node(service: &str) -> pb::Node {
+        pb::Node {
+            name: format!("{service}-0"),
+            namespace: "shop".into(),
+            service: service.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn proxy_receives_only_the_clusters_its_routes_reach() {
+        let set = compile_for(&config(MESH), &node("web"));
+        let clusters: Vec<&str> = set
+            .keys()
+            .filter(|(t, _)| t == type_url::CLUSTER)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(clusters, vec!["cart.shop:9090"]);
+        let eps = &set[&(type_url::ENDPOINTS.to_string(), "cart.shop:9090".to_string())];
+        let Some(RKind::Endpoints(e)) = &eps.kind else { panic!() };
+        assert_eq!(
+            e.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect::<Vec<_>>(),
+            vec!["10.0.0.2:9090", "10.0.0.3:15006"]
+        );
+    }
+
+    #[test]
+    fn inbound_listener_describes_the_own_service_ports() {
+        let set = compile_for(&config(MESH), &node("cart"));
+        let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
+        let Some(RKind::Listener(l)) = &l.kind else { panic!() };
+        assert_eq!(l.app_ports.len(), 1);
+        assert_eq!(l.app_ports[0].protocol, pb::Protocol::Grpc as i32);
+    }
+
+    #[test]
+    fn diff_reports_changes_and_removals_only() {
+        let cfg = config(MESH);
+        let a = compile_for(&cfg, &node("web"));
+        let mut cfg2 = cfg.clone();
+        cfg2.objects.retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
+        let b = compile_for(&cfg2, &node("web"));
+        let (changed, removed) = diff(&a, &b);
+        assert_eq!(changed.len(), 1, "only the route table changed");
+        assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");
+        let (changed, removed) = diff(&b, &b);
+        assert!(changed.is_empty() && removed.is_empty());
+    }
+}

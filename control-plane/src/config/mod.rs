@@ -1,0 +1,54 @@
+//! Declarative configuration: the kinds (`kinds`), decoding YAML files into
+//! objects with precise errors (`parse`), and whole-config checks (`validate`).
+
+pub mod kinds;
+pub mod parse;
+pub mod validate;
+
+pub use kinds::{Kind, Object, ObjectKey, Spec};
+pub use parse::{parse_documents, ConfigError, Located};
+
+use std::collections::BTreeMap;
+
+/// The complete stored configuration at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSet {
+    pub revision: u64,
+    pub objects: BTreeMap<ObjectKey, Object>,
+}
+
+impl ConfigSet {
+    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::ServiceSpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::Service(s) => Some((k, s)),
+            Spec::Route(_) => None,
+        })
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::RouteSpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::Route(r) => Some((k, r)),
+            Spec::Service(_) => None,
+        })
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&kinds::ServiceSpec> {
+        let key = ObjectKey {
+            kind: Kind::Service,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match self.objects.get(&key).map(|o| &o.spec) {
+            Some(Spec::Service(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves "name" or "name.namespace" relative to `namespace`.
+pub fn resolve_service_ref<'a>(reference: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    match reference.split_once('.') {
+        Some((name, ns)) => (name, ns),
+        None => (reference, namespace),
+    }
+}

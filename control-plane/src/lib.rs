@@ -1,0 +1,10 @@
+//! weft-control: stores declarative config, compiles it per proxy and pushes
+//! it over the discovery stream; serves the operator Admin API.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod compile;
+pub mod config;
+pub mod discovery;
+pub mod state;
+pub mod store;

@@ -1,0 +1,243 @@
+//! The live configuration: the stored objects at the current revision, the
+//! apply / delete transactions that change them (validate all, store all, then
+//! swap), and the debouncer that publishes changes to discovery streams.
+
+use crate::config::{self, validate, ConfigError, ConfigSet, Object, ObjectKey};
+use crate::store::{EmbeddedStore, StoreError};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a change did to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub key: ObjectKey,
+    pub action: &'static str,
+}
+
+/// A configuration revision as seen by discovery streams.
+#[derive(Debug)]
+pub struct Published {
+    pub config: Arc<ConfigSet>,
+    /// When the first change folded into this publication was committed; the
+    /// push-duration histogram measures from here to each proxy's ACK.
+    pub changed_at: Instant,
+}
+
+pub struct ConfigState {
+    store: EmbeddedStore,
+    current: ArcSwap<ConfigSet>,
+    writer: tokio::sync::Mutex<()>,
+    changes: mpsc::UnboundedSender<Instant>,
+}
+
+impl ConfigState {
+    /// Loads the stored config and starts the debouncer, which publishes on
+    /// the returned watch channel at most `debounce` after a change.
+    pub fn start(store: EmbeddedStore, debounce: Duration) -> Result<(Arc<Self>, watch::Receiver<Arc<Published>>), StoreError> {
+        let initial = Arc::new(store.load()?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pub_tx, pub_rx) = watch::channel(Arc::new(Published {
+            config: initial.clone(),
+            changed_at: Instant::now(),
+        }));
+        let state = Arc::new(ConfigState {
+            store,
+            current: ArcSwap::new(initial),
+            writer: tokio::sync::Mutex::new(()),
+            changes: tx,
+        });
+        tokio::spawn(debounce_loop(state.clone(), rx, pub_tx, debounce));
+        Ok((state, pub_rx))
+    }
+
+    pub fn current(&self) -> Arc<ConfigSet> {
+        self.current.load_full()
+    }
+
+    /// Validates and stores every object of `documents` (source, yaml), or
+    /// nothing. `dry_run` validates only.
+    pub async fn apply(&self, documents: &[(String, String)], dry_run: bool) -> Result<(Vec<Outcome>, u64), ApplyError> {
+        let mut incoming: Vec<config::Located> = Vec::new();
+        for (source, yaml) in documents {
+            incoming.extend(config::parse_documents(source, yaml)?);
+        }
+        let _guard = self.writer.lock().await;
+        let current = self.current.load_full();
+        let mut next = (*current).clone();
+        let mut origin = BTreeMap::new();
+        let mut outcomes = Vec::new();
+        for l in &incoming {
+            let key = l.object.key();
+            if let Some((src, doc)) = origin.get(&key) {
+                return Err(l
+                    .error("metadata.name", format!("duplicate: {key} is also defined in {src} document {doc}"))
+                    .into());
+            }
+            origin.insert(key.clone(), (l.source_name.clone(), l.document));
+            let action = match current.objects.get(&key) {
+                None => "created",
+                Some(old) if *old == l.object => "unchanged",
+                Some(_) => "configured",
+            };
+            outcomes.push(Outcome { key: key.clone(), action });
+            next.objects.insert(key, l.object.clone());
+        }
+        validate::check_set(&next, &origin)?;
+        let upserts: Vec<&Object> = incoming
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.action != "unchanged")
+            .map(|(l, _)| &l.object)
+            .collect();
+        if dry_run || upserts.is_empty() {
+            return Ok((outcomes, current.revision));
+        }
+        next.revision = current.revision + 1;
+        self.store.commit(next.revision, &upserts, &[])?;
+        let revision = next.revision;
+        self.current.store(Arc::new(next));
+        let _ = self.changes.send(Instant::now());
+        Ok((outcomes, revision))
+    }
+
+    /// Deletes the objects named in `documents`, or nothing if any is missing
+    /// or still referenced.
+    pub async fn delete(&self, documents: &[(String, String)]) -> Result<(Vec<Outcome>, u64), ApplyError> {
+        let mut named = Vec::new();
+        for (source, yaml) in documents {
+            named.extend(config::parse_documents(source, yaml)?);
+        }
+        let _guard = self.writer.lock().await;
+        let current = self.current.load_full();
+        let mut next = (*current).clone();
+        let mut keys = Vec::new();
+        for l in &named {
+            let key = l.object.key();
+            if next.objects.remove(&key).is_none() && !keys.contains(&key) {
+                return Err(l.error("metadata.name", format!("{key} not found")).into());
+            }
+            keys.push(key);
+        }
+        keys.dedup();
+        validate::check_set(&next, &BTreeMap::new()).map_err(|mut e| {
+            e.reason = format!("{} (it is still referenced; delete or change the referencing object first)", e.reason);
+            e
+        })?;
+        if keys.is_empty() {
+            return Ok((vec![], current.revision));
+        }
+        next.revision = current.revision + 1;
+        self.store.commit(next.revision, &[], &keys)?;
+        let revision = next.revision;
+        self.current.store(Arc::new(next));
+        let _ = self.changes.send(Instant::now());
+        let outcomes = keys.into_iter().map(|key| Outcome { key, action: "deleted" }).collect();
+        Ok((outcomes, revision))
+    }
+}
+
+/// Folds bursts of changes into one publication: it publishes once no change
+/// has arrived for `debounce / 5`, and never later than `debounce` after the
+/// first change of the burst.
+async fn debounce_loop(
+    state: Arc<ConfigState>,
+    mut rx: mpsc::UnboundedReceiver<Instant>,
+    tx: watch::Sender<Arc<Published>>,
+    debounce: Duration,
+) {
+    let quiet = (debounce / 5).max(Duration::from_millis(1));
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::from_std(first) + debounce;
+        loop {
+            let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if wait.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let published = Arc::new(Published {
+            config: state.current(),
+            changed_at: first,
+        });
+        tracing::debug!(revision = published.config.revision, "publishing config");
+        metrics::histogram!("weft_control_debounce_seconds").record(first.elapsed().as_secs_f64());
+        if tx.send(published).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80, protocol: http}]}\n";
+    const ROUTE: &str = "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {name: r}\nspec: {hosts: [api], http: [{destination: {service: api, port: 80}}]}\n";
+
+    fn docs(y: &str) -> Vec<(String, String)> {
+        vec![("f.yaml".into(), y.into())]
+    }
+
+    #[tokio::test]
+    async fn rejected_apply_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
+        // The route is valid on its own, but the second document is broken:
+        // neither may land.
+        let bad = format!("{SVC}---\n{}", ROUTE.replace("port: 80}", "port: 81}"));
+        let err = state.apply(&docs(&bad), false).await.unwrap_err();
+        assert!(err.to_string().contains("spec.http[0].destination.port"), "{err}");
+        assert!(state.current().objects.is_empty());
+        assert_eq!(state.current().revision, 0);
+    }
+
+    #[tokio::test]
+    async fn apply_reports_created_configured_unchanged_and_publishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, mut rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
+        let (o, rev) = state.apply(&docs(&format!("{SVC}---\n{ROUTE}")), false).await.unwrap();
+        assert_eq!(rev, 1);
+        assert!(o.iter().all(|o| o.action == "created"));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().config.revision, 1);
+        let (o, rev) = state.apply(&docs(SVC), false).await.unwrap();
+        assert_eq!((o[0].action, rev), ("unchanged", 1));
+        let (o, rev) = state.apply(&docs(&SVC.replace("80, protocol: http}", "80, protocol: http}, {port: 81, protocol: tcp}")), false).await.unwrap();
+        assert_eq!((o[0].action, rev), ("configured", 2));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_referenced_service_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
+        state.apply(&docs(&format!("{SVC}---\n{ROUTE}")), false).await.unwrap();
+        let err = state.delete(&docs(SVC)).await.unwrap_err();
+        assert!(err.to_string().contains("still referenced"), "{err}");
+        assert_eq!(state.current().objects.len(), 2);
+        state.delete(&docs(&format!("{ROUTE}---\n{SVC}"))).await.unwrap();
+        assert!(state.current().objects.is_empty());
+    }
+
+    #[tokio::test]
+    async fn duplicate_objects_in_one_apply_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
+        let err = state.apply(&docs(&format!("{SVC}---\n{SVC}")), false).await.unwrap_err();
+        assert!(err.to_string().contains("duplicate"), "{err}");
+    }
+}

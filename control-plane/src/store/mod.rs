@@ -1,0 +1,14 @@
+//! Durable storage of applied configuration. `embedded` (redb, one file under
+//! `--data-dir`) is the default; the HA issue adds an etcd backend beside it.
+
+pub mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Backend { path: String, message: String },
+    #[error("stored object {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+}

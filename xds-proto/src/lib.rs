@@ -1,0 +1,31 @@
+//! Weft's wire types: the only place protobuf messages are defined.
+//!
+//! `weft.v1` is the mesh protocol (discovery, admin); `weft.sample.v1` is the
+//! sample workload used by the demo, tests and benches.
+#![forbid(unsafe_code)]
+
+pub mod v1 {
+    tonic::include_proto!("weft.v1");
+}
+
+pub mod sample {
+    pub mod v1 {
+        tonic::include_proto!("weft.sample.v1");
+    }
+}
+
+/// Type URLs of the resources carried on the discovery stream.
+pub mod type_url {
+    pub const LISTENER: &str = "weft.v1.Listener";
+    pub const ROUTE_TABLE: &str = "weft.v1.RouteTable";
+    pub const CLUSTER: &str = "weft.v1.Cluster";
+    pub const ENDPOINTS: &str = "weft.v1.Endpoints";
+    /// Reserved: carried once the policy and identity issues land.
+    pub const AUTHORIZATION_POLICY: &str = "weft.v1.AuthorizationPolicy";
+    pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
+    pub const TRUST_BUNDLE: &str = "weft.v1.TrustBundle";
+    pub const CERTIFICATE_ROTATION: &str = "weft.v1.CertificateRotation";
+
+    /// The types a proxy of this version understands.
+    pub const SUPPORTED: &[&str] = &[LISTENER, ROUTE_TABLE, CLUSTER, ENDPOINTS];
+}
