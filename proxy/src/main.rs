@@ -1,1 +1,205 @@
-fn main(){}
+//! weft-proxy: the sidecar. Flags, runtimes and lifecycle. The data plane
+//! (listeners, pingora, TCP) runs on a multi-thread runtime; the xDS client,
+//! admin and metrics run on their own single-thread runtime so control work
+//! never competes with requests.
+#![forbid(unsafe_code)]
+
+use weft_proxy::{admin, drain, http, listener, metrics, snapshot, xds_client};
+
+use anyhow::Context as _;
+use clap::Parser;
+use listener::explicit::ExplicitListeners;
+use listener::Context;
+use pingora_core::apps::HttpServerApp;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use weft_telemetry as telemetry;
+use xds_proto::v1 as pb;
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-proxy", version, about = "Weft sidecar proxy")]
+struct Args {
+    /// Control plane gRPC URL.
+    #[arg(long, env = "WEFT_CONTROL_PLANE", default_value = "http://127.0.0.1:15012")]
+    control_plane: String,
+    /// This proxy's node name (unique per namespace), e.g. the pod name.
+    #[arg(long, env = "WEFT_NODE", default_value = "weft-proxy")]
+    node: String,
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The service this sidecar's workload belongs to.
+    #[arg(long, env = "WEFT_SERVICE")]
+    service: String,
+    /// Node labels, repeatable: --label version=v2
+    #[arg(long = "label", env = "WEFT_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The local app's port (inbound traffic goes to 127.0.0.1:PORT).
+    #[arg(long, env = "WEFT_APP_PORT")]
+    app_port: u16,
+    #[arg(long, env = "WEFT_OUTBOUND", default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+    #[arg(long, env = "WEFT_INBOUND", default_value = "0.0.0.0:15006")]
+    inbound: SocketAddr,
+    #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[arg(long, env = "WEFT_METRICS", default_value = "0.0.0.0:15090")]
+    metrics: SocketAddr,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP.
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT_MS", default_value_t = 1000)]
+    detect_timeout_ms: u64,
+    /// Longest a drain waits for in-flight connections before exiting.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// Data-plane worker threads.
+    #[arg(long, env = "WEFT_WORKERS", default_value_t = 2)]
+    workers: usize,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label \"{s}\" is not key=value"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init_tracing("info,pingora_core=warn,pingora_proxy=warn");
+    let data_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .thread_name("weft-data")
+        .enable_all()
+        .build()
+        .context("cannot start data-plane runtime")?;
+    let control_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start control runtime")?;
+    // The recorder must exist before any metric handle is created.
+    let prometheus = control_rt.block_on(async { telemetry::install_metrics() })?;
+
+    let node = pb::Node {
+        name: args.node.clone(),
+        namespace: args.namespace.clone(),
+        service: args.service.clone(),
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        build_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let snapshot = snapshot::new_holder();
+    let drain = drain::Drain::new();
+    let xds_status = Arc::new(xds_client::XdsStatus::default());
+    let explicit = Arc::new(ExplicitListeners::new(args.outbound.ip(), data_rt.handle().clone()));
+
+    // Data plane: bind first so a bad address fails fast and loudly.
+    let (ctx, outbound_l, inbound_l) = data_rt.block_on(async {
+        let conf = Arc::new(ServerConf::default());
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        let mut out = pingora_proxy::http_proxy(&conf, http::MeshHttp::outbound(snapshot.clone()));
+        out.server_options = Some(options.clone());
+        let mut inb = pingora_proxy::http_proxy(&conf, http::MeshHttp::inbound(snapshot.clone(), &args.service, args.app_port));
+        inb.server_options = Some(options);
+        let outbound_l = tokio::net::TcpListener::bind(args.outbound)
+            .await
+            .with_context(|| format!("cannot bind outbound listener {}", args.outbound))?;
+        let inbound_l = tokio::net::TcpListener::bind(args.inbound)
+            .await
+            .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
+        let ctx = Arc::new(Context {
+            snapshot: snapshot.clone(),
+            drain: drain.clone(),
+            outbound_http: Arc::new(out),
+            inbound_http: Arc::new(inb),
+            detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+            app_port: args.app_port,
+            tcp_outbound: metrics::TcpMetrics::new("outbound"),
+            tcp_inbound: metrics::TcpMetrics::new("inbound"),
+        });
+        anyhow::Ok((ctx, outbound_l, inbound_l))
+    })?;
+    explicit.set_context(ctx.clone());
+
+    // Control: admin, metrics, xDS on their own thread.
+    let admin = Arc::new(admin::Admin {
+        snapshot: snapshot.clone(),
+        drain: drain.clone(),
+        xds: xds_status.clone(),
+        node: node.clone(),
+    });
+    let xds = xds_client::XdsClient {
+        url: args.control_plane.clone(),
+        node,
+        snapshot: snapshot.clone(),
+        listeners: explicit,
+        status: xds_status,
+    };
+    let (admin_addr, metrics_addr) = (args.admin, args.metrics);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("weft-control".into())
+        .spawn(move || {
+            control_rt.block_on(async move {
+                let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let a = admin.clone();
+                let served = async {
+                    telemetry::serve(admin_addr, move |req| std::future::ready(a.handle(req)), stop_rx.clone()).await?;
+                    telemetry::serve(
+                        metrics_addr,
+                        move |req| {
+                            let body = if req.path == "/metrics" {
+                                telemetry::text(hyper::StatusCode::OK, prometheus.render())
+                            } else {
+                                telemetry::text(hyper::StatusCode::NOT_FOUND, "not found: try /metrics\n")
+                            };
+                            std::future::ready(body)
+                        },
+                        stop_rx.clone(),
+                    )
+                    .await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                let failed = served.is_err();
+                let _ = ready_tx.send(served);
+                if failed {
+                    return;
+                }
+                xds.run().await;
+            })
+        })
+        .context("cannot start control thread")?;
+    ready_rx.recv().context("control thread died")??;
+
+    tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
+    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    data_rt.block_on(async move {
+        tokio::spawn(listener::accept_loop(outbound_l, ctx.clone(), "outbound", listener::outbound::handle));
+        tokio::spawn(listener::accept_loop(inbound_l, ctx.clone(), "inbound", listener::inbound::handle));
+        let d = ctx.drain.clone();
+        tokio::spawn(async move {
+            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                }
+                d.start();
+            }
+        });
+        ctx.drain.started().await;
+        // Wake keep-alive connections idling between requests so they close.
+        ctx.outbound_http.http_cleanup().await;
+        ctx.inbound_http.http_cleanup().await;
+        let active = ctx.drain.active();
+        tracing::info!(active, "draining: waiting for in-flight connections");
+        if ctx.drain.wait_idle(drain_timeout).await {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!(remaining = ctx.drain.active(), "drain deadline passed; exiting");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! weft-proxy: the sidecar's data plane and its control-plane client.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod orig_dst;
+pub mod route;
+pub mod snapshot;
+pub mod tcp;
+pub mod xds_client;

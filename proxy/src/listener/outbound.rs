@@ -1,0 +1,50 @@
+//! Outbound listener (app egress). An intercepted connection (SO_ORIGINAL_DST)
+//! to a tcp/opaque destination is forwarded without sniffing; everything else
+//! is sniffed: HTTP goes to pingora and is routed by Host, other bytes go to
+//! the original destination, or are refused when there is none.
+
+use super::Context;
+use crate::detect::{detect, Detected};
+use crate::metrics;
+use crate::orig_dst::original_dst;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let original = original_dst(&stream, local);
+    let snapshot = ctx.snapshot.load_full();
+    let cluster = original.and_then(|a| snapshot.cluster_for_address(a).cloned());
+    if let Some(c) = &cluster {
+        if c.protocol.is_opaque() {
+            metrics::detection("skipped_opaque");
+            if let Some(target) = c.pick() {
+                forward(&ctx, stream, target).await;
+            }
+            return;
+        }
+    }
+    match detect(&stream, ctx.detect_timeout).await {
+        Detected::Http1 | Detected::Http2 => {
+            metrics::detection("http");
+            ctx.serve_http(&ctx.outbound_http, stream).await;
+        }
+        Detected::Opaque => {
+            metrics::detection("opaque");
+            let target = cluster.and_then(|c| c.pick()).or(original);
+            match target {
+                Some(t) => forward(&ctx, stream, t).await,
+                None => tracing::debug!(%local, "non-HTTP connection with no destination; closing"),
+            }
+        }
+    }
+}
+
+async fn forward(ctx: &Context, stream: TcpStream, target: std::net::SocketAddr) {
+    if let Err(e) = crate::tcp::forward(stream, target, &ctx.tcp_outbound).await {
+        tracing::debug!(%target, error = %e, "outbound tcp ended with error");
+    }
+}

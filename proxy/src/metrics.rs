@@ -1,0 +1,82 @@
+//! Metric names and pre-registered handles. Handles are created when a
+//! snapshot is built, so recording on the request path is an atomic add, not
+//! a label lookup.
+
+use metrics::{Counter, Gauge, Histogram};
+use std::time::Duration;
+
+pub const REQUESTS_TOTAL: &str = "weft_requests_total";
+pub const REQUEST_DURATION: &str = "weft_request_duration_seconds";
+pub const TCP_ACTIVE: &str = "weft_tcp_connections_active";
+pub const TCP_BYTES: &str = "weft_tcp_bytes_total";
+pub const TCP_CONNECTIONS: &str = "weft_tcp_connections_total";
+pub const CONFIG_VERSION: &str = "weft_config_version";
+pub const CONFIG_UPDATES: &str = "weft_config_updates_total";
+pub const CONFIG_NACKS: &str = "weft_config_nacks_total";
+pub const DETECT_RESULTS: &str = "weft_protocol_detection_total";
+
+const CLASSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Request counters (one per status class) and the latency histogram for
+/// one (direction, route, service).
+#[derive(Clone)]
+pub struct RequestMetrics {
+    by_class: [Counter; 6],
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestMetrics")
+    }
+}
+
+impl RequestMetrics {
+    pub fn new(direction: &'static str, route: &str, service: &str) -> Self {
+        let by_class = CLASSES.map(|class| {
+            metrics::counter!(REQUESTS_TOTAL, "direction" => direction, "route" => route.to_string(), "service" => service.to_string(), "status_class" => class)
+        });
+        let duration = metrics::histogram!(REQUEST_DURATION, "direction" => direction, "route" => route.to_string(), "service" => service.to_string());
+        RequestMetrics { by_class, duration }
+    }
+
+    /// `status` 0 means no response was sent (connection error).
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=599 => (status / 100) as usize,
+            _ => 0,
+        };
+        self.by_class[class].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// TCP connection metrics for one direction.
+#[derive(Clone)]
+pub struct TcpMetrics {
+    pub active: Gauge,
+    pub opened: Counter,
+    pub bytes: Counter,
+}
+
+impl TcpMetrics {
+    pub fn new(direction: &'static str) -> Self {
+        TcpMetrics {
+            active: metrics::gauge!(TCP_ACTIVE, "direction" => direction),
+            opened: metrics::counter!(TCP_CONNECTIONS, "direction" => direction),
+            bytes: metrics::counter!(TCP_BYTES, "direction" => direction),
+        }
+    }
+}
+
+pub fn detection(result: &'static str) {
+    metrics::counter!(DETECT_RESULTS, "result" => result).increment(1);
+}
+
+/// Records an applied config version ("r<revision>").
+pub fn counter_config_update(version: &str) {
+    metrics::counter!(CONFIG_UPDATES).increment(1);
+    if let Some(rev) = version.strip_prefix('r').and_then(|v| v.parse::<u64>().ok()) {
+        metrics::gauge!(CONFIG_VERSION).set(rev as f64);
+    }
+}

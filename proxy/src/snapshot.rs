@@ -1,0 +1,356 @@
+//! The proxy's configuration at one version: an immutable `Snapshot` built
+//! from the resources received so far, validated as a whole, and published
+//! through an `ArcSwap` that every connection reads once, without locks.
+
+use crate::route::RouteTable;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use xds_proto::type_url;
+use xds_proto::v1::{self as pb, resource::Kind as RKind};
+
+/// What the app (or a destination) speaks on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Opaque,
+}
+
+impl Protocol {
+    fn from_pb(v: i32) -> Option<Protocol> {
+        Some(match pb::Protocol::try_from(v).ok()? {
+            pb::Protocol::Http => Protocol::Http,
+            pb::Protocol::Http2 => Protocol::Http2,
+            pb::Protocol::Grpc => Protocol::Grpc,
+            pb::Protocol::Tcp => Protocol::Tcp,
+            pb::Protocol::Opaque => Protocol::Opaque,
+            pb::Protocol::Unspecified => return None,
+        })
+    }
+
+    /// HTTP/2 end to end (prior knowledge, no upgrade).
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Server-first or otherwise not to be sniffed.
+    pub fn is_opaque(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Opaque)
+    }
+}
+
+/// A destination with its endpoints and its round-robin cursor.
+#[derive(Debug, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub service: String,
+    pub namespace: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub addresses: Vec<IpAddr>,
+    pub endpoints: Vec<SocketAddr>,
+    #[serde(skip)]
+    cursor: AtomicUsize,
+}
+
+impl Cluster {
+    /// Round robin over the endpoints; the real load balancers arrive with
+    /// the traffic-policy issue.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed);
+        Some(self.endpoints[i % self.endpoints.len()])
+    }
+}
+
+/// An explicit-mode outbound TCP listener: local port → cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpListenerSpec {
+    pub name: String,
+    pub bind_port: u16,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub app_ports: Vec<AppPort>,
+    pub routes: RouteTable,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub tcp_listeners: Vec<TcpListenerSpec>,
+    #[serde(skip)]
+    by_address: HashMap<SocketAddr, Arc<Cluster>>,
+}
+
+impl Snapshot {
+    /// The snapshot before the first push: routes nothing.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: String::new(),
+            app_ports: vec![],
+            routes: RouteTable::default(),
+            clusters: BTreeMap::new(),
+            tcp_listeners: vec![],
+            by_address: HashMap::new(),
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// The cluster an intercepted connection to `addr` was meant for: a
+    /// service VIP on the cluster's port, or one of its endpoints.
+    pub fn cluster_for_address(&self, addr: SocketAddr) -> Option<&Arc<Cluster>> {
+        self.by_address.get(&addr)
+    }
+
+    pub fn app_port(&self, port: u16) -> Option<&AppPort> {
+        self.app_ports.iter().find(|p| p.port == port)
+    }
+
+    /// Builds and validates a snapshot from the full resource cache. An error
+    /// becomes the NACK reason.
+    pub fn build(version: &str, cache: &ResourceCache) -> Result<Snapshot, String> {
+        let mut clusters = BTreeMap::new();
+        for (name, r) in cache.of(type_url::CLUSTER) {
+            let Some(RKind::Cluster(c)) = &r.kind else {
+                return Err(format!("cluster \"{name}\": resource body is not a Cluster"));
+            };
+            let protocol = Protocol::from_pb(c.protocol).ok_or_else(|| format!("cluster \"{name}\": unknown protocol {}", c.protocol))?;
+            let port = u16::try_from(c.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("cluster \"{name}\": bad port {}", c.port))?;
+            let addresses = c
+                .addresses
+                .iter()
+                .map(|a| a.parse::<IpAddr>().map_err(|_| format!("cluster \"{name}\": bad address \"{a}\"")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let endpoints = match cache.get(type_url::ENDPOINTS, name) {
+                Some(pb::Resource { kind: Some(RKind::Endpoints(e)), .. }) => e
+                    .endpoints
+                    .iter()
+                    .map(|ep| {
+                        let ip = ep.address.parse::<IpAddr>().map_err(|_| format!("endpoints \"{name}\": bad address \"{}\"", ep.address))?;
+                        let port = u16::try_from(ep.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("endpoints \"{name}\": bad port {}", ep.port))?;
+                        Ok(SocketAddr::new(ip, port))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+                Some(_) => return Err(format!("endpoints \"{name}\": resource body is not Endpoints")),
+                None => vec![],
+            };
+            clusters.insert(
+                name.to_string(),
+                Arc::new(Cluster {
+                    name: name.to_string(),
+                    service: c.service.clone(),
+                    namespace: c.namespace.clone(),
+                    port,
+                    protocol,
+                    addresses,
+                    endpoints,
+                    cursor: AtomicUsize::new(0),
+                }),
+            );
+        }
+
+        let mut app_ports = Vec::new();
+        let mut tcp_listeners = Vec::new();
+        for (name, r) in cache.of(type_url::LISTENER) {
+            let Some(RKind::Listener(l)) = &r.kind else {
+                return Err(format!("listener \"{name}\": resource body is not a Listener"));
+            };
+            match pb::Direction::try_from(l.direction) {
+                Ok(pb::Direction::Inbound) => {
+                    for p in &l.app_ports {
+                        app_ports.push(AppPort {
+                            name: p.name.clone(),
+                            port: u16::try_from(p.port).map_err(|_| format!("listener \"{name}\": bad app port {}", p.port))?,
+                            protocol: Protocol::from_pb(p.protocol).ok_or_else(|| format!("listener \"{name}\": unknown protocol {}", p.protocol))?,
+                        });
+                    }
+                }
+                Ok(pb::Direction::Outbound) => {
+                    if !clusters.contains_key(&l.cluster) {
+                        return Err(format!("listener \"{name}\": unknown cluster \"{}\"", l.cluster));
+                    }
+                    let bind_port = u16::try_from(l.bind_port).ok().filter(|p| *p > 0).ok_or_else(|| format!("listener \"{name}\": bad bind port {}", l.bind_port))?;
+                    if let Some(other) = tcp_listeners.iter().find(|t: &&TcpListenerSpec| t.bind_port == bind_port) {
+                        return Err(format!("listener \"{name}\": port {bind_port} already used by \"{}\"", other.name));
+                    }
+                    tcp_listeners.push(TcpListenerSpec {
+                        name: name.to_string(),
+                        bind_port,
+                        cluster: l.cluster.clone(),
+                    });
+                }
+                _ => return Err(format!("listener \"{name}\": unknown direction {}", l.direction)),
+            }
+        }
+
+        let routes = match cache.get(type_url::ROUTE_TABLE, "outbound") {
+            Some(pb::Resource { kind: Some(RKind::RouteTable(t)), .. }) => RouteTable::build(t, &clusters)?,
+            Some(_) => return Err("route table \"outbound\": resource body is not a RouteTable".into()),
+            None => RouteTable::default(),
+        };
+
+        let mut by_address = HashMap::new();
+        for c in clusters.values() {
+            for ip in &c.addresses {
+                by_address.insert(SocketAddr::new(*ip, c.port), c.clone());
+            }
+            for ep in &c.endpoints {
+                by_address.entry(*ep).or_insert_with(|| c.clone());
+            }
+        }
+
+        Ok(Snapshot {
+            version: version.to_string(),
+            app_ports,
+            routes,
+            clusters,
+            tcp_listeners,
+            by_address,
+        })
+    }
+}
+
+/// Every resource received on the stream, by type and name.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceCache {
+    resources: BTreeMap<(String, String), pb::Resource>,
+}
+
+impl ResourceCache {
+    /// Applies a push: `full_state` replaces everything; otherwise changed
+    /// resources are upserted and removed names dropped. Unknown types are
+    /// refused so the control plane learns this proxy cannot use them.
+    pub fn apply(&self, push: &pb::DiscoveryResponse) -> Result<ResourceCache, String> {
+        let mut next = if push.full_state { ResourceCache::default() } else { self.clone() };
+        for r in &push.resources {
+            if !type_url::SUPPORTED.contains(&r.type_url.as_str()) {
+                return Err(format!("resource \"{}\": unsupported type \"{}\"", r.name, r.type_url));
+            }
+            next.resources.insert((r.type_url.clone(), r.name.clone()), r.clone());
+        }
+        for r in &push.removed {
+            next.resources.remove(&(r.type_url.clone(), r.name.clone()));
+        }
+        Ok(next)
+    }
+
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&pb::Resource> {
+        self.resources.get(&(type_url.to_string(), name.to_string()))
+    }
+
+    pub fn of<'a>(&'a self, type_url: &'a str) -> impl Iterator<Item = (&'a str, &'a pb::Resource)> + 'a {
+        self.resources
+            .iter()
+            .filter(move |((t, _), _)| t == type_url)
+            .map(|((_, n), r)| (n.as_str(), r))
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+}
+
+/// The current snapshot, shared by listeners, the xDS client and admin.
+pub type SnapshotHolder = Arc<ArcSwap<Snapshot>>;
+
+pub fn new_holder() -> SnapshotHolder {
+    Arc::new(ArcSwap::from_pointee(Snapshot::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str, kind: RKind) -> pb::Resource {
+        let type_url = match &kind {
+            RKind::Listener(_) => type_url::LISTENER,
+            RKind::RouteTable(_) => type_url::ROUTE_TABLE,
+            RKind::Cluster(_) => type_url::CLUSTER,
+            RKind::Endpoints(_) => type_url::ENDPOINTS,
+        };
+        pb::Resource { name: name.into(), type_url: type_url.into(), kind: Some(kind) }
+    }
+
+    fn cluster(name: &str) -> pb::Resource {
+        res(name, RKind::Cluster(pb::Cluster { name: name.into(), service: "s".into(), namespace: "n".into(), port: 80, protocol: pb::Protocol::Http as i32, addresses: vec!["10.9.9.9".into()] }))
+    }
+
+    fn push(full: bool, resources: Vec<pb::Resource>, removed: Vec<(&str, &str)>) -> pb::DiscoveryResponse {
+        pb::DiscoveryResponse {
+            version: "r1".into(),
+            nonce: "1".into(),
+            resources,
+            removed: removed.into_iter().map(|(t, n)| pb::ResourceRef { type_url: t.into(), name: n.into() }).collect(),
+            full_state: full,
+        }
+    }
+
+    #[test]
+    fn incremental_push_upserts_and_removes() {
+        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), cluster("b")], vec![])).unwrap();
+        let cache = cache.apply(&push(false, vec![cluster("c")], vec![(type_url::CLUSTER, "a")])).unwrap();
+        let names: Vec<&str> = cache.of(type_url::CLUSTER).map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["b", "c"]);
+        let cache = cache.apply(&push(true, vec![cluster("z")], vec![])).unwrap();
+        assert_eq!(cache.len(), 1, "full state replaces everything");
+    }
+
+    #[test]
+    fn listener_to_unknown_cluster_is_rejected() {
+        let l = res("tcp/x", RKind::Listener(pb::Listener { name: "tcp/x".into(), direction: pb::Direction::Outbound as i32, protocol: pb::Protocol::Tcp as i32, bind_port: 9000, cluster: "nope".into(), app_ports: vec![] }));
+        let cache = ResourceCache::default().apply(&push(true, vec![l], vec![])).unwrap();
+        let err = Snapshot::build("r1", &cache).unwrap_err();
+        assert!(err.contains("unknown cluster \"nope\""), "{err}");
+    }
+
+    #[test]
+    fn bad_endpoint_address_is_rejected() {
+        let e = res("a", RKind::Endpoints(pb::Endpoints { cluster: "a".into(), endpoints: vec![pb::Endpoint { address: "not-an-ip".into(), port: 1 }] }));
+        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), e], vec![])).unwrap();
+        assert!(Snapshot::build("r1", &cache).unwrap_err().contains("bad address"));
+    }
+
+    #[test]
+    fn unsupported_type_is_refused() {
+        let mut r = cluster("a");
+        r.type_url = type_url::TRUST_BUNDLE.into();
+        assert!(ResourceCache::default().apply(&push(true, vec![r], vec![])).is_err());
+    }
+
+    #[test]
+    fn round_robin_cycles_and_vip_lookup_finds_cluster() {
+        let e = res("a", RKind::Endpoints(pb::Endpoints { cluster: "a".into(), endpoints: vec![pb::Endpoint { address: "10.0.0.1".into(), port: 80 }, pb::Endpoint { address: "10.0.0.2".into(), port: 80 }] }));
+        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), e], vec![])).unwrap();
+        let snap = Snapshot::build("r1", &cache).unwrap();
+        let c = snap.cluster("a").unwrap();
+        let picks: Vec<SocketAddr> = (0..4).map(|_| c.pick().unwrap()).collect();
+        assert_eq!(picks[0], picks[2]);
+        assert_ne!(picks[0], picks[1]);
+        assert!(snap.cluster_for_address("10.9.9.9:80".parse().unwrap()).is_some());
+        assert!(snap.cluster_for_address("10.0.0.2:80".parse().unwrap()).is_some());
+        assert!(snap.cluster_for_address("10.0.0.3:80".parse().unwrap()).is_none());
+    }
+}
