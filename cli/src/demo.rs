@@ -1,0 +1,336 @@
+//! `weftctl demo`: a working mesh on loopback from nothing but cargo. Starts
+//! weft-control (embedded store in a temp dir), an HTTP workload `web` and a
+//! gRPC workload `greeter`, each behind its own weft-proxy on its own loopback
+//! IP, applies the sample config, and drives traffic app → sidecar → sidecar →
+//! app both ways while printing a live per-route table.
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxySpec};
+use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
+use xds_proto::v1 as pb;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Run this many seconds, then exit 0 only if traffic flowed without errors.
+    #[arg(long = "for")]
+    duration: Option<u64>,
+    /// Requests per second per route.
+    #[arg(long, default_value_t = 50)]
+    rps: u32,
+}
+
+#[derive(Default)]
+struct RouteStats {
+    ok: u64,
+    failed: u64,
+    last_error: Option<String>,
+    /// Latencies of the current window.
+    window: Vec<Duration>,
+    total_ok: u64,
+    total_failed: u64,
+}
+
+type Stats = Arc<Mutex<RouteStats>>;
+
+fn demo_ip(last: u8) -> IpAddr {
+    // Own /24 per demo process so a second demo (or a test run) doesn't collide.
+    let third = 100 + (std::process::id() % 100) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, 0, third, last))
+}
+
+fn config(web_port: u16, greeter_port: u16, web: &ProxyAddrs, greeter: &ProxyAddrs) -> String {
+    format!(
+        r#"apiVersion: weft.dev/v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  ports: [{{name: http, port: {web_port}, protocol: http}}]
+  endpoints: [{{address: "{}", port: {}}}]
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  ports: [{{name: grpc, port: {greeter_port}, protocol: grpc}}]
+  endpoints: [{{address: "{}", port: {}}}]
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  sources: [web]
+  hosts: [greeter, greeter.demo]
+  http: [{{destination: {{service: greeter, port: {greeter_port}}}}}]
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {{name: web, namespace: demo}}
+spec:
+  sources: [greeter]
+  hosts: [web, web.demo]
+  http:
+  - match: {{path: {{prefix: /}}}}
+    destination: {{service: web, port: {web_port}}}
+"#,
+        web.inbound.ip(),
+        web.inbound.port(),
+        greeter.inbound.ip(),
+        greeter.inbound.port()
+    )
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let bins = Binaries::from_current_exe()?;
+    let work = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let logs = work.join("logs");
+    let control_ip = demo_ip(1);
+    let grpc_addr = SocketAddr::new(control_ip, 15012);
+    let cp_url = format!("http://{grpc_addr}");
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let web_port = localmesh::free_port(loopback)?;
+    let greeter_port = localmesh::free_port(loopback)?;
+    let web = ProxyAddrs::on(demo_ip(2));
+    let greeter = ProxyAddrs::on(demo_ip(3));
+
+    println!("weft demo: logs and data in {}", work.display());
+    let mut procs: Vec<Proc> = Vec::new();
+    procs.push(Proc::spawn(
+        "weft-control",
+        &bins.path(localmesh::CONTROL),
+        &localmesh::control_args(&work.join("data"), grpc_addr, SocketAddr::new(control_ip, 15014)),
+        &logs,
+    )?);
+    procs.push(Proc::spawn(
+        "app-web",
+        &bins.path(localmesh::SAMPLE_APP),
+        &["http".into(), "--listen".into(), format!("127.0.0.1:{web_port}"), "--name".into(), "web".into()],
+        &logs,
+    )?);
+    procs.push(Proc::spawn(
+        "app-greeter",
+        &bins.path(localmesh::SAMPLE_APP),
+        &["grpc".into(), "--listen".into(), format!("127.0.0.1:{greeter_port}"), "--name".into(), "greeter".into()],
+        &logs,
+    )?);
+    for (name, svc, port, addrs) in [("web-0", "web", web_port, web), ("greeter-0", "greeter", greeter_port, greeter)] {
+        let spec = ProxySpec {
+            node: name.into(),
+            namespace: "demo".into(),
+            service: svc.into(),
+            app_port: port,
+            addrs,
+            extra_args: vec![],
+        };
+        procs.push(Proc::spawn(&format!("proxy-{svc}"), &bins.path(localmesh::PROXY), &spec.args(&cp_url), &logs)?);
+    }
+    let startup = async {
+        for addr in [grpc_addr, web.admin, greeter.admin, SocketAddr::new(loopback, web_port), SocketAddr::new(loopback, greeter_port)] {
+            tokio::task::spawn_blocking(move || localmesh::wait_listening(addr, Duration::from_secs(20))).await??;
+        }
+        let yaml = config(web_port, greeter_port, &web, &greeter);
+        let mut client = pb::admin_client::AdminClient::connect(cp_url.clone()).await.context("cannot connect to weft-control")?;
+        let applied = client
+            .apply(pb::ApplyRequest {
+                documents: vec![pb::Document { source: "demo.yaml".into(), yaml }],
+                dry_run: false,
+            })
+            .await
+            .map_err(|e| anyhow!("apply: {}", e.message()))?
+            .into_inner();
+        println!("applied {} objects (revision r{})", applied.results.len(), applied.revision);
+        // Ready means the proxies have ACKed the applied revision, not just
+        // the empty config they got on connect.
+        let want = format!("r{}", applied.revision);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client.proxy_status(pb::ProxyStatusRequest {}).await.map_err(|e| anyhow!("proxy status: {}", e.message()))?.into_inner();
+            let synced = status.proxies.iter().filter(|p| p.acked_version == want).count();
+            if synced == 2 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("proxies did not ACK {want} within 10s ({synced}/2 synced)");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = startup.await {
+        for p in &procs {
+            eprintln!("--- {} ({}):\n{}", p.name, p.log.display(), p.log_tail(5));
+        }
+        return Err(e);
+    }
+    println!("mesh up: web (HTTP) at {}, greeter (gRPC) at {}; control plane {cp_url}", web.inbound, greeter.inbound);
+    println!("try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)", greeter.outbound);
+    println!("     weftctl --control-plane {cp_url} proxy-status");
+    println!("     weftctl proxy-config {}\n", web.admin);
+
+    let http_stats: Stats = Arc::default();
+    let grpc_stats: Stats = Arc::default();
+    let interval = Duration::from_secs_f64(1.0 / args.rps.max(1) as f64);
+    let h = tokio::spawn(http_load(greeter.outbound, interval, http_stats.clone()));
+    let g = tokio::spawn(grpc_load(web.outbound, interval, grpc_stats.clone()));
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => {
+                println!("\nstopping");
+                break;
+            }
+        }
+        let secs = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        print_table(secs, &[("demo/web  (greeter → web, HTTP)", &http_stats), ("demo/greeter  (web → greeter, gRPC)", &grpc_stats)]);
+        if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+            break;
+        }
+    }
+    h.abort();
+    g.abort();
+    drop(procs);
+    let mut healthy = true;
+    for (name, s) in [("demo/web", &http_stats), ("demo/greeter", &grpc_stats)] {
+        let s = s.lock().map_err(|_| anyhow!("stats poisoned"))?;
+        let total_ok = s.total_ok + s.ok;
+        let total_failed = s.total_failed + s.failed;
+        println!("{name}: {total_ok} ok, {total_failed} failed{}", s.last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default());
+        if total_ok == 0 || total_failed > 0 {
+            healthy = false;
+        }
+    }
+    if args.duration.is_some() && !healthy {
+        bail!("demo traffic had errors or did not flow; logs in {}", logs.display());
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn print_table(secs: f64, routes: &[(&str, &Stats)]) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["ROUTE", "RPS", "SUCCESS", "P50", "P99", "TOTAL"]);
+    for (name, stats) in routes {
+        let Ok(mut s) = stats.lock() else { continue };
+        let mut w = std::mem::take(&mut s.window);
+        w.sort();
+        let n = s.ok + s.failed;
+        let success = if n == 0 { "-".to_string() } else { format!("{:.1}%", 100.0 * s.ok as f64 / n as f64) };
+        s.total_ok += s.ok;
+        s.total_failed += s.failed;
+        t.add_row(vec![
+            name.to_string(),
+            format!("{:.1}", n as f64 / secs),
+            success,
+            format!("{:.2?}", percentile(&w, 0.5)),
+            format!("{:.2?}", percentile(&w, 0.99)),
+            (s.total_ok + s.total_failed).to_string(),
+        ]);
+        s.ok = 0;
+        s.failed = 0;
+    }
+    println!("{t}");
+}
+
+fn record(stats: &Stats, started: Instant, result: Result<(), String>) {
+    if let Ok(mut s) = stats.lock() {
+        match result {
+            Ok(()) => {
+                s.ok += 1;
+                s.window.push(started.elapsed());
+            }
+            Err(e) => {
+                s.failed += 1;
+                s.last_error = Some(e);
+            }
+        }
+    }
+}
+
+/// The greeter workload calling web over HTTP/1.1 through its sidecar.
+async fn http_load(outbound: SocketAddr, interval: Duration, stats: Stats) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let client = client.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let req = hyper::Request::get(format!("http://{outbound}/hello"))
+                .header("host", "web")
+                .body(http_body_util::Empty::new());
+            let result = async {
+                let req = req.map_err(|e| e.to_string())?;
+                let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+                    .await
+                    .map_err(|_| "timeout".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                resp.into_body().collect().await.map_err(|e| e.to_string())?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            }
+            .await;
+            record(&stats, started, result);
+        });
+    }
+}
+
+/// The web workload calling greeter over gRPC through its sidecar.
+async fn grpc_load(outbound: SocketAddr, interval: Duration, stats: Stats) {
+    let channel = loop {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+            .map(|e| e.origin("http://greeter".parse().expect("static URI")));
+        match ep {
+            Ok(ep) => match ep.connect().await {
+                Ok(c) => break c,
+                Err(e) => record(&stats, Instant::now(), Err(format!("connect: {e}"))),
+            },
+            Err(e) => record(&stats, Instant::now(), Err(e.to_string())),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let mut client = EchoClient::new(channel.clone());
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.unary(EchoRequest {
+                    message: "hello".into(),
+                    count: 1,
+                }),
+            )
+            .await
+            .map_err(|_| "timeout".to_string())
+            .and_then(|r| r.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message())));
+            record(&stats, started, result);
+        });
+    }
+}

@@ -1,0 +1,5 @@
+//! weftctl as a library: the pieces the demo, the e2e tests and the benches
+//! share (starting the real binaries on loopback).
+#![forbid(unsafe_code)]
+
+pub mod localmesh;
