@@ -1,0 +1,269 @@
+//! End-to-end harness: a real mesh per test (weft-control, weft-proxy and
+//! sample workloads as child processes) on the test's own 127.A.B.0/24, so
+//! tests run in parallel without port clashes. Everything started is stopped
+//! when the `Mesh` drops, also when the test panics; on panic the tail of
+//! every process log is printed.
+#![forbid(unsafe_code)]
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+pub use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxySpec};
+
+static BINARIES: OnceLock<Binaries> = OnceLock::new();
+static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
+
+pub fn binaries() -> &'static Binaries {
+    BINARIES.get_or_init(|| Binaries::from_current_exe().expect("mesh binaries (cargo build --workspace --bins)"))
+}
+
+pub struct Mesh {
+    pub name: String,
+    pub dir: PathBuf,
+    /// 127.A.B.0/24 owned by this test.
+    block: (u8, u8),
+    pub control_grpc: SocketAddr,
+    pub control_admin: SocketAddr,
+    pub control: Option<Proc>,
+    pub procs: Vec<Proc>,
+}
+
+impl Mesh {
+    /// Starts weft-control with a fresh data dir.
+    pub fn start(name: &str) -> Mesh {
+        let n = std::process::id().wrapping_mul(64).wrapping_add(NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
+        let block = (20 + ((n / 256) % 200) as u8, (n % 256) as u8);
+        let dir = std::env::temp_dir().join(format!("weft-e2e-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ip = IpAddr::V4(Ipv4Addr::new(127, block.0, block.1, 1));
+        let mut mesh = Mesh {
+            name: name.to_string(),
+            dir,
+            block,
+            control_grpc: SocketAddr::new(ip, 15012),
+            control_admin: SocketAddr::new(ip, 15014),
+            control: None,
+            procs: vec![],
+        };
+        mesh.start_control();
+        mesh
+    }
+
+    pub fn ip(&self, last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.block.0, self.block.1, last))
+    }
+
+    pub fn cp_url(&self) -> String {
+        format!("http://{}", self.control_grpc)
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    pub fn start_control(&mut self) {
+        let args = localmesh::control_args(&self.dir.join("data"), self.control_grpc, self.control_admin);
+        let p = Proc::spawn("weft-control", &binaries().path(localmesh::CONTROL), &args, &self.logs()).expect("start weft-control");
+        self.control = Some(p);
+        localmesh::wait_listening(self.control_grpc, Duration::from_secs(15)).expect("weft-control listening");
+    }
+
+    /// SIGKILL the control plane (a crash, not a shutdown).
+    pub fn kill_control(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            c.kill();
+        }
+    }
+
+    fn spawn(&mut self, name: &str, bin: &str, args: Vec<String>) -> &mut Proc {
+        let p = Proc::spawn(name, &binaries().path(bin), &args, &self.logs()).unwrap_or_else(|e| panic!("start {name}: {e:#}"));
+        self.procs.push(p);
+        self.procs.last_mut().expect("just pushed")
+    }
+
+    fn app(&mut self, kind: &str, name: &str, extra: &[&str]) -> u16 {
+        let port = localmesh::free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("free port");
+        let mut args = vec![kind.to_string(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(&format!("app-{name}"), localmesh::SAMPLE_APP, args);
+        localmesh::wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).expect("app listening");
+        port
+    }
+
+    /// HTTP/1.1 + h2c sample app answering "hello from NAME"; returns its port.
+    pub fn http_app(&mut self, name: &str) -> u16 {
+        self.app("http", name, &["--name", name])
+    }
+
+    pub fn grpc_app(&mut self, name: &str) -> u16 {
+        self.app("grpc", name, &["--name", name])
+    }
+
+    pub fn tcp_echo_app(&mut self, name: &str) -> u16 {
+        self.app("tcp-echo", name, &[])
+    }
+
+    pub fn server_first_app(&mut self, name: &str, banner: &str) -> u16 {
+        self.app("server-first", name, &["--banner", banner])
+    }
+
+    /// Starts a sidecar on 127.A.B.`last` with default ports; waits for its admin port.
+    pub fn proxy(&mut self, service: &str, namespace: &str, app_port: u16, last: u8, extra: &[&str]) -> ProxyAddrs {
+        let addrs = ProxyAddrs::on(self.ip(last));
+        let spec = ProxySpec {
+            node: format!("{service}-{last}"),
+            namespace: namespace.into(),
+            service: service.into(),
+            app_port,
+            addrs,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let args = spec.args(&self.cp_url());
+        self.spawn(&format!("proxy-{service}-{last}"), localmesh::PROXY, args);
+        localmesh::wait_listening(addrs.admin, Duration::from_secs(15)).expect("proxy admin listening");
+        addrs
+    }
+
+    pub fn proc_mut(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Runs weftctl against this mesh's control plane.
+    pub fn weftctl(&self, args: &[&str]) -> Output {
+        Command::new(binaries().path(localmesh::WEFTCTL))
+            .arg("--control-plane")
+            .arg(self.cp_url())
+            .args(args)
+            .output()
+            .expect("run weftctl")
+    }
+
+    /// Writes `yaml` to a file and applies it with weftctl; returns the revision.
+    pub fn apply(&self, file: &str, yaml: &str) -> anyhow::Result<u64> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, yaml)?;
+        let out = self.weftctl(&["-o", "json", "apply", "-f", &path.display().to_string()]);
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).context("apply -o json output")?;
+        v["revision"].as_u64().ok_or_else(|| anyhow!("no revision in {v}"))
+    }
+
+    pub fn proxy_status(&self) -> Value {
+        let out = self.weftctl(&["-o", "json", "proxy-status"]);
+        assert!(out.status.success(), "proxy-status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("proxy-status JSON")
+    }
+
+    /// Waits until `count` proxies are SYNCED at revision `rev`.
+    pub fn wait_synced(&self, rev: u64, count: usize) {
+        let want = format!("r{rev}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.proxy_status();
+            let synced = status["proxies"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["state"] == "SYNCED" && p["ackedVersion"] == want.as_str()).count())
+                .unwrap_or(0);
+            if synced >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} proxies not SYNCED at {want}: {status:#}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// GET a proxy admin path; (status, body).
+    pub fn admin_get(&self, admin: SocketAddr, path: &str) -> (u16, String) {
+        http_request(admin, "GET", path, "localhost", &[], b"").unwrap_or((0, String::new()))
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let all = self.control.iter().chain(self.procs.iter());
+            for p in all {
+                eprintln!("----- {} ({}) -----\n{}", p.name, p.log.display(), p.log_tail(30));
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client over a fresh connection (`Connection: close`).
+/// Returns (status, body as text). Used where curl would be too slow.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line: {head:?}"))?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Runs curl; returns (HTTP status, body). `args` go before the URL.
+pub fn curl(args: &[&str], url: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl must be installed");
+    let stdout = out.stdout;
+    let split = stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&stdout[split + 1..]).trim().parse().unwrap_or(0);
+    (code, stdout[..split].to_vec())
+}
+
+/// Standard two-sidecar topology YAML: `client` may call `server` through
+/// route `host` to service port `port` with `protocol`.
+pub fn service_yaml(name: &str, ns: &str, port: u16, protocol: &str, endpoint: SocketAddr) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{port: {port}, protocol: {protocol}}}]\n  endpoints: [{{address: \"{}\", port: {}}}]\n",
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
+pub fn http_route_yaml(name: &str, ns: &str, sources: &[&str], hosts: &[&str], service: &str, port: u16) -> String {
+    format!(
+        "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  sources: [{}]\n  hosts: [{}]\n  http: [{{destination: {{service: {service}, port: {port}}}}}]\n",
+        sources.join(", "),
+        hosts.join(", ")
+    )
+}
