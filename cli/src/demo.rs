@@ -102,22 +102,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     procs.push(Proc::spawn(
         "weft-control",
         &bins.path(localmesh::CONTROL),
-        &localmesh::control_args(&work.join("data"), grpc_addr, SocketAddr::new(control_ip, 15014)),
+        &localmesh::control_args(
+            &work.join("data"),
+            grpc_addr,
+            SocketAddr::new(control_ip, 15014),
+        ),
         &logs,
     )?);
     procs.push(Proc::spawn(
         "app-web",
         &bins.path(localmesh::SAMPLE_APP),
-        &["http".into(), "--listen".into(), format!("127.0.0.1:{web_port}"), "--name".into(), "web".into()],
+        &[
+            "http".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{web_port}"),
+            "--name".into(),
+            "web".into(),
+        ],
         &logs,
     )?);
     procs.push(Proc::spawn(
         "app-greeter",
         &bins.path(localmesh::SAMPLE_APP),
-        &["grpc".into(), "--listen".into(), format!("127.0.0.1:{greeter_port}"), "--name".into(), "greeter".into()],
+        &[
+            "grpc".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{greeter_port}"),
+            "--name".into(),
+            "greeter".into(),
+        ],
         &logs,
     )?);
-    for (name, svc, port, addrs) in [("web-0", "web", web_port, web), ("greeter-0", "greeter", greeter_port, greeter)] {
+    for (name, svc, port, addrs) in [
+        ("web-0", "web", web_port, web),
+        ("greeter-0", "greeter", greeter_port, greeter),
+    ] {
         let spec = ProxySpec {
             node: name.into(),
             namespace: "demo".into(),
@@ -126,30 +145,61 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             addrs,
             extra_args: vec![],
         };
-        procs.push(Proc::spawn(&format!("proxy-{svc}"), &bins.path(localmesh::PROXY), &spec.args(&cp_url), &logs)?);
+        procs.push(Proc::spawn(
+            &format!("proxy-{svc}"),
+            &bins.path(localmesh::PROXY),
+            &spec.args(&cp_url),
+            &logs,
+        )?);
     }
     let startup = async {
-        for addr in [grpc_addr, web.admin, greeter.admin, SocketAddr::new(loopback, web_port), SocketAddr::new(loopback, greeter_port)] {
-            tokio::task::spawn_blocking(move || localmesh::wait_listening(addr, Duration::from_secs(20))).await??;
+        for addr in [
+            grpc_addr,
+            web.admin,
+            greeter.admin,
+            SocketAddr::new(loopback, web_port),
+            SocketAddr::new(loopback, greeter_port),
+        ] {
+            tokio::task::spawn_blocking(move || {
+                localmesh::wait_listening(addr, Duration::from_secs(20))
+            })
+            .await??;
         }
         let yaml = config(web_port, greeter_port, &web, &greeter);
-        let mut client = pb::admin_client::AdminClient::connect(cp_url.clone()).await.context("cannot connect to weft-control")?;
+        let mut client = pb::admin_client::AdminClient::connect(cp_url.clone())
+            .await
+            .context("cannot connect to weft-control")?;
         let applied = client
             .apply(pb::ApplyRequest {
-                documents: vec![pb::Document { source: "demo.yaml".into(), yaml }],
+                documents: vec![pb::Document {
+                    source: "demo.yaml".into(),
+                    yaml,
+                }],
                 dry_run: false,
             })
             .await
             .map_err(|e| anyhow!("apply: {}", e.message()))?
             .into_inner();
-        println!("applied {} objects (revision r{})", applied.results.len(), applied.revision);
+        println!(
+            "applied {} objects (revision r{})",
+            applied.results.len(),
+            applied.revision
+        );
         // Ready means the proxies have ACKed the applied revision, not just
         // the empty config they got on connect.
         let want = format!("r{}", applied.revision);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let status = client.proxy_status(pb::ProxyStatusRequest {}).await.map_err(|e| anyhow!("proxy status: {}", e.message()))?.into_inner();
-            let synced = status.proxies.iter().filter(|p| p.acked_version == want).count();
+            let status = client
+                .proxy_status(pb::ProxyStatusRequest {})
+                .await
+                .map_err(|e| anyhow!("proxy status: {}", e.message()))?
+                .into_inner();
+            let synced = status
+                .proxies
+                .iter()
+                .filter(|p| p.acked_version == want)
+                .count();
             if synced == 2 {
                 break;
             }
@@ -166,8 +216,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         return Err(e);
     }
-    println!("mesh up: web (HTTP) at {}, greeter (gRPC) at {}; control plane {cp_url}", web.inbound, greeter.inbound);
-    println!("try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)", greeter.outbound);
+    println!(
+        "mesh up: web (HTTP) at {}, greeter (gRPC) at {}; control plane {cp_url}",
+        web.inbound, greeter.inbound
+    );
+    println!(
+        "try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)",
+        greeter.outbound
+    );
     println!("     weftctl --control-plane {cp_url} proxy-status");
     println!("     weftctl proxy-config {}\n", web.admin);
 
@@ -191,8 +247,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
-        print_table(secs, &[("demo/web  (greeter → web, HTTP)", &http_stats), ("demo/greeter  (web → greeter, gRPC)", &grpc_stats)]);
-        if args.duration.is_some_and(|d| started.elapsed() >= Duration::from_secs(d)) {
+        print_table(
+            secs,
+            &[
+                ("demo/web  (greeter → web, HTTP)", &http_stats),
+                ("demo/greeter  (web → greeter, gRPC)", &grpc_stats),
+            ],
+        );
+        if args
+            .duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
+        {
             break;
         }
     }
@@ -204,13 +269,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let s = s.lock().map_err(|_| anyhow!("stats poisoned"))?;
         let total_ok = s.total_ok + s.ok;
         let total_failed = s.total_failed + s.failed;
-        println!("{name}: {total_ok} ok, {total_failed} failed{}", s.last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default());
+        println!(
+            "{name}: {total_ok} ok, {total_failed} failed{}",
+            s.last_error
+                .as_ref()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        );
         if total_ok == 0 || total_failed > 0 {
             healthy = false;
         }
     }
     if args.duration.is_some() && !healthy {
-        bail!("demo traffic had errors or did not flow; logs in {}", logs.display());
+        bail!(
+            "demo traffic had errors or did not flow; logs in {}",
+            logs.display()
+        );
     }
     Ok(())
 }
@@ -232,7 +306,11 @@ fn print_table(secs: f64, routes: &[(&str, &Stats)]) {
         let mut w = std::mem::take(&mut s.window);
         w.sort();
         let n = s.ok + s.failed;
-        let success = if n == 0 { "-".to_string() } else { format!("{:.1}%", 100.0 * s.ok as f64 / n as f64) };
+        let success = if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * s.ok as f64 / n as f64)
+        };
         s.total_ok += s.ok;
         s.total_failed += s.failed;
         t.add_row(vec![
@@ -286,7 +364,10 @@ async fn http_load(outbound: SocketAddr, interval: Duration, stats: Stats) {
                     .map_err(|_| "timeout".to_string())?
                     .map_err(|e| e.to_string())?;
                 let status = resp.status();
-                resp.into_body().collect().await.map_err(|e| e.to_string())?;
+                resp.into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if status.is_success() {
                     Ok(())
                 } else {
@@ -329,7 +410,10 @@ async fn grpc_load(outbound: SocketAddr, interval: Duration, stats: Stats) {
             )
             .await
             .map_err(|_| "timeout".to_string())
-            .and_then(|r| r.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message())));
+            .and_then(|r| {
+                r.map(|_| ())
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            });
             record(&stats, started, result);
         });
     }

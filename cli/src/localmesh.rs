@@ -44,7 +44,9 @@ impl Binaries {
             if let Some(workspace) = workspace_root() {
                 cmd.current_dir(workspace);
             }
-            let status = cmd.status().context("cannot run cargo build for the mesh binaries")?;
+            let status = cmd
+                .status()
+                .context("cannot run cargo build for the mesh binaries")?;
             if !status.success() {
                 bail!("cargo build of the mesh binaries failed");
             }
@@ -64,7 +66,9 @@ impl Binaries {
     /// For a process started by cargo (test or run): the binaries beside it.
     pub fn from_current_exe() -> anyhow::Result<Binaries> {
         let exe = std::env::current_exe().context("cannot find current executable")?;
-        let dir = exe.parent().ok_or_else(|| anyhow!("executable has no parent dir"))?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow!("executable has no parent dir"))?;
         Binaries::locate(dir)
     }
 
@@ -88,17 +92,27 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, program: &Path, args: &[String], log_dir: &Path) -> anyhow::Result<Proc> {
-        std::fs::create_dir_all(log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("cannot create {}", log_dir.display()))?;
         let log = log_dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let out = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .env("RUST_LOG", std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
         Ok(Proc {
@@ -115,13 +129,19 @@ impl Proc {
     /// Sends a signal (e.g. libc::SIGTERM) without waiting.
     pub fn signal(&self, sig: i32) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
         }
     }
 
     /// Waits up to `timeout` for exit; returns the exit code (None: killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let child = self.child.as_mut().ok_or_else(|| anyhow!("{} already reaped", self.name))?;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} already reaped", self.name))?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -136,7 +156,9 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -157,7 +179,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

@@ -16,7 +16,12 @@ use xds_proto::v1::{self as pb, admin_client::AdminClient};
 #[command(name = "weftctl", version, about = "Weft service mesh admin CLI")]
 struct Cli {
     /// Control plane gRPC URL.
-    #[arg(long, global = true, env = "WEFT_CONTROL_PLANE", default_value = "http://127.0.0.1:15012")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15012"
+    )]
     control_plane: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
@@ -120,7 +125,8 @@ pub fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::Document>> {
 }
 
 fn read_one(p: &Path) -> anyhow::Result<pb::Document> {
-    let yaml = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let yaml =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
     Ok(pb::Document {
         source: p.display().to_string(),
         yaml,
@@ -172,15 +178,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ProxyConfig { admin } => {
             let body = http_get(&admin, "/config_dump").await?;
-            let value: serde_json::Value =
-                serde_json::from_str(&body).with_context(|| format!("{admin}/config_dump did not return JSON"))?;
+            let value: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("{admin}/config_dump did not return JSON"))?;
             output::value(cli.output, &value)
         }
         Command::Demo(args) => demo::run(args).await,
     }
 }
 
-async fn proxy_status(client: &mut AdminClient<tonic::transport::Channel>, format: Format) -> anyhow::Result<()> {
+async fn proxy_status(
+    client: &mut AdminClient<tonic::transport::Channel>,
+    format: Format,
+) -> anyhow::Result<()> {
     let resp = client
         .proxy_status(pb::ProxyStatusRequest {})
         .await
@@ -203,7 +212,12 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         .map_err(|_| anyhow!("{addr}{path}: timed out"))?
         .map_err(|e| anyhow!("cannot reach proxy admin at {addr}: {e}"))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| anyhow!("{addr}{path}: {e}"))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!("{addr}{path}: {e}"))?
+        .to_bytes();
     let body = String::from_utf8_lossy(&body).to_string();
     if !status.is_success() {
         bail!("{addr}{path}: HTTP {status}: {}", body.trim());

@@ -27,7 +27,12 @@ pub fn value(format: Format, v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn results(format: Format, results: &[pb::ObjectResult], revision: u64, dry_run: bool) -> anyhow::Result<()> {
+pub fn results(
+    format: Format,
+    results: &[pb::ObjectResult],
+    revision: u64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let rows: Vec<Value> = results
         .iter()
         .map(|r| json!({"kind": r.kind, "namespace": r.namespace, "name": r.name, "action": r.action}))
@@ -36,12 +41,21 @@ pub fn results(format: Format, results: &[pb::ObjectResult], revision: u64, dry_
         Format::Table => {
             let suffix = if dry_run { " (dry run)" } else { "" };
             for r in results {
-                println!("{}/{}/{} {}{suffix}", r.kind.to_lowercase(), r.namespace, r.name, r.action);
+                println!(
+                    "{}/{}/{} {}{suffix}",
+                    r.kind.to_lowercase(),
+                    r.namespace,
+                    r.name,
+                    r.action
+                );
             }
             println!("revision {revision}");
             Ok(())
         }
-        _ => value(format, &json!({"revision": revision, "dryRun": dry_run, "results": rows})),
+        _ => value(
+            format,
+            &json!({"revision": revision, "dryRun": dry_run, "results": rows}),
+        ),
     }
 }
 
@@ -68,11 +82,15 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                 let md = &m["metadata"];
                 let spec = &m["spec"];
                 let join = |v: &Value, f: &dyn Fn(&Value) -> String| {
-                    v.as_array().map(|a| a.iter().map(f).collect::<Vec<_>>().join(",")).unwrap_or_default()
+                    v.as_array()
+                        .map(|a| a.iter().map(f).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
                 };
                 let (a, b) = if kind == "Service" {
                     (
-                        join(&spec["ports"], &|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or(""))),
+                        join(&spec["ports"], &|p| {
+                            format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or(""))
+                        }),
                         join(&spec["endpoints"], &|e| match e["port"].as_i64() {
                             Some(port) => format!("{}:{port}", e["address"].as_str().unwrap_or("")),
                             None => e["address"].as_str().unwrap_or("").to_string(),
@@ -80,13 +98,32 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                     )
                 } else {
                     let dests = if spec["tcp"].is_object() {
-                        format!("tcp :{} → {}:{}", spec["tcp"]["bindPort"], spec["tcp"]["destination"]["service"].as_str().unwrap_or(""), spec["tcp"]["destination"]["port"])
+                        format!(
+                            "tcp :{} → {}:{}",
+                            spec["tcp"]["bindPort"],
+                            spec["tcp"]["destination"]["service"].as_str().unwrap_or(""),
+                            spec["tcp"]["destination"]["port"]
+                        )
                     } else {
-                        join(&spec["http"], &|r| format!("{}:{}", r["destination"]["service"].as_str().unwrap_or(""), r["destination"]["port"]))
+                        join(&spec["http"], &|r| {
+                            format!(
+                                "{}:{}",
+                                r["destination"]["service"].as_str().unwrap_or(""),
+                                r["destination"]["port"]
+                            )
+                        })
                     };
-                    (join(&spec["hosts"], &|h| h.as_str().unwrap_or("").to_string()), dests)
+                    (
+                        join(&spec["hosts"], &|h| h.as_str().unwrap_or("").to_string()),
+                        dests,
+                    )
                 };
-                t.add_row(vec![md["namespace"].as_str().unwrap_or("").to_string(), md["name"].as_str().unwrap_or("").to_string(), a, b]);
+                t.add_row(vec![
+                    md["namespace"].as_str().unwrap_or("").to_string(),
+                    md["name"].as_str().unwrap_or("").to_string(),
+                    a,
+                    b,
+                ]);
             }
             println!("{t}");
             Ok(())
@@ -126,22 +163,43 @@ pub fn proxies(format: Format, resp: &pb::ProxyStatusResponse) -> anyhow::Result
         .collect();
     match format {
         Format::Table => {
-            let mut t = table(&["NAMESPACE", "NAME", "SERVICE", "STATE", "SENT", "ACKED", "RESOURCES", "REASON"]);
+            let mut t = table(&[
+                "NAMESPACE",
+                "NAME",
+                "SERVICE",
+                "STATE",
+                "SENT",
+                "ACKED",
+                "RESOURCES",
+                "REASON",
+            ]);
             for r in &rows {
                 t.add_row(
-                    ["namespace", "name", "service", "state", "sentVersion", "ackedVersion", "resources", "nackReason"]
-                        .iter()
-                        .map(|k| match &r[*k] {
-                            Value::String(s) => s.clone(),
-                            v => v.to_string(),
-                        })
-                        .collect::<Vec<_>>(),
+                    [
+                        "namespace",
+                        "name",
+                        "service",
+                        "state",
+                        "sentVersion",
+                        "ackedVersion",
+                        "resources",
+                        "nackReason",
+                    ]
+                    .iter()
+                    .map(|k| match &r[*k] {
+                        Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    })
+                    .collect::<Vec<_>>(),
                 );
             }
             println!("{t}");
             println!("control plane revision r{}", resp.revision);
             Ok(())
         }
-        _ => value(format, &json!({"revision": format!("r{}", resp.revision), "proxies": rows})),
+        _ => value(
+            format,
+            &json!({"revision": format!("r{}", resp.revision), "proxies": rows}),
+        ),
     }
 }

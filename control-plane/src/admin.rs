@@ -45,21 +45,32 @@ fn documents(docs: Vec<pb::Document>) -> Vec<(String, String)> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
         let (outcomes, revision) = self
             .state
             .apply(&documents(req.documents), req.dry_run)
             .await
             .map_err(to_status)?;
-        tracing::info!(revision, objects = outcomes.len(), dry_run = req.dry_run, "config applied");
+        tracing::info!(
+            revision,
+            objects = outcomes.len(),
+            dry_run = req.dry_run,
+            "config applied"
+        );
         Ok(Response::new(pb::ApplyResponse {
             results: results(outcomes),
             revision,
         }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (outcomes, revision) = self
             .state
             .delete(&documents(req.into_inner().documents))
@@ -74,13 +85,19 @@ impl Admin for AdminService {
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = req.into_inner();
-        let kind = Kind::parse(&req.kind)
-            .ok_or_else(|| Status::invalid_argument(format!("unknown kind \"{}\" (expected Service or Route)", req.kind)))?;
+        let kind = Kind::parse(&req.kind).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown kind \"{}\" (expected Service or Route)",
+                req.kind
+            ))
+        })?;
         let config = self.state.current();
         let objects = config
             .objects
             .iter()
-            .filter(|(k, _)| k.kind == kind && (req.namespace.is_empty() || k.namespace == req.namespace))
+            .filter(|(k, _)| {
+                k.kind == kind && (req.namespace.is_empty() || k.namespace == req.namespace)
+            })
             .map(|(k, o)| pb::ConfigObject {
                 kind: k.kind.as_str().to_string(),
                 namespace: k.namespace.clone(),
@@ -94,9 +111,17 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn proxy_status(&self, _req: Request<pb::ProxyStatusRequest>) -> Result<Response<pb::ProxyStatusResponse>, Status> {
+    async fn proxy_status(
+        &self,
+        _req: Request<pb::ProxyStatusRequest>,
+    ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
         let revision = self.state.current().revision;
-        let proxies = self.registry.snapshot().iter().map(|r| r.to_status()).collect();
+        let proxies = self
+            .registry
+            .snapshot()
+            .iter()
+            .map(|r| r.to_status())
+            .collect();
         Ok(Response::new(pb::ProxyStatusResponse { proxies, revision }))
     }
 }

@@ -54,7 +54,12 @@ fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: RKind) {
 /// Adds the cluster and endpoints for `dest` (as seen from a route in
 /// `route_ns`) and returns the cluster name; None if it does not resolve
 /// (validation prevents that for stored config).
-fn add_cluster(set: &mut ResourceSet, config: &ConfigSet, route_ns: &str, dest: &Destination) -> Option<String> {
+fn add_cluster(
+    set: &mut ResourceSet,
+    config: &ConfigSet,
+    route_ns: &str,
+    dest: &Destination,
+) -> Option<String> {
     let (name, ns) = resolve_service_ref(&dest.service, route_ns);
     let svc: &ServiceSpec = config.service(ns, name)?;
     let port = svc.ports.iter().find(|p| p.port == dest.port)?;
@@ -127,7 +132,8 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
         }
         let route_name = format!("{}/{}", key.namespace, key.name);
         if let Some(tcp) = &route.tcp {
-            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &tcp.destination) else {
+            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &tcp.destination)
+            else {
                 continue;
             };
             let name = format!("tcp/{route_name}");
@@ -154,14 +160,18 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
         }
         let mut rules = Vec::new();
         for rule in &route.http {
-            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &rule.destination) else {
+            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &rule.destination)
+            else {
                 continue;
             };
-            let m = rule.matches.clone().unwrap_or(crate::config::kinds::RequestMatch {
-                path: None,
-                method: None,
-                headers: BTreeMap::new(),
-            });
+            let m = rule
+                .matches
+                .clone()
+                .unwrap_or(crate::config::kinds::RequestMatch {
+                    path: None,
+                    method: None,
+                    headers: BTreeMap::new(),
+                });
             let path = m.path.and_then(|p| match (p.prefix, p.exact) {
                 (Some(v), _) => Some(Path::Prefix(v)),
                 (None, Some(v)) => Some(Path::Exact(v)),
@@ -280,10 +290,18 @@ spec:
             .map(|(_, n)| n.as_str())
             .collect();
         assert_eq!(clusters, vec!["cart.shop:9090"]);
-        let eps = &set[&(type_url::ENDPOINTS.to_string(), "cart.shop:9090".to_string())];
-        let Some(RKind::Endpoints(e)) = &eps.kind else { panic!() };
+        let eps = &set[&(
+            type_url::ENDPOINTS.to_string(),
+            "cart.shop:9090".to_string(),
+        )];
+        let Some(RKind::Endpoints(e)) = &eps.kind else {
+            panic!()
+        };
         assert_eq!(
-            e.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect::<Vec<_>>(),
+            e.endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.address, e.port))
+                .collect::<Vec<_>>(),
             vec!["10.0.0.2:9090", "10.0.0.3:15006"]
         );
     }
@@ -292,7 +310,9 @@ spec:
     fn inbound_listener_describes_the_own_service_ports() {
         let set = compile_for(&config(MESH), &node("cart"));
         let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
-        let Some(RKind::Listener(l)) = &l.kind else { panic!() };
+        let Some(RKind::Listener(l)) = &l.kind else {
+            panic!()
+        };
         assert_eq!(l.app_ports.len(), 1);
         assert_eq!(l.app_ports[0].protocol, pb::Protocol::Grpc as i32);
     }
@@ -302,7 +322,8 @@ spec:
         let cfg = config(MESH);
         let a = compile_for(&cfg, &node("web"));
         let mut cfg2 = cfg.clone();
-        cfg2.objects.retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
+        cfg2.objects
+            .retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
         let b = compile_for(&cfg2, &node("web"));
         let (changed, removed) = diff(&a, &b);
         assert_eq!(changed.len(), 1, "only the route table changed");

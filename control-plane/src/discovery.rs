@@ -75,7 +75,10 @@ impl ProxyRegistry {
     }
 
     pub fn snapshot(&self) -> Vec<ProxyRecord> {
-        self.records.lock().map(|r| r.values().cloned().collect()).unwrap_or_default()
+        self.records
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn update(&self, key: &str, stream_id: u64, f: impl FnOnce(&mut ProxyRecord)) {
@@ -91,7 +94,11 @@ impl ProxyRegistry {
     }
 
     fn refresh_gauge(&self) {
-        let connected = self.records.lock().map(|r| r.values().filter(|r| r.connected).count()).unwrap_or(0);
+        let connected = self
+            .records
+            .lock()
+            .map(|r| r.values().filter(|r| r.connected).count())
+            .unwrap_or(0);
         metrics::gauge!("weft_control_connected_proxies").set(connected as f64);
     }
 }
@@ -103,7 +110,10 @@ pub struct DiscoveryService {
 
 impl DiscoveryService {
     pub fn new(published: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>) -> Self {
-        DiscoveryService { published, registry }
+        DiscoveryService {
+            published,
+            registry,
+        }
     }
 }
 
@@ -113,18 +123,28 @@ type PushStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status
 impl Discovery for DiscoveryService {
     type StreamStream = PushStream;
 
-    async fn stream(&self, request: Request<Streaming<pb::DiscoveryRequest>>) -> Result<Response<PushStream>, Status> {
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<PushStream>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
-            .map_err(|_| Status::deadline_exceeded("no node sent within 10s of opening the stream"))?
+            .map_err(|_| {
+                Status::deadline_exceeded("no node sent within 10s of opening the stream")
+            })?
             .ok_or_else(|| Status::invalid_argument("stream closed before the node was sent"))??;
         let node = first
             .node
             .filter(|n| !n.name.is_empty() && !n.namespace.is_empty())
-            .ok_or_else(|| Status::invalid_argument("first message must carry node.name and node.namespace"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("first message must carry node.name and node.namespace")
+            })?;
         let key = ProxyRegistry::key(&node);
-        let stream_id = self.registry.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stream_id = self
+            .registry
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut records) = self.registry.records.lock() {
             records.insert(
                 key.clone(),
@@ -210,11 +230,13 @@ impl Session {
 
     fn disconnect(&self) {
         tracing::info!(proxy = %self.key, "proxy disconnected");
-        self.registry.update(&self.key, self.stream_id, |r| r.connected = false);
+        self.registry
+            .update(&self.key, self.stream_id, |r| r.connected = false);
     }
 
     async fn push(&mut self, published: &Published, full: bool) -> Result<(), ()> {
         let compiled = compile::compile_for(&published.config, &self.node);
+        let on_connect = full;
         let full = full || std::mem::take(&mut self.resync);
         let (resources, removed) = if full {
             (compiled.values().cloned().collect(), vec![])
@@ -233,7 +255,14 @@ impl Session {
         };
         let count = compiled.len() as u64;
         self.sent = compiled;
-        self.in_flight.insert(nonce, (version.clone(), published.changed_at));
+        // The push on connect measures connect → ACK, not the age of the
+        // revision (which may predate the proxy by hours).
+        let changed_at = if on_connect {
+            Instant::now()
+        } else {
+            published.changed_at
+        };
+        self.in_flight.insert(nonce, (version.clone(), changed_at));
         self.registry.update(&self.key, self.stream_id, |r| {
             r.sent_version = version;
             r.resources = count;
@@ -249,10 +278,12 @@ impl Session {
         };
         // Older pushes were superseded by this one.
         if let Ok(n) = req.response_nonce.parse::<u64>() {
-            self.in_flight.retain(|k, _| k.parse::<u64>().map(|k| k > n).unwrap_or(false));
+            self.in_flight
+                .retain(|k, _| k.parse::<u64>().map(|k| k > n).unwrap_or(false));
         }
         if req.error.is_empty() {
-            metrics::histogram!("weft_control_push_duration_seconds").record(changed_at.elapsed().as_secs_f64());
+            metrics::histogram!("weft_control_push_duration_seconds")
+                .record(changed_at.elapsed().as_secs_f64());
             self.registry.update(&self.key, self.stream_id, |r| {
                 r.acked_version = version;
                 r.nacked = false;

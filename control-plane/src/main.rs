@@ -16,7 +16,11 @@ use weft_telemetry as telemetry;
 use xds_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-control", version, about = "Weft control plane: config store, discovery, admin API")]
+#[command(
+    name = "weft-control",
+    version,
+    about = "Weft control plane: config store, discovery, admin API"
+)]
 struct Args {
     /// Directory of the embedded config store (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
@@ -47,7 +51,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let store = EmbeddedStore::open(&args.data_dir)?;
-    let (state, published) = ConfigState::start(store, Duration::from_millis(args.push_debounce_ms))?;
+    let (state, published) =
+        ConfigState::start(store, Duration::from_millis(args.push_debounce_ms))?;
     tracing::info!(revision = state.current().revision, objects = state.current().objects.len(), data_dir = %args.data_dir.display(), "config loaded");
     let registry = Arc::new(ProxyRegistry::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -60,7 +65,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 match req.path.as_str() {
                     "/metrics" => telemetry::text(StatusCode::OK, metrics.render()),
                     "/ready" | "/live" => telemetry::text(StatusCode::OK, "ready\n"),
-                    _ => telemetry::text(StatusCode::NOT_FOUND, "not found: try /metrics or /ready\n"),
+                    _ => telemetry::text(
+                        StatusCode::NOT_FOUND,
+                        "not found: try /metrics or /ready\n",
+                    ),
                 }
             }
         },
@@ -77,7 +85,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(DiscoveryServer::new(DiscoveryService::new(published, registry.clone())))
+        .add_service(DiscoveryServer::new(DiscoveryService::new(
+            published,
+            registry.clone(),
+        )))
         .add_service(AdminServer::new(AdminService::new(state, registry)))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;

@@ -44,7 +44,10 @@ pub struct ConfigState {
 impl ConfigState {
     /// Loads the stored config and starts the debouncer, which publishes on
     /// the returned watch channel at most `debounce` after a change.
-    pub fn start(store: EmbeddedStore, debounce: Duration) -> Result<(Arc<Self>, watch::Receiver<Arc<Published>>), StoreError> {
+    pub fn start(
+        store: EmbeddedStore,
+        debounce: Duration,
+    ) -> Result<(Arc<Self>, watch::Receiver<Arc<Published>>), StoreError> {
         let initial = Arc::new(store.load()?);
         let (tx, rx) = mpsc::unbounded_channel();
         let (pub_tx, pub_rx) = watch::channel(Arc::new(Published {
@@ -67,7 +70,11 @@ impl ConfigState {
 
     /// Validates and stores every object of `documents` (source, yaml), or
     /// nothing. `dry_run` validates only.
-    pub async fn apply(&self, documents: &[(String, String)], dry_run: bool) -> Result<(Vec<Outcome>, u64), ApplyError> {
+    pub async fn apply(
+        &self,
+        documents: &[(String, String)],
+        dry_run: bool,
+    ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let mut incoming: Vec<config::Located> = Vec::new();
         for (source, yaml) in documents {
             incoming.extend(config::parse_documents(source, yaml)?);
@@ -81,7 +88,10 @@ impl ConfigState {
             let key = l.object.key();
             if let Some((src, doc)) = origin.get(&key) {
                 return Err(l
-                    .error("metadata.name", format!("duplicate: {key} is also defined in {src} document {doc}"))
+                    .error(
+                        "metadata.name",
+                        format!("duplicate: {key} is also defined in {src} document {doc}"),
+                    )
                     .into());
             }
             origin.insert(key.clone(), (l.source_name.clone(), l.document));
@@ -90,7 +100,10 @@ impl ConfigState {
                 Some(old) if *old == l.object => "unchanged",
                 Some(_) => "configured",
             };
-            outcomes.push(Outcome { key: key.clone(), action });
+            outcomes.push(Outcome {
+                key: key.clone(),
+                action,
+            });
             next.objects.insert(key, l.object.clone());
         }
         validate::check_set(&next, &origin)?;
@@ -113,7 +126,10 @@ impl ConfigState {
 
     /// Deletes the objects named in `documents`, or nothing if any is missing
     /// or still referenced.
-    pub async fn delete(&self, documents: &[(String, String)]) -> Result<(Vec<Outcome>, u64), ApplyError> {
+    pub async fn delete(
+        &self,
+        documents: &[(String, String)],
+    ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let mut named = Vec::new();
         for (source, yaml) in documents {
             named.extend(config::parse_documents(source, yaml)?);
@@ -131,7 +147,10 @@ impl ConfigState {
         }
         keys.dedup();
         validate::check_set(&next, &BTreeMap::new()).map_err(|mut e| {
-            e.reason = format!("{} (it is still referenced; delete or change the referencing object first)", e.reason);
+            e.reason = format!(
+                "{} (it is still referenced; delete or change the referencing object first)",
+                e.reason
+            );
             e
         })?;
         if keys.is_empty() {
@@ -142,7 +161,13 @@ impl ConfigState {
         let revision = next.revision;
         self.current.store(Arc::new(next));
         let _ = self.changes.send(Instant::now());
-        let outcomes = keys.into_iter().map(|key| Outcome { key, action: "deleted" }).collect();
+        let outcomes = keys
+            .into_iter()
+            .map(|key| Outcome {
+                key,
+                action: "deleted",
+            })
+            .collect();
         Ok((outcomes, revision))
     }
 }
@@ -196,12 +221,19 @@ mod tests {
     #[tokio::test]
     async fn rejected_apply_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
+        let (state, _rx) = ConfigState::start(
+            EmbeddedStore::open(dir.path()).unwrap(),
+            Duration::from_millis(5),
+        )
+        .unwrap();
         // The route is valid on its own, but the second document is broken:
         // neither may land.
         let bad = format!("{SVC}---\n{}", ROUTE.replace("port: 80}", "port: 81}"));
         let err = state.apply(&docs(&bad), false).await.unwrap_err();
-        assert!(err.to_string().contains("spec.http[0].destination.port"), "{err}");
+        assert!(
+            err.to_string().contains("spec.http[0].destination.port"),
+            "{err}"
+        );
         assert!(state.current().objects.is_empty());
         assert_eq!(state.current().revision, 0);
     }
@@ -209,35 +241,68 @@ mod tests {
     #[tokio::test]
     async fn apply_reports_created_configured_unchanged_and_publishes() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, mut rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
-        let (o, rev) = state.apply(&docs(&format!("{SVC}---\n{ROUTE}")), false).await.unwrap();
+        let (state, mut rx) = ConfigState::start(
+            EmbeddedStore::open(dir.path()).unwrap(),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        let (o, rev) = state
+            .apply(&docs(&format!("{SVC}---\n{ROUTE}")), false)
+            .await
+            .unwrap();
         assert_eq!(rev, 1);
         assert!(o.iter().all(|o| o.action == "created"));
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow().config.revision, 1);
         let (o, rev) = state.apply(&docs(SVC), false).await.unwrap();
         assert_eq!((o[0].action, rev), ("unchanged", 1));
-        let (o, rev) = state.apply(&docs(&SVC.replace("80, protocol: http}", "80, protocol: http}, {port: 81, protocol: tcp}")), false).await.unwrap();
+        let (o, rev) = state
+            .apply(
+                &docs(&SVC.replace(
+                    "80, protocol: http}",
+                    "80, protocol: http}, {port: 81, protocol: tcp}",
+                )),
+                false,
+            )
+            .await
+            .unwrap();
         assert_eq!((o[0].action, rev), ("configured", 2));
     }
 
     #[tokio::test]
     async fn deleting_a_referenced_service_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
-        state.apply(&docs(&format!("{SVC}---\n{ROUTE}")), false).await.unwrap();
+        let (state, _rx) = ConfigState::start(
+            EmbeddedStore::open(dir.path()).unwrap(),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        state
+            .apply(&docs(&format!("{SVC}---\n{ROUTE}")), false)
+            .await
+            .unwrap();
         let err = state.delete(&docs(SVC)).await.unwrap_err();
         assert!(err.to_string().contains("still referenced"), "{err}");
         assert_eq!(state.current().objects.len(), 2);
-        state.delete(&docs(&format!("{ROUTE}---\n{SVC}"))).await.unwrap();
+        state
+            .delete(&docs(&format!("{ROUTE}---\n{SVC}")))
+            .await
+            .unwrap();
         assert!(state.current().objects.is_empty());
     }
 
     #[tokio::test]
     async fn duplicate_objects_in_one_apply_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, _rx) = ConfigState::start(EmbeddedStore::open(dir.path()).unwrap(), Duration::from_millis(5)).unwrap();
-        let err = state.apply(&docs(&format!("{SVC}---\n{SVC}")), false).await.unwrap_err();
+        let (state, _rx) = ConfigState::start(
+            EmbeddedStore::open(dir.path()).unwrap(),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        let err = state
+            .apply(&docs(&format!("{SVC}---\n{SVC}")), false)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
     }
 }

@@ -20,7 +20,9 @@ static BINARIES: OnceLock<Binaries> = OnceLock::new();
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
 
 pub fn binaries() -> &'static Binaries {
-    BINARIES.get_or_init(|| Binaries::from_current_exe().expect("mesh binaries (cargo build --workspace --bins)"))
+    BINARIES.get_or_init(|| {
+        Binaries::from_current_exe().expect("mesh binaries (cargo build --workspace --bins)")
+    })
 }
 
 pub struct Mesh {
@@ -37,7 +39,9 @@ pub struct Mesh {
 impl Mesh {
     /// Starts weft-control with a fresh data dir.
     pub fn start(name: &str) -> Mesh {
-        let n = std::process::id().wrapping_mul(64).wrapping_add(NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
+        let n = std::process::id()
+            .wrapping_mul(64)
+            .wrapping_add(NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
         let block = (20 + ((n / 256) % 200) as u8, (n % 256) as u8);
         let dir = std::env::temp_dir().join(format!("weft-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -68,10 +72,21 @@ impl Mesh {
     }
 
     pub fn start_control(&mut self) {
-        let args = localmesh::control_args(&self.dir.join("data"), self.control_grpc, self.control_admin);
-        let p = Proc::spawn("weft-control", &binaries().path(localmesh::CONTROL), &args, &self.logs()).expect("start weft-control");
+        let args = localmesh::control_args(
+            &self.dir.join("data"),
+            self.control_grpc,
+            self.control_admin,
+        );
+        let p = Proc::spawn(
+            "weft-control",
+            &binaries().path(localmesh::CONTROL),
+            &args,
+            &self.logs(),
+        )
+        .expect("start weft-control");
         self.control = Some(p);
-        localmesh::wait_listening(self.control_grpc, Duration::from_secs(15)).expect("weft-control listening");
+        localmesh::wait_listening(self.control_grpc, Duration::from_secs(15))
+            .expect("weft-control listening");
     }
 
     /// SIGKILL the control plane (a crash, not a shutdown).
@@ -82,17 +97,26 @@ impl Mesh {
     }
 
     fn spawn(&mut self, name: &str, bin: &str, args: Vec<String>) -> &mut Proc {
-        let p = Proc::spawn(name, &binaries().path(bin), &args, &self.logs()).unwrap_or_else(|e| panic!("start {name}: {e:#}"));
+        let p = Proc::spawn(name, &binaries().path(bin), &args, &self.logs())
+            .unwrap_or_else(|e| panic!("start {name}: {e:#}"));
         self.procs.push(p);
         self.procs.last_mut().expect("just pushed")
     }
 
     fn app(&mut self, kind: &str, name: &str, extra: &[&str]) -> u16 {
         let port = localmesh::free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("free port");
-        let mut args = vec![kind.to_string(), "--listen".into(), format!("127.0.0.1:{port}")];
+        let mut args = vec![
+            kind.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn(&format!("app-{name}"), localmesh::SAMPLE_APP, args);
-        localmesh::wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).expect("app listening");
+        localmesh::wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        )
+        .expect("app listening");
         port
     }
 
@@ -114,7 +138,14 @@ impl Mesh {
     }
 
     /// Starts a sidecar on 127.A.B.`last` with default ports; waits for its admin port.
-    pub fn proxy(&mut self, service: &str, namespace: &str, app_port: u16, last: u8, extra: &[&str]) -> ProxyAddrs {
+    pub fn proxy(
+        &mut self,
+        service: &str,
+        namespace: &str,
+        app_port: u16,
+        last: u8,
+        extra: &[&str],
+    ) -> ProxyAddrs {
         let addrs = ProxyAddrs::on(self.ip(last));
         let spec = ProxySpec {
             node: format!("{service}-{last}"),
@@ -126,12 +157,16 @@ impl Mesh {
         };
         let args = spec.args(&self.cp_url());
         self.spawn(&format!("proxy-{service}-{last}"), localmesh::PROXY, args);
-        localmesh::wait_listening(addrs.admin, Duration::from_secs(15)).expect("proxy admin listening");
+        localmesh::wait_listening(addrs.admin, Duration::from_secs(15))
+            .expect("proxy admin listening");
         addrs
     }
 
     pub fn proc_mut(&mut self, name: &str) -> &mut Proc {
-        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
     }
 
     /// Runs weftctl against this mesh's control plane.
@@ -153,12 +188,18 @@ impl Mesh {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
         let v: Value = serde_json::from_slice(&out.stdout).context("apply -o json output")?;
-        v["revision"].as_u64().ok_or_else(|| anyhow!("no revision in {v}"))
+        v["revision"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no revision in {v}"))
     }
 
     pub fn proxy_status(&self) -> Value {
         let out = self.weftctl(&["-o", "json", "proxy-status"]);
-        assert!(out.status.success(), "proxy-status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "proxy-status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("proxy-status JSON")
     }
 
@@ -170,12 +211,19 @@ impl Mesh {
             let status = self.proxy_status();
             let synced = status["proxies"]
                 .as_array()
-                .map(|a| a.iter().filter(|p| p["state"] == "SYNCED" && p["ackedVersion"] == want.as_str()).count())
+                .map(|a| {
+                    a.iter()
+                        .filter(|p| p["state"] == "SYNCED" && p["ackedVersion"] == want.as_str())
+                        .count()
+                })
                 .unwrap_or(0);
             if synced >= count {
                 return;
             }
-            assert!(Instant::now() < deadline, "{count} proxies not SYNCED at {want}: {status:#}");
+            assert!(
+                Instant::now() < deadline,
+                "{count} proxies not SYNCED at {want}: {status:#}"
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -191,7 +239,12 @@ impl Drop for Mesh {
         if std::thread::panicking() {
             let all = self.control.iter().chain(self.procs.iter());
             for p in all {
-                eprintln!("----- {} ({}) -----\n{}", p.name, p.log.display(), p.log_tail(30));
+                eprintln!(
+                    "----- {} ({}) -----\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.log_tail(30)
+                );
             }
         }
     }
@@ -199,10 +252,20 @@ impl Drop for Mesh {
 
 /// A minimal HTTP/1.1 client over a fresh connection (`Connection: close`).
 /// Returns (status, body as text). Used where curl would be too slow.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<(u16, String)> {
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -212,14 +275,22 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, host: &str, head
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in response: {text:?}"))?;
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header in response: {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line: {head:?}"))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((status, body))
 }
 
@@ -246,13 +317,22 @@ pub fn curl(args: &[&str], url: &str) -> (u16, Vec<u8>) {
         .expect("curl must be installed");
     let stdout = out.stdout;
     let split = stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let code = String::from_utf8_lossy(&stdout[split + 1..]).trim().parse().unwrap_or(0);
+    let code = String::from_utf8_lossy(&stdout[split + 1..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
     (code, stdout[..split].to_vec())
 }
 
 /// Standard two-sidecar topology YAML: `client` may call `server` through
 /// route `host` to service port `port` with `protocol`.
-pub fn service_yaml(name: &str, ns: &str, port: u16, protocol: &str, endpoint: SocketAddr) -> String {
+pub fn service_yaml(
+    name: &str,
+    ns: &str,
+    port: u16,
+    protocol: &str,
+    endpoint: SocketAddr,
+) -> String {
     format!(
         "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{port: {port}, protocol: {protocol}}}]\n  endpoints: [{{address: \"{}\", port: {}}}]\n",
         endpoint.ip(),
@@ -260,7 +340,14 @@ pub fn service_yaml(name: &str, ns: &str, port: u16, protocol: &str, endpoint: S
     )
 }
 
-pub fn http_route_yaml(name: &str, ns: &str, sources: &[&str], hosts: &[&str], service: &str, port: u16) -> String {
+pub fn http_route_yaml(
+    name: &str,
+    ns: &str,
+    sources: &[&str],
+    hosts: &[&str],
+    service: &str,
+    port: u16,
+) -> String {
     format!(
         "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  sources: [{}]\n  hosts: [{}]\n  http: [{{destination: {{service: {service}, port: {port}}}}}]\n",
         sources.join(", "),

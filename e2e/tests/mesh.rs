@@ -18,7 +18,14 @@ fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
         "{}---\n{}---\n{}",
         service_yaml("client", "e2e", 1, "http", client.inbound),
         service_yaml("server", "e2e", app, protocol, server.inbound),
-        http_route_yaml("server", "e2e", &["client"], &["server", "server.e2e"], "server", app)
+        http_route_yaml(
+            "server",
+            "e2e",
+            &["client"],
+            &["server", "server.e2e"],
+            "server",
+            app
+        )
     );
     let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
     mesh.wait_synced(rev, 2);
@@ -33,19 +40,39 @@ fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_
 
     let (code, body) = curl(&["-H", "Host: server"], &url("/hello"));
     assert_eq!(code, 200);
-    assert!(String::from_utf8_lossy(&body).contains("hello from server path=/hello version=HTTP/1.1"));
+    assert!(
+        String::from_utf8_lossy(&body).contains("hello from server path=/hello version=HTTP/1.1")
+    );
 
     // 10 MiB upload echoed back byte for byte.
     let big: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let file = mesh.dir.join("big.bin");
     std::fs::write(&file, &big).unwrap();
-    let (code, body) = curl(&["-H", "Host: server", "--data-binary", &format!("@{}", file.display())], &url("/echo"));
+    let (code, body) = curl(
+        &[
+            "-H",
+            "Host: server",
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+        &url("/echo"),
+    );
     assert_eq!(code, 200);
     assert_eq!(body.len(), big.len());
     assert!(body == big, "10 MiB body corrupted in transit");
 
     // Chunked upload (no content-length) and chunked 10 MiB download.
-    let (code, body) = curl(&["-H", "Host: server", "-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", file.display())], &url("/echo"));
+    let (code, body) = curl(
+        &[
+            "-H",
+            "Host: server",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+        &url("/echo"),
+    );
     assert_eq!(code, 200);
     assert!(body == big, "chunked upload corrupted");
     let (code, body) = curl(&["-H", "Host: server"], &url("/bytes?n=10485760&chunked=1"));
@@ -63,11 +90,21 @@ fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_
 fn http2_prior_knowledge_flows_end_to_end_with_curl() {
     let mut mesh = Mesh::start("h2c");
     let (client, _server) = http_pair(&mut mesh, "http2");
-    let (code, body) = curl(&["--http2-prior-knowledge", "-H", "Host: server"], &format!("http://{}/h2", client.outbound));
+    let (code, body) = curl(
+        &["--http2-prior-knowledge", "-H", "Host: server"],
+        &format!("http://{}/h2", client.outbound),
+    );
     assert_eq!(code, 200);
     // The app saw HTTP/2: the sidecars spoke h2c on both hops.
-    assert!(String::from_utf8_lossy(&body).contains("version=HTTP/2.0"), "{}", String::from_utf8_lossy(&body));
-    let (code, body) = curl(&["--http2-prior-knowledge", "-H", "Host: server"], &format!("http://{}/bytes?n=3000000", client.outbound));
+    assert!(
+        String::from_utf8_lossy(&body).contains("version=HTTP/2.0"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (code, body) = curl(
+        &["--http2-prior-knowledge", "-H", "Host: server"],
+        &format!("http://{}/bytes?n=3000000", client.outbound),
+    );
     assert_eq!(code, 200);
     assert_eq!(body.len(), 3_000_000);
 }
@@ -90,26 +127,51 @@ async fn grpc_unary_and_server_streaming_flow_through_sidecars() {
         mesh.wait_synced(rev, 2);
         (mesh, client)
     });
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client_addrs.outbound))
-        .unwrap()
-        .origin("http://greeter".parse().unwrap())
-        .connect()
-        .await
-        .expect("connect to outbound");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", client_addrs.outbound))
+            .unwrap()
+            .origin("http://greeter".parse().unwrap())
+            .connect()
+            .await
+            .expect("connect to outbound");
     let mut echo = EchoClient::new(channel);
-    let reply = echo.unary(EchoRequest { message: "ping".into(), count: 1 }).await.expect("unary").into_inner();
-    assert_eq!((reply.message.as_str(), reply.served_by.as_str()), ("ping", "greeter"));
+    let reply = echo
+        .unary(EchoRequest {
+            message: "ping".into(),
+            count: 1,
+        })
+        .await
+        .expect("unary")
+        .into_inner();
+    assert_eq!(
+        (reply.message.as_str(), reply.served_by.as_str()),
+        ("ping", "greeter")
+    );
 
-    let mut stream = echo.server_stream(EchoRequest { message: "tick".into(), count: 50 }).await.expect("stream").into_inner();
+    let mut stream = echo
+        .server_stream(EchoRequest {
+            message: "tick".into(),
+            count: 50,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
     let mut got = Vec::new();
     while let Some(m) = stream.message().await.expect("stream message") {
         got.push(m.index);
     }
-    assert_eq!(got, (0..50).collect::<Vec<_>>(), "every streamed message in order, then trailers");
+    assert_eq!(
+        got,
+        (0..50).collect::<Vec<_>>(),
+        "every streamed message in order, then trailers"
+    );
 
     // A gRPC error status crosses both sidecars intact (trailers preserved).
     let status = echo
-        .server_stream(EchoRequest { message: "x".into(), count: 20_000 })
+        .server_stream(EchoRequest {
+            message: "x".into(),
+            count: 20_000,
+        })
         .await
         .expect_err("count above the limit is refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -154,7 +216,11 @@ fn opaque_tcp_echo_and_server_first_protocol_do_not_wait_for_detection() {
     let mut banner = [0u8; 11];
     s.read_exact(&mut banner).unwrap();
     assert_eq!(&banner, b"220 hello\r\n");
-    assert!(started.elapsed() < Duration::from_secs(2), "server-first banner took {:?}: stalled on detection", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "server-first banner took {:?}: stalled on detection",
+        started.elapsed()
+    );
     s.write_all(b"QUIT\r\n").unwrap();
     let mut back = [0u8; 6];
     s.read_exact(&mut back).unwrap();
@@ -176,7 +242,12 @@ fn route_change_under_traffic_takes_effect_within_a_second_without_failed_reques
         service_yaml("v2", "e2e", v2, "http", s2.inbound)
     );
     let rev = mesh.apply("services.yaml", &services).unwrap();
-    let rev2 = mesh.apply("route.yaml", &http_route_yaml("app", "e2e", &["client"], &["app"], "v1", v1)).unwrap();
+    let rev2 = mesh
+        .apply(
+            "route.yaml",
+            &http_route_yaml("app", "e2e", &["client"], &["app"], "v1", v1),
+        )
+        .unwrap();
     assert!(rev2 > rev);
     mesh.wait_synced(rev2, 3);
     let pid_before = mesh.proc_mut("proxy-client-2").pid();
@@ -194,7 +265,10 @@ fn route_change_under_traffic_takes_effect_within_a_second_without_failed_reques
                 match http_request(addr, "GET", "/", "app", &[], b"") {
                     Ok((200, body)) => {
                         if body.contains("hello from v2") {
-                            served_v2_at.lock().unwrap().get_or_insert_with(Instant::now);
+                            served_v2_at
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(Instant::now);
                         }
                     }
                     _ => {
@@ -208,18 +282,37 @@ fn route_change_under_traffic_takes_effect_within_a_second_without_failed_reques
     }
     std::thread::sleep(Duration::from_millis(300));
     let changed_at = Instant::now();
-    mesh.apply("route.yaml", &http_route_yaml("app", "e2e", &["client"], &["app"], "v2", v2)).unwrap();
+    mesh.apply(
+        "route.yaml",
+        &http_route_yaml("app", "e2e", &["client"], &["app"], "v2", v2),
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    let first_v2 = served_v2_at.lock().unwrap().expect("traffic never reached v2");
-    assert!(first_v2.duration_since(changed_at) < Duration::from_secs(1), "route change took {:?}", first_v2.duration_since(changed_at));
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the change (of {total})");
+    let first_v2 = served_v2_at
+        .lock()
+        .unwrap()
+        .expect("traffic never reached v2");
+    assert!(
+        first_v2.duration_since(changed_at) < Duration::from_secs(1),
+        "route change took {:?}",
+        first_v2.duration_since(changed_at)
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the change (of {total})"
+    );
     // After the switch, everything goes to v2.
     let (code, body) = http_request(client.outbound, "GET", "/", "app", &[], b"").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains("hello from v2"));
-    assert_eq!(mesh.proc_mut("proxy-client-2").pid(), pid_before, "proxy restarted");
+    assert_eq!(
+        mesh.proc_mut("proxy-client-2").pid(),
+        pid_before,
+        "proxy restarted"
+    );
     assert!(mesh.proc_mut("proxy-client-2").is_running());
 }
 
@@ -240,7 +333,13 @@ fn invalid_apply_names_file_and_field_and_changes_nothing() {
     let out = mesh.weftctl(&["apply", "-f", &path.display().to_string()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml") && err.contains("document 2") && err.contains("spec.ports[0].port") && err.contains("65535"), "{err}");
+    assert!(
+        err.contains("bad.yaml")
+            && err.contains("document 2")
+            && err.contains("spec.ports[0].port")
+            && err.contains("65535"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 
     std::fs::write(&path, "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: x, namespace: e2e}\nspec:\n  ports: [{port: 80, protocol: http}]\n  weight: 3\n").unwrap();
@@ -248,9 +347,20 @@ fn invalid_apply_names_file_and_field_and_changes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `weight`"));
 
-    assert_eq!(mesh.weftctl(&["-o", "json", "get", "services"]).stdout, before, "stored config changed");
-    assert_eq!(mesh.admin_get(client.admin, "/config_dump").1, dump_before, "proxy config changed");
-    let (code, _) = curl(&["-H", "Host: server"], &format!("http://{}/", client.outbound));
+    assert_eq!(
+        mesh.weftctl(&["-o", "json", "get", "services"]).stdout,
+        before,
+        "stored config changed"
+    );
+    assert_eq!(
+        mesh.admin_get(client.admin, "/config_dump").1,
+        dump_before,
+        "proxy config changed"
+    );
+    let (code, _) = curl(
+        &["-H", "Host: server"],
+        &format!("http://{}/", client.outbound),
+    );
     assert_eq!(code, 200);
 }
 
@@ -264,34 +374,72 @@ fn nacked_push_is_visible_in_proxy_status_and_previous_config_keeps_serving() {
     let port = squatter.local_addr().unwrap().port();
     let server_port = mesh.weftctl(&["-o", "json", "get", "services"]);
     let services: serde_json::Value = serde_json::from_slice(&server_port.stdout).unwrap();
-    let app_port = services.as_array().unwrap().iter().find(|s| s["metadata"]["name"] == "server").unwrap()["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let app_port = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == "server")
+        .unwrap()["spec"]["ports"][0]["port"]
+        .as_u64()
+        .unwrap();
     let yaml = format!("apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: raw, namespace: e2e}}\nspec: {{sources: [client], tcp: {{bindPort: {port}, destination: {{service: server, port: {app_port}}}}}}}\n");
-    mesh.apply("raw.yaml", &yaml).expect("control plane accepts it; only the proxy can't use it");
+    mesh.apply("raw.yaml", &yaml)
+        .expect("control plane accepts it; only the proxy can't use it");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let row = loop {
         let status = mesh.proxy_status();
-        let row = status["proxies"].as_array().unwrap().iter().find(|p| p["service"] == "client").cloned().unwrap();
+        let row = status["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["service"] == "client")
+            .cloned()
+            .unwrap();
         if row["state"] == "NACKED" {
             break row;
         }
         assert!(Instant::now() < deadline, "never NACKED: {status:#}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(row["nackReason"].as_str().unwrap().contains(&format!("cannot bind {}:{port}", client.ip)), "{row}");
+    assert!(
+        row["nackReason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("cannot bind {}:{port}", client.ip)),
+        "{row}"
+    );
     let table = String::from_utf8_lossy(&mesh.weftctl(&["proxy-status"]).stdout).to_string();
-    assert!(table.contains("NACKED") && table.contains("cannot bind"), "{table}");
+    assert!(
+        table.contains("NACKED") && table.contains("cannot bind"),
+        "{table}"
+    );
 
     // The previous config still serves.
-    let (code, body) = curl(&["-H", "Host: server"], &format!("http://{}/still", client.outbound));
+    let (code, body) = curl(
+        &["-H", "Host: server"],
+        &format!("http://{}/still", client.outbound),
+    );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let dump: serde_json::Value = serde_json::from_str(&mesh.admin_get(client.admin, "/config_dump").1).unwrap();
-    assert!(dump["control_plane"]["last_nack"].as_str().unwrap().contains("cannot bind"));
-    assert!(dump["snapshot"]["tcp_listeners"].as_array().unwrap().is_empty());
+    let dump: serde_json::Value =
+        serde_json::from_str(&mesh.admin_get(client.admin, "/config_dump").1).unwrap();
+    assert!(dump["control_plane"]["last_nack"]
+        .as_str()
+        .unwrap()
+        .contains("cannot bind"));
+    assert!(dump["snapshot"]["tcp_listeners"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     // Freeing the port and re-applying anything lets the proxy converge.
     drop(squatter);
-    let rev = mesh.apply("client-label.yaml", &service_yaml("client", "e2e", 2, "http", client.inbound)).unwrap();
+    let rev = mesh
+        .apply(
+            "client-label.yaml",
+            &service_yaml("client", "e2e", 2, "http", client.inbound),
+        )
+        .unwrap();
     mesh.wait_synced(rev, 2);
 }
 
@@ -311,9 +459,18 @@ fn control_plane_crash_keeps_traffic_flowing_and_restart_restores_config_and_syn
     mesh.start_control();
     let routes = mesh.weftctl(&["-o", "json", "get", "routes"]);
     let routes: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
-    assert_eq!(routes.as_array().unwrap().len(), 1, "route survived the restart");
+    assert_eq!(
+        routes.as_array().unwrap().len(),
+        1,
+        "route survived the restart"
+    );
     let status = mesh.proxy_status();
-    let rev: u64 = status["revision"].as_str().unwrap().trim_start_matches('r').parse().unwrap();
+    let rev: u64 = status["revision"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('r')
+        .parse()
+        .unwrap();
     assert!(rev >= 1);
     mesh.wait_synced(rev, 2);
     let (code, _) = http_request(client.outbound, "GET", "/", "server", &[], b"").unwrap();
@@ -324,24 +481,35 @@ fn drain_test(name: &str, trigger: impl FnOnce(&mut Mesh, ProxyAddrs)) {
     let mut mesh = Mesh::start(name);
     let (client, _server) = http_pair(&mut mesh, "http");
     let addr = client.outbound;
-    let inflight = std::thread::spawn(move || http_request(addr, "GET", "/slow?ms=1500", "server", &[], b""));
+    let inflight =
+        std::thread::spawn(move || http_request(addr, "GET", "/slow?ms=1500", "server", &[], b""));
     std::thread::sleep(Duration::from_millis(400));
     trigger(&mut mesh, client);
     // New connections are refused once draining...
     std::thread::sleep(Duration::from_millis(200));
-    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(), "still accepting while draining");
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "still accepting while draining"
+    );
     // ...but the in-flight request completes.
-    let (code, body) = inflight.join().unwrap().expect("in-flight request completed");
+    let (code, body) = inflight
+        .join()
+        .unwrap()
+        .expect("in-flight request completed");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("slow reply"));
-    let exit = mesh.proc_mut("proxy-client-2").wait_exit(Duration::from_secs(10)).expect("proxy exits after drain");
+    let exit = mesh
+        .proc_mut("proxy-client-2")
+        .wait_exit(Duration::from_secs(10))
+        .expect("proxy exits after drain");
     assert_eq!(exit, Some(0));
 }
 
 #[test]
 fn drain_endpoint_finishes_in_flight_requests_and_exits_zero() {
     drain_test("drain", |mesh, client| {
-        let (code, _) = http_request(client.admin, "POST", "/drain", "localhost", &[], b"").unwrap();
+        let (code, _) =
+            http_request(client.admin, "POST", "/drain", "localhost", &[], b"").unwrap();
         assert_eq!(code, 202);
         let (code, _) = mesh.admin_get(client.admin, "/ready");
         assert_eq!(code, 503, "not ready while draining");
@@ -375,8 +543,14 @@ fn config_dump_holds_only_the_services_a_proxy_can_reach() {
     let rev = mesh.apply("mesh.yaml", &yaml).unwrap();
     mesh.wait_synced(rev, 3);
     let clusters = |admin| {
-        let dump: serde_json::Value = serde_json::from_str(&mesh.admin_get(admin, "/config_dump").1).unwrap();
-        let mut names: Vec<String> = dump["snapshot"]["clusters"].as_object().unwrap().keys().cloned().collect();
+        let dump: serde_json::Value =
+            serde_json::from_str(&mesh.admin_get(admin, "/config_dump").1).unwrap();
+        let mut names: Vec<String> = dump["snapshot"]["clusters"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     };
@@ -398,6 +572,9 @@ fn weftctl_reports_unreachable_control_plane_in_one_line() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: cannot reach control plane at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.starts_with("error: cannot reach control plane at http://127.0.0.1:1"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1);
 }

@@ -25,7 +25,10 @@ impl Admin {
                 if self.drain.is_draining() {
                     telemetry::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 } else if self.snapshot.load().version.is_empty() {
-                    telemetry::text(StatusCode::SERVICE_UNAVAILABLE, "waiting for first config from the control plane\n")
+                    telemetry::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for first config from the control plane\n",
+                    )
                 } else {
                     telemetry::text(StatusCode::OK, "ready\n")
                 }
@@ -53,17 +56,25 @@ impl Admin {
                 let mut out = String::new();
                 for c in snap.clusters.values() {
                     for e in &c.endpoints {
-                        out.push_str(&format!("{} {} {:?}\n", c.name, e, c.protocol).to_lowercase());
+                        out.push_str(
+                            &format!("{} {} {:?}\n", c.name, e, c.protocol).to_lowercase(),
+                        );
                     }
                 }
                 telemetry::text(StatusCode::OK, out)
             }
             (Method::POST, "/drain") => {
                 self.drain.start();
-                telemetry::text(StatusCode::ACCEPTED, "draining: no new connections; exiting when in-flight requests finish\n")
+                telemetry::text(
+                    StatusCode::ACCEPTED,
+                    "draining: no new connections; exiting when in-flight requests finish\n",
+                )
             }
             (_, "/drain") => telemetry::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /drain\n"),
-            _ => telemetry::text(StatusCode::NOT_FOUND, "not found: /ready /live /config_dump /clusters /drain\n"),
+            _ => telemetry::text(
+                StatusCode::NOT_FOUND,
+                "not found: /ready /live /config_dump /clusters /drain\n",
+            ),
         }
     }
 }

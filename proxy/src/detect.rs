@@ -15,7 +15,15 @@ pub enum Detected {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
 ];
 
 enum Verdict {
@@ -76,10 +84,22 @@ mod tests {
 
     #[test]
     fn classifies_methods_preface_and_binary() {
-        assert!(matches!(classify(b"GET / HTTP/1.1\r\n"), Verdict::Known(Detected::Http1)));
-        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Verdict::Known(Detected::Http2)));
-        assert!(matches!(classify(b"\x16\x03\x01"), Verdict::Known(Detected::Opaque)));
-        assert!(matches!(classify(b"GETX"), Verdict::Known(Detected::Opaque)));
+        assert!(matches!(
+            classify(b"GET / HTTP/1.1\r\n"),
+            Verdict::Known(Detected::Http1)
+        ));
+        assert!(matches!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Verdict::Known(Detected::Http2)
+        ));
+        assert!(matches!(
+            classify(b"\x16\x03\x01"),
+            Verdict::Known(Detected::Opaque)
+        ));
+        assert!(matches!(
+            classify(b"GETX"),
+            Verdict::Known(Detected::Opaque)
+        ));
         assert!(matches!(classify(b"PO"), Verdict::NeedMore));
     }
 
@@ -90,10 +110,16 @@ mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
         let t = std::time::Instant::now();
-        assert_eq!(detect(&server, Duration::from_millis(50)).await, Detected::Opaque);
+        assert_eq!(
+            detect(&server, Duration::from_millis(50)).await,
+            Detected::Opaque
+        );
         assert!(t.elapsed() >= Duration::from_millis(50));
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(detect(&server, Duration::from_millis(500)).await, Detected::Http1);
+        assert_eq!(
+            detect(&server, Duration::from_millis(500)).await,
+            Detected::Http1
+        );
         let mut buf = [0u8; 3];
         server.peek(&mut buf).await.unwrap();
         assert_eq!(&buf, b"GET");

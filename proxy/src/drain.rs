@@ -68,7 +68,9 @@ impl Drain {
 
     pub fn track(&self) -> ConnGuard {
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        ConnGuard { inner: self.inner.clone() }
+        ConnGuard {
+            inner: self.inner.clone(),
+        }
     }
 
     pub fn active(&self) -> usize {
@@ -105,6 +107,9 @@ mod tests {
         drop(g);
         assert!(waiter.await.unwrap());
         let _g = d.track();
-        assert!(!d.wait_idle(Duration::from_millis(20)).await, "deadline passes while busy");
+        assert!(
+            !d.wait_idle(Duration::from_millis(20)).await,
+            "deadline passes while busy"
+        );
     }
 }

@@ -69,7 +69,12 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const H2_STREAMS_PER_CONNECTION: usize = 128;
 
-async fn respond(session: &mut Session, status: u16, reason: &'static str, body: String) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    reason: &'static str,
+    body: String,
+) -> Result<()> {
     let body = Bytes::from(body);
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -112,12 +117,22 @@ impl ProxyHttp for MeshHttp {
                 .uri
                 .authority()
                 .map(|a| a.as_str())
-                .or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+                .or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                })
                 .unwrap_or("");
-            match snapshot.routes.route_index(authority, req.uri.path(), &req.method, &req.headers) {
+            match snapshot
+                .routes
+                .route_index(authority, req.uri.path(), &req.method, &req.headers)
+            {
                 Some(ix) => ctx.rule = Some(ix),
                 None => {
-                    let body = format!("weft: no route for host \"{authority}\" path \"{}\"\n", req.uri.path());
+                    let body = format!(
+                        "weft: no route for host \"{authority}\" path \"{}\"\n",
+                        req.uri.path()
+                    );
                     ctx.snapshot = Some(snapshot);
                     respond(session, 404, "no_route", body).await?;
                     return Ok(true);
@@ -128,19 +143,27 @@ impl ProxyHttp for MeshHttp {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let snapshot = ctx
-            .snapshot
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot in request context"))?;
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx.snapshot.as_ref().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no snapshot in request context")
+        })?;
         match self.direction {
             Direction::Outbound => {
                 let (_, rule) = ctx
                     .rule
                     .and_then(|ix| snapshot.routes.rule(ix))
-                    .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in request context"))?;
+                    .ok_or_else(|| {
+                        Error::explain(ErrorType::InternalError, "no route in request context")
+                    })?;
                 let addr = rule.target.pick().ok_or_else(|| {
-                    Error::explain(ErrorType::HTTPStatus(503), format!("cluster {} has no endpoints", rule.target.name))
+                    Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        format!("cluster {} has no endpoints", rule.target.name),
+                    )
                 })?;
                 Ok(peer(addr, rule.target.protocol.is_h2()))
             }
@@ -150,13 +173,19 @@ impl ProxyHttp for MeshHttp {
                     // Unknown app protocol: speak what the client spoke.
                     _ => session.is_http2(),
                 };
-                Ok(peer(SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)), h2))
+                Ok(peer(
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)),
+                    h2,
+                ))
             }
         }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let rule = ctx
             .snapshot
             .as_ref()

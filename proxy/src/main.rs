@@ -24,7 +24,11 @@ use xds_proto::v1 as pb;
 #[command(name = "weft-proxy", version, about = "Weft sidecar proxy")]
 struct Args {
     /// Control plane gRPC URL.
-    #[arg(long, env = "WEFT_CONTROL_PLANE", default_value = "http://127.0.0.1:15012")]
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15012"
+    )]
     control_plane: String,
     /// This proxy's node name (unique per namespace), e.g. the pod name.
     #[arg(long, env = "WEFT_NODE", default_value = "weft-proxy")]
@@ -92,7 +96,10 @@ fn main() -> anyhow::Result<()> {
     let snapshot = snapshot::new_holder();
     let drain = drain::Drain::new();
     let xds_status = Arc::new(xds_client::XdsStatus::default());
-    let explicit = Arc::new(ExplicitListeners::new(args.outbound.ip(), data_rt.handle().clone()));
+    let explicit = Arc::new(ExplicitListeners::new(
+        args.outbound.ip(),
+        data_rt.handle().clone(),
+    ));
 
     // Data plane: bind first so a bad address fails fast and loudly.
     let (ctx, outbound_l, inbound_l) = data_rt.block_on(async {
@@ -101,7 +108,10 @@ fn main() -> anyhow::Result<()> {
         options.h2c = true;
         let mut out = pingora_proxy::http_proxy(&conf, http::MeshHttp::outbound(snapshot.clone()));
         out.server_options = Some(options.clone());
-        let mut inb = pingora_proxy::http_proxy(&conf, http::MeshHttp::inbound(snapshot.clone(), &args.service, args.app_port));
+        let mut inb = pingora_proxy::http_proxy(
+            &conf,
+            http::MeshHttp::inbound(snapshot.clone(), &args.service, args.app_port),
+        );
         inb.server_options = Some(options);
         let outbound_l = tokio::net::TcpListener::bind(args.outbound)
             .await
@@ -146,14 +156,22 @@ fn main() -> anyhow::Result<()> {
                 let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let a = admin.clone();
                 let served = async {
-                    telemetry::serve(admin_addr, move |req| std::future::ready(a.handle(req)), stop_rx.clone()).await?;
+                    telemetry::serve(
+                        admin_addr,
+                        move |req| std::future::ready(a.handle(req)),
+                        stop_rx.clone(),
+                    )
+                    .await?;
                     telemetry::serve(
                         metrics_addr,
                         move |req| {
                             let body = if req.path == "/metrics" {
                                 telemetry::text(hyper::StatusCode::OK, prometheus.render())
                             } else {
-                                telemetry::text(hyper::StatusCode::NOT_FOUND, "not found: try /metrics\n")
+                                telemetry::text(
+                                    hyper::StatusCode::NOT_FOUND,
+                                    "not found: try /metrics\n",
+                                )
                             };
                             std::future::ready(body)
                         },
@@ -177,11 +195,23 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     data_rt.block_on(async move {
-        tokio::spawn(listener::accept_loop(outbound_l, ctx.clone(), "outbound", listener::outbound::handle));
-        tokio::spawn(listener::accept_loop(inbound_l, ctx.clone(), "inbound", listener::inbound::handle));
+        tokio::spawn(listener::accept_loop(
+            outbound_l,
+            ctx.clone(),
+            "outbound",
+            listener::outbound::handle,
+        ));
+        tokio::spawn(listener::accept_loop(
+            inbound_l,
+            ctx.clone(),
+            "inbound",
+            listener::inbound::handle,
+        ));
         let d = ctx.drain.clone();
         tokio::spawn(async move {
-            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: draining"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
@@ -198,7 +228,10 @@ fn main() -> anyhow::Result<()> {
         if ctx.drain.wait_idle(drain_timeout).await {
             tracing::info!("drained; exiting");
         } else {
-            tracing::warn!(remaining = ctx.drain.active(), "drain deadline passed; exiting");
+            tracing::warn!(
+                remaining = ctx.drain.active(),
+                "drain deadline passed; exiting"
+            );
         }
     });
     Ok(())

@@ -76,7 +76,10 @@ pub fn detection(result: &'static str) {
 /// Records an applied config version ("r<revision>").
 pub fn counter_config_update(version: &str) {
     metrics::counter!(CONFIG_UPDATES).increment(1);
-    if let Some(rev) = version.strip_prefix('r').and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(rev) = version
+        .strip_prefix('r')
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         metrics::gauge!(CONFIG_VERSION).set(rev as f64);
     }
 }

@@ -22,24 +22,48 @@ fn v4(fd: libc::c_int) -> Option<SocketAddr> {
     let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: `addr` is a valid, writable sockaddr_in and `len` its size; the
     // kernel writes at most `len` bytes.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            &mut addr as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
     if rc != 0 {
         return None;
     }
     let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-    Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
+    Some(SocketAddr::V4(SocketAddrV4::new(
+        ip,
+        u16::from_be(addr.sin_port),
+    )))
 }
 
 fn v6(fd: libc::c_int) -> Option<SocketAddr> {
     let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
     // SAFETY: as in `v4`, with a sockaddr_in6.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_IPV6, IP6T_SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_IPV6,
+            IP6T_SO_ORIGINAL_DST,
+            &mut addr as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
     if rc != 0 {
         return None;
     }
     let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-    Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), addr.sin6_flowinfo, addr.sin6_scope_id)))
+    Some(SocketAddr::V6(SocketAddrV6::new(
+        ip,
+        u16::from_be(addr.sin6_port),
+        addr.sin6_flowinfo,
+        addr.sin6_scope_id,
+    )))
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ pub struct Rule {
     pub path: PathMatch,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "headers_as_pairs")]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "headers_as_pairs"
+    )]
     pub headers: Vec<(http::HeaderName, String)>,
     pub cluster: String,
     #[serde(skip)]
@@ -31,7 +34,10 @@ pub struct Rule {
     pub metrics: RequestMetrics,
 }
 
-fn headers_as_pairs<S: serde::Serializer>(h: &[(http::HeaderName, String)], s: S) -> Result<S::Ok, S::Error> {
+fn headers_as_pairs<S: serde::Serializer>(
+    h: &[(http::HeaderName, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_map(h.iter().map(|(n, v)| (n.as_str(), v)))
 }
 
@@ -44,10 +50,11 @@ impl Rule {
         };
         path_ok
             && self.method.as_deref().is_none_or(|m| m == method.as_str())
-            && self
-                .headers
-                .iter()
-                .all(|(name, value)| headers.get(name).is_some_and(|v| v.as_bytes() == value.as_bytes()))
+            && self.headers.iter().all(|(name, value)| {
+                headers
+                    .get(name)
+                    .is_some_and(|v| v.as_bytes() == value.as_bytes())
+            })
     }
 }
 
@@ -83,14 +90,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(table: &pb::RouteTable, clusters: &BTreeMap<String, Arc<Cluster>>) -> Result<RouteTable, String> {
+    pub fn build(
+        table: &pb::RouteTable,
+        clusters: &BTreeMap<String, Arc<Cluster>>,
+    ) -> Result<RouteTable, String> {
         let mut out = RouteTable::default();
         for (i, vh) in table.virtual_hosts.iter().enumerate() {
             let mut rules = Vec::with_capacity(vh.rules.len());
             for (j, r) in vh.rules.iter().enumerate() {
                 let target = clusters
                     .get(&r.cluster)
-                    .ok_or_else(|| format!("route \"{}\" rule {j}: unknown cluster \"{}\"", vh.name, r.cluster))?
+                    .ok_or_else(|| {
+                        format!(
+                            "route \"{}\" rule {j}: unknown cluster \"{}\"",
+                            vh.name, r.cluster
+                        )
+                    })?
                     .clone();
                 let headers = r
                     .headers
@@ -98,7 +113,12 @@ impl RouteTable {
                     .map(|h| {
                         http::HeaderName::from_bytes(h.name.as_bytes())
                             .map(|n| (n, h.value.clone()))
-                            .map_err(|_| format!("route \"{}\" rule {j}: bad header name \"{}\"", vh.name, h.name))
+                            .map_err(|_| {
+                                format!(
+                                    "route \"{}\" rule {j}: bad header name \"{}\"",
+                                    vh.name, h.name
+                                )
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 rules.push(Rule {
@@ -131,7 +151,7 @@ impl RouteTable {
                 rules,
             });
         }
-        out.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        out.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(out)
     }
 
@@ -158,21 +178,36 @@ impl RouteTable {
     }
 
     /// The rule a request goes to.
-    pub fn route(&self, authority: &str, path: &str, method: &http::Method, headers: &http::HeaderMap) -> Option<(&VirtualHost, &Rule)> {
+    pub fn route(
+        &self,
+        authority: &str,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Option<(&VirtualHost, &Rule)> {
         let (v, r) = self.route_index(authority, path, method, headers)?;
         let vh = &self.virtual_hosts[v];
         Some((vh, &vh.rules[r]))
     }
 
     /// Like `route`, as indexes (kept in the request context across phases).
-    pub fn route_index(&self, authority: &str, path: &str, method: &http::Method, headers: &http::HeaderMap) -> Option<(usize, usize)> {
+    pub fn route_index(
+        &self,
+        authority: &str,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Option<(usize, usize)> {
         let host = strip_port(authority);
         let v = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.lookup(&host.to_ascii_lowercase())
         } else {
             self.lookup(host)
         }?;
-        let r = self.virtual_hosts[v].rules.iter().position(|r| r.matches(path, method, headers))?;
+        let r = self.virtual_hosts[v]
+            .rules
+            .iter()
+            .position(|r| r.matches(path, method, headers))?;
         Some((v, r))
     }
 
@@ -204,14 +239,28 @@ mod tests {
         let cluster = |n: &str| pb::Resource {
             name: n.into(),
             type_url: type_url::CLUSTER.into(),
-            kind: Some(RKind::Cluster(pb::Cluster { name: n.into(), service: n.into(), namespace: "ns".into(), port: 80, protocol: pb::Protocol::Http as i32, addresses: vec![] })),
+            kind: Some(RKind::Cluster(pb::Cluster {
+                name: n.into(),
+                service: n.into(),
+                namespace: "ns".into(),
+                port: 80,
+                protocol: pb::Protocol::Http as i32,
+                addresses: vec![],
+            })),
         };
-        let rule = |path: Option<Path>, method: &str, headers: Vec<(&str, &str)>, c: &str| pb::RouteRule {
-            path,
-            method: method.into(),
-            headers: headers.into_iter().map(|(n, v)| pb::HeaderMatch { name: n.into(), value: v.into() }).collect(),
-            cluster: c.into(),
-        };
+        let rule =
+            |path: Option<Path>, method: &str, headers: Vec<(&str, &str)>, c: &str| pb::RouteRule {
+                path,
+                method: method.into(),
+                headers: headers
+                    .into_iter()
+                    .map(|(n, v)| pb::HeaderMatch {
+                        name: n.into(),
+                        value: v.into(),
+                    })
+                    .collect(),
+                cluster: c.into(),
+            };
         let rt = pb::RouteTable {
             name: "outbound".into(),
             virtual_hosts: vec![
@@ -225,31 +274,67 @@ mod tests {
                         rule(None, "", vec![], "default"),
                     ],
                 },
-                pb::VirtualHost { name: "ns/wild".into(), hosts: vec!["*.example.com".into()], rules: vec![rule(None, "", vec![], "wild")] },
-                pb::VirtualHost { name: "ns/any".into(), hosts: vec!["*".into()], rules: vec![rule(None, "", vec![], "any")] },
+                pb::VirtualHost {
+                    name: "ns/wild".into(),
+                    hosts: vec!["*.example.com".into()],
+                    rules: vec![rule(None, "", vec![], "wild")],
+                },
+                pb::VirtualHost {
+                    name: "ns/any".into(),
+                    hosts: vec!["*".into()],
+                    rules: vec![rule(None, "", vec![], "any")],
+                },
             ],
         };
-        let mut resources: Vec<pb::Resource> = ["canary", "health", "v1", "default", "wild", "any"].iter().map(|c| cluster(c)).collect();
-        resources.push(pb::Resource { name: "outbound".into(), type_url: type_url::ROUTE_TABLE.into(), kind: Some(RKind::RouteTable(rt)) });
+        let mut resources: Vec<pb::Resource> = ["canary", "health", "v1", "default", "wild", "any"]
+            .iter()
+            .map(|c| cluster(c))
+            .collect();
+        resources.push(pb::Resource {
+            name: "outbound".into(),
+            type_url: type_url::ROUTE_TABLE.into(),
+            kind: Some(RKind::RouteTable(rt)),
+        });
         let cache = ResourceCache::default()
-            .apply(&pb::DiscoveryResponse { version: "r1".into(), nonce: "1".into(), resources, removed: vec![], full_state: true })
+            .apply(&pb::DiscoveryResponse {
+                version: "r1".into(),
+                nonce: "1".into(),
+                resources,
+                removed: vec![],
+                full_state: true,
+            })
             .unwrap();
         Snapshot::build("r1", &cache).unwrap()
     }
 
-    fn pick(s: &Snapshot, host: &str, path: &str, method: &str, headers: &[(&str, &str)]) -> String {
+    fn pick(
+        s: &Snapshot,
+        host: &str,
+        path: &str,
+        method: &str,
+        headers: &[(&str, &str)],
+    ) -> String {
         let mut map = http::HeaderMap::new();
         for (k, v) in headers {
-            map.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         let m = http::Method::from_bytes(method.as_bytes()).unwrap();
-        s.routes.route(host, path, &m, &map).map(|(_, r)| r.cluster.clone()).unwrap_or_default()
+        s.routes
+            .route(host, path, &m, &map)
+            .map(|(_, r)| r.cluster.clone())
+            .unwrap_or_default()
     }
 
     #[test]
     fn first_matching_rule_wins_by_header_path_and_method() {
         let s = table();
-        assert_eq!(pick(&s, "api", "/v1/x", "GET", &[("x-canary", "1")]), "canary");
+        assert_eq!(
+            pick(&s, "api", "/v1/x", "GET", &[("x-canary", "1")]),
+            "canary"
+        );
         assert_eq!(pick(&s, "api:8080", "/health", "GET", &[]), "health");
         assert_eq!(pick(&s, "API.ns", "/health", "POST", &[]), "default");
         assert_eq!(pick(&s, "api", "/v1", "GET", &[]), "v1");

@@ -131,26 +131,47 @@ impl Snapshot {
         let mut clusters = BTreeMap::new();
         for (name, r) in cache.of(type_url::CLUSTER) {
             let Some(RKind::Cluster(c)) = &r.kind else {
-                return Err(format!("cluster \"{name}\": resource body is not a Cluster"));
+                return Err(format!(
+                    "cluster \"{name}\": resource body is not a Cluster"
+                ));
             };
-            let protocol = Protocol::from_pb(c.protocol).ok_or_else(|| format!("cluster \"{name}\": unknown protocol {}", c.protocol))?;
-            let port = u16::try_from(c.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("cluster \"{name}\": bad port {}", c.port))?;
+            let protocol = Protocol::from_pb(c.protocol)
+                .ok_or_else(|| format!("cluster \"{name}\": unknown protocol {}", c.protocol))?;
+            let port = u16::try_from(c.port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("cluster \"{name}\": bad port {}", c.port))?;
             let addresses = c
                 .addresses
                 .iter()
-                .map(|a| a.parse::<IpAddr>().map_err(|_| format!("cluster \"{name}\": bad address \"{a}\"")))
+                .map(|a| {
+                    a.parse::<IpAddr>()
+                        .map_err(|_| format!("cluster \"{name}\": bad address \"{a}\""))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let endpoints = match cache.get(type_url::ENDPOINTS, name) {
-                Some(pb::Resource { kind: Some(RKind::Endpoints(e)), .. }) => e
-                    .endpoints
-                    .iter()
-                    .map(|ep| {
-                        let ip = ep.address.parse::<IpAddr>().map_err(|_| format!("endpoints \"{name}\": bad address \"{}\"", ep.address))?;
-                        let port = u16::try_from(ep.port).ok().filter(|p| *p > 0).ok_or_else(|| format!("endpoints \"{name}\": bad port {}", ep.port))?;
-                        Ok(SocketAddr::new(ip, port))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?,
-                Some(_) => return Err(format!("endpoints \"{name}\": resource body is not Endpoints")),
+                Some(pb::Resource {
+                    kind: Some(RKind::Endpoints(e)),
+                    ..
+                }) => {
+                    e.endpoints
+                        .iter()
+                        .map(|ep| {
+                            let ip = ep.address.parse::<IpAddr>().map_err(|_| {
+                                format!("endpoints \"{name}\": bad address \"{}\"", ep.address)
+                            })?;
+                            let port = u16::try_from(ep.port).ok().filter(|p| *p > 0).ok_or_else(
+                                || format!("endpoints \"{name}\": bad port {}", ep.port),
+                            )?;
+                            Ok(SocketAddr::new(ip, port))
+                        })
+                        .collect::<Result<Vec<_>, String>>()?
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "endpoints \"{name}\": resource body is not Endpoints"
+                    ))
+                }
                 None => vec![],
             };
             clusters.insert(
@@ -172,25 +193,45 @@ impl Snapshot {
         let mut tcp_listeners = Vec::new();
         for (name, r) in cache.of(type_url::LISTENER) {
             let Some(RKind::Listener(l)) = &r.kind else {
-                return Err(format!("listener \"{name}\": resource body is not a Listener"));
+                return Err(format!(
+                    "listener \"{name}\": resource body is not a Listener"
+                ));
             };
             match pb::Direction::try_from(l.direction) {
                 Ok(pb::Direction::Inbound) => {
                     for p in &l.app_ports {
                         app_ports.push(AppPort {
                             name: p.name.clone(),
-                            port: u16::try_from(p.port).map_err(|_| format!("listener \"{name}\": bad app port {}", p.port))?,
-                            protocol: Protocol::from_pb(p.protocol).ok_or_else(|| format!("listener \"{name}\": unknown protocol {}", p.protocol))?,
+                            port: u16::try_from(p.port).map_err(|_| {
+                                format!("listener \"{name}\": bad app port {}", p.port)
+                            })?,
+                            protocol: Protocol::from_pb(p.protocol).ok_or_else(|| {
+                                format!("listener \"{name}\": unknown protocol {}", p.protocol)
+                            })?,
                         });
                     }
                 }
                 Ok(pb::Direction::Outbound) => {
                     if !clusters.contains_key(&l.cluster) {
-                        return Err(format!("listener \"{name}\": unknown cluster \"{}\"", l.cluster));
+                        return Err(format!(
+                            "listener \"{name}\": unknown cluster \"{}\"",
+                            l.cluster
+                        ));
                     }
-                    let bind_port = u16::try_from(l.bind_port).ok().filter(|p| *p > 0).ok_or_else(|| format!("listener \"{name}\": bad bind port {}", l.bind_port))?;
-                    if let Some(other) = tcp_listeners.iter().find(|t: &&TcpListenerSpec| t.bind_port == bind_port) {
-                        return Err(format!("listener \"{name}\": port {bind_port} already used by \"{}\"", other.name));
+                    let bind_port = u16::try_from(l.bind_port)
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| {
+                            format!("listener \"{name}\": bad bind port {}", l.bind_port)
+                        })?;
+                    if let Some(other) = tcp_listeners
+                        .iter()
+                        .find(|t: &&TcpListenerSpec| t.bind_port == bind_port)
+                    {
+                        return Err(format!(
+                            "listener \"{name}\": port {bind_port} already used by \"{}\"",
+                            other.name
+                        ));
                     }
                     tcp_listeners.push(TcpListenerSpec {
                         name: name.to_string(),
@@ -198,13 +239,23 @@ impl Snapshot {
                         cluster: l.cluster.clone(),
                     });
                 }
-                _ => return Err(format!("listener \"{name}\": unknown direction {}", l.direction)),
+                _ => {
+                    return Err(format!(
+                        "listener \"{name}\": unknown direction {}",
+                        l.direction
+                    ))
+                }
             }
         }
 
         let routes = match cache.get(type_url::ROUTE_TABLE, "outbound") {
-            Some(pb::Resource { kind: Some(RKind::RouteTable(t)), .. }) => RouteTable::build(t, &clusters)?,
-            Some(_) => return Err("route table \"outbound\": resource body is not a RouteTable".into()),
+            Some(pb::Resource {
+                kind: Some(RKind::RouteTable(t)),
+                ..
+            }) => RouteTable::build(t, &clusters)?,
+            Some(_) => {
+                return Err("route table \"outbound\": resource body is not a RouteTable".into())
+            }
             None => RouteTable::default(),
         };
 
@@ -240,12 +291,20 @@ impl ResourceCache {
     /// resources are upserted and removed names dropped. Unknown types are
     /// refused so the control plane learns this proxy cannot use them.
     pub fn apply(&self, push: &pb::DiscoveryResponse) -> Result<ResourceCache, String> {
-        let mut next = if push.full_state { ResourceCache::default() } else { self.clone() };
+        let mut next = if push.full_state {
+            ResourceCache::default()
+        } else {
+            self.clone()
+        };
         for r in &push.resources {
             if !type_url::SUPPORTED.contains(&r.type_url.as_str()) {
-                return Err(format!("resource \"{}\": unsupported type \"{}\"", r.name, r.type_url));
+                return Err(format!(
+                    "resource \"{}\": unsupported type \"{}\"",
+                    r.name, r.type_url
+                ));
             }
-            next.resources.insert((r.type_url.clone(), r.name.clone()), r.clone());
+            next.resources
+                .insert((r.type_url.clone(), r.name.clone()), r.clone());
         }
         for r in &push.removed {
             next.resources.remove(&(r.type_url.clone(), r.name.clone()));
@@ -254,10 +313,14 @@ impl ResourceCache {
     }
 
     pub fn get(&self, type_url: &str, name: &str) -> Option<&pb::Resource> {
-        self.resources.get(&(type_url.to_string(), name.to_string()))
+        self.resources
+            .get(&(type_url.to_string(), name.to_string()))
     }
 
-    pub fn of<'a>(&'a self, type_url: &'a str) -> impl Iterator<Item = (&'a str, &'a pb::Resource)> + 'a {
+    pub fn of<'a>(
+        &'a self,
+        type_url: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a pb::Resource)> + 'a {
         self.resources
             .iter()
             .filter(move |((t, _), _)| t == type_url)
@@ -291,66 +354,150 @@ mod tests {
             RKind::Cluster(_) => type_url::CLUSTER,
             RKind::Endpoints(_) => type_url::ENDPOINTS,
         };
-        pb::Resource { name: name.into(), type_url: type_url.into(), kind: Some(kind) }
+        pb::Resource {
+            name: name.into(),
+            type_url: type_url.into(),
+            kind: Some(kind),
+        }
     }
 
     fn cluster(name: &str) -> pb::Resource {
-        res(name, RKind::Cluster(pb::Cluster { name: name.into(), service: "s".into(), namespace: "n".into(), port: 80, protocol: pb::Protocol::Http as i32, addresses: vec!["10.9.9.9".into()] }))
+        res(
+            name,
+            RKind::Cluster(pb::Cluster {
+                name: name.into(),
+                service: "s".into(),
+                namespace: "n".into(),
+                port: 80,
+                protocol: pb::Protocol::Http as i32,
+                addresses: vec!["10.9.9.9".into()],
+            }),
+        )
     }
 
-    fn push(full: bool, resources: Vec<pb::Resource>, removed: Vec<(&str, &str)>) -> pb::DiscoveryResponse {
+    fn push(
+        full: bool,
+        resources: Vec<pb::Resource>,
+        removed: Vec<(&str, &str)>,
+    ) -> pb::DiscoveryResponse {
         pb::DiscoveryResponse {
             version: "r1".into(),
             nonce: "1".into(),
             resources,
-            removed: removed.into_iter().map(|(t, n)| pb::ResourceRef { type_url: t.into(), name: n.into() }).collect(),
+            removed: removed
+                .into_iter()
+                .map(|(t, n)| pb::ResourceRef {
+                    type_url: t.into(),
+                    name: n.into(),
+                })
+                .collect(),
             full_state: full,
         }
     }
 
     #[test]
     fn incremental_push_upserts_and_removes() {
-        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), cluster("b")], vec![])).unwrap();
-        let cache = cache.apply(&push(false, vec![cluster("c")], vec![(type_url::CLUSTER, "a")])).unwrap();
+        let cache = ResourceCache::default()
+            .apply(&push(true, vec![cluster("a"), cluster("b")], vec![]))
+            .unwrap();
+        let cache = cache
+            .apply(&push(
+                false,
+                vec![cluster("c")],
+                vec![(type_url::CLUSTER, "a")],
+            ))
+            .unwrap();
         let names: Vec<&str> = cache.of(type_url::CLUSTER).map(|(n, _)| n).collect();
         assert_eq!(names, vec!["b", "c"]);
-        let cache = cache.apply(&push(true, vec![cluster("z")], vec![])).unwrap();
+        let cache = cache
+            .apply(&push(true, vec![cluster("z")], vec![]))
+            .unwrap();
         assert_eq!(cache.len(), 1, "full state replaces everything");
     }
 
     #[test]
     fn listener_to_unknown_cluster_is_rejected() {
-        let l = res("tcp/x", RKind::Listener(pb::Listener { name: "tcp/x".into(), direction: pb::Direction::Outbound as i32, protocol: pb::Protocol::Tcp as i32, bind_port: 9000, cluster: "nope".into(), app_ports: vec![] }));
-        let cache = ResourceCache::default().apply(&push(true, vec![l], vec![])).unwrap();
+        let l = res(
+            "tcp/x",
+            RKind::Listener(pb::Listener {
+                name: "tcp/x".into(),
+                direction: pb::Direction::Outbound as i32,
+                protocol: pb::Protocol::Tcp as i32,
+                bind_port: 9000,
+                cluster: "nope".into(),
+                app_ports: vec![],
+            }),
+        );
+        let cache = ResourceCache::default()
+            .apply(&push(true, vec![l], vec![]))
+            .unwrap();
         let err = Snapshot::build("r1", &cache).unwrap_err();
         assert!(err.contains("unknown cluster \"nope\""), "{err}");
     }
 
     #[test]
     fn bad_endpoint_address_is_rejected() {
-        let e = res("a", RKind::Endpoints(pb::Endpoints { cluster: "a".into(), endpoints: vec![pb::Endpoint { address: "not-an-ip".into(), port: 1 }] }));
-        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), e], vec![])).unwrap();
-        assert!(Snapshot::build("r1", &cache).unwrap_err().contains("bad address"));
+        let e = res(
+            "a",
+            RKind::Endpoints(pb::Endpoints {
+                cluster: "a".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: "not-an-ip".into(),
+                    port: 1,
+                }],
+            }),
+        );
+        let cache = ResourceCache::default()
+            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .unwrap();
+        assert!(Snapshot::build("r1", &cache)
+            .unwrap_err()
+            .contains("bad address"));
     }
 
     #[test]
     fn unsupported_type_is_refused() {
         let mut r = cluster("a");
         r.type_url = type_url::TRUST_BUNDLE.into();
-        assert!(ResourceCache::default().apply(&push(true, vec![r], vec![])).is_err());
+        assert!(ResourceCache::default()
+            .apply(&push(true, vec![r], vec![]))
+            .is_err());
     }
 
     #[test]
     fn round_robin_cycles_and_vip_lookup_finds_cluster() {
-        let e = res("a", RKind::Endpoints(pb::Endpoints { cluster: "a".into(), endpoints: vec![pb::Endpoint { address: "10.0.0.1".into(), port: 80 }, pb::Endpoint { address: "10.0.0.2".into(), port: 80 }] }));
-        let cache = ResourceCache::default().apply(&push(true, vec![cluster("a"), e], vec![])).unwrap();
+        let e = res(
+            "a",
+            RKind::Endpoints(pb::Endpoints {
+                cluster: "a".into(),
+                endpoints: vec![
+                    pb::Endpoint {
+                        address: "10.0.0.1".into(),
+                        port: 80,
+                    },
+                    pb::Endpoint {
+                        address: "10.0.0.2".into(),
+                        port: 80,
+                    },
+                ],
+            }),
+        );
+        let cache = ResourceCache::default()
+            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .unwrap();
         let snap = Snapshot::build("r1", &cache).unwrap();
         let c = snap.cluster("a").unwrap();
         let picks: Vec<SocketAddr> = (0..4).map(|_| c.pick().unwrap()).collect();
         assert_eq!(picks[0], picks[2]);
         assert_ne!(picks[0], picks[1]);
-        assert!(snap.cluster_for_address("10.9.9.9:80".parse().unwrap()).is_some());
-        assert!(snap.cluster_for_address("10.0.0.2:80".parse().unwrap()).is_some());
-        assert!(snap.cluster_for_address("10.0.0.3:80".parse().unwrap()).is_none());
+        assert!(snap
+            .cluster_for_address("10.9.9.9:80".parse().unwrap())
+            .is_some());
+        assert!(snap
+            .cluster_for_address("10.0.0.2:80".parse().unwrap())
+            .is_some());
+        assert!(snap
+            .cluster_for_address("10.0.0.3:80".parse().unwrap())
+            .is_none());
     }
 }

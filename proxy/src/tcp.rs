@@ -8,10 +8,20 @@ use tokio::net::TcpStream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn forward(mut client: TcpStream, target: SocketAddr, metrics: &TcpMetrics) -> std::io::Result<()> {
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+pub async fn forward(
+    mut client: TcpStream,
+    target: SocketAddr,
+    metrics: &TcpMetrics,
+) -> std::io::Result<()> {
+    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
+    {
         Ok(r) => r?,
-        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {target} timed out"))),
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect to {target} timed out"),
+            ))
+        }
     };
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);

@@ -69,7 +69,10 @@ impl XdsClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| (format!("connect: {e}"), false))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| (format!("connect: {e}"), false))?;
         let mut client = DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::DiscoveryRequest {
@@ -77,7 +80,9 @@ impl XdsClient {
             subscribe: type_url::SUPPORTED.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        tx.send(hello).await.map_err(|_| ("stream closed".to_string(), false))?;
+        tx.send(hello)
+            .await
+            .map_err(|_| ("stream closed".to_string(), false))?;
         let mut pushes = client
             .stream(ReceiverStream::new(rx))
             .await
@@ -101,11 +106,19 @@ impl XdsClient {
     }
 
     /// Applies one push; returns the ACK or NACK to send.
-    fn apply(&self, push: pb::DiscoveryResponse, cache: &mut ResourceCache) -> pb::DiscoveryRequest {
+    fn apply(
+        &self,
+        push: pb::DiscoveryResponse,
+        cache: &mut ResourceCache,
+    ) -> pb::DiscoveryRequest {
         let result = cache
             .apply(&push)
             .and_then(|next| Snapshot::build(&push.version, &next).map(|snap| (next, snap)))
-            .and_then(|(next, snap)| self.listeners.prepare(&snap.tcp_listeners).map(|p| (next, snap, p)));
+            .and_then(|(next, snap)| {
+                self.listeners
+                    .prepare(&snap.tcp_listeners)
+                    .map(|p| (next, snap, p))
+            });
         match result {
             Ok((next, snap, prepared)) => {
                 let resources = next.len();

@@ -23,7 +23,10 @@ use xds_proto::sample::v1::{
 };
 
 #[derive(Parser)]
-#[command(name = "weft-sample-app", about = "Sample workloads for Weft demos and tests")]
+#[command(
+    name = "weft-sample-app",
+    about = "Sample workloads for Weft demos and tests"
+)]
 struct Args {
     #[command(subcommand)]
     app: App,
@@ -72,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!("listening on {addr}");
     Ok(l)
 }
@@ -101,23 +106,31 @@ async fn handle(name: Arc<String>, req: Request<Incoming>) -> Result<Response<Bo
                     let len = (n - off).min(16 * 1024);
                     Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'w'; len])))
                 });
-                Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(chunks))))
+                Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+                    chunks,
+                ))))
             } else {
                 Response::new(full(vec![b'w'; n]))
             }
         }
         "/slow" => {
-            let ms: u64 = query(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let ms: u64 = query(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(full(format!("slow reply from {name} after {ms}ms\n")))
         }
         "/status" => {
-            let code: u16 = query(&req, "code").and_then(|v| v.parse().ok()).unwrap_or(200);
+            let code: u16 = query(&req, "code")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
             let mut r = Response::new(full(format!("status {code} from {name}\n")));
             *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
             r
         }
-        path => Response::new(full(format!("hello from {name} path={path} version={version}\n"))),
+        path => Response::new(full(format!(
+            "hello from {name} path={path} version={version}\n"
+        ))),
     };
     if let Ok(v) = name.parse() {
         resp.headers_mut().insert("x-served-by", v);
@@ -145,11 +158,15 @@ struct EchoService {
     name: String,
 }
 
-type ReplyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<EchoReply, tonic::Status>> + Send>>;
+type ReplyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<EchoReply, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Echo for EchoService {
-    async fn unary(&self, req: tonic::Request<EchoRequest>) -> Result<tonic::Response<EchoReply>, tonic::Status> {
+    async fn unary(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
         Ok(tonic::Response::new(EchoReply {
             message: req.into_inner().message,
             served_by: self.name.clone(),
@@ -159,10 +176,15 @@ impl Echo for EchoService {
 
     type ServerStreamStream = ReplyStream;
 
-    async fn server_stream(&self, req: tonic::Request<EchoRequest>) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
+    async fn server_stream(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
         let req = req.into_inner();
         if req.count > 10_000 {
-            return Err(tonic::Status::invalid_argument("count must be at most 10000"));
+            return Err(tonic::Status::invalid_argument(
+                "count must be at most 10000",
+            ));
         }
         let name = self.name.clone();
         let stream = futures::stream::iter(0..req.count).map(move |i| {

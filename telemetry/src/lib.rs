@@ -21,7 +21,8 @@ pub type Body = Full<Bytes>;
 /// Latency buckets (seconds) for every `_seconds` histogram: fine-grained
 /// below a millisecond, where a sidecar's added latency lives.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +30,10 @@ pub enum TelemetryError {
     #[error("cannot install metrics recorder: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Logs to stderr; `RUST_LOG` overrides `default_filter`.
@@ -64,15 +68,19 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = text(status, body);
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -86,12 +94,18 @@ pub struct AdminRequest {
 
 /// Serves HTTP/1.1 on `addr` until `stop` turns true, calling `handler` per
 /// request. Binds before returning so callers know the port is ready.
-pub async fn serve<F, Fut>(addr: SocketAddr, handler: F, mut stop: watch::Receiver<bool>) -> Result<SocketAddr, TelemetryError>
+pub async fn serve<F, Fut>(
+    addr: SocketAddr,
+    handler: F,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, TelemetryError>
 where
     F: Fn(AdminRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     let handler = Arc::new(handler);
     tokio::spawn(async move {
@@ -117,9 +131,20 @@ where
                         let query = req.uri().query().map(str::to_string);
                         let body = match req.into_body().collect().await {
                             Ok(b) => b.to_bytes(),
-                            Err(e) => return Ok::<_, hyper::Error>(text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n"))),
+                            Err(e) => {
+                                return Ok::<_, hyper::Error>(text(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("cannot read body: {e}\n"),
+                                ))
+                            }
                         };
-                        Ok(handler(AdminRequest { method, path, query, body }).await)
+                        Ok(handler(AdminRequest {
+                            method,
+                            path,
+                            query,
+                            body,
+                        })
+                        .await)
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

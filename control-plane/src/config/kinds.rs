@@ -180,7 +180,13 @@ impl ObjectKey {
 
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} \"{}/{}\"", self.kind.as_str(), self.namespace, self.name)
+        write!(
+            f,
+            "{} \"{}/{}\"",
+            self.kind.as_str(),
+            self.namespace,
+            self.name
+        )
     }
 }
 

@@ -80,7 +80,8 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> Result<Vec<Located>, Co
             let field = path_of(&e);
             err(None, field, clean_reason(e.inner().to_string()))
         })?;
-        let object_name = |kind: &str, md: &Metadata| format!("{kind} \"{}/{}\"", md.namespace, md.name);
+        let object_name =
+            |kind: &str, md: &Metadata| format!("{kind} \"{}/{}\"", md.namespace, md.name);
         if raw.api_version != API_VERSION {
             return Err(err(
                 Some(object_name(&raw.kind, &raw.metadata)),
@@ -116,10 +117,16 @@ fn decode_spec(kind: Kind, spec: serde_yaml_ng::Value) -> Result<Spec, (String, 
     if spec.is_null() {
         return Err(("spec".into(), "missing".into()));
     }
-    fn decode<T: serde::de::DeserializeOwned>(v: serde_yaml_ng::Value) -> Result<T, (String, String)> {
+    fn decode<T: serde::de::DeserializeOwned>(
+        v: serde_yaml_ng::Value,
+    ) -> Result<T, (String, String)> {
         serde_path_to_error::deserialize(v).map_err(|e| {
             let inner = path_of(&e);
-            let field = if inner.is_empty() { "spec".to_string() } else { format!("spec.{inner}") };
+            let field = if inner.is_empty() {
+                "spec".to_string()
+            } else {
+                format!("spec.{inner}")
+            };
             (field, clean_reason(e.inner().to_string()))
         })
     }
@@ -178,9 +185,17 @@ mod tests {
 
     #[test]
     fn wrong_api_version_and_kind_are_rejected() {
-        let e = parse_documents("x", "apiVersion: v2\nkind: Service\nmetadata: {name: a}\nspec: {ports: []}\n").unwrap_err();
+        let e = parse_documents(
+            "x",
+            "apiVersion: v2\nkind: Service\nmetadata: {name: a}\nspec: {ports: []}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "apiVersion");
-        let e = parse_documents("x", "apiVersion: weft.dev/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {}\n").unwrap_err();
+        let e = parse_documents(
+            "x",
+            "apiVersion: weft.dev/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "kind");
     }
 

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 fn valid_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -23,7 +24,10 @@ fn valid_host(h: &str) -> bool {
     !rest.is_empty()
         && rest.len() <= 253
         && rest.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -39,10 +43,19 @@ fn check_port(v: i64) -> Result<(), String> {
 pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
     let md = &obj.object.metadata;
     if !valid_dns_label(&md.name) {
-        return Err(obj.error("metadata.name", format!("\"{}\" is not a DNS label (lowercase letters, digits, '-', at most 63)", md.name)));
+        return Err(obj.error(
+            "metadata.name",
+            format!(
+                "\"{}\" is not a DNS label (lowercase letters, digits, '-', at most 63)",
+                md.name
+            ),
+        ));
     }
     if !valid_dns_label(&md.namespace) {
-        return Err(obj.error("metadata.namespace", format!("\"{}\" is not a DNS label", md.namespace)));
+        return Err(obj.error(
+            "metadata.namespace",
+            format!("\"{}\" is not a DNS label", md.namespace),
+        ));
     }
     match &obj.object.spec {
         Spec::Service(s) => check_service(obj, s),
@@ -59,32 +72,50 @@ fn check_service(obj: &Located, s: &ServiceSpec) -> Result<(), ConfigError> {
     for (i, p) in s.ports.iter().enumerate() {
         check_port(p.port).map_err(|r| obj.error(format!("spec.ports[{i}].port"), r))?;
         if !numbers.insert(p.port) {
-            return Err(obj.error(format!("spec.ports[{i}].port"), format!("duplicate port {}", p.port)));
+            return Err(obj.error(
+                format!("spec.ports[{i}].port"),
+                format!("duplicate port {}", p.port),
+            ));
         }
         if let Some(name) = &p.name {
             if !valid_dns_label(name) {
-                return Err(obj.error(format!("spec.ports[{i}].name"), format!("\"{name}\" is not a DNS label")));
+                return Err(obj.error(
+                    format!("spec.ports[{i}].name"),
+                    format!("\"{name}\" is not a DNS label"),
+                ));
             }
             if !names.insert(name.clone()) {
-                return Err(obj.error(format!("spec.ports[{i}].name"), format!("duplicate port name \"{name}\"")));
+                return Err(obj.error(
+                    format!("spec.ports[{i}].name"),
+                    format!("duplicate port name \"{name}\""),
+                ));
             }
         }
     }
     let mut seen = HashSet::new();
     for (i, e) in s.endpoints.iter().enumerate() {
         if e.address.parse::<IpAddr>().is_err() {
-            return Err(obj.error(format!("spec.endpoints[{i}].address"), format!("\"{}\" is not an IP address", e.address)));
+            return Err(obj.error(
+                format!("spec.endpoints[{i}].address"),
+                format!("\"{}\" is not an IP address", e.address),
+            ));
         }
         if let Some(p) = e.port {
             check_port(p).map_err(|r| obj.error(format!("spec.endpoints[{i}].port"), r))?;
         }
         if !seen.insert((e.address.clone(), e.port)) {
-            return Err(obj.error(format!("spec.endpoints[{i}]"), format!("duplicate endpoint {}", e.address)));
+            return Err(obj.error(
+                format!("spec.endpoints[{i}]"),
+                format!("duplicate endpoint {}", e.address),
+            ));
         }
     }
     for (i, a) in s.addresses.iter().enumerate() {
         if a.parse::<IpAddr>().is_err() {
-            return Err(obj.error(format!("spec.addresses[{i}]"), format!("\"{a}\" is not an IP address")));
+            return Err(obj.error(
+                format!("spec.addresses[{i}]"),
+                format!("\"{a}\" is not an IP address"),
+            ));
         }
     }
     Ok(())
@@ -93,7 +124,10 @@ fn check_service(obj: &Located, s: &ServiceSpec) -> Result<(), ConfigError> {
 fn check_destination(obj: &Located, field: &str, d: &Destination) -> Result<(), ConfigError> {
     let (name, ns) = resolve_service_ref(&d.service, &obj.object.metadata.namespace);
     if !valid_dns_label(name) || !valid_dns_label(ns) {
-        return Err(obj.error(format!("{field}.service"), format!("\"{}\" is not \"name\" or \"name.namespace\"", d.service)));
+        return Err(obj.error(
+            format!("{field}.service"),
+            format!("\"{}\" is not \"name\" or \"name.namespace\"", d.service),
+        ));
     }
     check_port(d.port).map_err(|r| obj.error(format!("{field}.port"), r))
 }
@@ -101,13 +135,21 @@ fn check_destination(obj: &Located, field: &str, d: &Destination) -> Result<(), 
 fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
     match (r.http.is_empty(), &r.tcp) {
         (true, None) => return Err(obj.error("spec", "needs `http` rules or a `tcp` route")),
-        (false, Some(_)) => return Err(obj.error("spec.tcp", "a route has either `http` rules or `tcp`, not both")),
+        (false, Some(_)) => {
+            return Err(obj.error(
+                "spec.tcp",
+                "a route has either `http` rules or `tcp`, not both",
+            ))
+        }
         _ => {}
     }
     for (i, s) in r.sources.iter().enumerate() {
         let (name, ns) = resolve_service_ref(s, &obj.object.metadata.namespace);
         if !valid_dns_label(name) || !valid_dns_label(ns) {
-            return Err(obj.error(format!("spec.sources[{i}]"), format!("\"{s}\" is not \"name\" or \"name.namespace\"")));
+            return Err(obj.error(
+                format!("spec.sources[{i}]"),
+                format!("\"{s}\" is not \"name\" or \"name.namespace\""),
+            ));
         }
     }
     if !r.http.is_empty() && r.hosts.is_empty() {
@@ -125,20 +167,38 @@ fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
                 match (&p.prefix, &p.exact) {
                     (Some(v), None) | (None, Some(v)) => {
                         if !v.starts_with('/') {
-                            return Err(obj.error(format!("{base}.match.path"), format!("\"{v}\" must start with '/'")));
+                            return Err(obj.error(
+                                format!("{base}.match.path"),
+                                format!("\"{v}\" must start with '/'"),
+                            ));
                         }
                     }
-                    _ => return Err(obj.error(format!("{base}.match.path"), "set exactly one of `prefix` or `exact`")),
+                    _ => {
+                        return Err(obj.error(
+                            format!("{base}.match.path"),
+                            "set exactly one of `prefix` or `exact`",
+                        ))
+                    }
                 }
             }
             if let Some(method) = &m.method {
                 if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(obj.error(format!("{base}.match.method"), format!("\"{method}\" is not an HTTP method (e.g. GET)")));
+                    return Err(obj.error(
+                        format!("{base}.match.method"),
+                        format!("\"{method}\" is not an HTTP method (e.g. GET)"),
+                    ));
                 }
             }
             for name in m.headers.keys() {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
-                    return Err(obj.error(format!("{base}.match.headers.{name}"), "header names are lowercase tokens"));
+                if name.is_empty()
+                    || !name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    })
+                {
+                    return Err(obj.error(
+                        format!("{base}.match.headers.{name}"),
+                        "header names are lowercase tokens",
+                    ));
                 }
             }
         }
@@ -154,11 +214,21 @@ fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
 /// Rules across objects, on the configuration as it would be after an apply
 /// or delete. `origin` tells where each object came from (for the message);
 /// objects already stored are reported as `stored`.
-pub fn check_set(set: &ConfigSet, origin: &BTreeMap<ObjectKey, (String, usize)>) -> Result<(), ConfigError> {
+pub fn check_set(
+    set: &ConfigSet,
+    origin: &BTreeMap<ObjectKey, (String, usize)>,
+) -> Result<(), ConfigError> {
     let located = |key: &ObjectKey| {
-        let (source_name, document) = origin.get(key).cloned().unwrap_or_else(|| ("stored config".to_string(), 0));
+        let (source_name, document) = origin
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| ("stored config".to_string(), 0));
         let object = set.objects[key].clone();
-        Located { object, source_name, document }
+        Located {
+            object,
+            source_name,
+            document,
+        }
     };
     let mut bind_ports: BTreeMap<(String, i64), ObjectKey> = BTreeMap::new();
     for (key, route) in set.routes() {
@@ -183,7 +253,10 @@ pub fn check_set(set: &ConfigSet, origin: &BTreeMap<ObjectKey, (String, usize)>)
             if let Some(other) = bind_ports.insert((ns.clone(), tcp.bind_port), key.clone()) {
                 return Err(located(key).error(
                     "spec.tcp.bindPort",
-                    format!("port {} is already bound by Route \"{}/{}\"", tcp.bind_port, other.namespace, other.name),
+                    format!(
+                        "port {} is already bound by Route \"{}/{}\"",
+                        tcp.bind_port, other.namespace, other.name
+                    ),
                 ));
             }
         }
@@ -199,7 +272,11 @@ pub fn check_set(set: &ConfigSet, origin: &BTreeMap<ObjectKey, (String, usize)>)
                 let ports: Vec<String> = svc.ports.iter().map(|p| p.port.to_string()).collect();
                 return Err(located(key).error(
                     format!("{field}.port"),
-                    format!("service \"{dns}/{name}\" has no port {} (ports: {})", d.port, ports.join(", ")),
+                    format!(
+                        "service \"{dns}/{name}\" has no port {} (ports: {})",
+                        d.port,
+                        ports.join(", ")
+                    ),
                 ));
             };
             if http && !port.protocol.is_http() {
@@ -249,7 +326,10 @@ mod tests {
     #[test]
     fn http_rule_to_opaque_port_is_rejected() {
         let (set, origin) = set_of(&format!("{SVC}---\napiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: r, namespace: demo}}\nspec:\n  hosts: [api]\n  http: [{{destination: {{service: api, port: 5432}}}}]\n"));
-        assert!(check_set(&set, &origin).unwrap_err().reason.contains("opaque"));
+        assert!(check_set(&set, &origin)
+            .unwrap_err()
+            .reason
+            .contains("opaque"));
     }
 
     #[test]
@@ -272,7 +352,8 @@ mod tests {
             ("kind: Route\nmetadata: {name: a}\nspec: {tcp: {bindPort: 0, destination: {service: a, port: 80}}}", "spec.tcp.bindPort"),
         ];
         for (doc, field) in cases {
-            let e = parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{doc}\n")).unwrap_err();
+            let e = parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{doc}\n"))
+                .unwrap_err();
             assert_eq!(e.field, field, "{doc}: {e}");
         }
     }

@@ -46,7 +46,11 @@ impl EmbeddedStore {
     pub fn load(&self) -> Result<ConfigSet, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
-        let revision = meta.get(REVISION).map_err(|e| self.err(e))?.map(|v| v.value()).unwrap_or(0);
+        let revision = meta
+            .get(REVISION)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let table = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
         let mut set = ConfigSet {
             revision,
@@ -54,26 +58,36 @@ impl EmbeddedStore {
         };
         for row in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            let object: Object = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                key: k.value().to_string(),
-                message: e.to_string(),
-            })?;
+            let object: Object =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: k.value().to_string(),
+                    message: e.to_string(),
+                })?;
             set.objects.insert(object.key(), object);
         }
         Ok(set)
     }
 
     /// Writes `upserts`, removes `deletes` and sets the revision, atomically.
-    pub fn commit(&self, revision: u64, upserts: &[&Object], deletes: &[ObjectKey]) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        revision: u64,
+        upserts: &[&Object],
+        deletes: &[ObjectKey],
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
             for o in upserts {
                 let bytes = serde_json::to_vec(o).map_err(|e| self.err(e))?;
-                table.insert(o.key().storage_key().as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+                table
+                    .insert(o.key().storage_key().as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
             }
             for k in deletes {
-                table.remove(k.storage_key().as_str()).map_err(|e| self.err(e))?;
+                table
+                    .remove(k.storage_key().as_str())
+                    .map_err(|e| self.err(e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             meta.insert(REVISION, revision).map_err(|e| self.err(e))?;
@@ -98,7 +112,10 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let set = store.load().unwrap();
         assert_eq!(set.revision, 7);
-        assert_eq!(set.objects.get(&objs[0].object.key()), Some(&objs[0].object));
+        assert_eq!(
+            set.objects.get(&objs[0].object.key()),
+            Some(&objs[0].object)
+        );
         store.commit(8, &[], &[objs[0].object.key()]).unwrap();
         assert!(store.load().unwrap().objects.is_empty());
     }

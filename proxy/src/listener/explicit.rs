@@ -43,7 +43,11 @@ impl ExplicitListeners {
     fn bind(&self, port: u16) -> std::io::Result<TcpListener> {
         let _rt = self.runtime.enter();
         let addr = SocketAddr::new(self.ip, port);
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         socket.listen(1024)
@@ -51,7 +55,11 @@ impl ExplicitListeners {
 
     /// Binds every listener of `desired` not already running.
     pub fn prepare(&self, desired: &[TcpListenerSpec]) -> Result<Prepared, String> {
-        let running: Vec<u16> = self.running.lock().map(|r| r.keys().copied().collect()).unwrap_or_default();
+        let running: Vec<u16> = self
+            .running
+            .lock()
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
         let mut bound = Vec::new();
         for spec in desired {
             if running.contains(&spec.bind_port) {
@@ -79,7 +87,9 @@ impl ExplicitListeners {
         let Some(ctx) = self.ctx.lock().ok().and_then(|c| c.clone()) else {
             return;
         };
-        let Ok(mut running) = self.running.lock() else { return };
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
         running.retain(|port, _| prepared.desired.contains(port));
         for (port, listener) in prepared.bound {
             let (stop_tx, stop_rx) = oneshot::channel();

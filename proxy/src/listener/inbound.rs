@@ -12,7 +12,11 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
-    let declared = ctx.snapshot.load().app_port(ctx.app_port).map(|p| p.protocol);
+    let declared = ctx
+        .snapshot
+        .load()
+        .app_port(ctx.app_port)
+        .map(|p| p.protocol);
     let http = match declared {
         Some(p) if p.is_opaque() => {
             metrics::detection("skipped_opaque");

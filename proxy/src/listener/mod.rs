@@ -40,8 +40,12 @@ impl Context {
 
 /// Accepts until the drain starts, running `handle` per connection while
 /// holding a drain guard.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Arc<Context>, name: &'static str, handle: F)
-where
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    name: &'static str,
+    handle: F,
+) where
     F: Fn(Arc<Context>, TcpStream) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
