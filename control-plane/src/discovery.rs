@@ -303,3 +303,52 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ProxyRecord {
+        ProxyRecord {
+            node: pb::Node::default(),
+            sent_version: "r2".into(),
+            acked_version: "r1".into(),
+            nack_reason: String::new(),
+            nacked: false,
+            connected: true,
+            resources: 3,
+            last_seen: SystemTime::now(),
+            stream_id: 0,
+        }
+    }
+
+    fn state(r: &ProxyRecord) -> pb::SyncState {
+        pb::SyncState::try_from(r.to_status().state).unwrap()
+    }
+
+    #[test]
+    fn sync_state_follows_sent_acked_nacked_and_connection() {
+        let mut r = record();
+        assert_eq!(state(&r), pb::SyncState::Stale, "sent r2, acked r1");
+        r.acked_version = "r2".into();
+        assert_eq!(state(&r), pb::SyncState::Synced);
+        r.nacked = true;
+        assert_eq!(state(&r), pb::SyncState::Nacked);
+        r.connected = false;
+        assert_eq!(state(&r), pb::SyncState::Disconnected);
+    }
+
+    #[test]
+    fn updates_from_a_replaced_stream_are_ignored() {
+        let registry = ProxyRegistry::default();
+        let mut r = record();
+        r.stream_id = 7;
+        registry.records.lock().unwrap().insert("ns/p".into(), r);
+        // The old stream (id 6) ends after the proxy reconnected as stream 7:
+        // it must not mark the live connection as disconnected.
+        registry.update("ns/p", 6, |r| r.connected = false);
+        assert!(registry.snapshot()[0].connected);
+        registry.update("ns/p", 7, |r| r.connected = false);
+        assert!(!registry.snapshot()[0].connected);
+    }
+}

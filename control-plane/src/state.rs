@@ -145,6 +145,7 @@ impl ConfigState {
             }
             keys.push(key);
         }
+        keys.sort();
         keys.dedup();
         validate::check_set(&next, &BTreeMap::new()).map_err(|mut e| {
             e.reason = format!(
