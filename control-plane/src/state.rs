@@ -306,4 +306,32 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_burst_of_applies_is_folded_into_fewer_publications() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, mut rx) = ConfigState::start(
+            EmbeddedStore::open(dir.path()).unwrap(),
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        for port in 1..=5 {
+            let yaml = SVC.replace("port: 80", &format!("port: {port}"));
+            state.apply(&docs(&yaml), false).await.unwrap();
+        }
+        let mut publications = 0;
+        let mut last = 0;
+        while last < 5 {
+            tokio::time::timeout(Duration::from_secs(2), rx.changed())
+                .await
+                .expect("published within the bound")
+                .unwrap();
+            publications += 1;
+            last = rx.borrow_and_update().config.revision;
+        }
+        assert!(
+            publications < 5,
+            "{publications} publications for 5 changes"
+        );
+    }
 }

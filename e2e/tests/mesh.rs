@@ -35,7 +35,7 @@ fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
 #[test]
 fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_bodies() {
     let mut mesh = Mesh::start("http1");
-    let (client, _server) = http_pair(&mut mesh, "http");
+    let (client, server) = http_pair(&mut mesh, "http");
     let url = |p: &str| format!("http://{}{p}", client.outbound);
 
     let (code, body) = curl(&["-H", "Host: server"], &url("/hello"));
@@ -84,6 +84,42 @@ fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_
     let (code, body) = curl(&["-H", "Host: nowhere"], &url("/"));
     assert_eq!(code, 404);
     assert!(String::from_utf8_lossy(&body).contains("no route for host \"nowhere\""));
+
+    // The requests are counted per route and status class on both sidecars,
+    // and the control plane measured its pushes.
+    let (_, metrics) =
+        http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    let ok_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("weft_requests_total{")
+                && l.contains("route=\"e2e/server\"")
+                && l.contains("status_class=\"2xx\"")
+        })
+        .unwrap_or_else(|| panic!("no 2xx counter for the route in:\n{metrics}"));
+    let count: f64 = ok_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 4.0, "{ok_line}");
+    assert!(metrics.contains("weft_config_version 1"), "{metrics}");
+    let (_, server_metrics) =
+        http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        server_metrics.lines().any(
+            |l| l.starts_with("weft_requests_total{direction=\"inbound\"")
+                && l.contains("2xx")
+                && !l.ends_with(" 0")
+        ),
+        "{server_metrics}"
+    );
+    let (_, cp_metrics) =
+        http_request(mesh.control_admin, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        cp_metrics.contains("weft_control_push_duration_seconds_count"),
+        "{cp_metrics}"
+    );
+    assert!(
+        cp_metrics.contains("weft_control_connected_proxies 2"),
+        "{cp_metrics}"
+    );
 }
 
 #[test]
