@@ -33,8 +33,9 @@ impl Binaries {
         let names = [CONTROL, PROXY, SAMPLE_APP, WEFTCTL];
         if let Ok(cargo) = std::env::var("CARGO") {
             let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            eprintln!("building the mesh binaries (the first build takes a few minutes)...");
             let mut cmd = Command::new(cargo);
-            cmd.arg("build").arg("--quiet");
+            cmd.arg("build");
             if release {
                 cmd.arg("--release");
             }
