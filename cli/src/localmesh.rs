@@ -39,9 +39,10 @@ impl Binaries {
             if release {
                 cmd.arg("--release");
             }
-            for n in ["weft-control", "weft-proxy", "weft-sample-app", "weftctl"] {
-                cmd.args(["-p", n]);
-            }
+            // The whole workspace, so features unify exactly as in
+            // `cargo build --workspace` / `cargo test --workspace` and nothing
+            // is compiled twice.
+            cmd.args(["--workspace", "--bins"]);
             if let Some(workspace) = workspace_root() {
                 cmd.current_dir(workspace);
             }
