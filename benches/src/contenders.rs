@@ -43,7 +43,12 @@ const LOAD_CORE: &str = "1";
 /// Every run gets its own 127.0.X.0/24 so two runs (or a run and the
 /// tests) can never talk to each other's processes.
 fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 200 + (std::process::id() % 50) as u8, last))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        200 + (std::process::id() % 50) as u8,
+        last,
+    ))
 }
 
 struct Env {

@@ -31,7 +31,12 @@ fn snapshot(services: usize) -> Snapshot {
             type_url: type_url::ENDPOINTS.into(),
             kind: Some(RKind::Endpoints(pb::Endpoints {
                 cluster: name.clone(),
-                endpoints: (0..10).map(|e| pb::Endpoint { address: format!("10.0.{}.{}", s % 250, e + 1), port: 8080 }).collect(),
+                endpoints: (0..10)
+                    .map(|e| pb::Endpoint {
+                        address: format!("10.0.{}.{}", s % 250, e + 1),
+                        port: 8080,
+                    })
+                    .collect(),
             })),
         });
         let rule = |path: Option<Path>, headers: Vec<pb::HeaderMatch>| pb::RouteRule {
@@ -44,7 +49,13 @@ fn snapshot(services: usize) -> Snapshot {
             name: format!("bench/svc-{s}"),
             hosts: vec![format!("svc-{s}"), format!("svc-{s}.bench")],
             rules: vec![
-                rule(None, vec![pb::HeaderMatch { name: "x-canary".into(), value: "1".into() }]),
+                rule(
+                    None,
+                    vec![pb::HeaderMatch {
+                        name: "x-canary".into(),
+                        value: "1".into(),
+                    }],
+                ),
                 rule(Some(Path::Prefix("/api".into())), vec![]),
                 rule(None, vec![]),
             ],
@@ -53,9 +64,18 @@ fn snapshot(services: usize) -> Snapshot {
     resources.push(pb::Resource {
         name: "outbound".into(),
         type_url: type_url::ROUTE_TABLE.into(),
-        kind: Some(RKind::RouteTable(pb::RouteTable { name: "outbound".into(), virtual_hosts: vhosts })),
+        kind: Some(RKind::RouteTable(pb::RouteTable {
+            name: "outbound".into(),
+            virtual_hosts: vhosts,
+        })),
     });
-    let push = pb::DiscoveryResponse { version: "r1".into(), nonce: "1".into(), resources, removed: vec![], full_state: true };
+    let push = pb::DiscoveryResponse {
+        version: "r1".into(),
+        nonce: "1".into(),
+        resources,
+        removed: vec![],
+        full_state: true,
+    };
     let cache = ResourceCache::default().apply(&push).expect("valid push");
     Snapshot::build("r1", &cache).expect("valid snapshot")
 }
@@ -67,17 +87,37 @@ fn hot_path(c: &mut Criterion) {
     headers.insert("accept", "*/*".parse().unwrap());
     let get = http::Method::GET;
     c.bench_function("route_match_1000_hosts_fallthrough_rule", |b| {
-        b.iter(|| black_box(snap.routes.route_index(black_box("svc-777.bench:8080"), black_box("/index.html"), &get, &headers)))
+        b.iter(|| {
+            black_box(snap.routes.route_index(
+                black_box("svc-777.bench:8080"),
+                black_box("/index.html"),
+                &get,
+                &headers,
+            ))
+        })
     });
     c.bench_function("route_match_miss", |b| {
-        b.iter(|| black_box(snap.routes.route_index(black_box("unknown.example"), black_box("/"), &get, &headers)))
+        b.iter(|| {
+            black_box(snap.routes.route_index(
+                black_box("unknown.example"),
+                black_box("/"),
+                &get,
+                &headers,
+            ))
+        })
     });
     let holder = new_holder();
     holder.store(std::sync::Arc::new(snapshot(10)));
-    c.bench_function("snapshot_load_full", |b| b.iter(|| black_box(holder.load_full())));
+    c.bench_function("snapshot_load_full", |b| {
+        b.iter(|| black_box(holder.load_full()))
+    });
     let cluster = snap.cluster("svc-1.bench:8080").expect("cluster").clone();
-    c.bench_function("endpoint_pick_round_robin", |b| b.iter(|| black_box(cluster.pick())));
-    c.bench_function("push_apply_and_snapshot_build_1000_services", |b| b.iter(|| black_box(snapshot(black_box(1000)))));
+    c.bench_function("endpoint_pick_round_robin", |b| {
+        b.iter(|| black_box(cluster.pick()))
+    });
+    c.bench_function("push_apply_and_snapshot_build_1000_services", |b| {
+        b.iter(|| black_box(snapshot(black_box(1000))))
+    });
 }
 
 criterion_group!(benches, hot_path);

@@ -33,7 +33,13 @@ pub async fn forward(
     let _ = client.set_nodelay(true);
     metrics.opened.increment(1);
     metrics.active.increment(1.0);
-    let result = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER).await;
+    let result = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await;
     metrics.active.decrement(1.0);
     let (up, down) = result?;
     metrics.bytes.increment(up + down);
