@@ -228,7 +228,7 @@ fn with_rss_sampling<T>(
     Ok((r?, m))
 }
 
-fn ensure_tools(smoke: bool) -> anyhow::Result<()> {
+fn ensure_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("wrk", "wrk"),
         ("h2load", "nghttp2-client"),
@@ -247,7 +247,6 @@ fn ensure_tools(smoke: bool) -> anyhow::Result<()> {
             "apt-get install (run as root, or install wrk nghttp2-client haproxy iperf3)",
         )?;
     }
-    let _ = smoke;
     Ok(())
 }
 
@@ -339,7 +338,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let rounds = if smoke { 1 } else { args.rounds.max(1) };
     let seconds = if smoke { 1.0 } else { args.seconds };
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    ensure_tools(smoke)?;
+    ensure_tools()?;
     let envoy = ensure_envoy(smoke)?;
     let bins = Binaries::from_current_exe()?;
     let me = std::env::current_exe()?;
@@ -403,7 +402,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let cp_grpc = SocketAddr::new(ip(1), 15012);
     let cp_url = format!("http://{cp_grpc}");
     let control = env.bins.path(localmesh::CONTROL);
-    let cp_pid = env.spawn_pinned(
+    env.spawn_pinned(
         "weft-control",
         LOAD_CORE,
         &control,
@@ -834,7 +833,6 @@ spec:
         })?;
         drop(rt);
     }
-    let _ = cp_pid;
 
     let out_dir = args
         .out

@@ -46,6 +46,26 @@ impl Binaries {
             if let Some(workspace) = workspace_root() {
                 cmd.current_dir(workspace);
             }
+            // Cargo gives a running test or binary its own package's CARGO_PKG_*
+            // and CARGO_MANIFEST_* variables; passed on, they change build-script
+            // fingerprints and the nested build recompiles crates for nothing.
+            for (key, _) in std::env::vars_os() {
+                let k = key.to_string_lossy();
+                if [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+                {
+                    cmd.env_remove(&key);
+                }
+            }
             let status = cmd
                 .status()
                 .context("cannot run cargo build for the mesh binaries")?;
