@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
+pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let declared = ctx
         .snapshot
         .load()
@@ -26,7 +26,7 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
         _ => !matches!(detect(&stream, ctx.detect_timeout).await, Detected::Opaque),
     };
     if http {
-        ctx.serve_http(&ctx.inbound_http, stream).await;
+        ctx.serve_http(&ctx.inbound_http, stream, peer, None).await;
     } else {
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.app_port));
         if let Err(e) = crate::tcp::forward(stream, app, &ctx.tcp_inbound).await {

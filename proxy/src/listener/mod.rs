@@ -11,7 +11,10 @@ use crate::http::MeshHttp;
 use crate::metrics::TcpMetrics;
 use crate::snapshot::SnapshotHolder;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_proxy::HttpProxy;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,10 +32,24 @@ pub struct Context {
 }
 
 impl Context {
-    /// Serves one HTTP connection (h1 or h2c) with pingora.
-    pub async fn serve_http(&self, app: &Arc<HttpProxy<MeshHttp>>, stream: TcpStream) {
+    /// Serves one HTTP connection (h1 or h2c) with pingora. The addresses
+    /// we already know go into pingora's socket digest, as its own listener
+    /// does, so it never asks the kernel for them per request.
+    pub async fn serve_http(
+        &self,
+        app: &Arc<HttpProxy<MeshHttp>>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
         let _ = stream.set_nodelay(true);
-        let l4: pingora_core::protocols::l4::stream::Stream = stream.into();
+        let mut l4: pingora_core::protocols::l4::stream::Stream = stream.into();
+        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        if let Some(local) = local {
+            let _ = digest.local_addr.set(Some(local.into()));
+        }
+        l4.set_socket_digest(digest);
         let boxed: pingora_core::protocols::Stream = Box::new(l4);
         app.process_new(boxed, &self.drain.watch()).await;
     }
@@ -46,7 +63,7 @@ pub async fn accept_loop<F, Fut>(
     name: &'static str,
     handle: F,
 ) where
-    F: Fn(Arc<Context>, TcpStream) -> Fut + Send + Sync + 'static + Clone,
+    F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut draining = ctx.drain.watch();
@@ -56,12 +73,12 @@ pub async fn accept_loop<F, Fut>(
             _ = draining.wait_for(|d| *d) => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let guard = ctx.drain.track();
                 let ctx = ctx.clone();
                 let handle = handle.clone();
                 tokio::spawn(async move {
-                    handle(ctx, stream).await;
+                    handle(ctx, stream, peer).await;
                     drop(guard);
                 });
             }

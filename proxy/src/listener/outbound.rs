@@ -10,7 +10,7 @@ use crate::orig_dst::original_dst;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
+pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::SocketAddr) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -30,7 +30,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream) {
     match detect(&stream, ctx.detect_timeout).await {
         Detected::Http1 | Detected::Http2 => {
             metrics::detection("http");
-            ctx.serve_http(&ctx.outbound_http, stream).await;
+            ctx.serve_http(&ctx.outbound_http, stream, peer, Some(local))
+                .await;
         }
         Detected::Opaque => {
             metrics::detection("opaque");
