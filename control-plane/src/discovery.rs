@@ -63,6 +63,9 @@ impl ProxyRecord {
     }
 }
 
+/// How long a disconnected proxy stays visible in `proxy-status`.
+pub const DISCONNECTED_RETENTION: Duration = Duration::from_secs(600);
+
 #[derive(Default)]
 pub struct ProxyRegistry {
     records: Mutex<BTreeMap<String, ProxyRecord>>,
@@ -91,6 +94,21 @@ impl ProxyRegistry {
             }
         }
         self.refresh_gauge();
+    }
+
+    /// Forgets proxies that have been disconnected for longer than
+    /// `DISCONNECTED_RETENTION`, so churn (pods coming and going) does not
+    /// grow the registry without bound.
+    fn purge_stale(&self, now: SystemTime) {
+        if let Ok(mut records) = self.records.lock() {
+            records.retain(|_, r| {
+                r.connected
+                    || now
+                        .duration_since(r.last_seen)
+                        .map(|age| age < DISCONNECTED_RETENTION)
+                        .unwrap_or(true)
+            });
+        }
     }
 
     fn refresh_gauge(&self) {
@@ -141,6 +159,7 @@ impl Discovery for DiscoveryService {
                 Status::invalid_argument("first message must carry node.name and node.namespace")
             })?;
         let key = ProxyRegistry::key(&node);
+        self.registry.purge_stale(SystemTime::now());
         let stream_id = self
             .registry
             .next_stream
@@ -350,5 +369,30 @@ mod tests {
         assert!(registry.snapshot()[0].connected);
         registry.update("ns/p", 7, |r| r.connected = false);
         assert!(!registry.snapshot()[0].connected);
+    }
+
+    #[test]
+    fn long_disconnected_proxies_are_forgotten_but_connected_ones_stay() {
+        let registry = ProxyRegistry::default();
+        let old = SystemTime::now() - DISCONNECTED_RETENTION - Duration::from_secs(1);
+        let mut gone = record();
+        gone.connected = false;
+        gone.last_seen = old;
+        let mut idle_but_connected = record();
+        idle_but_connected.last_seen = old;
+        let mut recently_gone = record();
+        recently_gone.connected = false;
+        {
+            let mut r = registry.records.lock().unwrap();
+            r.insert("ns/gone".into(), gone);
+            r.insert("ns/connected".into(), idle_but_connected);
+            r.insert("ns/recent".into(), recently_gone);
+        }
+        registry.purge_stale(SystemTime::now());
+        let keys: Vec<String> = registry.records.lock().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            vec!["ns/connected".to_string(), "ns/recent".to_string()]
+        );
     }
 }
