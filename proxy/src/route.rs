@@ -155,17 +155,6 @@ impl RouteTable {
         Ok(out)
     }
 
-    /// Finds the virtual host for `authority` (port and case ignored).
-    pub fn host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = strip_port(authority);
-        let idx = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.lookup(&host.to_ascii_lowercase())
-        } else {
-            self.lookup(host)
-        };
-        idx.map(|i| &self.virtual_hosts[i])
-    }
-
     fn lookup(&self, host: &str) -> Option<usize> {
         if let Some(i) = self.exact.get(host) {
             return Some(*i);
