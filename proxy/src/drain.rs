@@ -56,7 +56,7 @@ impl Drain {
         *self.inner.tx.borrow()
     }
 
-    /// Turns true when the drain starts (also pingora's shutdown watch).
+    /// Turns true when the drain starts; HTTP connections then finish their in-flight requests and close.
     pub fn watch(&self) -> watch::Receiver<bool> {
         self.inner.tx.subscribe()
     }

@@ -1,5 +1,5 @@
 //! weft-proxy: the sidecar. Flags, runtimes and lifecycle. The data plane
-//! (listeners, pingora, TCP) runs on a multi-thread runtime; the xDS client,
+//! (listeners, HTTP, TCP) runs on a multi-thread runtime; the xDS client,
 //! admin and metrics run on their own single-thread runtime so control work
 //! never competes with requests.
 #![forbid(unsafe_code)]
@@ -10,9 +10,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use listener::explicit::ExplicitListeners;
 use listener::Context;
-use pingora_core::apps::HttpServerApp;
-use pingora_core::apps::HttpServerOptions;
-use pingora_core::server::configuration::ServerConf;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +69,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init_tracing("info,pingora_core=warn,pingora_proxy=warn");
+    telemetry::init_tracing("info");
     let data_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
         .thread_name("weft-data")
@@ -103,16 +100,6 @@ fn main() -> anyhow::Result<()> {
 
     // Data plane: bind first so a bad address fails fast and loudly.
     let (ctx, outbound_l, inbound_l) = data_rt.block_on(async {
-        let conf = Arc::new(ServerConf::default());
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        let mut out = pingora_proxy::http_proxy(&conf, http::MeshHttp::outbound(snapshot.clone()));
-        out.server_options = Some(options.clone());
-        let mut inb = pingora_proxy::http_proxy(
-            &conf,
-            http::MeshHttp::inbound(snapshot.clone(), &args.service, args.app_port),
-        );
-        inb.server_options = Some(options);
         let outbound_l = tokio::net::TcpListener::bind(args.outbound)
             .await
             .with_context(|| format!("cannot bind outbound listener {}", args.outbound))?;
@@ -122,8 +109,12 @@ fn main() -> anyhow::Result<()> {
         let ctx = Arc::new(Context {
             snapshot: snapshot.clone(),
             drain: drain.clone(),
-            outbound_http: Arc::new(out),
-            inbound_http: Arc::new(inb),
+            outbound_http: Arc::new(http::HttpForwarder::outbound(snapshot.clone())),
+            inbound_http: Arc::new(http::HttpForwarder::inbound(
+                snapshot.clone(),
+                &args.service,
+                args.app_port,
+            )),
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             app_port: args.app_port,
             tcp_outbound: metrics::TcpMetrics::new("outbound"),
@@ -220,9 +211,6 @@ fn main() -> anyhow::Result<()> {
             }
         });
         ctx.drain.started().await;
-        // Wake keep-alive connections idling between requests so they close.
-        ctx.outbound_http.http_cleanup().await;
-        ctx.inbound_http.http_cleanup().await;
         let active = ctx.drain.active();
         tracing::info!(active, "draining: waiting for in-flight connections");
         if ctx.drain.wait_idle(drain_timeout).await {

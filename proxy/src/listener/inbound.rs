@@ -1,5 +1,5 @@
 //! Inbound listener (traffic from other sidecars to the local app). The app
-//! port's declared protocol decides: http/http2/grpc go to pingora, tcp/opaque
+//! port's declared protocol decides: http/http2/grpc are served as HTTP, tcp/opaque
 //! are forwarded untouched (server-first protocols never wait), and an
 //! undeclared port is sniffed. mTLS termination arrives with the identity issue.
 
@@ -26,7 +26,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         _ => !matches!(detect(&stream, ctx.detect_timeout).await, Detected::Opaque),
     };
     if http {
-        ctx.serve_http(&ctx.inbound_http, stream, peer, None).await;
+        ctx.serve_http(crate::http::Direction::Inbound, stream, peer)
+            .await;
     } else {
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.app_port));
         if let Err(e) = crate::tcp::forward(stream, app, &ctx.tcp_inbound).await {

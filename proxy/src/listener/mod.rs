@@ -1,20 +1,16 @@
 //! Listeners: the fixed outbound and inbound ones, and the explicit-mode TCP
 //! listeners the control plane asks for. Each accepted connection is either
-//! handed to pingora (HTTP) or forwarded as opaque TCP.
+//! served as HTTP (`http.rs`) or forwarded as opaque TCP.
 
 pub mod explicit;
 pub mod inbound;
 pub mod outbound;
 
 use crate::drain::Drain;
-use crate::http::MeshHttp;
+use crate::http::{Direction, HttpForwarder};
 use crate::metrics::TcpMetrics;
 use crate::snapshot::SnapshotHolder;
-use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest};
-use pingora_proxy::HttpProxy;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Context {
     pub snapshot: SnapshotHolder,
     pub drain: Drain,
-    pub outbound_http: Arc<HttpProxy<MeshHttp>>,
-    pub inbound_http: Arc<HttpProxy<MeshHttp>>,
+    pub outbound_http: Arc<HttpForwarder>,
+    pub inbound_http: Arc<HttpForwarder>,
     pub detect_timeout: Duration,
     pub app_port: u16,
     pub tcp_outbound: TcpMetrics,
@@ -32,26 +28,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// Serves one HTTP connection (h1 or h2c) with pingora. The addresses
-    /// we already know go into pingora's socket digest, as its own listener
-    /// does, so it never asks the kernel for them per request.
-    pub async fn serve_http(
-        &self,
-        app: &Arc<HttpProxy<MeshHttp>>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let mut l4: pingora_core::protocols::l4::stream::Stream = stream.into();
-        let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-        let _ = digest.peer_addr.set(Some(peer.into()));
-        if let Some(local) = local {
-            let _ = digest.local_addr.set(Some(local.into()));
-        }
-        l4.set_socket_digest(digest);
-        let boxed: pingora_core::protocols::Stream = Box::new(l4);
-        app.process_new(boxed, &self.drain.watch()).await;
+    /// Serves one HTTP connection (h1 or h2c) in `direction`.
+    pub async fn serve_http(&self, direction: Direction, stream: TcpStream, peer: SocketAddr) {
+        let http = match direction {
+            Direction::Outbound => &self.outbound_http,
+            Direction::Inbound => &self.inbound_http,
+        };
+        http.clone().serve(stream, peer, self.drain.watch()).await
     }
 }
 

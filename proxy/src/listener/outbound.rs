@@ -1,6 +1,6 @@
 //! Outbound listener (app egress). An intercepted connection (SO_ORIGINAL_DST)
 //! to a tcp/opaque destination is forwarded without sniffing; everything else
-//! is sniffed: HTTP goes to pingora and is routed by Host, other bytes go to
+//! is sniffed: HTTP is routed by Host, other bytes go to
 //! the original destination, or are refused when there is none.
 
 use super::Context;
@@ -30,7 +30,7 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
     match detect(&stream, ctx.detect_timeout).await {
         Detected::Http1 | Detected::Http2 => {
             metrics::detection("http");
-            ctx.serve_http(&ctx.outbound_http, stream, peer, Some(local))
+            ctx.serve_http(crate::http::Direction::Outbound, stream, peer)
                 .await;
         }
         Detected::Opaque => {
