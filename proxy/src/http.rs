@@ -9,9 +9,10 @@
 //! 1.47x gRPC, lower added latency); see benches/RESULTS.md.
 
 use crate::metrics::RequestMetrics;
-use crate::snapshot::SnapshotHolder;
+use crate::snapshot::{authority_of, SnapshotHolder};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -71,6 +72,8 @@ pub struct HttpForwarder {
     direction: Direction,
     snapshot: SnapshotHolder,
     app_port: u16,
+    /// 127.0.0.1:<app_port>, for inbound requests.
+    app_authority: Authority,
     fallback_metrics: RequestMetrics,
     upstreams: Upstreams,
 }
@@ -81,6 +84,7 @@ impl HttpForwarder {
             direction: Direction::Outbound,
             snapshot,
             app_port: 0,
+            app_authority: Authority::from_static("127.0.0.1"),
             fallback_metrics: RequestMetrics::new(Direction::Outbound.as_str(), "none", "none"),
             upstreams: Upstreams::new(),
         }
@@ -91,6 +95,7 @@ impl HttpForwarder {
             direction: Direction::Inbound,
             snapshot,
             app_port,
+            app_authority: authority_of(&SocketAddr::from((Ipv4Addr::LOCALHOST, app_port))),
             fallback_metrics: RequestMetrics::new(Direction::Inbound.as_str(), "inbound", service),
             upstreams: Upstreams::new(),
         }
@@ -139,7 +144,7 @@ impl HttpForwarder {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let (target, h2, metrics) = match self.direction {
+        let (target, authority, h2, metrics) = match self.direction {
             Direction::Outbound => {
                 let authority = req
                     .uri()
@@ -163,12 +168,17 @@ impl HttpForwarder {
                     self.fallback_metrics.record(404, start.elapsed());
                     return error_response(StatusCode::NOT_FOUND, "no_route", body);
                 };
-                let Some(addr) = rule.target.pick() else {
+                let Some((addr, authority)) = rule.target.pick_with_authority() else {
                     let body = format!("weft: cluster {} has no endpoints\n", rule.target.name);
                     rule.metrics.record(503, start.elapsed());
                     return error_response(StatusCode::SERVICE_UNAVAILABLE, "no_endpoints", body);
                 };
-                (addr, rule.target.protocol.is_h2(), &rule.metrics)
+                (
+                    addr,
+                    authority.clone(),
+                    rule.target.protocol.is_h2(),
+                    &rule.metrics,
+                )
             }
             Direction::Inbound => {
                 let h2 = match snapshot.app_port(self.app_port) {
@@ -177,6 +187,7 @@ impl HttpForwarder {
                 };
                 (
                     SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)),
+                    self.app_authority.clone(),
                     h2,
                     &self.fallback_metrics,
                 )
@@ -200,7 +211,7 @@ impl HttpForwarder {
                 parts.headers.insert(header::HOST, a);
             }
         }
-        parts.uri = match upstream_uri(target, &parts.uri) {
+        parts.uri = match upstream_uri(authority, &parts.uri) {
             Ok(u) => u,
             Err(e) => {
                 metrics.record(400, start.elapsed());
@@ -250,13 +261,17 @@ impl HttpForwarder {
 }
 
 /// `http://<endpoint><path?query>`: the pool is keyed by the endpoint.
-fn upstream_uri(target: SocketAddr, original: &Uri) -> Result<Uri, http::Error> {
-    let pq = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme("http")
-        .authority(target.to_string())
-        .path_and_query(pq)
-        .build()
+fn upstream_uri(authority: Authority, original: &Uri) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -381,7 +396,7 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_path_and_query_and_targets_the_endpoint() {
         let u = upstream_uri(
-            "10.0.0.7:8080".parse().unwrap(),
+            authority_of(&"10.0.0.7:8080".parse().unwrap()),
             &"/a/b?x=1".parse().unwrap(),
         )
         .unwrap();

@@ -56,6 +56,10 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub addresses: Vec<IpAddr>,
     pub endpoints: Vec<SocketAddr>,
+    /// `endpoints[i]` as a URI authority, built once per snapshot so the
+    /// HTTP path does not format addresses per request.
+    #[serde(skip)]
+    authorities: Vec<http::uri::Authority>,
     #[serde(skip)]
     cursor: AtomicUsize,
 }
@@ -70,6 +74,21 @@ impl Cluster {
         let i = self.cursor.fetch_add(1, Ordering::Relaxed);
         Some(self.endpoints[i % self.endpoints.len()])
     }
+
+    /// `pick`, with the endpoint's URI authority.
+    pub fn pick_with_authority(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        Some((self.endpoints[i], &self.authorities[i]))
+    }
+}
+
+pub fn authority_of(addr: &SocketAddr) -> http::uri::Authority {
+    // A SocketAddr always formats as a valid authority.
+    http::uri::Authority::try_from(addr.to_string())
+        .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
 }
 
 /// An explicit-mode outbound TCP listener: local port → cluster.
@@ -183,6 +202,7 @@ impl Snapshot {
                     port,
                     protocol,
                     addresses,
+                    authorities: endpoints.iter().map(authority_of).collect(),
                     endpoints,
                     cursor: AtomicUsize::new(0),
                 }),
