@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/weft/v1/discovery.proto",
             "proto/weft/v1/resources.proto",
             "proto/weft/v1/admin.proto",
+            "proto/weft/v1/identity.proto",
             "proto/weft/sample/v1/echo.proto",
         ],
         &["proto"],

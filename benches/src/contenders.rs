@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxySpec};
+use weftctl::admin_conn::AdminAuth;
+use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 
 #[derive(Args)]
 pub struct ProxyArgs {
@@ -73,13 +74,24 @@ impl Env {
         program: &Path,
         args: Vec<String>,
     ) -> anyhow::Result<u32> {
+        self.spawn_pinned_env(name, core, program, args, &[])
+    }
+
+    fn spawn_pinned_env(
+        &mut self,
+        name: &str,
+        core: &str,
+        program: &Path,
+        args: Vec<String>,
+        env: &[(String, String)],
+    ) -> anyhow::Result<u32> {
         let mut full = vec![
             "-c".to_string(),
             core.to_string(),
             program.display().to_string(),
         ];
         full.extend(args);
-        let p = Proc::spawn(name, Path::new("taskset"), &full, &self.logs())?;
+        let p = Proc::spawn_env(name, Path::new("taskset"), &full, env, &self.logs())?;
         let pid = p.pid().ok_or_else(|| anyhow!("{name} has no pid"))?;
         self.procs.push(p);
         Ok(pid)
@@ -400,7 +412,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
     // weft: control plane on the load core, proxies on the proxy core, one worker each.
     let cp_grpc = SocketAddr::new(ip(1), 15012);
-    let cp_url = format!("http://{cp_grpc}");
+    let cp_url = format!("https://{cp_grpc}");
     let control = env.bins.path(localmesh::CONTROL);
     env.spawn_pinned(
         "weft-control",
@@ -408,6 +420,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         &control,
         localmesh::control_args(&dir.join("data"), cp_grpc, SocketAddr::new(ip(1), 15014)),
     )?;
+    let pki = localmesh::Pki::of(&dir.join("data"));
+    localmesh::wait_listening(cp_grpc, Duration::from_secs(10))?;
+    pki.wait(Duration::from_secs(10))?;
+    let admin_auth = AdminAuth::Certs(pki.admin_certs.clone());
     let client = ProxyAddrs::on(ip(2));
     let server = ProxyAddrs::on(ip(3));
     let proxy_bin = env.bins.path(localmesh::PROXY);
@@ -416,19 +432,25 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         (client, "bench-client", 1u16),
         (server, "bench-server", http_port),
     ] {
+        let token = join_token(&env.bins, &cp_url, &admin_auth, "bench", svc)?;
         let spec = ProxySpec {
             node: format!("{svc}-0"),
             namespace: "bench".into(),
             service: svc.into(),
             app_port: app,
             addrs,
+            auth: ProxyAuth::Token {
+                token,
+                ca_bundle: pki.ca_bundle.clone(),
+            },
             extra_args: vec!["--workers".into(), "1".into()],
         };
-        let pid = env.spawn_pinned(
+        let pid = env.spawn_pinned_env(
             &format!("weft-{svc}"),
             PROXY_CORE,
             &proxy_bin,
             spec.args(&cp_url),
+            &spec.env(),
         )?;
         if svc == "bench-client" {
             proxy_pid = pid;
@@ -529,6 +551,8 @@ spec:
         &[
             "--control-plane".into(),
             cp_url.clone(),
+            "--certs".into(),
+            pki.admin_certs.display().to_string(),
             "apply".into(),
             "-f".into(),
             cfg_path.display().to_string(),
@@ -727,6 +751,8 @@ spec:
             &[
                 "--control-plane".into(),
                 cp_url.clone(),
+                "--certs".into(),
+                pki.admin_certs.display().to_string(),
                 "-o".into(),
                 "json".into(),
                 "apply".into(),
@@ -737,7 +763,7 @@ spec:
         let rev = serde_json::from_str::<serde_json::Value>(&out)?["revision"]
             .as_u64()
             .unwrap_or(0);
-        wait_acked(&env, &cp_url, "bench-client-0", rev)?;
+        wait_acked(&env, &cp_url, &pki.admin_certs, "bench-client-0", rev)?;
         std::thread::sleep(Duration::from_millis(500));
         let after = rss_bytes(proxy_pid)?;
         results.add("rss_10k_endpoints", "weft", "rss_bytes", "bytes", after);
@@ -753,7 +779,7 @@ spec:
     if want("push_apply_to_ack") || want("control_plane_rss") {
         // A fresh control plane so the proxies above don't count.
         let cp2 = SocketAddr::new(ip(7), 15012);
-        let cp2_url = format!("http://{cp2}");
+        let cp2_url = format!("https://{cp2}");
         let cp2_pid = env.spawn_pinned(
             "weft-control-push",
             PROXY_CORE,
@@ -761,6 +787,9 @@ spec:
             localmesh::control_args(&dir.join("data-push"), cp2, SocketAddr::new(ip(7), 15014)),
         )?;
         localmesh::wait_listening(cp2, Duration::from_secs(10))?;
+        let pki2 = localmesh::Pki::of(&dir.join("data-push"));
+        pki2.wait(Duration::from_secs(10))?;
+        let admin2 = AdminAuth::Certs(pki2.admin_certs.clone());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -772,13 +801,15 @@ spec:
         };
         rt.block_on(async {
             let mut sims = push::Sims::default();
+            let sim_cp = push::sim_identity(&cp2_url, &admin2, &pki2.ca_bundle).await?;
             let mut round_no = 0;
             for n in sizes {
                 let more = n - sims.count;
-                sims.add(&cp2_url, more).await?;
+                sims.add(&sim_cp, &cp2_url, more).await?;
                 for _ in 0..rounds.max(3) {
                     round_no += 1;
-                    let mut all = push::apply_and_wait(&cp2_url, &mut sims, round_no).await?;
+                    let mut all =
+                        push::apply_and_wait(&cp2_url, &admin2, &mut sims, round_no).await?;
                     all.sort();
                     let p = |q: f64| {
                         all[((all.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
@@ -818,7 +849,7 @@ spec:
                 );
                 if target > sims.count {
                     let more = target - sims.count;
-                    sims.add(&cp2_url, more).await?;
+                    sims.add(&sim_cp, &cp2_url, more).await?;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     results.add(
                         "control_plane_rss",
@@ -885,7 +916,37 @@ fn big_config(services: usize, endpoints: usize) -> String {
     y
 }
 
-fn wait_acked(env: &Env, cp_url: &str, node: &str, rev: u64) -> anyhow::Result<()> {
+/// A join token minted with `weftctl token create`.
+fn join_token(
+    bins: &Binaries,
+    cp_url: &str,
+    auth: &AdminAuth,
+    namespace: &str,
+    sa: &str,
+) -> anyhow::Result<String> {
+    let AdminAuth::Certs(certs) = auth else {
+        bail!("the benchmark runs the mesh with mTLS");
+    };
+    let weftctl = bins.path(localmesh::WEFTCTL);
+    let out = run_cmd(
+        &weftctl.display().to_string(),
+        &[
+            "--control-plane".into(),
+            cp_url.into(),
+            "--certs".into(),
+            certs.display().to_string(),
+            "token".into(),
+            "create".into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--service-account".into(),
+            sa.into(),
+        ],
+    )?;
+    Ok(out.trim().to_string())
+}
+
+fn wait_acked(env: &Env, cp_url: &str, certs: &Path, node: &str, rev: u64) -> anyhow::Result<()> {
     let want = format!("r{rev}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -894,6 +955,8 @@ fn wait_acked(env: &Env, cp_url: &str, node: &str, rev: u64) -> anyhow::Result<(
             &[
                 "--control-plane".into(),
                 cp_url.into(),
+                "--certs".into(),
+                certs.display().to_string(),
                 "-o".into(),
                 "json".into(),
                 "proxy-status".into(),

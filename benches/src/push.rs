@@ -6,8 +6,10 @@ use anyhow::{anyhow, Context};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use weft_identity::channel::ControlPlane;
+use weftctl::admin_conn::AdminAuth;
 use xds_proto::type_url;
-use xds_proto::v1::{self as pb, admin_client::AdminClient, discovery_client::DiscoveryClient};
+use xds_proto::v1::{self as pb, discovery_client::DiscoveryClient};
 
 const STREAMS_PER_CONNECTION: usize = 100;
 
@@ -44,14 +46,15 @@ impl Drop for Sims {
 impl Sims {
     /// Connects `n` more simulated proxies of service `sim-client` in
     /// namespace `sim`; returns once each of them has ACKed its first push.
-    pub async fn add(&mut self, cp_url: &str, n: usize) -> anyhow::Result<()> {
+    /// Each HTTP/2 connection is mTLS with `cp`'s certificate (a real
+    /// workload certificate for sim/sim-client).
+    pub async fn add(&mut self, cp: &ControlPlane, cp_url: &str, n: usize) -> anyhow::Result<()> {
         let first = self.count;
         let mut channel = None;
         for i in first..first + n {
             if channel.is_none() || (i - first).is_multiple_of(STREAMS_PER_CONNECTION) {
                 channel = Some(
-                    tonic::transport::Endpoint::from_shared(cp_url.to_string())?
-                        .connect()
+                    cp.connect(cp_url, Duration::from_secs(10))
                         .await
                         .with_context(|| format!("connect {cp_url}"))?,
                 );
@@ -122,10 +125,11 @@ pub fn config_yaml(round: usize) -> String {
 /// Applies a change and returns, per simulated proxy, apply → ACK.
 pub async fn apply_and_wait(
     cp_url: &str,
+    admin_auth: &AdminAuth,
     sims: &mut Sims,
     round: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut admin = AdminClient::connect(cp_url.to_string()).await?;
+    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
     while sims.acks.try_recv().is_ok() {}
     let started = Instant::now();
     let rev = admin
@@ -155,4 +159,37 @@ pub async fn apply_and_wait(
         }
     }
     Ok(got.into_iter().flatten().collect())
+}
+
+/// A real workload certificate for the simulated proxies: a join token from
+/// the Admin API traded for a certificate through Identity.Certify, exactly
+/// as a sidecar bootstraps.
+pub async fn sim_identity(
+    cp_url: &str,
+    admin_auth: &AdminAuth,
+    ca_bundle: &std::path::Path,
+) -> anyhow::Result<ControlPlane> {
+    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
+    let token = admin
+        .create_token(pb::CreateTokenRequest {
+            namespace: "sim".into(),
+            service_account: "sim-client".into(),
+            ttl_seconds: 3600,
+        })
+        .await
+        .map_err(|e| anyhow!("create token: {}", e.message()))?
+        .into_inner();
+    let id: weft_identity::SpiffeId = token.spiffe_id.parse()?;
+    let bundle = std::fs::read_to_string(ca_bundle)
+        .with_context(|| format!("read {}", ca_bundle.display()))?;
+    let identity = weft_proxy::identity::WorkloadIdentity::new(
+        id,
+        cp_url.to_string(),
+        Some(token.token),
+        &bundle,
+    )?;
+    tokio::time::timeout(Duration::from_secs(30), identity.bootstrap())
+        .await
+        .map_err(|_| anyhow!("no workload certificate for the simulated proxies within 30s"))?;
+    Ok(identity.control_plane())
 }

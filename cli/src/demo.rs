@@ -4,13 +4,14 @@
 //! IP, applies the sample config, and drives traffic app → sidecar → sidecar →
 //! app both ways while printing a live per-route table.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use clap::Args;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxySpec};
+use weftctl::admin_conn::{self, AdminAuth};
+use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
 use xds_proto::v1 as pb;
 
@@ -90,7 +91,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let logs = work.join("logs");
     let control_ip = demo_ip(1);
     let grpc_addr = SocketAddr::new(control_ip, 15012);
-    let cp_url = format!("http://{grpc_addr}");
+    let cp_url = format!("https://{grpc_addr}");
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let web_port = localmesh::free_port(loopback)?;
     let greeter_port = localmesh::free_port(loopback)?;
@@ -133,22 +134,56 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ],
         &logs,
     )?);
+    // The control plane writes weftctl's admin certificate and the CA bundle
+    // on first start; each sidecar then trades a join token for its own
+    // certificate (mTLS everywhere, as in production).
+    let pki = localmesh::Pki::of(&work.join("data"));
+    {
+        let pki_wait = localmesh::Pki::of(&work.join("data"));
+        tokio::task::spawn_blocking(move || pki_wait.wait(Duration::from_secs(20))).await??;
+    }
+    let auth = AdminAuth::Certs(pki.admin_certs.clone());
+    let mut client = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match admin_conn::admin_client(&cp_url, &auth).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
     for (name, svc, port, addrs) in [
         ("web-0", "web", web_port, web),
         ("greeter-0", "greeter", greeter_port, greeter),
     ] {
+        let token = client
+            .create_token(pb::CreateTokenRequest {
+                namespace: "demo".into(),
+                service_account: svc.into(),
+                ttl_seconds: 3600,
+            })
+            .await
+            .map_err(|e| anyhow!("create token: {}", e.message()))?
+            .into_inner()
+            .token;
         let spec = ProxySpec {
             node: name.into(),
             namespace: "demo".into(),
             service: svc.into(),
             app_port: port,
             addrs,
+            auth: ProxyAuth::Token {
+                token,
+                ca_bundle: pki.ca_bundle.clone(),
+            },
             extra_args: vec![],
         };
-        procs.push(Proc::spawn(
+        procs.push(Proc::spawn_env(
             &format!("proxy-{svc}"),
             &bins.path(localmesh::PROXY),
             &spec.args(&cp_url),
+            &spec.env(),
             &logs,
         )?);
     }
@@ -166,9 +201,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .await??;
         }
         let yaml = config(web_port, greeter_port, &web, &greeter);
-        let mut client = pb::admin_client::AdminClient::connect(cp_url.clone())
-            .await
-            .context("cannot connect to weft-control")?;
         let applied = client
             .apply(pb::ApplyRequest {
                 documents: vec![pb::Document {
@@ -224,8 +256,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)",
         greeter.outbound
     );
-    println!("     weftctl --control-plane {cp_url} proxy-status");
-    println!("     weftctl proxy-config {}\n", web.admin);
+    println!(
+        "     weftctl --control-plane {cp_url} --certs {} proxy-status",
+        pki.admin_certs.display()
+    );
+    println!("     weftctl proxy-config {}", web.admin);
+    println!("     weftctl certs inspect --proxy {}\n", web.admin);
 
     let http_stats: Stats = Arc::default();
     let grpc_stats: Stats = Arc::default();

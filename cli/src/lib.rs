@@ -2,4 +2,5 @@
 //! share (starting the real binaries on loopback).
 #![forbid(unsafe_code)]
 
+pub mod admin_conn;
 pub mod localmesh;

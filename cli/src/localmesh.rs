@@ -120,6 +120,18 @@ impl Proc {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Proc> {
+        Self::spawn_env(name, program, args, &[], log_dir)
+    }
+
+    /// `spawn` with extra environment variables (secrets such as the join
+    /// token go here, not on the command line).
+    pub fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("cannot create {}", log_dir.display()))?;
         let log = log_dir.join(format!("{name}.log"));
@@ -135,6 +147,7 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("WEFT_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
         Ok(Proc {
@@ -258,6 +271,15 @@ impl ProxyAddrs {
     }
 }
 
+/// How a sidecar gets its identity.
+#[derive(Debug, Clone)]
+pub enum ProxyAuth {
+    /// A join token (passed as WEFT_TOKEN) and the control plane's CA bundle.
+    Token { token: String, ca_bundle: PathBuf },
+    /// Plaintext to a control plane started with --insecure-dev.
+    InsecureDev,
+}
+
 /// How to run one sidecar.
 #[derive(Debug, Clone)]
 pub struct ProxySpec {
@@ -266,6 +288,7 @@ pub struct ProxySpec {
     pub service: String,
     pub app_port: u16,
     pub addrs: ProxyAddrs,
+    pub auth: ProxyAuth,
     pub extra_args: Vec<String>,
 }
 
@@ -291,8 +314,55 @@ impl ProxySpec {
             "--metrics".into(),
             self.addrs.metrics.to_string(),
         ];
+        match &self.auth {
+            ProxyAuth::Token { ca_bundle, .. } => {
+                a.push("--ca-bundle".into());
+                a.push(ca_bundle.display().to_string());
+            }
+            ProxyAuth::InsecureDev => a.push("--insecure-dev".into()),
+        }
         a.extend(self.extra_args.iter().cloned());
         a
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match &self.auth {
+            ProxyAuth::Token { token, .. } => vec![("WEFT_TOKEN".into(), token.clone())],
+            ProxyAuth::InsecureDev => vec![],
+        }
+    }
+}
+
+/// Where a control plane started with `data_dir` writes weftctl's admin
+/// certificate directory and the CA bundle proxies bootstrap with.
+pub struct Pki {
+    pub admin_certs: PathBuf,
+    pub ca_bundle: PathBuf,
+}
+
+impl Pki {
+    pub fn of(data_dir: &Path) -> Pki {
+        Pki {
+            admin_certs: data_dir.join("admin"),
+            ca_bundle: data_dir.join("ca-bundle.pem"),
+        }
+    }
+
+    /// Waits until the control plane has written both.
+    pub fn wait(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let key = self.admin_certs.join("key.pem");
+        while Instant::now() < deadline {
+            if self.ca_bundle.exists() && key.exists() && self.admin_certs.join("ca.pem").exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the control plane did not write {} and {} within {timeout:?}",
+            self.admin_certs.display(),
+            self.ca_bundle.display()
+        )
     }
 }
 

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use output::Format;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use weftctl::admin_conn::AdminAuth;
 use xds_proto::v1::{self as pb, admin_client::AdminClient};
 
 #[derive(Parser)]
@@ -20,9 +21,21 @@ struct Cli {
         long,
         global = true,
         env = "WEFT_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:15012"
+        default_value = "https://127.0.0.1:15012"
     )]
     control_plane: String,
+    /// Directory with the admin client certificate (cert.pem, key.pem,
+    /// ca.pem); weft-control writes one to <data-dir>/admin.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_CERTS",
+        default_value = "weft-data/admin"
+    )]
+    certs: PathBuf,
+    /// Plaintext to a control plane started with --insecure-dev.
+    #[arg(long, global = true, env = "WEFT_INSECURE_DEV")]
+    insecure_dev: bool,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -56,8 +69,57 @@ enum Command {
     ProxyStatus,
     /// Fetch and print a proxy's /config_dump from its admin address (host:port).
     ProxyConfig { admin: String },
+    /// Join tokens: the bootstrap credential a proxy trades for its first certificate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Certificates: the admin client certificate, inspection.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Run a demo mesh on loopback: control plane, two workloads with sidecars, live traffic.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for one namespace + service account.
+    Create {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// Lifetime, e.g. 1h, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = weft_control::duration::parse)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write an admin client certificate (cert.pem, key.pem, ca.pem), signed
+    /// with the CA in the control plane's data dir. Run where that dir is.
+    AdminCert {
+        /// The control plane's --data-dir.
+        #[arg(long, default_value = "weft-data")]
+        data_dir: PathBuf,
+        /// Where to write; defaults to <data-dir>/admin.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, default_value = "30d", value_parser = weft_control::duration::parse)]
+        ttl: Duration,
+    },
+    /// Show a certificate chain: subject, SPIFFE ID, validity. FILE is PEM;
+    /// --proxy reads a running sidecar's /certs from its admin address.
+    Inspect {
+        file: Option<PathBuf>,
+        #[arg(long, conflicts_with = "file")]
+        proxy: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +139,13 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
+        let closed_pipe = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        if closed_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
@@ -86,14 +155,16 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
 }
 
-async fn admin_client(url: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow!("bad control-plane URL \"{url}\": {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot reach control plane at {url}: {e} (is weft-control running? set --control-plane or WEFT_CONTROL_PLANE)"))?;
-    Ok(AdminClient::new(channel))
+/// Where and as whom weftctl talks to the control plane.
+struct Conn {
+    url: String,
+    auth: AdminAuth,
+}
+
+impl Conn {
+    async fn admin(&self) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+        weftctl::admin_conn::admin_client(&self.url, &self.auth).await
+    }
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
@@ -134,10 +205,18 @@ fn read_one(p: &Path) -> anyhow::Result<pb::Document> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = Conn {
+        url: cli.control_plane.clone(),
+        auth: if cli.insecure_dev {
+            AdminAuth::Insecure
+        } else {
+            AdminAuth::Certs(cli.certs.clone())
+        },
+    };
     match cli.command {
         Command::Apply { files, dry_run } => {
             let documents = read_documents(&files)?;
-            let mut client = admin_client(&cli.control_plane).await?;
+            let mut client = conn.admin().await?;
             let resp = client
                 .apply(pb::ApplyRequest { documents, dry_run })
                 .await
@@ -147,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete { files } => {
             let documents = read_documents(&files)?;
-            let mut client = admin_client(&cli.control_plane).await?;
+            let mut client = conn.admin().await?;
             let resp = client
                 .delete(pb::DeleteRequest { documents })
                 .await
@@ -156,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::results(cli.output, &resp.results, resp.revision, false)
         }
         Command::Get { what, namespace } => {
-            let mut client = admin_client(&cli.control_plane).await?;
+            let mut client = conn.admin().await?;
             let kind = match what {
                 GetWhat::Services => "Service",
                 GetWhat::Routes => "Route",
@@ -173,7 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::objects(cli.output, kind, &resp.objects)
         }
         Command::ProxyStatus => {
-            let mut client = admin_client(&cli.control_plane).await?;
+            let mut client = conn.admin().await?;
             proxy_status(&mut client, cli.output).await
         }
         Command::ProxyConfig { admin } => {
@@ -183,7 +262,116 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::value(cli.output, &value)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    ref namespace,
+                    ref service_account,
+                    ttl,
+                },
+        } => {
+            let mut client = conn.admin().await?;
+            let resp = client
+                .create_token(pb::CreateTokenRequest {
+                    namespace: namespace.clone(),
+                    service_account: service_account.clone(),
+                    ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match cli.output {
+                Format::Table => output::outln!("{}", resp.token),
+                _ => output::value(
+                    cli.output,
+                    &serde_json::json!({
+                        "token": resp.token,
+                        "spiffe_id": resp.spiffe_id,
+                        "expires_unix": resp.expires_unix,
+                    }),
+                )?,
+            }
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::AdminCert {
+                    ref data_dir,
+                    ref out,
+                    ref trust_domain,
+                    ttl,
+                },
+        } => {
+            let ca = weft_control::ca::CertificateAuthority::load_existing(
+                &data_dir.join("ca"),
+                trust_domain,
+            )?;
+            let out = out
+                .clone()
+                .unwrap_or_else(|| weftctl::admin_conn::admin_dir(data_dir));
+            let not_after = weft_control::local_certs::write_admin_cert(&out, &ca, ttl)?;
+            let secs = not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            output::outln!(
+                "wrote {}/cert.pem, key.pem, ca.pem (spiffe://{trust_domain}/ns/weft-system/sa/admin, valid {}h)",
+                out.display(),
+                secs / 3600
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Inspect {
+                    ref file,
+                    ref proxy,
+                },
+        } => certs_inspect(cli.output, file.as_deref(), proxy.as_deref()).await,
     }
+}
+
+async fn certs_inspect(
+    format: Format,
+    file: Option<&Path>,
+    proxy: Option<&str>,
+) -> anyhow::Result<()> {
+    let value = match (file, proxy) {
+        (Some(f), _) => {
+            let pem = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let certs = weft_identity::svid::certs_from_pem(&pem)
+                .with_context(|| format!("{}", f.display()))?;
+            let unix = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0)
+            };
+            let mut chain = Vec::new();
+            for (i, c) in certs.iter().enumerate() {
+                let info = weft_identity::svid::inspect(c)
+                    .with_context(|| format!("{}: certificate {}", f.display(), i + 1))?;
+                chain.push(serde_json::json!({
+                    "subject": info.subject,
+                    "issuer": info.issuer,
+                    "spiffe_id": info.spiffe_id,
+                    "serial": info.serial,
+                    "not_before_unix": unix(info.not_before),
+                    "not_after_unix": unix(info.not_after),
+                    "is_ca": info.is_ca,
+                    "sha256": info.fingerprint_sha256,
+                }));
+            }
+            serde_json::json!({ "file": f.display().to_string(), "chain": chain })
+        }
+        (None, Some(admin)) => {
+            let body = http_get(admin, "/certs").await?;
+            serde_json::from_str(&body)
+                .with_context(|| format!("{admin}/certs did not return JSON"))?
+        }
+        (None, None) => bail!("give a PEM file or --proxy ADMIN_ADDR"),
+    };
+    output::value(format, &value)
 }
 
 async fn proxy_status(

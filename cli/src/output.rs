@@ -19,10 +19,26 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// Writes to stdout. A closed pipe (`weftctl ... | head`) is not an error
+/// worth a panic: `main` exits quietly when it sees `BrokenPipe`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+pub(crate) use outln;
+
 pub fn value(format: Format, v: &Value) -> anyhow::Result<()> {
     match format {
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(v)?),
-        Format::Json | Format::Table => println!("{}", serde_json::to_string_pretty(v)?),
+        Format::Yaml => out!("{}", serde_yaml_ng::to_string(v)?),
+        Format::Json | Format::Table => outln!("{}", serde_json::to_string_pretty(v)?),
     }
     Ok(())
 }
@@ -41,7 +57,7 @@ pub fn results(
         Format::Table => {
             let suffix = if dry_run { " (dry run)" } else { "" };
             for r in results {
-                println!(
+                outln!(
                     "{}/{}/{} {}{suffix}",
                     r.kind.to_lowercase(),
                     r.namespace,
@@ -49,7 +65,7 @@ pub fn results(
                     r.action
                 );
             }
-            println!("revision {revision}");
+            outln!("revision {revision}");
             Ok(())
         }
         _ => value(
@@ -68,7 +84,7 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
         Format::Json => value(format, &Value::Array(manifests)),
         Format::Yaml => {
             for m in &manifests {
-                print!("---\n{}", serde_yaml_ng::to_string(m)?);
+                out!("---\n{}", serde_yaml_ng::to_string(m)?);
             }
             Ok(())
         }
@@ -125,7 +141,7 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                     b,
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             Ok(())
         }
     }
@@ -193,8 +209,8 @@ pub fn proxies(format: Format, resp: &pb::ProxyStatusResponse) -> anyhow::Result
                     .collect::<Vec<_>>(),
                 );
             }
-            println!("{t}");
-            println!("control plane revision r{}", resp.revision);
+            outln!("{t}");
+            outln!("control plane revision r{}", resp.revision);
             Ok(())
         }
         _ => value(

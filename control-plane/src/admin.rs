@@ -5,18 +5,33 @@
 use crate::config::Kind;
 use crate::discovery::ProxyRegistry;
 use crate::state::{ApplyError, ConfigState, Outcome};
+use crate::token::{JoinTokens, DEFAULT_TOKEN_TTL};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
+use xds_proto::spiffe::SpiffeId;
 use xds_proto::v1::{self as pb, admin_server::Admin};
 
 pub struct AdminService {
     state: Arc<ConfigState>,
     registry: Arc<ProxyRegistry>,
+    tokens: Arc<JoinTokens>,
+    trust_domain: String,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<ConfigState>, registry: Arc<ProxyRegistry>) -> Self {
-        AdminService { state, registry }
+    pub fn new(
+        state: Arc<ConfigState>,
+        registry: Arc<ProxyRegistry>,
+        tokens: Arc<JoinTokens>,
+        trust_domain: String,
+    ) -> Self {
+        AdminService {
+            state,
+            registry,
+            tokens,
+            trust_domain,
+        }
     }
 }
 
@@ -45,6 +60,35 @@ fn documents(docs: Vec<pb::Document>) -> Vec<(String, String)> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let req = req.into_inner();
+        let id = SpiffeId::new(&self.trust_domain, &req.namespace, &req.service_account)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        let now = SystemTime::now();
+        let token = self
+            .tokens
+            .mint(&req.namespace, &req.service_account, ttl, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let expires = (now + ttl)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // The token itself is a secret: log who it is for, never its value.
+        tracing::info!(identity = %id, ttl_secs = ttl.as_secs(), "join token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            expires_unix: expires,
+            spiffe_id: id.to_string(),
+        }))
+    }
+
     async fn apply(
         &self,
         req: Request<pb::ApplyRequest>,

@@ -3,8 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ca;
 pub mod compile;
 pub mod config;
 pub mod discovery;
+pub mod duration;
+pub mod identity;
+pub mod local_certs;
 pub mod state;
 pub mod store;
+pub mod token;
+pub mod transport;

@@ -9,11 +9,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use weft_control::admin::AdminService;
+use weft_control::ca::CertificateAuthority;
 use weft_control::discovery::{DiscoveryService, ProxyRegistry};
+use weft_control::identity::IdentityService;
 use weft_control::state::ConfigState;
 use weft_control::store::EmbeddedStore;
+use weft_control::token::JoinTokens;
+use weft_control::{local_certs, transport};
 use weft_telemetry as telemetry;
-use xds_proto::v1::{admin_server::AdminServer, discovery_server::DiscoveryServer};
+use xds_proto::v1::{
+    admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +41,23 @@ struct Args {
     /// (changes arriving within the window are folded into one push).
     #[arg(long, env = "WEFT_PUSH_DEBOUNCE_MS", default_value_t = 50)]
     push_debounce_ms: u64,
+    /// SPIFFE trust domain of every workload identity.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Operator-supplied issuing CA: the certificate followed by its chain up
+    /// to the root (PEM). Without it a CA is generated in <data-dir>/ca.
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The issuing CA's private key (PEM).
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Workload certificate lifetime, e.g. 24h, 30m, 90s.
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = weft_control::duration::parse)]
+    cert_ttl: Duration,
+    /// Serve gRPC in plaintext with no authentication. For local experiments
+    /// only; never the default.
+    #[arg(long, env = "WEFT_INSECURE_DEV")]
+    insecure_dev: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,24 +99,63 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
+    let ca_dir = args.data_dir.join("ca");
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => CertificateAuthority::from_files(cert, key, &args.trust_domain)?,
+        _ => CertificateAuthority::load_or_create(&ca_dir, &args.trust_domain)?,
+    };
+    let tokens = Arc::new(JoinTokens::load_or_create(&ca_dir)?);
+    let ca = Arc::new(arc_swap::ArcSwap::from_pointee(ca));
+    // The roots proxies need to bootstrap, and weftctl's admin certificate.
+    let local = local_certs::LocalCerts::start(&args.data_dir, ca.clone())?;
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(grpc = %args.listen, admin = %admin_addr, "weft-control serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(grpc = %args.listen, admin = %admin_addr, trust_domain = %args.trust_domain, mtls = !args.insecure_dev, "weft-control serving");
+    let discovery = DiscoveryService::new(published, registry.clone());
+    let admin = AdminService::new(state, registry, tokens.clone(), args.trust_domain.clone());
+    let identity = IdentityService::new(ca.clone(), tokens, args.cert_ttl);
     let mut shutdown = stop_rx.clone();
-    let server = tonic::transport::Server::builder()
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(DiscoveryServer::new(DiscoveryService::new(
-            published,
-            registry.clone(),
-        )))
-        .add_service(AdminServer::new(AdminService::new(state, registry)))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.changed().await;
-        });
-    let server = tokio::spawn(server);
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+    let server = if args.insecure_dev {
+        tracing::warn!("--insecure-dev: gRPC is plaintext and unauthenticated");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut b = builder;
+        tokio::spawn(
+            b.add_service(DiscoveryServer::new(discovery))
+                .add_service(AdminServer::new(admin))
+                .add_service(IdentityServer::new(identity))
+                .serve_with_incoming_shutdown(incoming, stop),
+        )
+    } else {
+        let config = weft_identity::tls::server_config(
+            local.server_cert(),
+            local.bundle(),
+            false,
+            &[weft_identity::tls::ALPN_H2],
+        )?;
+        let incoming = transport::incoming(listener, config);
+        let td = args.trust_domain.clone();
+        let mut b = builder;
+        tokio::spawn(
+            b.add_service(DiscoveryServer::with_interceptor(
+                discovery,
+                transport::require_workload(td.clone()),
+            ))
+            .add_service(AdminServer::with_interceptor(
+                admin,
+                transport::require_admin(td),
+            ))
+            .add_service(IdentityServer::new(identity))
+            .serve_with_incoming_shutdown(incoming, stop),
+        )
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-pub use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxySpec};
+pub use weftctl::localmesh::{self, Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 
 static BINARIES: OnceLock<Binaries> = OnceLock::new();
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
@@ -33,12 +33,19 @@ pub struct Mesh {
     pub control_grpc: SocketAddr,
     pub control_admin: SocketAddr,
     pub control: Option<Proc>,
+    /// Extra weft-control flags (kept across restarts).
+    pub control_extra: Vec<String>,
     pub procs: Vec<Proc>,
 }
 
 impl Mesh {
     /// Starts weft-control with a fresh data dir.
     pub fn start(name: &str) -> Mesh {
+        Self::start_with(name, &[])
+    }
+
+    /// `start`, with extra weft-control flags (e.g. a short --cert-ttl).
+    pub fn start_with(name: &str, control_extra: &[&str]) -> Mesh {
         let n = std::process::id()
             .wrapping_mul(64)
             .wrapping_add(NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
@@ -53,6 +60,7 @@ impl Mesh {
             control_grpc: SocketAddr::new(ip, 15012),
             control_admin: SocketAddr::new(ip, 15014),
             control: None,
+            control_extra: control_extra.iter().map(|s| s.to_string()).collect(),
             procs: vec![],
         };
         mesh.start_control();
@@ -64,7 +72,30 @@ impl Mesh {
     }
 
     pub fn cp_url(&self) -> String {
-        format!("http://{}", self.control_grpc)
+        format!("https://{}", self.control_grpc)
+    }
+
+    /// The admin certificate and CA bundle the control plane wrote.
+    pub fn pki(&self) -> Pki {
+        Pki::of(&self.dir.join("data"))
+    }
+
+    /// A join token for `namespace`/`service_account`, minted with weftctl.
+    pub fn token(&self, namespace: &str, service_account: &str) -> String {
+        let out = self.weftctl(&[
+            "token",
+            "create",
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ]);
+        assert!(
+            out.status.success(),
+            "weftctl token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn logs(&self) -> PathBuf {
@@ -72,11 +103,12 @@ impl Mesh {
     }
 
     pub fn start_control(&mut self) {
-        let args = localmesh::control_args(
+        let mut args = localmesh::control_args(
             &self.dir.join("data"),
             self.control_grpc,
             self.control_admin,
         );
+        args.extend(self.control_extra.iter().cloned());
         let p = Proc::spawn(
             "weft-control",
             &binaries().path(localmesh::CONTROL),
@@ -87,6 +119,9 @@ impl Mesh {
         self.control = Some(p);
         localmesh::wait_listening(self.control_grpc, Duration::from_secs(15))
             .expect("weft-control listening");
+        self.pki()
+            .wait(Duration::from_secs(15))
+            .expect("weft-control wrote its certificates");
     }
 
     /// SIGKILL the control plane (a crash, not a shutdown).
@@ -97,7 +132,17 @@ impl Mesh {
     }
 
     fn spawn(&mut self, name: &str, bin: &str, args: Vec<String>) -> &mut Proc {
-        let p = Proc::spawn(name, &binaries().path(bin), &args, &self.logs())
+        self.spawn_env(name, bin, args, vec![])
+    }
+
+    fn spawn_env(
+        &mut self,
+        name: &str,
+        bin: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> &mut Proc {
+        let p = Proc::spawn_env(name, &binaries().path(bin), &args, &env, &self.logs())
             .unwrap_or_else(|e| panic!("start {name}: {e:#}"));
         self.procs.push(p);
         self.procs.last_mut().expect("just pushed")
@@ -146,6 +191,20 @@ impl Mesh {
         last: u8,
         extra: &[&str],
     ) -> ProxyAddrs {
+        let token = self.token(namespace, service);
+        self.proxy_with_token(service, namespace, app_port, last, extra, token)
+    }
+
+    /// `proxy` with a given join token (e.g. one granting another identity).
+    pub fn proxy_with_token(
+        &mut self,
+        service: &str,
+        namespace: &str,
+        app_port: u16,
+        last: u8,
+        extra: &[&str],
+        token: String,
+    ) -> ProxyAddrs {
         let addrs = ProxyAddrs::on(self.ip(last));
         let spec = ProxySpec {
             node: format!("{service}-{last}"),
@@ -153,10 +212,19 @@ impl Mesh {
             service: service.into(),
             app_port,
             addrs,
+            auth: ProxyAuth::Token {
+                token,
+                ca_bundle: self.pki().ca_bundle,
+            },
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
         let args = spec.args(&self.cp_url());
-        self.spawn(&format!("proxy-{service}-{last}"), localmesh::PROXY, args);
+        self.spawn_env(
+            &format!("proxy-{service}-{last}"),
+            localmesh::PROXY,
+            args,
+            spec.env(),
+        );
         localmesh::wait_listening(addrs.admin, Duration::from_secs(15))
             .expect("proxy admin listening");
         addrs
@@ -174,6 +242,8 @@ impl Mesh {
         Command::new(binaries().path(localmesh::WEFTCTL))
             .arg("--control-plane")
             .arg(self.cp_url())
+            .arg("--certs")
+            .arg(self.pki().admin_certs)
             .args(args)
             .output()
             .expect("run weftctl")
@@ -228,6 +298,13 @@ impl Mesh {
         }
     }
 
+    /// The control plane's Prometheus text.
+    pub fn control_metrics(&self) -> String {
+        http_request(self.control_admin, "GET", "/metrics", "localhost", &[], b"")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
     /// GET a proxy admin path; (status, body).
     pub fn admin_get(&self, admin: SocketAddr, path: &str) -> (u16, String) {
         http_request(admin, "GET", path, "localhost", &[], b"").unwrap_or((0, String::new()))
@@ -248,6 +325,29 @@ impl Drop for Mesh {
             }
         }
     }
+}
+
+/// client sidecar (ip .2) → server sidecar (ip .3) → http app; route host "server".
+pub fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
+    let app = mesh.http_app("server");
+    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    let yaml = format!(
+        "{}---\n{}---\n{}",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        service_yaml("server", "e2e", app, protocol, server.inbound),
+        http_route_yaml(
+            "server",
+            "e2e",
+            &["client"],
+            &["server", "server.e2e"],
+            "server",
+            app
+        )
+    );
+    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
+    mesh.wait_synced(rev, 2);
+    (client, server)
 }
 
 /// A minimal HTTP/1.1 client over a fresh connection (`Connection: close`).

@@ -9,29 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_e2e::*;
 
-/// client sidecar (ip .2) → server sidecar (ip .3) → http app; route host "server".
-fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
-    let app = mesh.http_app("server");
-    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
-    let server = mesh.proxy("server", "e2e", app, 3, &[]);
-    let yaml = format!(
-        "{}---\n{}---\n{}",
-        service_yaml("client", "e2e", 1, "http", client.inbound),
-        service_yaml("server", "e2e", app, protocol, server.inbound),
-        http_route_yaml(
-            "server",
-            "e2e",
-            &["client"],
-            &["server", "server.e2e"],
-            "server",
-            app
-        )
-    );
-    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
-    mesh.wait_synced(rev, 2);
-    (client, server)
-}
-
 #[test]
 fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_bodies() {
     let mut mesh = Mesh::start("http1");
@@ -602,14 +579,18 @@ fn config_dump_holds_only_the_services_a_proxy_can_reach() {
 
 #[test]
 fn weftctl_reports_unreachable_control_plane_in_one_line() {
+    // Valid admin credentials, nothing listening.
+    let mesh = Mesh::start("unreachable");
     let out = std::process::Command::new(binaries().path(localmesh::WEFTCTL))
-        .args(["--control-plane", "http://127.0.0.1:1", "get", "services"])
+        .args(["--control-plane", "https://127.0.0.1:1", "--certs"])
+        .arg(mesh.pki().admin_certs)
+        .args(["get", "services"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with("error: cannot reach control plane at http://127.0.0.1:1"),
+        err.starts_with("error: cannot reach the control plane at https://127.0.0.1:1"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1);

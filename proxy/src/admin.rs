@@ -2,6 +2,7 @@
 //! applied, 503 while draining), /live, /config_dump, /clusters, POST /drain.
 
 use crate::drain::Drain;
+use crate::identity::WorkloadIdentity;
 use crate::snapshot::SnapshotHolder;
 use crate::xds_client::XdsStatus;
 use hyper::{Method, StatusCode};
@@ -15,6 +16,8 @@ pub struct Admin {
     pub drain: Drain,
     pub xds: Arc<XdsStatus>,
     pub node: pb::Node,
+    /// None with --insecure-dev.
+    pub identity: Option<Arc<WorkloadIdentity>>,
 }
 
 impl Admin {
@@ -24,6 +27,11 @@ impl Admin {
             (_, "/ready") => {
                 if self.drain.is_draining() {
                     telemetry::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.identity.as_ref().is_some_and(|i| !i.has_certificate()) {
+                    telemetry::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waiting for a workload certificate from the control plane\n",
+                    )
                 } else if self.snapshot.load().version.is_empty() {
                     telemetry::text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +71,7 @@ impl Admin {
                 }
                 telemetry::text(StatusCode::OK, out)
             }
+            (Method::GET, "/certs") => self.certs(),
             (Method::POST, "/drain") => {
                 self.drain.start();
                 telemetry::text(
@@ -73,8 +82,62 @@ impl Admin {
             (_, "/drain") => telemetry::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /drain\n"),
             _ => telemetry::text(
                 StatusCode::NOT_FOUND,
-                "not found: /ready /live /config_dump /clusters /drain\n",
+                "not found: /ready /live /config_dump /clusters /certs /drain\n",
             ),
         }
+    }
+}
+
+impl Admin {
+    /// Identity, serial, validity, time to renewal and trust bundle
+    /// fingerprints, read from the certificates themselves.
+    fn certs(&self) -> hyper::Response<Body> {
+        let Some(identity) = &self.identity else {
+            return telemetry::json(
+                StatusCode::OK,
+                "{\"mtls\": false, \"reason\": \"--insecure-dev\"}\n".to_string(),
+            );
+        };
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
+        let now = unix(std::time::SystemTime::now());
+        let chain: Vec<serde_json::Value> = identity
+            .cert
+            .get()
+            .map(|ck| {
+                ck.cert
+                    .iter()
+                    .filter_map(|c| weft_identity::svid::inspect(c).ok())
+                    .map(|i| {
+                        serde_json::json!({
+                            "subject": i.subject,
+                            "issuer": i.issuer,
+                            "spiffe_id": i.spiffe_id,
+                            "serial": i.serial,
+                            "not_before_unix": unix(i.not_before),
+                            "not_after_unix": unix(i.not_after),
+                            "is_ca": i.is_ca,
+                            "sha256": i.fingerprint_sha256,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let st = identity.status();
+        let body = serde_json::json!({
+            "mtls": true,
+            "identity": identity.id.to_string(),
+            "serial": st.serial,
+            "not_after_unix": st.not_after_unix,
+            "expires_in_seconds": st.not_after_unix - now,
+            "renew_in_seconds": (st.renew_at_unix - now).max(0),
+            "renewals": st.renewals,
+            "chain": chain,
+            "trust_bundle_sha256": identity.bundle.fingerprints(),
+        });
+        telemetry::json(StatusCode::OK, format!("{body:#}\n"))
     }
 }

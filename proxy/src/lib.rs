@@ -5,6 +5,7 @@ pub mod admin;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;

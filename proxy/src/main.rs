@@ -4,7 +4,7 @@
 //! never competes with requests.
 #![forbid(unsafe_code)]
 
-use weft_proxy::{admin, drain, http, listener, metrics, snapshot, xds_client};
+use weft_proxy::{admin, drain, http, identity, listener, metrics, snapshot, xds_client};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -56,6 +56,25 @@ struct Args {
     /// Longest a drain waits for in-flight connections before exiting.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// SPIFFE trust domain (must match the control plane's).
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Service account of the workload (the identity's `sa`); defaults to
+    /// the service name.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Bootstrap join token (`weftctl token create`). Prefer the env var: a
+    /// flag shows in `ps`.
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Roots to trust the control plane with on the first connection
+    /// (<data-dir>/ca-bundle.pem of the control plane).
+    #[arg(long, env = "WEFT_CA_BUNDLE")]
+    ca_bundle: Option<std::path::PathBuf>,
+    /// Talk to a control plane started with --insecure-dev: plaintext, no
+    /// workload certificate.
+    #[arg(long, env = "WEFT_INSECURE_DEV")]
+    insecure_dev: bool,
     /// Data-plane worker threads. One (the default) runs a current-thread
     /// runtime, the fastest layout per core.
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
@@ -99,6 +118,36 @@ fn main() -> anyhow::Result<()> {
         labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
         build_version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    let identity = if args.insecure_dev {
+        tracing::warn!(
+            "--insecure-dev: no workload certificate; control-plane traffic is plaintext"
+        );
+        None
+    } else {
+        let bundle_path = args.ca_bundle.as_ref().context(
+            "--ca-bundle (WEFT_CA_BUNDLE) is required: the control plane writes it to <data-dir>/ca-bundle.pem",
+        )?;
+        let bundle = std::fs::read_to_string(bundle_path)
+            .with_context(|| format!("cannot read --ca-bundle {}", bundle_path.display()))?;
+        let sa = args
+            .service_account
+            .clone()
+            .unwrap_or_else(|| args.service.clone());
+        let id = weft_identity::SpiffeId::new(&args.trust_domain, &args.namespace, &sa)
+            .context("invalid workload identity")?;
+        if args.token.is_none() {
+            anyhow::bail!(
+                "--token (WEFT_TOKEN) is required for the first certificate: weftctl token create --namespace {} --service-account {sa}",
+                args.namespace
+            );
+        }
+        Some(identity::WorkloadIdentity::new(
+            id,
+            args.control_plane.clone(),
+            args.token.clone(),
+            &bundle,
+        )?)
+    };
     let snapshot = snapshot::new_holder();
     let drain = drain::Drain::new();
     let xds_status = Arc::new(xds_client::XdsStatus::default());
@@ -139,9 +188,15 @@ fn main() -> anyhow::Result<()> {
         drain: drain.clone(),
         xds: xds_status.clone(),
         node: node.clone(),
+        identity: identity.clone(),
     });
+    let control_plane = match &identity {
+        Some(id) => id.control_plane(),
+        None => weft_identity::channel::ControlPlane::Insecure,
+    };
     let xds = xds_client::XdsClient {
         url: args.control_plane.clone(),
+        control_plane,
         node,
         snapshot: snapshot.clone(),
         listeners: explicit,
@@ -185,6 +240,12 @@ fn main() -> anyhow::Result<()> {
                 let _ = ready_tx.send(served);
                 if failed {
                     return;
+                }
+                if let Some(id) = identity {
+                    // Discovery needs the certificate; the data plane is
+                    // already bound and refuses mTLS until it exists.
+                    id.bootstrap().await;
+                    tokio::spawn(id.clone().renew_forever());
                 }
                 xds.run().await;
             })

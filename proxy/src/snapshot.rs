@@ -373,6 +373,8 @@ mod tests {
             RKind::RouteTable(_) => type_url::ROUTE_TABLE,
             RKind::Cluster(_) => type_url::CLUSTER,
             RKind::Endpoints(_) => type_url::ENDPOINTS,
+            RKind::TrustBundle(_) => type_url::TRUST_BUNDLE,
+            RKind::CertificateRotation(_) => type_url::CERTIFICATE_ROTATION,
         };
         pb::Resource {
             name: name.into(),

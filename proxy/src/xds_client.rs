@@ -25,6 +25,8 @@ pub struct XdsStatus {
 
 pub struct XdsClient {
     pub url: String,
+    /// mTLS with the workload certificate (or plaintext with --insecure-dev).
+    pub control_plane: weft_identity::channel::ControlPlane,
     pub node: pb::Node,
     pub snapshot: SnapshotHolder,
     pub listeners: Arc<ExplicitListeners>,
@@ -63,14 +65,9 @@ impl XdsClient {
 
     /// One stream. Returns whether at least one push arrived.
     async fn session(&self, cache: &mut ResourceCache) -> Result<bool, (String, bool)> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .map_err(|e| (format!("bad control-plane URL: {e}"), false))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
+        let channel = self
+            .control_plane
+            .connect(&self.url, Duration::from_secs(2))
             .await
             .map_err(|e| (format!("connect: {e}"), false))?;
         let mut client = DiscoveryClient::new(channel);

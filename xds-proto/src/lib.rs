@@ -8,6 +8,8 @@ pub mod v1 {
     tonic::include_proto!("weft.v1");
 }
 
+pub mod spiffe;
+
 pub mod sample {
     pub mod v1 {
         tonic::include_proto!("weft.sample.v1");
@@ -20,11 +22,11 @@ pub mod type_url {
     pub const ROUTE_TABLE: &str = "weft.v1.RouteTable";
     pub const CLUSTER: &str = "weft.v1.Cluster";
     pub const ENDPOINTS: &str = "weft.v1.Endpoints";
-    /// Reserved: carried once the policy and identity issues land.
-    pub const AUTHORIZATION_POLICY: &str = "weft.v1.AuthorizationPolicy";
-    pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
     pub const TRUST_BUNDLE: &str = "weft.v1.TrustBundle";
     pub const CERTIFICATE_ROTATION: &str = "weft.v1.CertificateRotation";
+    /// Reserved: carried once the policy issues land.
+    pub const AUTHORIZATION_POLICY: &str = "weft.v1.AuthorizationPolicy";
+    pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
 
     /// The types a proxy of this version understands.
     pub const SUPPORTED: &[&str] = &[LISTENER, ROUTE_TABLE, CLUSTER, ENDPOINTS];

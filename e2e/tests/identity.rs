@@ -1,0 +1,233 @@
+//! End-to-end: the control plane's CA, join tokens, workload certificates and
+//! the mTLS control channel, on real processes.
+
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_e2e::*;
+
+fn certs(mesh: &Mesh, admin: std::net::SocketAddr) -> Value {
+    let (code, body) = mesh.admin_get(admin, "/certs");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("/certs JSON")
+}
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_sidecar_gets_a_spiffe_certificate_from_its_token_and_renews_it_before_expiry_under_traffic() {
+    // 4 s certificates: renewal around 2 s, so ~5 renewals in the test.
+    let mut mesh = Mesh::start_with("renewal", &["--cert-ttl", "4s"]);
+    let (client, _server) = http_pair(&mut mesh, "http");
+
+    let first = certs(&mesh, client.admin);
+    assert_eq!(first["identity"], "spiffe://cluster.local/ns/e2e/sa/client");
+    assert_eq!(
+        first["chain"][0]["spiffe_id"],
+        "spiffe://cluster.local/ns/e2e/sa/client"
+    );
+    let lifetime = first["chain"][0]["not_after_unix"].as_i64().unwrap()
+        - first["chain"][0]["not_before_unix"].as_i64().unwrap();
+    assert!(
+        lifetime <= 4 + 60 + 1,
+        "backdated 60 s, 4 s TTL: {lifetime}"
+    );
+    assert_eq!(first["trust_bundle_sha256"].as_array().unwrap().len(), 1);
+
+    // Continuous traffic while certificates rotate.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let outbound = client.outbound;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match http_request(outbound, "GET", "/", "server", &[], b"") {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let start_renewals = first["renewals"].as_u64().unwrap();
+    wait_until("four renewals", Duration::from_secs(20), || {
+        certs(&mesh, client.admin)["renewals"].as_u64().unwrap() >= start_renewals + 4
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let now = certs(&mesh, client.admin);
+    assert_ne!(
+        now["serial"], first["serial"],
+        "a renewal installs a new serial"
+    );
+    assert!(now["expires_in_seconds"].as_i64().unwrap() > 0);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during renewals"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+
+    // Visible in metrics on both sides.
+    let (_, pm) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(&pm, "weft_certificate_renewals_total", "result=\"ok\"").unwrap_or(0.0) >= 5.0,
+        "{pm}"
+    );
+    let cm = mesh.control_metrics();
+    assert!(
+        // The client's first certificate and its 4+ renewals, the server's first.
+        metric(&cm, "weft_control_csr_total", "result=\"issued\"").unwrap_or(0.0) >= 6.0,
+        "{cm}"
+    );
+    // Both proxies stayed subscribed over mTLS the whole time.
+    let status = mesh.proxy_status();
+    let synced = status["proxies"]
+        .as_array()
+        .map(|a| a.iter().filter(|p| p["state"] == "SYNCED").count());
+    assert_eq!(synced, Some(2), "{status}");
+}
+
+#[test]
+fn a_token_for_another_identity_gets_no_certificate_and_the_refusal_is_counted() {
+    let mut mesh = Mesh::start("wrong-token");
+    let app = mesh.http_app("server");
+    // The token grants sa "other"; the sidecar asks for sa "server".
+    let token = mesh.token("e2e", "other");
+    let p = mesh.proxy_with_token("server", "e2e", app, 2, &[], token);
+    wait_until(
+        "the refusal in the control plane metrics",
+        Duration::from_secs(10),
+        || {
+            metric(
+                &mesh.control_metrics(),
+                "weft_control_csr_total",
+                "result=\"identity_mismatch\"",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        },
+    );
+    let (code, body) = mesh.admin_get(p.admin, "/ready");
+    assert_eq!(code, 503);
+    assert!(body.contains("certificate"), "{body}");
+    // The proxy says why, naming both identities.
+    let log = std::fs::read_to_string(mesh.logs().join("proxy-server-2.log")).unwrap();
+    assert!(
+        log.contains("sa/server") && log.contains("sa/other"),
+        "proxy log lacks the reason:\n{log}"
+    );
+    // It never got as far as discovery.
+    let status = mesh.proxy_status();
+    assert!(
+        status["proxies"].as_array().is_none_or(|a| a.is_empty()),
+        "{status}"
+    );
+}
+
+#[test]
+fn the_admin_api_refuses_clients_without_the_admin_certificate() {
+    let mesh = Mesh::start("admin-auth");
+    let other = Mesh::start("admin-auth-other");
+    let run = |args: &[&str]| {
+        std::process::Command::new(binaries().path(localmesh::WEFTCTL))
+            .arg("--control-plane")
+            .arg(mesh.cp_url())
+            .args(args)
+            .args(["get", "services"])
+            .output()
+            .unwrap()
+    };
+    let refused = || {
+        metric(
+            &mesh.control_metrics(),
+            "weft_control_tls_handshake_failures_total",
+            "reason=\"refused\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = refused();
+    // The right certificate works.
+    let ok = mesh.weftctl(&["get", "services"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Plaintext to the TLS port.
+    let plain = run(&["--insecure-dev"]);
+    assert!(!plain.status.success());
+    // An admin certificate from another mesh's CA: the handshake fails.
+    let foreign = other.pki().admin_certs.display().to_string();
+    let out = run(&["--certs", &foreign]);
+    assert!(!out.status.success());
+    // No certificate files at all: a clear local error.
+    let none = run(&["--certs", "/nonexistent"]);
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(err.contains("no admin certificate"), "{err}");
+    // Plaintext and the foreign certificate were both refused in the handshake.
+    assert!(refused() >= before + 2.0, "{}", mesh.control_metrics());
+}
+
+#[test]
+fn certs_inspect_shows_the_admin_chain_and_a_sidecars_certificate() {
+    let mut mesh = Mesh::start("inspect");
+    let cert = mesh.pki().admin_certs.join("cert.pem");
+    let out = mesh.weftctl(&[
+        "-o",
+        "json",
+        "certs",
+        "inspect",
+        &cert.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["chain"][0]["spiffe_id"],
+        "spiffe://cluster.local/ns/weft-system/sa/admin"
+    );
+    assert_eq!(
+        v["chain"][1]["is_ca"], true,
+        "the issuing CA follows the leaf"
+    );
+
+    let p = mesh.proxy("web", "shop", 1, 2, &[]);
+    wait_until("a certificate", Duration::from_secs(10), || {
+        mesh.admin_get(p.admin, "/certs").1.contains("spiffe://")
+    });
+    let out = mesh.weftctl(&[
+        "-o",
+        "json",
+        "certs",
+        "inspect",
+        "--proxy",
+        &p.admin.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["identity"], "spiffe://cluster.local/ns/shop/sa/web");
+}

@@ -1,0 +1,220 @@
+//! The sidecar's workload identity: a key pair generated here (the private
+//! key never leaves the process), a CSR for
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`, signed by
+//! the control plane's Identity service. The first certificate is paid for
+//! with the bootstrap join token over TLS verified against the bootstrap CA
+//! bundle; renewals authenticate with the current certificate. Renewal runs
+//! at a jittered point around half the lifetime (or at once when the control
+//! plane pushes a rotation) and swaps key and chain atomically: new
+//! connections use the new certificate, established ones are unaffected.
+
+use rand::Rng;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use weft_identity::channel::ControlPlane;
+use weft_identity::tls::{CertSlot, TrustBundle};
+use weft_identity::SpiffeId;
+use xds_proto::v1::{identity_client::IdentityClient, CertifyRequest};
+
+pub const RENEWALS: &str = "weft_certificate_renewals_total";
+pub const EXPIRY: &str = "weft_certificate_expiry_timestamp_seconds";
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What `/certs` reports about the current certificate.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CertStatus {
+    pub serial: String,
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    pub renew_at_unix: i64,
+    pub renewals: u64,
+}
+
+pub struct WorkloadIdentity {
+    pub id: SpiffeId,
+    pub cert: Arc<CertSlot>,
+    pub bundle: Arc<TrustBundle>,
+    control_plane: String,
+    token: Option<String>,
+    status: Mutex<CertStatus>,
+    renew_now: Notify,
+}
+
+impl std::fmt::Debug for WorkloadIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadIdentity")
+            .field("id", &self.id.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Tls(#[from] weft_identity::tls::TlsError),
+    #[error(transparent)]
+    Channel(#[from] weft_identity::channel::ChannelError),
+    #[error("cannot build a CSR: {0}")]
+    Csr(String),
+    #[error("the control plane refused the certificate request: {0}")]
+    Refused(String),
+}
+
+impl WorkloadIdentity {
+    pub fn new(
+        id: SpiffeId,
+        control_plane: String,
+        token: Option<String>,
+        bootstrap_bundle_pem: &str,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let bundle = Arc::new(TrustBundle::new(&[bootstrap_bundle_pem.to_string()])?);
+        Ok(Arc::new(WorkloadIdentity {
+            id,
+            cert: Arc::new(CertSlot::new()),
+            bundle,
+            control_plane,
+            token,
+            status: Mutex::new(CertStatus::default()),
+            renew_now: Notify::new(),
+        }))
+    }
+
+    pub fn status(&self) -> CertStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn has_certificate(&self) -> bool {
+        self.cert.get().is_some()
+    }
+
+    /// The mTLS connection to the control plane (current certificate).
+    pub fn control_plane(&self) -> ControlPlane {
+        ControlPlane::mtls(self.cert.clone(), self.bundle.clone())
+    }
+
+    /// Asks for a new certificate now (a pushed CertificateRotation).
+    pub fn renew_soon(&self) {
+        self.renew_now.notify_one();
+    }
+
+    /// Gets the first certificate, retrying with backoff until it succeeds.
+    pub async fn bootstrap(&self) {
+        let mut delay = RETRY_MIN;
+        loop {
+            match self.certify().await {
+                Ok(()) => return,
+                Err(e) => {
+                    metrics::counter!(RENEWALS, "result" => "error").increment(1);
+                    tracing::error!(identity = %self.id, error = %e, "cannot get a workload certificate; retrying");
+                }
+            }
+            tokio::time::sleep(jitter(delay)).await;
+            delay = (delay * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Renews forever: at the scheduled point, or when asked.
+    pub async fn renew_forever(self: Arc<Self>) {
+        loop {
+            let renew_at = self.status().renew_at_unix;
+            let wait = Duration::from_secs_f64((renew_at as f64 - unix_now_f64()).max(0.0));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.renew_now.notified() => {
+                    tracing::info!(identity = %self.id, "renewal requested by the control plane");
+                }
+            }
+            let mut delay = RETRY_MIN;
+            loop {
+                match self.certify().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        metrics::counter!(RENEWALS, "result" => "error").increment(1);
+                        tracing::warn!(identity = %self.id, error = %e, "certificate renewal failed; retrying");
+                        tokio::time::sleep(jitter(delay)).await;
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One CSR round trip: new key, CSR, sign, install.
+    async fn certify(&self) -> Result<(), IdentityError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| IdentityError::Csr(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            self.id
+                .to_string()
+                .try_into()
+                .map_err(|e| IdentityError::Csr(format!("{e}")))?,
+        )];
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| IdentityError::Csr(e.to_string()))?;
+        // Renewal: prove the identity with the current certificate. First
+        // certificate (or an expired one): the bootstrap token.
+        let have_valid = self.status().not_after_unix > unix_now_f64() as i64 + 1;
+        let (cp, token) = if have_valid && self.has_certificate() {
+            (self.control_plane(), String::new())
+        } else {
+            (
+                ControlPlane::tls_no_client_cert(self.bundle.clone()),
+                self.token.clone().unwrap_or_default(),
+            )
+        };
+        let channel = cp
+            .connect(&self.control_plane, Duration::from_secs(5))
+            .await?;
+        let resp = IdentityClient::new(channel)
+            .certify(CertifyRequest {
+                csr_pem: csr,
+                token,
+                ttl_seconds: 0,
+            })
+            .await
+            .map_err(|s| IdentityError::Refused(format!("{:?}: {}", s.code(), s.message())))?
+            .into_inner();
+        self.cert
+            .set_pem(&resp.certificate_chain_pem, &key.serialize_pem())?;
+        if !resp.trust_bundle_pem.is_empty() {
+            self.bundle.update(&resp.trust_bundle_pem)?;
+        }
+        let now = unix_now_f64();
+        let lifetime = (resp.not_after_unix as f64 - now).max(1.0);
+        // Around half the lifetime, jittered so a fleet does not renew at once.
+        let renew_at = now + lifetime * rand::rng().random_range(0.4..0.6);
+        let mut st = self
+            .status
+            .lock()
+            .map_err(|_| IdentityError::Csr("poisoned".into()))?;
+        st.serial = resp.serial.clone();
+        st.not_before_unix = now as i64;
+        st.not_after_unix = resp.not_after_unix;
+        st.renew_at_unix = renew_at as i64;
+        st.renewals += 1;
+        drop(st);
+        metrics::counter!(RENEWALS, "result" => "ok").increment(1);
+        metrics::gauge!(EXPIRY).set(resp.not_after_unix as f64);
+        tracing::info!(identity = %self.id, serial = %resp.serial, not_after = resp.not_after_unix, "workload certificate installed");
+        Ok(())
+    }
+}
+
+/// Somewhere in [d/2, d]: a fleet retrying after an outage spreads out.
+fn jitter(d: Duration) -> Duration {
+    rand::rng().random_range(d / 2..=d)
+}
+
+fn unix_now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
