@@ -463,28 +463,28 @@ kind: Service
 metadata: {{name: upstream, namespace: bench}}
 spec:
   ports: [{{port: {http_port}, protocol: http}}]
-  endpoints: [{{address: 127.0.0.1}}]
+  endpoints: [{{address: 127.0.0.1, sidecar: false}}]
 ---
 apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: upstream-h2, namespace: bench}}
 spec:
   ports: [{{port: {http_port}, protocol: http2}}]
-  endpoints: [{{address: 127.0.0.1}}]
+  endpoints: [{{address: 127.0.0.1, sidecar: false}}]
 ---
 apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: upstream-grpc, namespace: bench}}
 spec:
   ports: [{{port: {grpc_port}, protocol: grpc}}]
-  endpoints: [{{address: 127.0.0.1}}]
+  endpoints: [{{address: 127.0.0.1, sidecar: false}}]
 ---
 apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: upstream-tcp, namespace: bench}}
 spec:
   ports: [{{port: {iperf_port}, protocol: tcp}}]
-  endpoints: [{{address: 127.0.0.1}}]
+  endpoints: [{{address: 127.0.0.1, sidecar: false}}]
 ---
 apiVersion: weft.dev/v1
 kind: Service

@@ -57,6 +57,7 @@ fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: RKind) {
 fn add_cluster(
     set: &mut ResourceSet,
     config: &ConfigSet,
+    trust_domain: &str,
     route_ns: &str,
     dest: &Destination,
 ) -> Option<String> {
@@ -77,12 +78,22 @@ fn add_cluster(
             addresses: svc.addresses.clone(),
         }),
     );
+    // Endpoints behind a sidecar are reached over mTLS and must present the
+    // service account's identity.
+    let identity = xds_proto::spiffe::SpiffeId::new(trust_domain, ns, svc.service_account_or(name))
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     let endpoints = svc
         .endpoints
         .iter()
         .map(|e| pb::Endpoint {
             address: e.address.clone(),
             port: e.port.unwrap_or(dest.port) as u32,
+            identity: if e.sidecar.unwrap_or(true) {
+                identity.clone()
+            } else {
+                String::new()
+            },
         })
         .collect();
     insert(
@@ -98,7 +109,7 @@ fn add_cluster(
 }
 
 /// Compiles the resources for one proxy.
-pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
+pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust_domain: &str) -> ResourceSet {
     let mut set = ResourceSet::new();
     let app_ports = config
         .service(&node.namespace, &node.service)
@@ -132,8 +143,13 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
         }
         let route_name = format!("{}/{}", key.namespace, key.name);
         if let Some(tcp) = &route.tcp {
-            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &tcp.destination)
-            else {
+            let Some(cluster) = add_cluster(
+                &mut set,
+                config,
+                trust_domain,
+                &key.namespace,
+                &tcp.destination,
+            ) else {
                 continue;
             };
             let name = format!("tcp/{route_name}");
@@ -160,8 +176,13 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node) -> ResourceSet {
         }
         let mut rules = Vec::new();
         for rule in &route.http {
-            let Some(cluster) = add_cluster(&mut set, config, &key.namespace, &rule.destination)
-            else {
+            let Some(cluster) = add_cluster(
+                &mut set,
+                config,
+                trust_domain,
+                &key.namespace,
+                &rule.destination,
+            ) else {
                 continue;
             };
             let m = rule
@@ -231,6 +252,8 @@ mod tests {
     use super::*;
     use crate::config::parse_documents;
 
+    const TD: &str = "cluster.local";
+
     fn config(yaml: &str) -> ConfigSet {
         let mut set = ConfigSet::default();
         for l in parse_documents("t", yaml).unwrap() {
@@ -283,7 +306,7 @@ spec:
 
     #[test]
     fn proxy_receives_only_the_clusters_its_routes_reach() {
-        let set = compile_for(&config(MESH), &node("web"));
+        let set = compile_for(&config(MESH), &node("web"), TD);
         let clusters: Vec<&str> = set
             .keys()
             .filter(|(t, _)| t == type_url::CLUSTER)
@@ -308,7 +331,7 @@ spec:
 
     #[test]
     fn inbound_listener_describes_the_own_service_ports() {
-        let set = compile_for(&config(MESH), &node("cart"));
+        let set = compile_for(&config(MESH), &node("cart"), TD);
         let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
         let Some(RKind::Listener(l)) = &l.kind else {
             panic!()
@@ -320,11 +343,11 @@ spec:
     #[test]
     fn diff_reports_changes_and_removals_only() {
         let cfg = config(MESH);
-        let a = compile_for(&cfg, &node("web"));
+        let a = compile_for(&cfg, &node("web"), TD);
         let mut cfg2 = cfg.clone();
         cfg2.objects
             .retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
-        let b = compile_for(&cfg2, &node("web"));
+        let b = compile_for(&cfg2, &node("web"), TD);
         let (changed, removed) = diff(&a, &b);
         assert_eq!(changed.len(), 1, "only the route table changed");
         assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");

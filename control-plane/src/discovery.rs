@@ -124,13 +124,19 @@ impl ProxyRegistry {
 pub struct DiscoveryService {
     published: watch::Receiver<Arc<Published>>,
     registry: Arc<ProxyRegistry>,
+    trust_domain: Arc<str>,
 }
 
 impl DiscoveryService {
-    pub fn new(published: watch::Receiver<Arc<Published>>, registry: Arc<ProxyRegistry>) -> Self {
+    pub fn new(
+        published: watch::Receiver<Arc<Published>>,
+        registry: Arc<ProxyRegistry>,
+        trust_domain: &str,
+    ) -> Self {
         DiscoveryService {
             published,
             registry,
+            trust_domain: trust_domain.into(),
         }
     }
 }
@@ -145,6 +151,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<PushStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<crate::identity::PeerIdentity>()
+            .and_then(|p| p.0.clone());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
@@ -158,6 +168,16 @@ impl Discovery for DiscoveryService {
             .ok_or_else(|| {
                 Status::invalid_argument("first message must carry node.name and node.namespace")
             })?;
+        // A workload gets the config of its own namespace only.
+        if let Some(id) = &peer {
+            if id.namespace != node.namespace {
+                tracing::warn!(identity = %id, namespace = %node.namespace, "discovery refused: node namespace does not match the certificate");
+                return Err(Status::permission_denied(format!(
+                    "node namespace \"{}\" does not match the certificate identity {id}",
+                    node.namespace
+                )));
+            }
+        }
         let key = ProxyRegistry::key(&node);
         self.registry.purge_stale(SystemTime::now());
         let stream_id = self
@@ -188,6 +208,7 @@ impl Discovery for DiscoveryService {
             key,
             stream_id,
             registry: self.registry.clone(),
+            trust_domain: self.trust_domain.clone(),
             published: self.published.clone(),
             tx,
             sent: ResourceSet::new(),
@@ -206,6 +227,7 @@ struct Session {
     key: String,
     stream_id: u64,
     registry: Arc<ProxyRegistry>,
+    trust_domain: Arc<str>,
     published: watch::Receiver<Arc<Published>>,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     /// What the proxy has been sent (assumed applied unless it NACKs).
@@ -254,7 +276,7 @@ impl Session {
     }
 
     async fn push(&mut self, published: &Published, full: bool) -> Result<(), ()> {
-        let compiled = compile::compile_for(&published.config, &self.node);
+        let compiled = compile::compile_for(&published.config, &self.node, &self.trust_domain);
         let on_connect = full;
         let full = full || std::mem::take(&mut self.resync);
         let (resources, removed) = if full {

@@ -113,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(grpc = %args.listen, admin = %admin_addr, trust_domain = %args.trust_domain, mtls = !args.insecure_dev, "weft-control serving");
-    let discovery = DiscoveryService::new(published, registry.clone());
+    let discovery = DiscoveryService::new(published, registry.clone(), &args.trust_domain);
     let admin = AdminService::new(state, registry, tokens.clone(), args.trust_domain.clone());
     let identity = IdentityService::new(ca.clone(), tokens, args.cert_ttl);
     let mut shutdown = stop_rx.clone();

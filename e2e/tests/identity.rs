@@ -231,3 +231,211 @@ fn certs_inspect_shows_the_admin_chain_and_a_sidecars_certificate() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["identity"], "spiffe://cluster.local/ns/shop/sa/web");
 }
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn sidecars_talk_tls13_mtls_with_spiffe_ids_and_the_app_sees_the_verified_caller() {
+    let mut mesh = Mesh::start("mtls");
+    let (client, server) = http_pair(&mut mesh, "http");
+
+    // A forged identity header from the client app is replaced by the
+    // verified one.
+    let (code, body) = http_request(
+        client.outbound,
+        "GET",
+        "/headers",
+        "server",
+        &[(
+            "x-weft-peer-identity",
+            "spiffe://cluster.local/ns/e2e/sa/admin",
+        )],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let ids: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("x-weft-peer-identity:"))
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["x-weft-peer-identity: spiffe://cluster.local/ns/e2e/sa/client"],
+        "{body}"
+    );
+
+    // openssl s_client against the server sidecar's inbound, presenting a
+    // certificate of the same CA: TLS 1.3, and the sidecar's SPIFFE ID.
+    let admin = mesh.pki().admin_certs;
+    let (cert, key, ca) = (
+        admin.join("cert.pem").display().to_string(),
+        admin.join("key.pem").display().to_string(),
+        admin.join("ca.pem").display().to_string(),
+    );
+    let connect = server.inbound.to_string();
+    let (_, text) = openssl(&[
+        "s_client",
+        "-connect",
+        &connect,
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+        "-CAfile",
+        &ca,
+        "-alpn",
+        "h2",
+        "-showcerts",
+        "-brief",
+    ]);
+    assert!(text.contains("TLSv1.3"), "{text}");
+    assert!(text.contains("Verification: OK"), "{text}");
+    let (_, full) = openssl(&[
+        "s_client", "-connect", &connect, "-cert", &cert, "-key", &key, "-CAfile", &ca, "-alpn",
+        "h2",
+    ]);
+    let leaf_pem: String = {
+        let start = full
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("a certificate");
+        let end = full.find("-----END CERTIFICATE-----").expect("its end") + 25;
+        full[start..end].to_string()
+    };
+    let leaf = mesh.dir.join("server-leaf.pem");
+    std::fs::write(&leaf, leaf_pem).unwrap();
+    let (_, san) = openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        &leaf.display().to_string(),
+    ]);
+    assert!(
+        san.contains("URI:spiffe://cluster.local/ns/e2e/sa/server"),
+        "{san}"
+    );
+
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &m,
+            "weft_mtls_handshakes_total",
+            "direction=\"outbound\",result=\"ok\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn inbound_refuses_plaintext_and_foreign_certificates_and_counts_them() {
+    let mut mesh = Mesh::start("mtls-refuse");
+    let other = Mesh::start("mtls-refuse-other");
+    let (_client, server) = http_pair(&mut mesh, "http");
+    let refused = || {
+        let (_, m) =
+            http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+        metric(
+            &m,
+            "weft_mtls_handshakes_total",
+            "direction=\"inbound\",result=\"refused\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = refused();
+    // Plaintext HTTP straight at the inbound listener.
+    let plain = http_request(server.inbound, "GET", "/", "server", &[], b"");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plaintext got through: {plain:?}"
+    );
+    // A client certificate from another mesh's CA.
+    let foreign = other.pki().admin_certs;
+    let (ok, text) = openssl(&[
+        "s_client",
+        "-connect",
+        &server.inbound.to_string(),
+        "-cert",
+        &foreign.join("cert.pem").display().to_string(),
+        "-key",
+        &foreign.join("key.pem").display().to_string(),
+        "-alpn",
+        "h2",
+        "-brief",
+    ]);
+    assert!(
+        !ok || !text.contains("Verification: OK") || text.contains("alert"),
+        "{text}"
+    );
+    wait_until("both refusals counted", Duration::from_secs(5), || {
+        refused() >= before + 2.0
+    });
+}
+
+#[test]
+fn a_peer_whose_identity_may_not_serve_the_destination_is_refused() {
+    let mut mesh = Mesh::start("mtls-mismatch");
+    let app = mesh.http_app("server");
+    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    // The config says "server" runs as service account "payments"; the
+    // sidecar there holds sa/server, so the client must refuse it.
+    let yaml = format!(
+        "{}---\n{}  serviceAccount: payments\n---\n{}",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        service_yaml("server", "e2e", app, "http", server.inbound),
+        http_route_yaml("server", "e2e", &["client"], &["server"], "server", app)
+    );
+    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
+    mesh.wait_synced(rev, 2);
+    let (code, body) = http_request(client.outbound, "GET", "/", "server", &[], b"").unwrap();
+    assert_eq!(code, 502, "{body}");
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &m,
+            "weft_mtls_handshakes_total",
+            "result=\"identity_mismatch\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    let log = std::fs::read_to_string(mesh.logs().join("proxy-client-2.log")).unwrap();
+    assert!(
+        log.contains("sa/payments") && log.contains("sa/server"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_endpoint_without_a_sidecar_is_reached_in_plaintext() {
+    let mut mesh = Mesh::start("unmeshed");
+    let app = mesh.http_app("legacy");
+    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let yaml = format!(
+        "{}---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: legacy, namespace: e2e}}\nspec:\n  ports: [{{port: {app}, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1, sidecar: false}}]\n---\n{}",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        http_route_yaml("legacy", "e2e", &["client"], &["legacy"], "legacy", app)
+    );
+    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
+    mesh.wait_synced(rev, 1);
+    let (code, body) =
+        http_request(client.outbound, "GET", "/headers", "legacy", &[], b"").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("x-weft-peer-identity"), "{body}");
+}

@@ -35,6 +35,7 @@ fn snapshot(services: usize) -> Snapshot {
                     .map(|e| pb::Endpoint {
                         address: format!("10.0.{}.{}", s % 250, e + 1),
                         port: 8080,
+                        identity: "spiffe://cluster.local/ns/bench/sa/svc".into(),
                     })
                     .collect(),
             })),

@@ -9,6 +9,7 @@
 //! 1.47x gRPC, lower added latency); see benches/RESULTS.md.
 
 use crate::metrics::RequestMetrics;
+use crate::mtls::{MeshConnector, MeshTls, PEER_IDENTITY_HEADER};
 use crate::snapshot::{authority_of, SnapshotHolder};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -47,14 +47,16 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Upstream connection pools: HTTP/1.1 keep-alive and h2c (prior knowledge).
+/// Upstream connection pools: HTTP/1.1 keep-alive and h2c (prior knowledge)
+/// to plaintext endpoints; h2 over mTLS to endpoints with a sidecar.
 struct Upstreams {
     h1: Client<HttpConnector, Incoming>,
     h2: Client<HttpConnector, Incoming>,
+    mesh: Option<Client<MeshConnector, Incoming>>,
 }
 
 impl Upstreams {
-    fn new() -> Self {
+    fn new(mesh: Option<MeshConnector>) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
@@ -64,7 +66,9 @@ impl Upstreams {
         let h1 = b.build(conn.clone());
         b.http2_only(true).timer(TokioTimer::new());
         let h2 = b.build(conn);
-        Upstreams { h1, h2 }
+        // Between sidecars HTTP always rides one multiplexed h2 connection.
+        let mesh = mesh.map(|m| b.build(m));
+        Upstreams { h1, h2, mesh }
     }
 }
 
@@ -79,14 +83,19 @@ pub struct HttpForwarder {
 }
 
 impl HttpForwarder {
-    pub fn outbound(snapshot: SnapshotHolder) -> Self {
+    /// `mtls`: None with --insecure-dev (every hop plaintext).
+    pub fn outbound(snapshot: SnapshotHolder, mtls: Option<Arc<MeshTls>>) -> Self {
+        let mesh = mtls.map(|tls| MeshConnector {
+            tls,
+            snapshot: snapshot.clone(),
+        });
         HttpForwarder {
             direction: Direction::Outbound,
             snapshot,
             app_port: 0,
             app_authority: Authority::from_static("127.0.0.1"),
             fallback_metrics: RequestMetrics::new(Direction::Outbound.as_str(), "none", "none"),
-            upstreams: Upstreams::new(),
+            upstreams: Upstreams::new(mesh),
         }
     }
 
@@ -97,21 +106,25 @@ impl HttpForwarder {
             app_port,
             app_authority: authority_of(&SocketAddr::from((Ipv4Addr::LOCALHOST, app_port))),
             fallback_metrics: RequestMetrics::new(Direction::Inbound.as_str(), "inbound", service),
-            upstreams: Upstreams::new(),
+            upstreams: Upstreams::new(None),
         }
     }
 
     /// Serves one client connection until it closes or the drain asks it to
     /// finish its in-flight requests and close.
-    pub async fn serve(
+    /// `peer_identity`: the caller's verified SPIFFE ID (inbound over mTLS).
+    pub async fn serve<I>(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: I,
         peer: SocketAddr,
+        peer_identity: Option<Arc<str>>,
         mut draining: watch::Receiver<bool>,
-    ) {
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let span =
             tracing::debug_span!("http_connection", direction = self.direction.as_str(), %peer);
-        let _ = stream.set_nodelay(true);
+        let peer_header = peer_identity.and_then(|id| HeaderValue::from_str(&id).ok());
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -120,7 +133,8 @@ impl HttpForwarder {
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
+            let peer_header = peer_header.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer_header).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -141,10 +155,14 @@ impl HttpForwarder {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer_identity: Option<HeaderValue>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let snapshot = self.snapshot.load_full();
-        let (target, authority, h2, metrics) = match self.direction {
+        let (target, authority, h2, metrics, meshed) = match self.direction {
             Direction::Outbound => {
                 let authority = req
                     .uri()
@@ -168,16 +186,18 @@ impl HttpForwarder {
                     self.fallback_metrics.record(404, start.elapsed());
                     return error_response(StatusCode::NOT_FOUND, "no_route", body);
                 };
-                let Some((addr, authority)) = rule.target.pick_with_authority() else {
+                let Some(ep) = rule.target.pick_endpoint() else {
                     let body = format!("weft: cluster {} has no endpoints\n", rule.target.name);
                     rule.metrics.record(503, start.elapsed());
                     return error_response(StatusCode::SERVICE_UNAVAILABLE, "no_endpoints", body);
                 };
+                let meshed = ep.identity.is_some() && self.upstreams.mesh.is_some();
                 (
-                    addr,
-                    authority.clone(),
-                    rule.target.protocol.is_h2(),
+                    ep.addr,
+                    ep.authority.clone(),
+                    meshed || rule.target.protocol.is_h2(),
                     &rule.metrics,
+                    meshed,
                 )
             }
             Direction::Inbound => {
@@ -185,11 +205,19 @@ impl HttpForwarder {
                     Some(p) if !p.protocol.is_opaque() => p.protocol.is_h2(),
                     _ => req.version() == http::Version::HTTP_2,
                 };
+                // Only the sidecar may say who called: drop any copy the
+                // caller sent, then add the verified identity.
+                let headers = req.headers_mut();
+                headers.remove(PEER_IDENTITY_HEADER);
+                if let Some(id) = peer_identity {
+                    headers.insert(PEER_IDENTITY_HEADER, id);
+                }
                 (
                     SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)),
                     self.app_authority.clone(),
                     h2,
                     &self.fallback_metrics,
+                    false,
                 )
             }
         };
@@ -211,7 +239,7 @@ impl HttpForwarder {
                 parts.headers.insert(header::HOST, a);
             }
         }
-        parts.uri = match upstream_uri(authority, &parts.uri) {
+        parts.uri = match upstream_uri(authority, &parts.uri, meshed) {
             Ok(u) => u,
             Err(e) => {
                 metrics.record(400, start.elapsed());
@@ -224,12 +252,13 @@ impl HttpForwarder {
         } else {
             parts.version = http::Version::HTTP_11;
         }
-        let client = if h2 {
-            &self.upstreams.h2
-        } else {
-            &self.upstreams.h1
+        let request = Request::from_parts(parts, body);
+        let sent = match (&self.upstreams.mesh, meshed, h2) {
+            (Some(mesh), true, _) => mesh.request(request).await,
+            (_, _, true) => self.upstreams.h2.request(request).await,
+            _ => self.upstreams.h1.request(request).await,
         };
-        match client.request(Request::from_parts(parts, body)).await {
+        match sent {
             Ok(mut resp) => {
                 metrics.record(resp.status().as_u16(), start.elapsed());
                 if let Some(client_side) = on_client_upgrade {
@@ -261,9 +290,13 @@ impl HttpForwarder {
 }
 
 /// `http://<endpoint><path?query>`: the pool is keyed by the endpoint.
-fn upstream_uri(authority: Authority, original: &Uri) -> Result<Uri, http::uri::InvalidUriParts> {
+fn upstream_uri(
+    authority: Authority,
+    original: &Uri,
+    meshed: bool,
+) -> Result<Uri, http::uri::InvalidUriParts> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if meshed { Scheme::HTTPS } else { Scheme::HTTP });
     parts.authority = Some(authority);
     parts.path_and_query = Some(
         original
@@ -398,6 +431,7 @@ mod tests {
         let u = upstream_uri(
             authority_of(&"10.0.0.7:8080".parse().unwrap()),
             &"/a/b?x=1".parse().unwrap(),
+            false,
         )
         .unwrap();
         assert_eq!(u.to_string(), "http://10.0.0.7:8080/a/b?x=1");

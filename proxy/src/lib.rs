@@ -8,6 +8,7 @@ pub mod http;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod mtls;
 pub mod orig_dst;
 pub mod route;
 pub mod snapshot;

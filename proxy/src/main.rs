@@ -4,7 +4,7 @@
 //! never competes with requests.
 #![forbid(unsafe_code)]
 
-use weft_proxy::{admin, drain, http, identity, listener, metrics, snapshot, xds_client};
+use weft_proxy::{admin, drain, http, identity, listener, metrics, mtls, snapshot, xds_client};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -148,6 +148,10 @@ fn main() -> anyhow::Result<()> {
             &bundle,
         )?)
     };
+    let mesh_tls = identity
+        .as_ref()
+        .map(|id| mtls::MeshTls::new(id.clone()).map(Arc::new))
+        .transpose()?;
     let snapshot = snapshot::new_holder();
     let drain = drain::Drain::new();
     let xds_status = Arc::new(xds_client::XdsStatus::default());
@@ -167,12 +171,16 @@ fn main() -> anyhow::Result<()> {
         let ctx = Arc::new(Context {
             snapshot: snapshot.clone(),
             drain: drain.clone(),
-            outbound_http: Arc::new(http::HttpForwarder::outbound(snapshot.clone())),
+            outbound_http: Arc::new(http::HttpForwarder::outbound(
+                snapshot.clone(),
+                mesh_tls.clone(),
+            )),
             inbound_http: Arc::new(http::HttpForwarder::inbound(
                 snapshot.clone(),
                 &args.service,
                 args.app_port,
             )),
+            mtls: mesh_tls.clone(),
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             app_port: args.app_port,
             tcp_outbound: metrics::TcpMetrics::new("outbound"),

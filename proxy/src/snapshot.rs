@@ -60,6 +60,9 @@ pub struct Cluster {
     /// HTTP path does not format addresses per request.
     #[serde(skip)]
     authorities: Vec<http::uri::Authority>,
+    /// `endpoints[i]`'s SPIFFE ID when a sidecar fronts it (reached over
+    /// mTLS), None for a plaintext workload outside the mesh.
+    pub identities: Vec<Option<Arc<str>>>,
     #[serde(skip)]
     cursor: AtomicUsize,
 }
@@ -75,15 +78,33 @@ impl Cluster {
         Some(self.endpoints[i % self.endpoints.len()])
     }
 
-    /// `pick`, with the endpoint's URI authority.
-    pub fn pick_with_authority(&self) -> Option<(SocketAddr, &http::uri::Authority)> {
+    /// `pick`, with what the HTTP path needs to reach the endpoint.
+    pub fn pick_endpoint(&self) -> Option<EndpointRef<'_>> {
         if self.endpoints.is_empty() {
             return None;
         }
         let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some((self.endpoints[i], &self.authorities[i]))
+        Some(EndpointRef {
+            addr: self.endpoints[i],
+            authority: &self.authorities[i],
+            identity: self.identities[i].as_ref(),
+        })
+    }
+
+    /// Round robin like `pick`, with the endpoint's identity (Some: mTLS).
+    pub fn pick_with_identity(&self) -> Option<(SocketAddr, Option<Arc<str>>)> {
+        self.pick_endpoint().map(|e| (e.addr, e.identity.cloned()))
     }
 }
+
+/// One chosen endpoint.
+pub struct EndpointRef<'a> {
+    pub addr: SocketAddr,
+    pub authority: &'a http::uri::Authority,
+    pub identity: Option<&'a Arc<str>>,
+}
+
+impl Cluster {}
 
 pub fn authority_of(addr: &SocketAddr) -> http::uri::Authority {
     // A SocketAddr always formats as a valid authority.
@@ -115,6 +136,9 @@ pub struct Snapshot {
     pub tcp_listeners: Vec<TcpListenerSpec>,
     #[serde(skip)]
     by_address: HashMap<SocketAddr, Arc<Cluster>>,
+    /// Endpoint → the SPIFFE ID its sidecar must present.
+    #[serde(skip)]
+    identities: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl Snapshot {
@@ -127,7 +151,13 @@ impl Snapshot {
             clusters: BTreeMap::new(),
             tcp_listeners: vec![],
             by_address: HashMap::new(),
+            identities: HashMap::new(),
         }
+    }
+
+    /// The identity the sidecar at `endpoint` must present, if it has one.
+    pub fn endpoint_identity(&self, endpoint: SocketAddr) -> Option<&Arc<str>> {
+        self.identities.get(&endpoint)
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -173,6 +203,8 @@ impl Snapshot {
                     kind: Some(RKind::Endpoints(e)),
                     ..
                 }) => {
+                    // One allocation per distinct identity, not per endpoint.
+                    let mut last_identity: Option<Arc<str>> = None;
                     e.endpoints
                         .iter()
                         .map(|ep| {
@@ -182,7 +214,19 @@ impl Snapshot {
                             let port = u16::try_from(ep.port).ok().filter(|p| *p > 0).ok_or_else(
                                 || format!("endpoints \"{name}\": bad port {}", ep.port),
                             )?;
-                            Ok(SocketAddr::new(ip, port))
+                            let identity = match &last_identity {
+                                _ if ep.identity.is_empty() => None,
+                                Some(prev) if **prev == *ep.identity => Some(prev.clone()),
+                                _ => {
+                                    ep.identity
+                                        .parse::<weft_identity::SpiffeId>()
+                                        .map_err(|e| format!("endpoints \"{name}\": {e}"))?;
+                                    let id = Arc::<str>::from(ep.identity.as_str());
+                                    last_identity = Some(id.clone());
+                                    Some(id)
+                                }
+                            };
+                            Ok((SocketAddr::new(ip, port), identity))
                         })
                         .collect::<Result<Vec<_>, String>>()?
                 }
@@ -193,6 +237,8 @@ impl Snapshot {
                 }
                 None => vec![],
             };
+            let (endpoints, identities): (Vec<SocketAddr>, Vec<Option<Arc<str>>>) =
+                endpoints.into_iter().unzip();
             clusters.insert(
                 name.to_string(),
                 Arc::new(Cluster {
@@ -204,6 +250,7 @@ impl Snapshot {
                     addresses,
                     authorities: endpoints.iter().map(authority_of).collect(),
                     endpoints,
+                    identities,
                     cursor: AtomicUsize::new(0),
                 }),
             );
@@ -280,7 +327,13 @@ impl Snapshot {
         };
 
         let mut by_address = HashMap::new();
+        let mut identities = HashMap::new();
         for c in clusters.values() {
+            for (ep, id) in c.endpoints.iter().zip(&c.identities) {
+                if let Some(id) = id {
+                    identities.insert(*ep, id.clone());
+                }
+            }
             for ip in &c.addresses {
                 by_address.insert(SocketAddr::new(*ip, c.port), c.clone());
             }
@@ -296,6 +349,7 @@ impl Snapshot {
             clusters,
             tcp_listeners,
             by_address,
+            identities,
         })
     }
 }
@@ -466,6 +520,7 @@ mod tests {
                 endpoints: vec![pb::Endpoint {
                     address: "not-an-ip".into(),
                     port: 1,
+                    identity: String::new(),
                 }],
             }),
         );
@@ -496,10 +551,12 @@ mod tests {
                     pb::Endpoint {
                         address: "10.0.0.1".into(),
                         port: 80,
+                        identity: String::new(),
                     },
                     pb::Endpoint {
                         address: "10.0.0.2".into(),
                         port: 80,
+                        identity: String::new(),
                     },
                 ],
             }),

@@ -1,9 +1,12 @@
-//! Opaque TCP forwarding: connect to the chosen endpoint and copy bytes both
-//! ways until either side closes, counting them.
+//! Opaque TCP forwarding: connect to the chosen endpoint (over mTLS with the
+//! `weft-tcp` ALPN when a sidecar fronts it) and copy bytes both ways until
+//! either side closes, counting them.
 
 use crate::metrics::TcpMetrics;
+use crate::mtls::{Alpn, MeshTls};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -14,13 +17,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// receive window step on loopback and costs 128 KiB per busy connection.
 pub const COPY_BUFFER: usize = 64 * 1024;
 
-pub async fn forward(
-    mut client: TcpStream,
-    target: SocketAddr,
-    metrics: &TcpMetrics,
-) -> std::io::Result<()> {
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-    {
+async fn connect_plain(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(std::io::Error::new(
@@ -30,16 +28,49 @@ pub async fn forward(
         }
     };
     let _ = upstream.set_nodelay(true);
+    Ok(upstream)
+}
+
+/// Forwards `client` to a plaintext `target`.
+pub async fn forward(
+    client: TcpStream,
+    target: SocketAddr,
+    metrics: &TcpMetrics,
+) -> std::io::Result<()> {
+    let upstream = connect_plain(target).await?;
     let _ = client.set_nodelay(true);
+    relay(client, upstream, metrics).await
+}
+
+/// Forwards `client` to `target`: over mTLS when `identity` names the
+/// sidecar there (and this proxy has mTLS), in plaintext otherwise.
+pub async fn forward_to_endpoint(
+    client: TcpStream,
+    target: SocketAddr,
+    identity: Option<&str>,
+    mtls: Option<&MeshTls>,
+    metrics: &TcpMetrics,
+) -> std::io::Result<()> {
+    match (identity, mtls) {
+        (Some(expected), Some(tls)) => {
+            let upstream = tls.connect(target, expected, Alpn::Tcp).await?;
+            let _ = client.set_nodelay(true);
+            relay(client, upstream, metrics).await
+        }
+        _ => forward(client, target, metrics).await,
+    }
+}
+
+/// Copies both ways until either side closes.
+pub async fn relay<A, B>(mut a: A, mut b: B, metrics: &TcpMetrics) -> std::io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     metrics.opened.increment(1);
     metrics.active.increment(1.0);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await;
+    let result =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await;
     metrics.active.decrement(1.0);
     let (up, down) = result?;
     metrics.bytes.increment(up + down);

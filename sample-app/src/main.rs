@@ -34,7 +34,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum App {
-    /// HTTP/1.1 and h2c server. GET / → greeting; POST /echo → body back;
+    /// HTTP/1.1 and h2c server. GET / → greeting; POST /echo → body back; GET /headers → request headers;
     /// GET /bytes?n=N[&chunked=1] → N bytes; GET /slow?ms=N → delayed reply.
     Http {
         #[arg(long)]
@@ -99,6 +99,16 @@ async fn handle(name: Arc<String>, req: Request<Incoming>) -> Result<Response<Bo
     let version = format!("{:?}", req.version());
     let mut resp = match req.uri().path() {
         "/echo" => Response::new(req.into_body().boxed()),
+        // The request headers as the app received them, one "name: value" per line.
+        "/headers" => {
+            let mut lines: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            lines.sort();
+            Response::new(full(lines.join("\n") + "\n"))
+        }
         "/bytes" => {
             let n: usize = query(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(0);
             if query(&req, "chunked").as_deref() == Some("1") {

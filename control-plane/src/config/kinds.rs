@@ -60,6 +60,17 @@ pub struct ServiceSpec {
     /// Virtual IPs that identify the service for intercepted traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// The service account its workloads run as: their identity is
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>. Defaults
+    /// to the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn service_account_or<'a>(&'a self, service_name: &'a str) -> &'a str {
+        self.service_account.as_deref().unwrap_or(service_name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +90,11 @@ pub struct EndpointSpec {
     /// mesh runs without traffic interception).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i64>,
+    /// Whether a Weft sidecar fronts this endpoint (default true): callers
+    /// then speak mTLS to it and check its identity. false: plaintext, for
+    /// workloads outside the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -110,6 +110,10 @@ fn check_service(obj: &Located, s: &ServiceSpec) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(sa) = &s.service_account {
+        xds_proto::spiffe::check_name("service account", sa)
+            .map_err(|e| obj.error("spec.serviceAccount".to_string(), e.to_string()))?;
+    }
     for (i, a) in s.addresses.iter().enumerate() {
         if a.parse::<IpAddr>().is_err() {
             return Err(obj.error(

@@ -113,12 +113,20 @@ async fn handle(ctx: Arc<Context>, stream: tokio::net::TcpStream, port: u16) {
         .iter()
         .find(|l| l.bind_port == port)
         .and_then(|l| snapshot.cluster(&l.cluster))
-        .and_then(|c| c.pick());
-    let Some(target) = target else {
+        .and_then(|c| c.pick_with_identity());
+    let Some((target, identity)) = target else {
         tracing::debug!(port, "explicit listener has no endpoint; closing");
         return;
     };
-    if let Err(e) = crate::tcp::forward(stream, target, &ctx.tcp_outbound).await {
+    let forwarded = crate::tcp::forward_to_endpoint(
+        stream,
+        target,
+        identity.as_deref(),
+        ctx.mtls.as_deref(),
+        &ctx.tcp_outbound,
+    )
+    .await;
+    if let Err(e) = forwarded {
         tracing::debug!(%target, error = %e, "explicit tcp ended with error");
     }
 }

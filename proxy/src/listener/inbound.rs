@@ -1,17 +1,48 @@
 //! Inbound listener (traffic from other sidecars to the local app). The app
 //! port's declared protocol decides: http/http2/grpc are served as HTTP, tcp/opaque
 //! are forwarded untouched (server-first protocols never wait), and an
-//! undeclared port is sniffed. mTLS termination arrives with the identity issue.
+//! undeclared port is sniffed. With mTLS (the default) every connection is a
+//! TLS handshake first; ALPN then picks HTTP or opaque TCP.
 
 use super::Context;
 use crate::detect::{detect, Detected};
 use crate::metrics;
+use crate::mtls::Alpn;
 use crate::snapshot::Protocol;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
 pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    if let Some(mtls) = &ctx.mtls {
+        // mTLS: the handshake proves the caller; ALPN says what follows.
+        let _ = stream.set_nodelay(true);
+        let Some((tls, identity, alpn)) = mtls.accept(stream, peer).await else {
+            return;
+        };
+        match alpn {
+            Alpn::H2 => {
+                ctx.inbound_http
+                    .clone()
+                    .serve(tls, peer, Some(identity), ctx.drain.watch())
+                    .await
+            }
+            Alpn::Tcp => {
+                let app = SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.app_port));
+                let relayed = match tokio::net::TcpStream::connect(app).await {
+                    Ok(up) => {
+                        let _ = up.set_nodelay(true);
+                        crate::tcp::relay(tls, up, &ctx.tcp_inbound).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = relayed {
+                    tracing::debug!(%app, %identity, error = %e, "inbound tcp ended with error");
+                }
+            }
+        }
+        return;
+    }
     let declared = ctx
         .snapshot
         .load()

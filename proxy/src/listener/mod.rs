@@ -9,6 +9,7 @@ pub mod outbound;
 use crate::drain::Drain;
 use crate::http::{Direction, HttpForwarder};
 use crate::metrics::TcpMetrics;
+use crate::mtls::MeshTls;
 use crate::snapshot::SnapshotHolder;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct Context {
     pub drain: Drain,
     pub outbound_http: Arc<HttpForwarder>,
     pub inbound_http: Arc<HttpForwarder>,
+    /// Sidecar-to-sidecar mTLS; None with --insecure-dev.
+    pub mtls: Option<Arc<MeshTls>>,
     pub detect_timeout: Duration,
     pub app_port: u16,
     pub tcp_outbound: TcpMetrics,
@@ -34,7 +37,10 @@ impl Context {
             Direction::Outbound => &self.outbound_http,
             Direction::Inbound => &self.inbound_http,
         };
-        http.clone().serve(stream, peer, self.drain.watch()).await
+        let _ = stream.set_nodelay(true);
+        http.clone()
+            .serve(stream, peer, None, self.drain.watch())
+            .await
     }
 }
 

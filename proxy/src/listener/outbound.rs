@@ -21,8 +21,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
     if let Some(c) = &cluster {
         if c.protocol.is_opaque() {
             metrics::detection("skipped_opaque");
-            if let Some(target) = c.pick() {
-                forward(&ctx, stream, target).await;
+            if let Some((target, identity)) = c.pick_with_identity() {
+                forward(&ctx, stream, target, identity.as_deref()).await;
             }
             return;
         }
@@ -35,17 +35,32 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
         }
         Detected::Opaque => {
             metrics::detection("opaque");
-            let target = cluster.and_then(|c| c.pick()).or(original);
+            let target = cluster
+                .and_then(|c| c.pick_with_identity())
+                .or(original.map(|o| (o, None)));
             match target {
-                Some(t) => forward(&ctx, stream, t).await,
+                Some((t, identity)) => forward(&ctx, stream, t, identity.as_deref()).await,
                 None => tracing::debug!(%local, "non-HTTP connection with no destination; closing"),
             }
         }
     }
 }
 
-async fn forward(ctx: &Context, stream: TcpStream, target: std::net::SocketAddr) {
-    if let Err(e) = crate::tcp::forward(stream, target, &ctx.tcp_outbound).await {
+async fn forward(
+    ctx: &Context,
+    stream: TcpStream,
+    target: std::net::SocketAddr,
+    identity: Option<&str>,
+) {
+    let forwarded = crate::tcp::forward_to_endpoint(
+        stream,
+        target,
+        identity,
+        ctx.mtls.as_deref(),
+        &ctx.tcp_outbound,
+    )
+    .await;
+    if let Err(e) = forwarded {
         tracing::debug!(%target, error = %e, "outbound tcp ended with error");
     }
 }

@@ -1,0 +1,272 @@
+//! Sidecar-to-sidecar mTLS. Outbound, a connection to an endpoint that has a
+//! sidecar is TLS 1.3 with this workload's certificate, and the peer must
+//! present exactly the SPIFFE ID the control plane gave for that endpoint.
+//! Inbound, every connection must present a certificate chaining to the
+//! current trust bundle; ALPN says what follows (h2 for HTTP, `weft-tcp` for
+//! opaque bytes), so the inbound side never sniffs.
+//!
+//! TLS is terminated with tokio-rustls directly (not through an L7 engine's
+//! TLS support) so the certificate can be swapped per handshake and the peer
+//! identity checked before a byte of the request is sent.
+
+use crate::identity::WorkloadIdentity;
+use crate::snapshot::SnapshotHolder;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::{ClientConfig, ServerConfig};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use weft_identity::tls::{self, ALPN_H2, ALPN_TCP};
+
+pub const HANDSHAKES: &str = "weft_mtls_handshakes_total";
+/// The header carrying the caller's verified identity to the app. Any copy a
+/// client sends is removed first, so it cannot be forged.
+pub const PEER_IDENTITY_HEADER: &str = "x-weft-peer-identity";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a peer speaks after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Tcp,
+}
+
+pub struct MeshTls {
+    identity: Arc<WorkloadIdentity>,
+    client_h2: Arc<ClientConfig>,
+    client_tcp: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+}
+
+fn counted(direction: &'static str, result: &'static str) {
+    metrics::counter!(HANDSHAKES, "direction" => direction, "result" => result).increment(1);
+}
+
+fn err(kind: io::ErrorKind, msg: String) -> io::Error {
+    io::Error::new(kind, msg)
+}
+
+impl MeshTls {
+    pub fn new(identity: Arc<WorkloadIdentity>) -> Result<Self, tls::TlsError> {
+        let cert = identity.cert.clone();
+        let bundle = identity.bundle.clone();
+        Ok(MeshTls {
+            client_h2: tls::client_config(Some(cert.clone()), bundle.clone(), &[ALPN_H2])?,
+            client_tcp: tls::client_config(Some(cert.clone()), bundle.clone(), &[ALPN_TCP])?,
+            server: tls::server_config(cert, bundle, true, &[ALPN_H2, ALPN_TCP])?,
+            identity,
+        })
+    }
+
+    /// Connects to the sidecar at `addr`, which must present `expected`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: &str,
+        alpn: Alpn,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        if !self.identity.has_certificate() {
+            counted("outbound", "no_certificate");
+            return Err(err(
+                io::ErrorKind::NotConnected,
+                "no workload certificate yet".into(),
+            ));
+        }
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                err(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out"),
+                )
+            })??;
+        let _ = tcp.set_nodelay(true);
+        let config = match alpn {
+            Alpn::H2 => self.client_h2.clone(),
+            Alpn::Tcp => self.client_tcp.clone(),
+        };
+        let tls = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(tls::mesh_server_name(), tcp),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                counted("outbound", "refused");
+                tracing::warn!(%addr, error = %e, "mTLS handshake with peer failed");
+                return Err(e);
+            }
+            Err(_) => {
+                counted("outbound", "timeout");
+                return Err(err(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake with {addr} timed out"),
+                ));
+            }
+        };
+        let presented = tls::peer_identity(tls.get_ref().1.peer_certificates());
+        match presented {
+            Some(id) if id.to_string() == expected => {
+                counted("outbound", "ok");
+                Ok(tls)
+            }
+            other => {
+                counted("outbound", "identity_mismatch");
+                let got = other
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "no identity".into());
+                tracing::warn!(%addr, %expected, presented = %got, "peer is not allowed to serve this destination");
+                Err(err(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{addr} presented {got}, expected {expected}"),
+                ))
+            }
+        }
+    }
+
+    /// Completes an inbound handshake; returns the stream, the verified peer
+    /// identity and what it will speak.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Arc<str>, Alpn)> {
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(self.server.clone()).accept(tcp),
+        )
+        .await;
+        let tls = match accepted {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                // Plaintext, a certificate from another CA, an expired one:
+                // each ends here, with rustls' reason.
+                counted("inbound", "refused");
+                tracing::warn!(%peer, error = %e, "inbound mTLS handshake refused");
+                return None;
+            }
+            Err(_) => {
+                counted("inbound", "timeout");
+                tracing::warn!(%peer, "inbound mTLS handshake timed out");
+                return None;
+            }
+        };
+        let conn = tls.get_ref().1;
+        let identity = tls::peer_identity(conn.peer_certificates())?;
+        let alpn = match conn.alpn_protocol() {
+            Some(p) if p == ALPN_H2 => Alpn::H2,
+            Some(p) if p == ALPN_TCP => Alpn::Tcp,
+            _ => {
+                counted("inbound", "no_alpn");
+                tracing::warn!(%peer, %identity, "inbound mTLS connection without a mesh ALPN; closing");
+                return None;
+            }
+        };
+        counted("inbound", "ok");
+        Some((tls, Arc::from(identity.to_string().as_str()), alpn))
+    }
+}
+
+/// A TLS connection to a peer sidecar, as hyper's client wants it.
+pub struct MeshIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Connection for MeshIo {
+    fn connected(&self) -> Connected {
+        Connected::new().negotiated_h2()
+    }
+}
+
+impl hyper::rt::Read for MeshIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// hyper's connector for meshed endpoints: the URI names the endpoint, the
+/// snapshot says which identity it must present.
+#[derive(Clone)]
+pub struct MeshConnector {
+    pub tls: Arc<MeshTls>,
+    pub snapshot: SnapshotHolder,
+}
+
+impl tower::Service<http::Uri> for MeshConnector {
+    type Response = MeshIo;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeshIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let snapshot = self.snapshot.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    err(
+                        io::ErrorKind::InvalidInput,
+                        format!("{uri}: not an endpoint address"),
+                    )
+                })?;
+            let expected = snapshot
+                .load()
+                .endpoint_identity(addr)
+                .cloned()
+                .ok_or_else(|| {
+                    err(
+                        io::ErrorKind::NotFound,
+                        format!("no identity known for {addr}"),
+                    )
+                })?;
+            let stream = tls.connect(addr, &expected, Alpn::H2).await?;
+            Ok(MeshIo(TokioIo::new(stream)))
+        })
+    }
+}
