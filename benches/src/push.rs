@@ -184,6 +184,7 @@ pub async fn sim_identity(
         .with_context(|| format!("read {}", ca_bundle.display()))?;
     let identity = weft_proxy::identity::WorkloadIdentity::new(
         id,
+        "sim".into(),
         cp_url.to_string(),
         Some(token.token),
         &bundle,

@@ -113,6 +113,16 @@ enum CertsCommand {
         #[arg(long, default_value = "30d", value_parser = weft_control::duration::parse)]
         ttl: Duration,
     },
+    /// Start a CA rotation: a new root is trusted everywhere, every workload
+    /// is re-issued from the new CA, then the old root is removed.
+    RotateCa {
+        /// Wait until the rotation finishes, printing its progress.
+        #[arg(long)]
+        wait: bool,
+        /// Only show the rotation's status.
+        #[arg(long)]
+        status: bool,
+    },
     /// Show a certificate chain: subject, SPIFFE ID, validity. FILE is PEM;
     /// --proxy reads a running sidecar's /certs from its admin address.
     Inspect {
@@ -309,7 +319,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = out
                 .clone()
                 .unwrap_or_else(|| weftctl::admin_conn::admin_dir(data_dir));
-            let not_after = weft_control::local_certs::write_admin_cert(&out, &ca, ttl)?;
+            let not_after =
+                weft_control::local_certs::write_admin_cert(&out, &ca, ca.roots_pem(), ttl)?;
             let secs = not_after
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()
@@ -328,7 +339,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ref proxy,
                 },
         } => certs_inspect(cli.output, file.as_deref(), proxy.as_deref()).await,
+        Command::Certs {
+            command: CertsCommand::RotateCa { wait, status },
+        } => rotate_ca(&conn, cli.output, wait, status).await,
     }
+}
+
+/// Starts (or, with `status_only`, reads) a CA rotation; with `wait`, follows
+/// it to the end, printing each change of phase on stderr.
+async fn rotate_ca(
+    conn: &Conn,
+    format: Format,
+    wait: bool,
+    status_only: bool,
+) -> anyhow::Result<()> {
+    let mut client = conn.admin().await?;
+    let mut st = if status_only {
+        client.get_ca_status(pb::CaStatusRequest {}).await
+    } else {
+        client.rotate_ca(pb::RotateCaRequest {}).await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    let mut last_line = String::new();
+    loop {
+        let pending = if st.pending_proxies.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", st.pending_proxies.join(", "))
+        };
+        let line = format!("CA rotation: {} {}{pending}", st.phase, st.message);
+        if line != last_line {
+            eprintln!("{}", line.trim_end());
+            last_line = line;
+        }
+        let finished = matches!(st.phase.as_str(), "done" | "failed" | "idle");
+        if !wait || finished {
+            if st.phase == "failed" {
+                bail!("CA rotation failed: {}", st.message);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        st = client
+            .get_ca_status(pb::CaStatusRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+    }
+    output::value(
+        format,
+        &serde_json::json!({
+            "phase": st.phase,
+            "message": st.message,
+            "pending_proxies": st.pending_proxies,
+            "roots_sha256": st.roots_sha256,
+            "issuer_not_after_unix": st.issuer_not_after_unix,
+        }),
+    )
 }
 
 async fn certs_inspect(

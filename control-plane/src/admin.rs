@@ -2,10 +2,12 @@
 //! sync status. Config errors come back as INVALID_ARGUMENT with the message
 //! naming file, document, object, field and reason.
 
+use crate::ca::CertificateAuthority;
 use crate::config::Kind;
 use crate::discovery::ProxyRegistry;
 use crate::state::{ApplyError, ConfigState, Outcome};
 use crate::token::{JoinTokens, DEFAULT_TOKEN_TTL};
+use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
@@ -17,6 +19,8 @@ pub struct AdminService {
     registry: Arc<ProxyRegistry>,
     tokens: Arc<JoinTokens>,
     trust_domain: String,
+    trust: Arc<Trust>,
+    ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
 }
 
 impl AdminService {
@@ -24,13 +28,43 @@ impl AdminService {
         state: Arc<ConfigState>,
         registry: Arc<ProxyRegistry>,
         tokens: Arc<JoinTokens>,
-        trust_domain: String,
+        trust: Arc<Trust>,
+        ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
     ) -> Self {
         AdminService {
             state,
             registry,
             tokens,
-            trust_domain,
+            trust_domain: trust.current().trust_domain.clone(),
+            trust,
+            ca,
+        }
+    }
+
+    fn ca_status(&self) -> pb::CaStatus {
+        let st = self.trust.status();
+        let roots = self
+            .trust
+            .current()
+            .roots_pem
+            .iter()
+            .filter_map(|p| weft_identity::svid::certs_from_pem(p).ok())
+            .flatten()
+            .map(|d| weft_identity::svid::fingerprint(&d))
+            .collect();
+        pb::CaStatus {
+            phase: st.phase,
+            started_unix: st.started_unix,
+            pending_proxies: st.pending,
+            message: st.message,
+            roots_sha256: roots,
+            issuer_not_after_unix: self
+                .ca
+                .load()
+                .issuer_not_after()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
         }
     }
 }
@@ -60,6 +94,24 @@ fn documents(docs: Vec<pb::Document>) -> Vec<(String, String)> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn rotate_ca(
+        &self,
+        _req: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::CaStatus>, Status> {
+        self.trust
+            .start_rotation(self.registry.clone())
+            .map_err(Status::failed_precondition)?;
+        tracing::info!("CA rotation started by the admin API");
+        Ok(Response::new(self.ca_status()))
+    }
+
+    async fn get_ca_status(
+        &self,
+        _req: Request<pb::CaStatusRequest>,
+    ) -> Result<Response<pb::CaStatus>, Status> {
+        Ok(Response::new(self.ca_status()))
+    }
+
     async fn create_token(
         &self,
         req: Request<pb::CreateTokenRequest>,

@@ -190,6 +190,11 @@ impl CertificateAuthority {
         &self.roots_pem
     }
 
+    /// The issuing CA chain sent after every leaf (PEM).
+    pub fn issuer_chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
+
     pub fn issuer_not_after(&self) -> SystemTime {
         self.issuer_not_after
     }

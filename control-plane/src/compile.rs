@@ -6,6 +6,7 @@
 
 use crate::config::kinds::{Destination, Protocol, RouteSpec, ServiceSpec};
 use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
+use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
 use xds_proto::type_url;
 use xds_proto::v1::{self as pb, resource::Kind as RKind, route_rule::Path};
@@ -15,6 +16,10 @@ pub type ResourceSet = BTreeMap<(String, String), pb::Resource>;
 
 pub const INBOUND_LISTENER: &str = "inbound";
 pub const OUTBOUND_ROUTES: &str = "outbound";
+
+/// Names of the identity resources every proxy gets.
+pub const TRUST_BUNDLE: &str = "trust-bundle";
+pub const ROTATION: &str = "rotation";
 
 pub fn cluster_name(service: &str, namespace: &str, port: i64) -> String {
     format!("{service}.{namespace}:{port}")
@@ -109,8 +114,29 @@ fn add_cluster(
 }
 
 /// Compiles the resources for one proxy.
-pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust_domain: &str) -> ResourceSet {
+pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> ResourceSet {
+    let trust_domain = trust.trust_domain.as_str();
     let mut set = ResourceSet::new();
+    insert(
+        &mut set,
+        type_url::TRUST_BUNDLE,
+        TRUST_BUNDLE.to_string(),
+        RKind::TrustBundle(pb::TrustBundle {
+            trust_domain: trust.trust_domain.clone(),
+            roots_pem: trust.roots_pem.clone(),
+        }),
+    );
+    if trust.rotate_before_unix > 0 {
+        insert(
+            &mut set,
+            type_url::CERTIFICATE_ROTATION,
+            ROTATION.to_string(),
+            RKind::CertificateRotation(pb::CertificateRotation {
+                issued_before_unix: trust.rotate_before_unix,
+                reason: "CA rotation".into(),
+            }),
+        );
+    }
     let app_ports = config
         .service(&node.namespace, &node.service)
         .map(|s| {
@@ -252,7 +278,14 @@ mod tests {
     use super::*;
     use crate::config::parse_documents;
 
-    const TD: &str = "cluster.local";
+    fn td() -> MeshTrust {
+        MeshTrust {
+            trust_domain: "cluster.local".into(),
+            roots_pem: vec![],
+            rotate_before_unix: 0,
+            epoch: 1,
+        }
+    }
 
     fn config(yaml: &str) -> ConfigSet {
         let mut set = ConfigSet::default();
@@ -306,7 +339,7 @@ spec:
 
     #[test]
     fn proxy_receives_only_the_clusters_its_routes_reach() {
-        let set = compile_for(&config(MESH), &node("web"), TD);
+        let set = compile_for(&config(MESH), &node("web"), &td());
         let clusters: Vec<&str> = set
             .keys()
             .filter(|(t, _)| t == type_url::CLUSTER)
@@ -331,7 +364,7 @@ spec:
 
     #[test]
     fn inbound_listener_describes_the_own_service_ports() {
-        let set = compile_for(&config(MESH), &node("cart"), TD);
+        let set = compile_for(&config(MESH), &node("cart"), &td());
         let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
         let Some(RKind::Listener(l)) = &l.kind else {
             panic!()
@@ -343,11 +376,11 @@ spec:
     #[test]
     fn diff_reports_changes_and_removals_only() {
         let cfg = config(MESH);
-        let a = compile_for(&cfg, &node("web"), TD);
+        let a = compile_for(&cfg, &node("web"), &td());
         let mut cfg2 = cfg.clone();
         cfg2.objects
             .retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
-        let b = compile_for(&cfg2, &node("web"), TD);
+        let b = compile_for(&cfg2, &node("web"), &td());
         let (changed, removed) = diff(&a, &b);
         assert_eq!(changed.len(), 1, "only the route table changed");
         assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");

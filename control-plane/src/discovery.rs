@@ -5,6 +5,7 @@
 
 use crate::compile::{self, ResourceSet};
 use crate::state::Published;
+use crate::trust::MeshTrust;
 use futures::Stream;
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -31,6 +32,10 @@ pub struct ProxyRecord {
     pub connected: bool,
     pub resources: u64,
     pub last_seen: SystemTime,
+    /// The trust-bundle epoch the proxy last ACKed.
+    pub trust_epoch_acked: u64,
+    /// When its current certificate was issued (unix seconds; 0: unknown).
+    pub cert_issued_unix: i64,
     /// Which stream owns the record (a reconnect replaces the old stream).
     stream_id: u64,
 }
@@ -70,11 +75,27 @@ pub const DISCONNECTED_RETENTION: Duration = Duration::from_secs(600);
 pub struct ProxyRegistry {
     records: Mutex<BTreeMap<String, ProxyRecord>>,
     next_stream: std::sync::atomic::AtomicU64,
+    /// "ns/node" → when its certificate was last issued (the CSR may come
+    /// before the node's discovery stream).
+    issued: Mutex<HashMap<String, i64>>,
 }
 
 impl ProxyRegistry {
     fn key(node: &pb::Node) -> String {
         format!("{}/{}", node.namespace, node.name)
+    }
+
+    /// Records a certificate issued to node `name` in `namespace`.
+    pub fn certificate_issued(&self, namespace: &str, name: &str, at_unix: i64) {
+        let key = format!("{namespace}/{name}");
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.insert(key.clone(), at_unix);
+        }
+        if let Ok(mut records) = self.records.lock() {
+            if let Some(r) = records.get_mut(&key) {
+                r.cert_issued_unix = at_unix;
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Vec<ProxyRecord> {
@@ -124,19 +145,19 @@ impl ProxyRegistry {
 pub struct DiscoveryService {
     published: watch::Receiver<Arc<Published>>,
     registry: Arc<ProxyRegistry>,
-    trust_domain: Arc<str>,
+    trust: watch::Receiver<Arc<MeshTrust>>,
 }
 
 impl DiscoveryService {
     pub fn new(
         published: watch::Receiver<Arc<Published>>,
         registry: Arc<ProxyRegistry>,
-        trust_domain: &str,
+        trust: watch::Receiver<Arc<MeshTrust>>,
     ) -> Self {
         DiscoveryService {
             published,
             registry,
-            trust_domain: trust_domain.into(),
+            trust,
         }
     }
 }
@@ -196,6 +217,14 @@ impl Discovery for DiscoveryService {
                     connected: true,
                     resources: 0,
                     last_seen: SystemTime::now(),
+                    trust_epoch_acked: 0,
+                    cert_issued_unix: self
+                        .registry
+                        .issued
+                        .lock()
+                        .ok()
+                        .and_then(|i| i.get(&key).copied())
+                        .unwrap_or(0),
                     stream_id,
                 },
             );
@@ -208,7 +237,7 @@ impl Discovery for DiscoveryService {
             key,
             stream_id,
             registry: self.registry.clone(),
-            trust_domain: self.trust_domain.clone(),
+            trust: self.trust.clone(),
             published: self.published.clone(),
             tx,
             sent: ResourceSet::new(),
@@ -227,13 +256,13 @@ struct Session {
     key: String,
     stream_id: u64,
     registry: Arc<ProxyRegistry>,
-    trust_domain: Arc<str>,
+    trust: watch::Receiver<Arc<MeshTrust>>,
     published: watch::Receiver<Arc<Published>>,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     /// What the proxy has been sent (assumed applied unless it NACKs).
     sent: ResourceSet,
-    /// nonce → (version, when its config change was committed)
-    in_flight: HashMap<String, (String, Instant)>,
+    /// nonce → (version, when its config change was committed, trust epoch)
+    in_flight: HashMap<String, (String, Instant, u64)>,
     nonce: u64,
     /// Send the full state next time (after a NACK).
     resync: bool,
@@ -264,6 +293,15 @@ impl Session {
                         break;
                     }
                 }
+                changed = self.trust.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let p = self.published.borrow().clone();
+                    if self.push(&p, false).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         self.disconnect();
@@ -276,7 +314,8 @@ impl Session {
     }
 
     async fn push(&mut self, published: &Published, full: bool) -> Result<(), ()> {
-        let compiled = compile::compile_for(&published.config, &self.node, &self.trust_domain);
+        let trust = self.trust.borrow_and_update().clone();
+        let compiled = compile::compile_for(&published.config, &self.node, &trust);
         let on_connect = full;
         let full = full || std::mem::take(&mut self.resync);
         let (resources, removed) = if full {
@@ -303,7 +342,8 @@ impl Session {
         } else {
             published.changed_at
         };
-        self.in_flight.insert(nonce, (version.clone(), changed_at));
+        self.in_flight
+            .insert(nonce, (version.clone(), changed_at, trust.epoch));
         self.registry.update(&self.key, self.stream_id, |r| {
             r.sent_version = version;
             r.resources = count;
@@ -313,7 +353,7 @@ impl Session {
     }
 
     fn on_reply(&mut self, req: pb::DiscoveryRequest) {
-        let Some((version, changed_at)) = self.in_flight.remove(&req.response_nonce) else {
+        let Some((version, changed_at, epoch)) = self.in_flight.remove(&req.response_nonce) else {
             tracing::debug!(proxy = %self.key, nonce = %req.response_nonce, "reply for unknown nonce");
             return;
         };
@@ -327,6 +367,7 @@ impl Session {
                 .record(changed_at.elapsed().as_secs_f64());
             self.registry.update(&self.key, self.stream_id, |r| {
                 r.acked_version = version;
+                r.trust_epoch_acked = r.trust_epoch_acked.max(epoch);
                 r.nacked = false;
                 r.nack_reason.clear();
             });
@@ -359,6 +400,8 @@ mod tests {
             connected: true,
             resources: 3,
             last_seen: SystemTime::now(),
+            trust_epoch_acked: 0,
+            cert_issued_unix: 0,
             stream_id: 0,
         }
     }

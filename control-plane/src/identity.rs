@@ -4,7 +4,9 @@
 //! logged with its reason and counted.
 
 use crate::ca::{CaError, CertificateAuthority};
+use crate::discovery::ProxyRegistry;
 use crate::token::BootstrapVerifier;
+use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
@@ -24,6 +26,8 @@ pub struct IdentityService {
     ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
     verifier: Arc<dyn BootstrapVerifier>,
     default_ttl: Duration,
+    trust: Arc<Trust>,
+    registry: Arc<ProxyRegistry>,
 }
 
 impl IdentityService {
@@ -31,11 +35,15 @@ impl IdentityService {
         ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
         verifier: Arc<dyn BootstrapVerifier>,
         default_ttl: Duration,
+        trust: Arc<Trust>,
+        registry: Arc<ProxyRegistry>,
     ) -> Self {
         IdentityService {
             ca,
             verifier,
             default_ttl,
+            trust,
+            registry,
         }
     }
 
@@ -116,9 +124,17 @@ impl Identity for IdentityService {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        if !req.node.is_empty() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            self.registry
+                .certificate_issued(&granted.namespace, &req.node, now);
+        }
         Ok(Response::new(CertifyResponse {
             certificate_chain_pem: issued.chain_pem,
-            trust_bundle_pem: self.ca.load().roots_pem().to_vec(),
+            trust_bundle_pem: self.trust.current().roots_pem.clone(),
             not_after_unix: not_after,
             serial: issued.serial_hex,
             spiffe_id: granted.to_string(),

@@ -8,6 +8,7 @@
 
 use crate::ca::{write_private, CaError, CertificateAuthority};
 use crate::transport::{admin_identity, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
+use crate::trust::Trust;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,11 +40,13 @@ impl LocalCerts {
     pub fn start(
         data_dir: &Path,
         ca: Arc<ArcSwap<CertificateAuthority>>,
+        trust: Arc<Trust>,
     ) -> Result<LocalCerts, LocalCertError> {
         let authority = ca.load_full();
         let td = authority.trust_domain().to_string();
-        let bundle = Arc::new(TrustBundle::new(authority.roots_pem())?);
-        write_private(&data_dir.join(BUNDLE_FILE), &authority.roots_pem().concat())?;
+        let roots = trust.current().roots_pem.clone();
+        let bundle = Arc::new(TrustBundle::new(&roots)?);
+        write_private(&data_dir.join(BUNDLE_FILE), &roots.concat())?;
         let server = Arc::new(CertSlot::new());
         let control_id = SpiffeId {
             trust_domain: td.clone(),
@@ -51,17 +54,34 @@ impl LocalCerts {
             service_account: CONTROL_ACCOUNT.into(),
         };
         let not_after = issue_into(&authority, &control_id, &server)?;
-        write_admin_cert_if_needed(&data_dir.join(ADMIN_DIR), &authority, &td)?;
+        write_admin_cert_if_needed(&data_dir.join(ADMIN_DIR), &authority, &roots)?;
 
         let slot = server.clone();
         let admin_dir = data_dir.join(ADMIN_DIR);
+        let bundle_file = data_dir.join(BUNDLE_FILE);
+        let live_bundle = bundle.clone();
+        let mut trust_rx = trust.subscribe();
         tokio::spawn(async move {
             let mut not_after = not_after;
             loop {
                 let left = not_after
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
-                tokio::time::sleep((left / 2).max(Duration::from_secs(1))).await;
+                // Renew at half life, or at once when the trust changes (a
+                // CA rotation switches the issuer).
+                let trust_changed = tokio::select! {
+                    _ = tokio::time::sleep((left / 2).max(Duration::from_secs(1))) => false,
+                    r = trust_rx.changed() => r.is_ok(),
+                };
+                let roots = trust_rx.borrow_and_update().roots_pem.clone();
+                if trust_changed {
+                    if let Err(e) = live_bundle.update(&roots) {
+                        tracing::error!(error = %e, "cannot install the new trust bundle");
+                    }
+                    if let Err(e) = write_private(&bundle_file, &roots.concat()) {
+                        tracing::error!(error = %e, "cannot write the CA bundle file");
+                    }
+                }
                 let authority = ca.load_full();
                 match issue_into(&authority, &control_id, &slot) {
                     Ok(t) => {
@@ -73,7 +93,7 @@ impl LocalCerts {
                         tokio::time::sleep(Duration::from_secs(10)).await;
                     }
                 }
-                if let Err(e) = write_admin_cert_if_needed(&admin_dir, &authority, &td) {
+                if let Err(e) = write_admin_cert_if_needed(&admin_dir, &authority, &roots) {
                     tracing::error!(error = %e, "cannot renew the admin certificate");
                 }
             }
@@ -121,6 +141,7 @@ impl AdminFiles {
 pub fn write_admin_cert(
     dir: &Path,
     ca: &CertificateAuthority,
+    roots: &[String],
     ttl: Duration,
 ) -> Result<SystemTime, CaError> {
     std::fs::create_dir_all(dir).map_err(|e| CaError::File {
@@ -131,14 +152,14 @@ pub fn write_admin_cert(
     let (issued, key) = ca.issue_local(&admin_identity(ca.trust_domain()), ttl)?;
     write_private(&files.key, &key)?;
     write_private(&files.cert, &issued.chain_pem)?;
-    write_private(&files.ca, &ca.roots_pem().concat())?;
+    write_private(&files.ca, &roots.concat())?;
     Ok(issued.not_after)
 }
 
 fn write_admin_cert_if_needed(
     dir: &Path,
     ca: &CertificateAuthority,
-    _td: &str,
+    roots: &[String],
 ) -> Result<(), CaError> {
     let files = AdminFiles::in_dir(dir);
     let fresh = std::fs::read_to_string(&files.cert)
@@ -153,11 +174,15 @@ fn write_admin_cert_if_needed(
             left > ADMIN_TTL / 2
         })
         .unwrap_or(false);
-    let same_roots = std::fs::read_to_string(&files.ca).ok() == Some(ca.roots_pem().concat());
-    if fresh && same_roots {
+    let same_roots = std::fs::read_to_string(&files.ca).ok() == Some(roots.concat());
+    // Issued by the current issuing CA (after a rotation it must be re-issued).
+    let same_issuer = std::fs::read_to_string(&files.cert)
+        .map(|pem| pem.contains(ca.issuer_chain_pem().trim()))
+        .unwrap_or(false);
+    if fresh && same_roots && same_issuer {
         return Ok(());
     }
-    write_admin_cert(dir, ca, ADMIN_TTL)?;
+    write_admin_cert(dir, ca, roots, ADMIN_TTL)?;
     tracing::info!(dir = %dir.display(), "wrote the admin client certificate for weftctl");
     Ok(())
 }

@@ -15,6 +15,7 @@ use weft_control::identity::IdentityService;
 use weft_control::state::ConfigState;
 use weft_control::store::EmbeddedStore;
 use weft_control::token::JoinTokens;
+use weft_control::trust::Trust;
 use weft_control::{local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
@@ -106,16 +107,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let tokens = Arc::new(JoinTokens::load_or_create(&ca_dir)?);
     let ca = Arc::new(arc_swap::ArcSwap::from_pointee(ca));
+    let trust = Trust::load(&ca_dir, ca.clone(), args.ca_cert.is_some());
     // The roots proxies need to bootstrap, and weftctl's admin certificate.
-    let local = local_certs::LocalCerts::start(&args.data_dir, ca.clone())?;
+    let local = local_certs::LocalCerts::start(&args.data_dir, ca.clone(), trust.clone())?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(grpc = %args.listen, admin = %admin_addr, trust_domain = %args.trust_domain, mtls = !args.insecure_dev, "weft-control serving");
-    let discovery = DiscoveryService::new(published, registry.clone(), &args.trust_domain);
-    let admin = AdminService::new(state, registry, tokens.clone(), args.trust_domain.clone());
-    let identity = IdentityService::new(ca.clone(), tokens, args.cert_ttl);
+    let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
+    let identity = IdentityService::new(
+        ca.clone(),
+        tokens.clone(),
+        args.cert_ttl,
+        trust.clone(),
+        registry.clone(),
+    );
+    let admin = AdminService::new(state, registry, tokens, trust, ca.clone());
     let mut shutdown = stop_rx.clone();
     let stop = async move {
         let _ = shutdown.changed().await;

@@ -439,3 +439,75 @@ fn an_endpoint_without_a_sidecar_is_reached_in_plaintext() {
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains("x-weft-peer-identity"), "{body}");
 }
+
+#[test]
+fn ca_rotation_under_load_fails_no_request_and_removes_the_old_root_everywhere() {
+    let mut mesh = Mesh::start("rotate-ca");
+    let (client, server) = http_pair(&mut mesh, "http");
+    let old_roots = certs(&mesh, client.admin)["trust_bundle_sha256"].clone();
+    assert_eq!(old_roots.as_array().unwrap().len(), 1);
+    let old_issuer = certs(&mesh, client.admin)["chain"][1]["sha256"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let outbound = client.outbound;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match http_request(outbound, "GET", "/", "server", &[], b"") {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = mesh.weftctl(&["-o", "json", "certs", "rotate-ca", "--wait"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(
+        out.status.success(),
+        "rotate-ca: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["phase"], "done", "{status}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the CA rotation"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+
+    // Every proxy trusts only the new root and holds a certificate from the new CA.
+    let new_root = status["roots_sha256"].clone();
+    assert_eq!(new_root.as_array().unwrap().len(), 1);
+    assert_ne!(new_root, old_roots);
+    for p in [client, server] {
+        let c = certs(&mesh, p.admin);
+        assert_eq!(c["trust_bundle_sha256"], new_root, "{c:#}");
+        assert_ne!(
+            c["chain"][1]["sha256"], old_issuer,
+            "still on the old issuing CA: {c:#}"
+        );
+    }
+    // weftctl's admin certificate followed (it was re-issued by the new CA).
+    let again = mesh.weftctl(&["get", "services"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(&m, "weft_certificate_rotation_requests_total", "").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+}

@@ -19,6 +19,7 @@ use xds_proto::v1::{identity_client::IdentityClient, CertifyRequest};
 
 pub const RENEWALS: &str = "weft_certificate_renewals_total";
 pub const EXPIRY: &str = "weft_certificate_expiry_timestamp_seconds";
+pub const ROTATIONS: &str = "weft_certificate_rotation_requests_total";
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -35,6 +36,8 @@ pub struct CertStatus {
 
 pub struct WorkloadIdentity {
     pub id: SpiffeId,
+    /// The node name, sent with every CSR (CA rotation tracks who renewed).
+    node: String,
     pub cert: Arc<CertSlot>,
     pub bundle: Arc<TrustBundle>,
     control_plane: String,
@@ -66,6 +69,7 @@ pub enum IdentityError {
 impl WorkloadIdentity {
     pub fn new(
         id: SpiffeId,
+        node: String,
         control_plane: String,
         token: Option<String>,
         bootstrap_bundle_pem: &str,
@@ -73,6 +77,7 @@ impl WorkloadIdentity {
         let bundle = Arc::new(TrustBundle::new(&[bootstrap_bundle_pem.to_string()])?);
         Ok(Arc::new(WorkloadIdentity {
             id,
+            node,
             cert: Arc::new(CertSlot::new()),
             bundle,
             control_plane,
@@ -98,6 +103,23 @@ impl WorkloadIdentity {
     /// Asks for a new certificate now (a pushed CertificateRotation).
     pub fn renew_soon(&self) {
         self.renew_now.notify_one();
+    }
+
+    /// Applies the pushed trust resources: the bundle (already validated by
+    /// the caller) and a rotation request that covers the current
+    /// certificate.
+    pub fn apply_trust(&self, roots: Option<&[String]>, rotate_before_unix: i64) {
+        if let Some(roots) = roots {
+            match self.bundle.update(roots) {
+                Ok(true) => tracing::info!(roots = roots.len(), "trust bundle updated"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "trust bundle refused"),
+            }
+        }
+        if rotate_before_unix > 0 && self.status().not_before_unix < rotate_before_unix {
+            metrics::counter!(ROTATIONS).increment(1);
+            self.renew_soon();
+        }
     }
 
     /// Gets the first certificate, retrying with backoff until it succeeds.
@@ -177,6 +199,7 @@ impl WorkloadIdentity {
                 csr_pem: csr,
                 token,
                 ttl_seconds: 0,
+                node: self.node.clone(),
             })
             .await
             .map_err(|s| IdentityError::Refused(format!("{:?}: {}", s.code(), s.message())))?

@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(identity::WorkloadIdentity::new(
             id,
+            args.node.clone(),
             args.control_plane.clone(),
             args.token.clone(),
             &bundle,
@@ -209,6 +210,7 @@ fn main() -> anyhow::Result<()> {
         snapshot: snapshot.clone(),
         listeners: explicit,
         status: xds_status,
+        identity: identity.clone(),
     };
     let (admin_addr, metrics_addr) = (args.admin, args.metrics);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();

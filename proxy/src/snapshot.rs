@@ -535,7 +535,7 @@ mod tests {
     #[test]
     fn unsupported_type_is_refused() {
         let mut r = cluster("a");
-        r.type_url = type_url::TRUST_BUNDLE.into();
+        r.type_url = type_url::RATE_LIMIT_POLICY.into();
         assert!(ResourceCache::default()
             .apply(&push(true, vec![r], vec![]))
             .is_err());

@@ -31,6 +31,28 @@ pub struct XdsClient {
     pub snapshot: SnapshotHolder,
     pub listeners: Arc<ExplicitListeners>,
     pub status: Arc<XdsStatus>,
+    /// Receives the pushed trust bundle and rotation requests (None with
+    /// --insecure-dev).
+    pub identity: Option<Arc<crate::identity::WorkloadIdentity>>,
+}
+
+/// The trust resources of a resource cache: (bundle roots, rotate-before).
+fn trust_of(cache: &ResourceCache) -> (Option<Vec<String>>, i64) {
+    use xds_proto::v1::resource::Kind as RKind;
+    let roots = cache
+        .of(type_url::TRUST_BUNDLE)
+        .find_map(|(_, r)| match &r.kind {
+            Some(RKind::TrustBundle(b)) => Some(b.roots_pem.clone()),
+            _ => None,
+        });
+    let rotate = cache
+        .of(type_url::CERTIFICATE_ROTATION)
+        .find_map(|(_, r)| match &r.kind {
+            Some(RKind::CertificateRotation(c)) => Some(c.issued_before_unix),
+            _ => None,
+        })
+        .unwrap_or(0);
+    (roots, rotate)
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -112,6 +134,14 @@ impl XdsClient {
             .apply(&push)
             .and_then(|next| Snapshot::build(&push.version, &next).map(|snap| (next, snap)))
             .and_then(|(next, snap)| {
+                // A bundle that does not parse is refused with the config.
+                if let (Some(roots), Some(_)) = (trust_of(&next).0, &self.identity) {
+                    weft_identity::tls::TrustBundle::new(&roots)
+                        .map_err(|e| format!("trust bundle: {e}"))?;
+                }
+                Ok((next, snap))
+            })
+            .and_then(|(next, snap)| {
                 self.listeners
                     .prepare(&snap.tcp_listeners)
                     .map(|p| (next, snap, p))
@@ -119,6 +149,10 @@ impl XdsClient {
         match result {
             Ok((next, snap, prepared)) => {
                 let resources = next.len();
+                if let Some(identity) = &self.identity {
+                    let (roots, rotate_before) = trust_of(&next);
+                    identity.apply_trust(roots.as_deref(), rotate_before);
+                }
                 *cache = next;
                 self.snapshot.store(Arc::new(snap));
                 self.listeners.commit(prepared);

@@ -29,5 +29,12 @@ pub mod type_url {
     pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
 
     /// The types a proxy of this version understands.
-    pub const SUPPORTED: &[&str] = &[LISTENER, ROUTE_TABLE, CLUSTER, ENDPOINTS];
+    pub const SUPPORTED: &[&str] = &[
+        LISTENER,
+        ROUTE_TABLE,
+        CLUSTER,
+        ENDPOINTS,
+        TRUST_BUNDLE,
+        CERTIFICATE_ROTATION,
+    ];
 }
