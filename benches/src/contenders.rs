@@ -776,7 +776,7 @@ spec:
         );
     }
 
-    if want("push_apply_to_ack") || want("control_plane_rss") {
+    if want("push_apply_to_ack") || want("control_plane_rss") || want("csr_signings") {
         // A fresh control plane so the proxies above don't count.
         let cp2 = SocketAddr::new(ip(7), 15012);
         let cp2_url = format!("https://{cp2}");
@@ -800,6 +800,25 @@ spec:
             vec![1, 100, args.push_proxies]
         };
         rt.block_on(async {
+            if want("csr_signings") {
+                // The control plane (pinned to the proxy core) signing CSRs
+                // from 64 concurrent callers on the load core.
+                for _ in 0..rounds {
+                    let per_s = push::csr_rate(
+                        &cp2_url,
+                        &admin2,
+                        &pki2.ca_bundle,
+                        Duration::from_secs_f64(seconds.min(5.0)),
+                        64,
+                    )
+                    .await?;
+                    results.add("csr_signings", "weft", "signings_per_s", "1/s", per_s);
+                }
+                eprintln!("  csr_signings done");
+            }
+            if !(want("push_apply_to_ack") || want("control_plane_rss")) {
+                return anyhow::Ok(());
+            }
             let mut sims = push::Sims::default();
             let sim_cp = push::sim_identity(&cp2_url, &admin2, &pki2.ca_bundle).await?;
             let mut round_no = 0;

@@ -161,6 +161,24 @@ pub async fn apply_and_wait(
     Ok(got.into_iter().flatten().collect())
 }
 
+/// A join token for namespace `sim` from the Admin API.
+async fn sim_token(
+    cp_url: &str,
+    admin_auth: &AdminAuth,
+    service_account: &str,
+) -> anyhow::Result<pb::CreateTokenResponse> {
+    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
+    Ok(admin
+        .create_token(pb::CreateTokenRequest {
+            namespace: "sim".into(),
+            service_account: service_account.into(),
+            ttl_seconds: 3600,
+        })
+        .await
+        .map_err(|e| anyhow!("create token: {}", e.message()))?
+        .into_inner())
+}
+
 /// A real workload certificate for the simulated proxies: a join token from
 /// the Admin API traded for a certificate through Identity.Certify, exactly
 /// as a sidecar bootstraps.
@@ -169,16 +187,7 @@ pub async fn sim_identity(
     admin_auth: &AdminAuth,
     ca_bundle: &std::path::Path,
 ) -> anyhow::Result<ControlPlane> {
-    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
-    let token = admin
-        .create_token(pb::CreateTokenRequest {
-            namespace: "sim".into(),
-            service_account: "sim-client".into(),
-            ttl_seconds: 3600,
-        })
-        .await
-        .map_err(|e| anyhow!("create token: {}", e.message()))?
-        .into_inner();
+    let token = sim_token(cp_url, admin_auth, "sim-client").await?;
     let id: weft_identity::SpiffeId = token.spiffe_id.parse()?;
     let bundle = std::fs::read_to_string(ca_bundle)
         .with_context(|| format!("read {}", ca_bundle.display()))?;
@@ -193,4 +202,56 @@ pub async fn sim_identity(
         .await
         .map_err(|_| anyhow!("no workload certificate for the simulated proxies within 30s"))?;
     Ok(identity.control_plane())
+}
+
+/// Certificate signings per second: `concurrency` callers send CSRs with a
+/// join token for `duration`; every request is a real ECDSA signature.
+pub async fn csr_rate(
+    cp_url: &str,
+    admin_auth: &AdminAuth,
+    ca_bundle: &std::path::Path,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    use xds_proto::v1::identity_client::IdentityClient;
+    let token = sim_token(cp_url, admin_auth, "csr-bench").await?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(token.spiffe_id.clone().try_into()?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    let bundle = std::fs::read_to_string(ca_bundle)?;
+    let bundle = std::sync::Arc::new(weft_identity::tls::TrustBundle::new(&[bundle])?);
+    let channel = ControlPlane::tls_no_client_cert(bundle)
+        .connect(cp_url, Duration::from_secs(10))
+        .await?;
+    let deadline = tokio::time::Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = IdentityClient::new(channel.clone());
+        let (csr, token) = (csr.clone(), token.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                let r = client
+                    .certify(pb::CertifyRequest {
+                        csr_pem: csr.clone(),
+                        token: token.clone(),
+                        ttl_seconds: 60,
+                        node: String::new(),
+                    })
+                    .await;
+                if r.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }

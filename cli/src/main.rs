@@ -79,6 +79,10 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Health of the mesh: control plane reachable with the admin
+    /// certificate, CA expiry (warns under 30 days), every proxy SYNCED
+    /// with an unexpired certificate. Exits 1 when something is wrong.
+    Check,
     /// Run a demo mesh on loopback: control plane, two workloads with sidecars, live traffic.
     Demo(demo::DemoArgs),
 }
@@ -272,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::value(cli.output, &value)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Check => check(&conn).await,
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -343,6 +348,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: CertsCommand::RotateCa { wait, status },
         } => rotate_ca(&conn, cli.output, wait, status).await,
     }
+}
+
+const EXPIRY_WARNING: i64 = 30 * 24 * 3600;
+
+async fn check(conn: &Conn) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = |t: i64| (t - now) as f64 / 86400.0;
+    let mut problems = 0;
+    let mut client = conn.admin().await?;
+    let ca = client
+        .get_ca_status(pb::CaStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "ok    control plane {} accepts the admin certificate",
+        conn.url
+    );
+    let mut expiry = |what: String, at: i64| {
+        if at <= now {
+            problems += 1;
+            println!("ERROR {what} expired {:.1} days ago", -days(at));
+        } else if at - now < EXPIRY_WARNING {
+            println!("WARN  {what} expires in {:.1} days", days(at));
+        } else {
+            println!("ok    {what} valid for {:.0} more days", days(at));
+        }
+    };
+    expiry("issuing CA".into(), ca.issuer_not_after_unix);
+    for (fp, at) in ca.roots_sha256.iter().zip(&ca.roots_not_after_unix) {
+        expiry(format!("root {}", &fp[..16.min(fp.len())]), *at);
+    }
+    if !matches!(ca.phase.as_str(), "idle" | "done") {
+        println!("note  CA rotation: {} {}", ca.phase, ca.message);
+    }
+    let proxies = client
+        .proxy_status(pb::ProxyStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .proxies;
+    let mut healthy = 0;
+    for p in &proxies {
+        if !p.connected {
+            continue;
+        }
+        let name = p
+            .node
+            .as_ref()
+            .map(|n| format!("{}/{}", n.namespace, n.name))
+            .unwrap_or_default();
+        let state = pb::SyncState::try_from(p.state)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_default();
+        let mut wrong = Vec::new();
+        if p.state != pb::SyncState::Synced as i32 {
+            wrong.push(format!(
+                "state {state}{}",
+                if p.nack_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", p.nack_reason)
+                }
+            ));
+        }
+        if p.cert_not_after_unix == 0 {
+            wrong.push(
+                "no certificate known (insecure or issued before this control plane started)"
+                    .into(),
+            );
+        } else if p.cert_not_after_unix <= now {
+            wrong.push("certificate expired".into());
+        }
+        if wrong.is_empty() {
+            healthy += 1;
+        } else {
+            problems += 1;
+            println!("ERROR proxy {name}: {}", wrong.join("; "));
+        }
+    }
+    println!("ok    {healthy} connected proxies SYNCED with a valid certificate");
+    if problems > 0 {
+        bail!("{problems} problem(s) found");
+    }
+    Ok(())
 }
 
 /// Starts (or, with `status_only`, reads) a CA rotation; with `wait`, follows

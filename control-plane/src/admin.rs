@@ -43,21 +43,27 @@ impl AdminService {
 
     fn ca_status(&self) -> pb::CaStatus {
         let st = self.trust.status();
-        let roots = self
+        let infos: Vec<weft_identity::svid::CertInfo> = self
             .trust
             .current()
             .roots_pem
             .iter()
             .filter_map(|p| weft_identity::svid::certs_from_pem(p).ok())
             .flatten()
-            .map(|d| weft_identity::svid::fingerprint(&d))
+            .filter_map(|d| weft_identity::svid::inspect(&d).ok())
             .collect();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
         pb::CaStatus {
             phase: st.phase,
             started_unix: st.started_unix,
             pending_proxies: st.pending,
             message: st.message,
-            roots_sha256: roots,
+            roots_sha256: infos.iter().map(|i| i.fingerprint_sha256.clone()).collect(),
+            roots_not_after_unix: infos.iter().map(|i| unix(i.not_after)).collect(),
             issuer_not_after_unix: self
                 .ca
                 .load()

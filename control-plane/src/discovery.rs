@@ -36,6 +36,8 @@ pub struct ProxyRecord {
     pub trust_epoch_acked: u64,
     /// When its current certificate was issued (unix seconds; 0: unknown).
     pub cert_issued_unix: i64,
+    /// When that certificate expires (unix seconds; 0: unknown).
+    pub cert_not_after_unix: i64,
     /// Which stream owns the record (a reconnect replaces the old stream).
     stream_id: u64,
 }
@@ -59,6 +61,7 @@ impl ProxyRecord {
             nack_reason: self.nack_reason.clone(),
             connected: self.connected,
             resources: self.resources,
+            cert_not_after_unix: self.cert_not_after_unix,
             last_seen_unix_ms: self
                 .last_seen
                 .duration_since(UNIX_EPOCH)
@@ -77,7 +80,7 @@ pub struct ProxyRegistry {
     next_stream: std::sync::atomic::AtomicU64,
     /// "ns/node" → when its certificate was last issued (the CSR may come
     /// before the node's discovery stream).
-    issued: Mutex<HashMap<String, i64>>,
+    issued: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl ProxyRegistry {
@@ -86,14 +89,21 @@ impl ProxyRegistry {
     }
 
     /// Records a certificate issued to node `name` in `namespace`.
-    pub fn certificate_issued(&self, namespace: &str, name: &str, at_unix: i64) {
+    pub fn certificate_issued(
+        &self,
+        namespace: &str,
+        name: &str,
+        at_unix: i64,
+        not_after_unix: i64,
+    ) {
         let key = format!("{namespace}/{name}");
         if let Ok(mut issued) = self.issued.lock() {
-            issued.insert(key.clone(), at_unix);
+            issued.insert(key.clone(), (at_unix, not_after_unix));
         }
         if let Ok(mut records) = self.records.lock() {
             if let Some(r) = records.get_mut(&key) {
                 r.cert_issued_unix = at_unix;
+                r.cert_not_after_unix = not_after_unix;
             }
         }
     }
@@ -205,6 +215,13 @@ impl Discovery for DiscoveryService {
             .registry
             .next_stream
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let issued = self
+            .registry
+            .issued
+            .lock()
+            .ok()
+            .and_then(|i| i.get(&key).copied())
+            .unwrap_or((0, 0));
         if let Ok(mut records) = self.registry.records.lock() {
             records.insert(
                 key.clone(),
@@ -218,13 +235,8 @@ impl Discovery for DiscoveryService {
                     resources: 0,
                     last_seen: SystemTime::now(),
                     trust_epoch_acked: 0,
-                    cert_issued_unix: self
-                        .registry
-                        .issued
-                        .lock()
-                        .ok()
-                        .and_then(|i| i.get(&key).copied())
-                        .unwrap_or(0),
+                    cert_issued_unix: issued.0,
+                    cert_not_after_unix: issued.1,
                     stream_id,
                 },
             );
@@ -402,6 +414,7 @@ mod tests {
             last_seen: SystemTime::now(),
             trust_epoch_acked: 0,
             cert_issued_unix: 0,
+            cert_not_after_unix: 0,
             stream_id: 0,
         }
     }

@@ -130,7 +130,7 @@ impl Identity for IdentityService {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             self.registry
-                .certificate_issued(&granted.namespace, &req.node, now);
+                .certificate_issued(&granted.namespace, &req.node, now, not_after);
         }
         Ok(Response::new(CertifyResponse {
             certificate_chain_pem: issued.chain_pem,

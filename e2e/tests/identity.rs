@@ -511,3 +511,37 @@ fn ca_rotation_under_load_fails_no_request_and_removes_the_old_root_everywhere()
         "{m}"
     );
 }
+
+#[test]
+fn weftctl_check_passes_on_a_healthy_mesh_and_names_a_proxy_that_is_not_synced() {
+    let mut mesh = Mesh::start("check");
+    let (client, _server) = http_pair(&mut mesh, "http");
+    let out = mesh.weftctl(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok    issuing CA valid for"), "{text}");
+    assert!(
+        text.contains("ok    2 connected proxies SYNCED with a valid certificate"),
+        "{text}"
+    );
+
+    // A port squatter makes the client's sidecar NACK the next push.
+    let squatter = std::net::TcpListener::bind(std::net::SocketAddr::new(client.ip, 0)).unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let yaml = format!("apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: raw, namespace: e2e}}\nspec: {{sources: [client], tcp: {{bindPort: {port}, destination: {{service: client, port: 1}}}}}}\n");
+    mesh.apply("raw.yaml", &yaml).expect("apply");
+    wait_until("check to fail", Duration::from_secs(10), || {
+        !mesh.weftctl(&["check"]).status.success()
+    });
+    let out = mesh.weftctl(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("ERROR proxy e2e/client-2: state NACKED"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 problem(s) found"));
+}
