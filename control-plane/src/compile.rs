@@ -4,7 +4,7 @@
 //! and endpoints those routes reach. Nothing else: sidecar memory must not
 //! grow with the size of the mesh.
 
-use crate::config::kinds::{Destination, Protocol, RouteSpec, ServiceSpec};
+use crate::config::kinds::{AuthzAction, Destination, Protocol, RouteSpec, ServiceSpec};
 use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
 use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
@@ -20,6 +20,60 @@ pub const OUTBOUND_ROUTES: &str = "outbound";
 /// Names of the identity resources every proxy gets.
 pub const TRUST_BUNDLE: &str = "trust-bundle";
 pub const ROTATION: &str = "rotation";
+pub const AUTHORIZATION: &str = "inbound";
+/// The namespace whose default Authorization applies mesh-wide.
+pub const MESH_NAMESPACE: &str = "weft-system";
+
+/// The authorization policy for the workload behind `node`: the rules of
+/// every Authorization targeting its service, and the default of its
+/// namespace, else of the mesh, else allow.
+fn authorization_for(config: &ConfigSet, node: &pb::Node) -> pb::AuthorizationPolicy {
+    let mut policy = pb::AuthorizationPolicy::default();
+    let mut ns_default = None;
+    let mut mesh_default = None;
+    for (key, a) in config.authorizations() {
+        let name = format!("{}/{}", key.namespace, key.name);
+        match &a.target {
+            None => {
+                let deny = a.default == Some(AuthzAction::Deny);
+                if key.namespace == node.namespace {
+                    ns_default = Some((deny, name));
+                } else if key.namespace == MESH_NAMESPACE {
+                    mesh_default = Some((deny, name));
+                }
+            }
+            Some(t) => {
+                let (svc, ns) = resolve_service_ref(&t.service, &key.namespace);
+                if svc != node.service || ns != node.namespace {
+                    continue;
+                }
+                for r in &a.rules {
+                    let (exact, prefix): (Vec<_>, Vec<_>) =
+                        r.to.paths.iter().partition(|p| p.exact.is_some());
+                    policy.rules.push(pb::AuthorizationRule {
+                        policy: name.clone(),
+                        deny: r.action == AuthzAction::Deny,
+                        port: t.port.unwrap_or(0) as u32,
+                        identities: r.from.identities.clone(),
+                        namespaces: r.from.namespaces.clone(),
+                        trust_domains: r.from.trust_domains.clone(),
+                        path_exact: exact.into_iter().filter_map(|p| p.exact.clone()).collect(),
+                        path_prefix: prefix
+                            .into_iter()
+                            .filter_map(|p| p.prefix.clone())
+                            .collect(),
+                        methods: r.to.methods.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if let Some((deny, name)) = ns_default.or(mesh_default) {
+        policy.default_deny = deny;
+        policy.default_policy = name;
+    }
+    policy
+}
 
 pub fn cluster_name(service: &str, namespace: &str, port: i64) -> String {
     format!("{service}.{namespace}:{port}")
@@ -125,6 +179,12 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> Re
             trust_domain: trust.trust_domain.clone(),
             roots_pem: trust.roots_pem.clone(),
         }),
+    );
+    insert(
+        &mut set,
+        type_url::AUTHORIZATION_POLICY,
+        AUTHORIZATION.to_string(),
+        RKind::AuthorizationPolicy(authorization_for(config, node)),
     );
     if trust.rotate_before_unix > 0 {
         insert(
@@ -386,5 +446,40 @@ spec:
         assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");
         let (changed, removed) = diff(&b, &b);
         assert!(changed.is_empty() && removed.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_gets_the_rules_targeting_its_service_and_its_namespace_default() {
+        let cfg = config(&format!(
+            "{MESH}---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: cart-policy, namespace: shop}}\nspec:\n  target: {{service: cart}}\n  rules:\n  - action: allow\n    from: {{namespaces: [shop]}}\n    to: {{paths: [{{prefix: /api}}, {{exact: /health}}], methods: [GET]}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: default, namespace: shop}}\nspec: {{default: deny}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: mesh, namespace: weft-system}}\nspec: {{default: allow}}\n"
+        ));
+        let policy = |service: &str| {
+            let set = compile_for(&cfg, &node(service), &td());
+            match &set[&(
+                type_url::AUTHORIZATION_POLICY.to_string(),
+                AUTHORIZATION.to_string(),
+            )]
+                .kind
+            {
+                Some(RKind::AuthorizationPolicy(p)) => p.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let cart = policy("cart");
+        assert_eq!(cart.rules.len(), 1);
+        let r = &cart.rules[0];
+        assert_eq!(r.policy, "shop/cart-policy");
+        assert_eq!(
+            (r.path_prefix.clone(), r.path_exact.clone()),
+            (vec!["/api".to_string()], vec!["/health".to_string()])
+        );
+        assert_eq!(
+            (cart.default_deny, cart.default_policy.as_str()),
+            (true, "shop/default")
+        );
+        // Another service of the namespace: no rules, the namespace default.
+        let web = policy("web");
+        assert!(web.rules.is_empty());
+        assert!(web.default_deny);
     }
 }

@@ -350,6 +350,14 @@ pub fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
     (client, server)
 }
 
+/// The value of the first Prometheus sample of `name` whose labels contain
+/// `labels` ("" for any).
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// A minimal HTTP/1.1 client over a fresh connection (`Connection: close`).
 /// Returns (status, body as text). Used where curl would be too slow.
 pub fn http_request(

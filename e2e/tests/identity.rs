@@ -13,13 +13,6 @@ fn certs(mesh: &Mesh, admin: std::net::SocketAddr) -> Value {
     serde_json::from_str(&body).expect("/certs JSON")
 }
 
-/// The value of the first sample of `name` whose labels contain `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {

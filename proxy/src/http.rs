@@ -8,6 +8,7 @@
 //! in the benchmark harness (hyper: 1.66x the HTTP/1.1 requests/s, 1.6x h2c,
 //! 1.47x gRPC, lower added latency); see benches/RESULTS.md.
 
+use crate::authz::{Access, Peer};
 use crate::metrics::RequestMetrics;
 use crate::mtls::{MeshConnector, MeshTls, PEER_IDENTITY_HEADER};
 use crate::snapshot::{authority_of, SnapshotHolder};
@@ -112,19 +113,22 @@ impl HttpForwarder {
 
     /// Serves one client connection until it closes or the drain asks it to
     /// finish its in-flight requests and close.
-    /// `peer_identity`: the caller's verified SPIFFE ID (inbound over mTLS).
+    /// `peer`: the caller proven by its certificate (inbound over mTLS).
     pub async fn serve<I>(
         self: Arc<Self>,
         stream: I,
         peer: SocketAddr,
-        peer_identity: Option<Arc<str>>,
+        peer_identity: Option<Arc<Peer>>,
         mut draining: watch::Receiver<bool>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let span =
             tracing::debug_span!("http_connection", direction = self.direction.as_str(), %peer);
-        let peer_header = peer_identity.and_then(|id| HeaderValue::from_str(&id).ok());
+        let caller = peer_identity.map(|p| {
+            let header = HeaderValue::from_str(&p.uri).ok();
+            (p, header)
+        });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -133,8 +137,8 @@ impl HttpForwarder {
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            let peer_header = peer_header.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer_header).await) }
+            let caller = caller.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.handle(req, caller).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -158,7 +162,7 @@ impl HttpForwarder {
     async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer_identity: Option<HeaderValue>,
+        caller: Option<(Arc<Peer>, Option<HeaderValue>)>,
     ) -> Response<Body> {
         let start = Instant::now();
         let snapshot = self.snapshot.load_full();
@@ -205,11 +209,28 @@ impl HttpForwarder {
                     Some(p) if !p.protocol.is_opaque() => p.protocol.is_h2(),
                     _ => req.version() == http::Version::HTTP_2,
                 };
+                let decision = snapshot.authz.check(
+                    self.app_port,
+                    caller.as_ref().map(|(p, _)| &**p),
+                    Access::Http {
+                        path: req.uri().path(),
+                        method: req.method().as_str(),
+                    },
+                );
+                if !decision.allow {
+                    self.fallback_metrics.record(403, start.elapsed());
+                    tracing::debug!(caller = ?caller.as_ref().map(|(p, _)| &p.uri), policy = %decision.policy, "request denied");
+                    return error_response(
+                        StatusCode::FORBIDDEN,
+                        "authz_denied",
+                        format!("weft: denied by authorization {}\n", decision.policy),
+                    );
+                }
                 // Only the sidecar may say who called: drop any copy the
                 // caller sent, then add the verified identity.
                 let headers = req.headers_mut();
                 headers.remove(PEER_IDENTITY_HEADER);
-                if let Some(id) = peer_identity {
+                if let Some((_, Some(id))) = caller {
                     headers.insert(PEER_IDENTITY_HEADER, id);
                 }
                 (

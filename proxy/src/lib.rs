@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod detect;
 pub mod drain;
 pub mod http;

@@ -9,6 +9,7 @@
 //! TLS support) so the certificate can be swapped per handshake and the peer
 //! identity checked before a byte of the request is sent.
 
+use crate::authz::Peer;
 use crate::identity::WorkloadIdentity;
 use crate::snapshot::SnapshotHolder;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -139,7 +140,7 @@ impl MeshTls {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Arc<str>, Alpn)> {
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Arc<Peer>, Alpn)> {
         let accepted = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_rustls::TlsAcceptor::from(self.server.clone()).accept(tcp),
@@ -172,7 +173,7 @@ impl MeshTls {
             }
         };
         counted("inbound", "ok");
-        Some((tls, Arc::from(identity.to_string().as_str()), alpn))
+        Some((tls, Arc::new(Peer::new(identity)), alpn))
     }
 }
 

@@ -139,6 +139,9 @@ pub struct Snapshot {
     /// Endpoint → the SPIFFE ID its sidecar must present.
     #[serde(skip)]
     identities: HashMap<SocketAddr, Arc<str>>,
+    /// Who may call the local workload.
+    #[serde(skip)]
+    pub authz: crate::authz::Authz,
 }
 
 impl Snapshot {
@@ -152,6 +155,7 @@ impl Snapshot {
             tcp_listeners: vec![],
             by_address: HashMap::new(),
             identities: HashMap::new(),
+            authz: crate::authz::Authz::default(),
         }
     }
 
@@ -326,6 +330,18 @@ impl Snapshot {
             None => RouteTable::default(),
         };
 
+        let authz = match cache.get(type_url::AUTHORIZATION_POLICY, "inbound") {
+            Some(pb::Resource {
+                kind: Some(RKind::AuthorizationPolicy(p)),
+                ..
+            }) => crate::authz::Authz::from_pb(p)?,
+            Some(_) => {
+                return Err(
+                    "authorization \"inbound\": resource body is not an AuthorizationPolicy".into(),
+                )
+            }
+            None => crate::authz::Authz::default(),
+        };
         let mut by_address = HashMap::new();
         let mut identities = HashMap::new();
         for c in clusters.values() {
@@ -350,6 +366,7 @@ impl Snapshot {
             tcp_listeners,
             by_address,
             identities,
+            authz,
         })
     }
 }
@@ -429,6 +446,7 @@ mod tests {
             RKind::Endpoints(_) => type_url::ENDPOINTS,
             RKind::TrustBundle(_) => type_url::TRUST_BUNDLE,
             RKind::CertificateRotation(_) => type_url::CERTIFICATE_ROTATION,
+            RKind::AuthorizationPolicy(_) => type_url::AUTHORIZATION_POLICY,
         };
         pb::Resource {
             name: name.into(),

@@ -24,8 +24,8 @@ pub mod type_url {
     pub const ENDPOINTS: &str = "weft.v1.Endpoints";
     pub const TRUST_BUNDLE: &str = "weft.v1.TrustBundle";
     pub const CERTIFICATE_ROTATION: &str = "weft.v1.CertificateRotation";
-    /// Reserved: carried once the policy issues land.
     pub const AUTHORIZATION_POLICY: &str = "weft.v1.AuthorizationPolicy";
+    /// Reserved: carried once the traffic-policy issue lands.
     pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
 
     /// The types a proxy of this version understands.
@@ -36,5 +36,6 @@ pub mod type_url {
         ENDPOINTS,
         TRUST_BUNDLE,
         CERTIFICATE_ROTATION,
+        AUTHORIZATION_POLICY,
     ];
 }

@@ -158,10 +158,87 @@ pub struct TcpRoute {
     pub destination: Destination,
 }
 
+/// Who may call a service. Either a policy for one service (`target` +
+/// `rules`) or the default for a namespace (`default`, no target); in the
+/// `weft-system` namespace the default applies to the whole mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<AuthzTarget>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AuthzRule>,
+    /// allow | deny: what happens to a call no rule decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<AuthzAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzTarget {
+    pub service: String,
+    /// Only this port of the service (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzRule {
+    pub action: AuthzAction,
+    /// Callers; empty matches every caller.
+    #[serde(default, skip_serializing_if = "AuthzFrom::is_empty")]
+    pub from: AuthzFrom,
+    /// HTTP conditions; a rule with any never matches opaque TCP.
+    #[serde(default, skip_serializing_if = "AuthzTo::is_empty")]
+    pub to: AuthzTo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzFrom {
+    /// Exact SPIFFE IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+}
+
+impl AuthzFrom {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.namespaces.is_empty() && self.trust_domains.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzTo {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+impl AuthzTo {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.methods.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     Service,
     Route,
+    Authorization,
 }
 
 impl Kind {
@@ -169,6 +246,7 @@ impl Kind {
         match s {
             "Service" => Some(Kind::Service),
             "Route" => Some(Kind::Route),
+            "Authorization" => Some(Kind::Authorization),
             _ => None,
         }
     }
@@ -176,6 +254,7 @@ impl Kind {
         match self {
             Kind::Service => "Service",
             Kind::Route => "Route",
+            Kind::Authorization => "Authorization",
         }
     }
 }
@@ -211,6 +290,7 @@ impl std::fmt::Display for ObjectKey {
 pub enum Spec {
     Service(ServiceSpec),
     Route(RouteSpec),
+    Authorization(AuthorizationSpec),
 }
 
 /// A validated object, as stored.
@@ -226,6 +306,7 @@ impl Object {
         match self.spec {
             Spec::Service(_) => Kind::Service,
             Spec::Route(_) => Kind::Route,
+            Spec::Authorization(_) => Kind::Authorization,
         }
     }
 
@@ -242,6 +323,7 @@ impl Object {
         let spec = match &self.spec {
             Spec::Service(s) => serde_json::to_value(s),
             Spec::Route(r) => serde_json::to_value(r),
+            Spec::Authorization(a) => serde_json::to_value(a),
         }
         .unwrap_or(serde_json::Value::Null);
         serde_json::json!({

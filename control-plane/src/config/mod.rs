@@ -21,14 +21,21 @@ impl ConfigSet {
     pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::ServiceSpec)> {
         self.objects.iter().filter_map(|(k, o)| match &o.spec {
             Spec::Service(s) => Some((k, s)),
-            Spec::Route(_) => None,
+            _ => None,
         })
     }
 
     pub fn routes(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::RouteSpec)> {
         self.objects.iter().filter_map(|(k, o)| match &o.spec {
             Spec::Route(r) => Some((k, r)),
-            Spec::Service(_) => None,
+            _ => None,
+        })
+    }
+
+    pub fn authorizations(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::AuthorizationSpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::Authorization(a) => Some((k, a)),
+            _ => None,
         })
     }
 

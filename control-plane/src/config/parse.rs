@@ -93,7 +93,10 @@ pub fn parse_documents(source_name: &str, yaml: &str) -> Result<Vec<Located>, Co
             return Err(err(
                 None,
                 "kind".into(),
-                format!("unknown kind \"{}\" (expected Service or Route)", raw.kind),
+                format!(
+                    "unknown kind \"{}\" (expected Service, Route or Authorization)",
+                    raw.kind
+                ),
             ));
         };
         let label = object_name(kind.as_str(), &raw.metadata);
@@ -133,6 +136,7 @@ fn decode_spec(kind: Kind, spec: serde_yaml_ng::Value) -> Result<Spec, (String, 
     Ok(match kind {
         Kind::Service => Spec::Service(decode::<kinds::ServiceSpec>(spec)?),
         Kind::Route => Spec::Route(decode::<kinds::RouteSpec>(spec)?),
+        Kind::Authorization => Spec::Authorization(decode::<kinds::AuthorizationSpec>(spec)?),
     })
 }
 

@@ -2,7 +2,7 @@
 //! (`check_set`: dangling references, duplicates, port conflicts). An apply is
 //! all or nothing, so `check_set` runs on the config as it would be after it.
 
-use super::kinds::{Destination, RouteSpec, ServiceSpec};
+use super::kinds::{AuthorizationSpec, Destination, PathMatch, RouteSpec, ServiceSpec};
 use super::{resolve_service_ref, ConfigError, ConfigSet, Located, ObjectKey, Spec};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -60,6 +60,7 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
     match &obj.object.spec {
         Spec::Service(s) => check_service(obj, s),
         Spec::Route(r) => check_route(obj, r),
+        Spec::Authorization(a) => check_authorization(obj, a),
     }
 }
 
@@ -136,6 +137,78 @@ fn check_destination(obj: &Located, field: &str, d: &Destination) -> Result<(), 
     check_port(d.port).map_err(|r| obj.error(format!("{field}.port"), r))
 }
 
+fn check_path(p: &PathMatch) -> Result<(), String> {
+    match (&p.prefix, &p.exact) {
+        (Some(v), None) | (None, Some(v)) if v.starts_with('/') => Ok(()),
+        (Some(v), None) | (None, Some(v)) => Err(format!("\"{v}\" must start with '/'")),
+        _ => Err("set exactly one of `prefix` or `exact`".into()),
+    }
+}
+
+fn check_method(m: &str) -> Result<(), String> {
+    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "\"{m}\" is not an HTTP method (uppercase, e.g. GET)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_authorization(obj: &Located, a: &AuthorizationSpec) -> Result<(), ConfigError> {
+    match (&a.target, a.rules.is_empty(), a.default) {
+        (None, true, None) => {
+            return Err(obj.error(
+                "spec",
+                "set `target` and `rules` (a policy for one service) or `default` (the namespace's default)",
+            ))
+        }
+        (None, false, _) => {
+            return Err(obj.error("spec.rules", "rules need a `target` service"))
+        }
+        (Some(_), true, _) => {
+            return Err(obj.error("spec.rules", "a policy with a target needs at least one rule"))
+        }
+        (Some(_), false, Some(_)) => {
+            return Err(obj.error(
+                "spec.default",
+                "`default` belongs in a namespace default without `target`",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(t) = &a.target {
+        if let Some(p) = t.port {
+            check_port(p).map_err(|r| obj.error("spec.target.port", r))?;
+        }
+    }
+    for (i, rule) in a.rules.iter().enumerate() {
+        let base = format!("spec.rules[{i}]");
+        for (j, id) in rule.from.identities.iter().enumerate() {
+            id.parse::<xds_proto::spiffe::SpiffeId>()
+                .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
+        }
+        for (j, ns) in rule.from.namespaces.iter().enumerate() {
+            if !valid_dns_label(ns) {
+                return Err(obj.error(
+                    format!("{base}.from.namespaces[{j}]"),
+                    format!("\"{ns}\" is not a namespace name"),
+                ));
+            }
+        }
+        for (j, td) in rule.from.trust_domains.iter().enumerate() {
+            xds_proto::spiffe::check_name("trust domain", td)
+                .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
+        }
+        for (j, p) in rule.to.paths.iter().enumerate() {
+            check_path(p).map_err(|r| obj.error(format!("{base}.to.paths[{j}]"), r))?;
+        }
+        for (j, m) in rule.to.methods.iter().enumerate() {
+            check_method(m).map_err(|r| obj.error(format!("{base}.to.methods[{j}]"), r))?;
+        }
+    }
+    Ok(())
+}
+
 fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
     match (r.http.is_empty(), &r.tcp) {
         (true, None) => return Err(obj.error("spec", "needs `http` rules or a `tcp` route")),
@@ -168,30 +241,10 @@ fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
         let base = format!("spec.http[{i}]");
         if let Some(m) = &rule.matches {
             if let Some(p) = &m.path {
-                match (&p.prefix, &p.exact) {
-                    (Some(v), None) | (None, Some(v)) => {
-                        if !v.starts_with('/') {
-                            return Err(obj.error(
-                                format!("{base}.match.path"),
-                                format!("\"{v}\" must start with '/'"),
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(obj.error(
-                            format!("{base}.match.path"),
-                            "set exactly one of `prefix` or `exact`",
-                        ))
-                    }
-                }
+                check_path(p).map_err(|r| obj.error(format!("{base}.match.path"), r))?;
             }
             if let Some(method) = &m.method {
-                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(obj.error(
-                        format!("{base}.match.method"),
-                        format!("\"{method}\" is not an HTTP method (e.g. GET)"),
-                    ));
-                }
+                check_method(method).map_err(|r| obj.error(format!("{base}.match.method"), r))?;
             }
             for name in m.headers.keys() {
                 if name.is_empty()
@@ -234,6 +287,37 @@ pub fn check_set(
             document,
         }
     };
+    let mut defaults: BTreeMap<&str, &ObjectKey> = BTreeMap::new();
+    for (key, a) in set.authorizations() {
+        if a.target.is_none() {
+            if let Some(other) = defaults.insert(key.namespace.as_str(), key) {
+                return Err(located(key).error(
+                    "spec.default",
+                    format!(
+                        "namespace \"{}\" already has a default in Authorization \"{}\"",
+                        key.namespace, other.name
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &a.target {
+            let (name, ns) = resolve_service_ref(&t.service, &key.namespace);
+            let Some(svc) = set.service(ns, name) else {
+                return Err(located(key).error(
+                    "spec.target.service",
+                    format!("service \"{ns}/{name}\" not found (apply the Service first)"),
+                ));
+            };
+            if let Some(p) = t.port {
+                if !svc.ports.iter().any(|sp| sp.port == p) {
+                    return Err(located(key).error(
+                        "spec.target.port",
+                        format!("service \"{ns}/{name}\" has no port {p}"),
+                    ));
+                }
+            }
+        }
+    }
     let mut bind_ports: BTreeMap<(String, i64), ObjectKey> = BTreeMap::new();
     for (key, route) in set.routes() {
         let ns = &key.namespace;
@@ -360,6 +444,37 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.field, field, "{doc}: {e}");
         }
+    }
+
+    #[test]
+    fn authorization_field_rules_name_the_field() {
+        let cases = [
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {}", "spec"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {rules: [{action: allow}]}", "spec.rules"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}}", "spec.rules"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}, default: deny, rules: [{action: allow}]}", "spec.default"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}, rules: [{action: allow, from: {identities: [nope]}}]}", "spec.rules[0].from.identities[0]"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}, rules: [{action: allow, from: {namespaces: [Bad_NS]}}]}", "spec.rules[0].from.namespaces[0]"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}, rules: [{action: deny, to: {paths: [{prefix: x}]}}]}", "spec.rules[0].to.paths[0]"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s}, rules: [{action: deny, to: {methods: [get]}}]}", "spec.rules[0].to.methods[0]"),
+            ("kind: Authorization\nmetadata: {name: a}\nspec: {target: {service: s, port: 0}, rules: [{action: deny}]}", "spec.target.port"),
+        ];
+        for (doc, field) in cases {
+            let e = parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{doc}\n"))
+                .unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn authorization_must_target_an_existing_service_port() {
+        let (set, origin) = set_of(&format!("{SVC}---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: p, namespace: demo}}\nspec: {{target: {{service: api, port: 9}}, rules: [{{action: deny}}]}}\n"));
+        let e = check_set(&set, &origin).unwrap_err();
+        assert_eq!(e.field, "spec.target.port");
+        let (set, origin) = set_of("apiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {name: p, namespace: demo}\nspec: {target: {service: ghost}, rules: [{action: deny}]}\n");
+        let e = check_set(&set, &origin).unwrap_err();
+        assert_eq!(e.field, "spec.target.service");
+        assert!(e.reason.contains("\"demo/ghost\" not found"), "{e}");
     }
 
     #[test]

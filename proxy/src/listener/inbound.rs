@@ -5,6 +5,7 @@
 //! TLS handshake first; ALPN then picks HTTP or opaque TCP.
 
 use super::Context;
+use crate::authz::Access;
 use crate::detect::{detect, Detected};
 use crate::metrics;
 use crate::mtls::Alpn;
@@ -28,6 +29,15 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                     .await
             }
             Alpn::Tcp => {
+                let decision =
+                    ctx.snapshot
+                        .load()
+                        .authz
+                        .check(ctx.app_port, Some(&identity), Access::Tcp);
+                if !decision.allow {
+                    tracing::info!(caller = %identity.uri, policy = %decision.policy, "tcp connection denied; closing");
+                    return;
+                }
                 let app = SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.app_port));
                 let relayed = match tokio::net::TcpStream::connect(app).await {
                     Ok(up) => {
@@ -37,7 +47,7 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = relayed {
-                    tracing::debug!(%app, %identity, error = %e, "inbound tcp ended with error");
+                    tracing::debug!(%app, caller = %identity.uri, error = %e, "inbound tcp ended with error");
                 }
             }
         }
