@@ -286,11 +286,68 @@ fn ensure_envoy(smoke: bool) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(envoy))
 }
 
-fn envoy_config(listeners: &[(SocketAddr, SocketAddr, bool)]) -> String {
-    // (listen, upstream, upstream_is_h2)
+/// Certificate files for one Envoy side of the mTLS two-hop path, issued by
+/// the weft control plane's CA (same trust as the weft sidecars).
+#[derive(Clone)]
+struct EnvoyTls {
+    chain: PathBuf,
+    key: PathBuf,
+    bundle: PathBuf,
+    /// The peer's SPIFFE ID to require (upstream side only).
+    peer: Option<String>,
+}
+
+fn envoy_tls_context(kind: &str, t: &EnvoyTls, indent: &str) -> String {
+    let san = match &t.peer {
+        Some(id) => format!(
+            "\n{indent}        match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: \"{id}\"}}}}]"
+        ),
+        None => String::new(),
+    };
+    let (require, alpn) = if kind == "Downstream" {
+        ("\n".to_string() + indent + "    require_client_certificate: true", "[\"h2\", \"http/1.1\"]")
+    } else {
+        (String::new(), "[\"h2\"]")
+    };
+    format!(
+        r#"{indent}transport_socket:
+{indent}  name: envoy.transport_sockets.tls
+{indent}  typed_config:
+{indent}    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}TlsContext{require}
+{indent}    common_tls_context:
+{indent}      alpn_protocols: {alpn}
+{indent}      tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+{indent}      tls_certificates: [{{certificate_chain: {{filename: "{}"}}, private_key: {{filename: "{}"}}}}]
+{indent}      validation_context:
+{indent}        trusted_ca: {{filename: "{}"}}{san}
+"#,
+        t.chain.display(),
+        t.key.display(),
+        t.bundle.display(),
+    )
+}
+
+/// One Envoy listener → cluster pair.
+struct EnvoyHop {
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    upstream_h2: bool,
+    /// Terminate mTLS on the listener.
+    downstream_tls: Option<EnvoyTls>,
+    /// Originate mTLS to the upstream.
+    upstream_tls: Option<EnvoyTls>,
+}
+
+fn envoy_config(hops: &[EnvoyHop]) -> String {
     let mut l = String::new();
     let mut c = String::new();
-    for (i, (listen, up, h2)) in listeners.iter().enumerate() {
+    for (i, hop) in hops.iter().enumerate() {
+        let (listen, up, h2) = (&hop.listen, &hop.upstream, &hop.upstream_h2);
+        let downstream = hop
+            .downstream_tls
+            .as_ref()
+            .map(|t| envoy_tls_context("Downstream", t, "      "))
+            .unwrap_or_default();
         l.push_str(&format!(
             r#"  - name: l{i}
     address: {{socket_address: {{address: "{}", port_value: {}}}}}
@@ -310,10 +367,15 @@ fn envoy_config(listeners: &[(SocketAddr, SocketAddr, bool)]) -> String {
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#,
+{downstream}"#,
             listen.ip(),
             listen.port()
         ));
+        let upstream = hop
+            .upstream_tls
+            .as_ref()
+            .map(|t| envoy_tls_context("Upstream", t, "    "))
+            .unwrap_or_default();
         let proto = if *h2 {
             r#"    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
@@ -331,12 +393,40 @@ fn envoy_config(listeners: &[(SocketAddr, SocketAddr, bool)]) -> String {
 {proto}    load_assignment:
       cluster_name: c{i}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: "{}", port_value: {}}}}}}}}}]}}]
-"#,
+{upstream}"#,
             up.ip(),
             up.port()
         ));
     }
     format!("static_resources:\n  listeners:\n{l}  clusters:\n{c}")
+}
+
+/// Certificates for envoy-a (client side, requires envoy-b's ID) and
+/// envoy-b (server side), issued by the bench control plane's CA.
+fn envoy_certs(dir: &Path, pki: &localmesh::Pki) -> anyhow::Result<(EnvoyTls, EnvoyTls)> {
+    let data = pki
+        .ca_bundle
+        .parent()
+        .ok_or_else(|| anyhow!("no data dir"))?;
+    let ca = weft_control::ca::CertificateAuthority::load_existing(&data.join("ca"), "cluster.local")?;
+    let mut out = Vec::new();
+    for (name, peer) in [("envoy-a", Some("envoy-b")), ("envoy-b", None)] {
+        let id = weft_identity::SpiffeId::new("cluster.local", "bench", name)?;
+        let (issued, key) = ca.issue_local(&id, Duration::from_secs(24 * 3600))?;
+        let chain = dir.join(format!("{name}-chain.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&chain, issued.chain_pem)?;
+        std::fs::write(&key_path, key)?;
+        out.push(EnvoyTls {
+            chain,
+            key: key_path,
+            bundle: pki.ca_bundle.clone(),
+            peer: peer.map(|p| format!("spiffe://cluster.local/ns/bench/sa/{p}")),
+        });
+    }
+    let b = out.pop().ok_or_else(|| anyhow!("no envoy-b cert"))?;
+    let a = out.pop().ok_or_else(|| anyhow!("no envoy-a cert"))?;
+    Ok((a, b))
 }
 
 fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
@@ -571,13 +661,29 @@ spec:
     let envoy_b = SocketAddr::new(ip(5), 10000);
     let mut envoy_pid = None;
     if let Some(envoy) = env.envoy.clone() {
+        // The two-hop path is mTLS with h2 between the Envoys, like weft's:
+        // certificates from the same CA, each side checking the other's ID.
+        let (tls_a, tls_b) = envoy_certs(&dir, &pki)?;
+        let hop = |listen, upstream, upstream_h2| EnvoyHop {
+            listen,
+            upstream,
+            upstream_h2,
+            downstream_tls: None,
+            upstream_tls: None,
+        };
         let a = envoy_config(&[
-            (envoy_addr, http_up, false),
-            (envoy_h2, http_up, true),
-            (envoy_grpc, grpc_up, true),
-            (envoy_2hop, envoy_b, false),
+            hop(envoy_addr, http_up, false),
+            hop(envoy_h2, http_up, true),
+            hop(envoy_grpc, grpc_up, true),
+            EnvoyHop {
+                upstream_tls: Some(tls_a),
+                ..hop(envoy_2hop, envoy_b, true)
+            },
         ]);
-        let b = envoy_config(&[(envoy_b, http_up, false)]);
+        let b = envoy_config(&[EnvoyHop {
+            downstream_tls: Some(tls_b),
+            ..hop(envoy_b, http_up, false)
+        }]);
         for (name, cfg) in [("envoy-a", a), ("envoy-b", b)] {
             let path = dir.join(format!("{name}.yaml"));
             std::fs::write(&path, cfg)?;
