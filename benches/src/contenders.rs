@@ -305,7 +305,10 @@ fn envoy_tls_context(kind: &str, t: &EnvoyTls, indent: &str) -> String {
         None => String::new(),
     };
     let (require, alpn) = if kind == "Downstream" {
-        ("\n".to_string() + indent + "    require_client_certificate: true", "[\"h2\", \"http/1.1\"]")
+        (
+            "\n".to_string() + indent + "    require_client_certificate: true",
+            "[\"h2\", \"http/1.1\"]",
+        )
     } else {
         (String::new(), "[\"h2\"]")
     };
@@ -408,7 +411,8 @@ fn envoy_certs(dir: &Path, pki: &localmesh::Pki) -> anyhow::Result<(EnvoyTls, En
         .ca_bundle
         .parent()
         .ok_or_else(|| anyhow!("no data dir"))?;
-    let ca = weft_control::ca::CertificateAuthority::load_existing(&data.join("ca"), "cluster.local")?;
+    let ca =
+        weft_control::ca::CertificateAuthority::load_existing(&data.join("ca"), "cluster.local")?;
     let mut out = Vec::new();
     for (name, peer) in [("envoy-a", Some("envoy-b")), ("envoy-b", None)] {
         let id = weft_identity::SpiffeId::new("cluster.local", "bench", name)?;
