@@ -97,6 +97,43 @@ impl Env {
         Ok(pid)
     }
 
+    /// New TLS handshakes per second from `openssl s_time -new` (one
+    /// handshake per connection, no session reuse) on the load core.
+    fn handshakes(&self, addr: SocketAddr, client: &EnvoyTls) -> anyhow::Result<f64> {
+        let out = self.load(vec![
+            "openssl".into(),
+            "s_time".into(),
+            "-connect".into(),
+            addr.to_string(),
+            "-new".into(),
+            "-time".into(),
+            format!("{}", self.seconds.ceil().min(5.0) as u64),
+            "-cert".into(),
+            client.chain.display().to_string(),
+            "-key".into(),
+            client.key.display().to_string(),
+            "-CAfile".into(),
+            client.bundle.display().to_string(),
+        ])?;
+        // "1234 connections in 5 real seconds, 0 bytes read per connection"
+        let line = out
+            .lines()
+            .find(|l| l.contains("connections in") && l.contains("real seconds"))
+            .ok_or_else(|| anyhow!("openssl s_time printed no summary:\n{out}"))?;
+        let mut words = line.split_whitespace();
+        let n: f64 = words.next().unwrap_or("").parse()?;
+        let secs: f64 = line
+            .split("connections in ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .ok_or_else(|| anyhow!("bad s_time line: {line}"))?
+            .parse()?;
+        if n <= 0.0 || secs <= 0.0 {
+            bail!("openssl s_time completed no handshake against {addr}: {line}");
+        }
+        Ok(n / secs)
+    }
+
     fn load(&self, args: Vec<String>) -> anyhow::Result<String> {
         let mut full = vec!["-c".to_string(), LOAD_CORE.to_string()];
         full.extend(args);
@@ -664,10 +701,13 @@ spec:
     let envoy_2hop = SocketAddr::new(ip(4), 10003);
     let envoy_b = SocketAddr::new(ip(5), 10000);
     let mut envoy_pid = None;
+    // Leaf certificates from the weft CA for the Envoys (and the handshake
+    // benchmark's client).
+    let (tls_a, tls_b) = envoy_certs(&dir, &pki)?;
     if let Some(envoy) = env.envoy.clone() {
         // The two-hop path is mTLS with h2 between the Envoys, like weft's:
         // certificates from the same CA, each side checking the other's ID.
-        let (tls_a, tls_b) = envoy_certs(&dir, &pki)?;
+        let (tls_a, tls_b) = (tls_a.clone(), tls_b.clone());
         let hop = |listen, upstream, upstream_h2| EnvoyHop {
             listen,
             upstream,
@@ -831,6 +871,19 @@ spec:
             for (name, addr) in g {
                 eprintln!("  grpc_rps {name}");
                 results.add("grpc_rps", name, "rps", "req/s", env.grpc(addr, "grpc")?);
+            }
+        }
+        if want("tls_handshakes") {
+            // New mTLS handshakes per second against each server side of the
+            // two-hop path, with a client certificate from the same CA.
+            let mut targets = vec![("weft", server.inbound)];
+            if env.envoy.is_some() {
+                targets.push(("envoy", envoy_b));
+            }
+            for (name, addr) in targets {
+                eprintln!("  tls_handshakes {name}");
+                let per_s = env.handshakes(addr, &tls_a)?;
+                results.add("tls_handshakes", name, "handshakes_per_s", "1/s", per_s);
             }
         }
         if want("tcp_throughput") {
