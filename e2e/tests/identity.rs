@@ -335,7 +335,7 @@ fn sidecars_talk_tls13_mtls_with_spiffe_ids_and_the_app_sees_the_verified_caller
 }
 
 #[test]
-fn inbound_refuses_plaintext_and_foreign_certificates_and_counts_them() {
+fn inbound_refuses_plaintext_foreign_and_expired_certificates_and_counts_them() {
     let mut mesh = Mesh::start("mtls-refuse");
     let other = Mesh::start("mtls-refuse-other");
     let (_client, server) = http_pair(&mut mesh, "http");
@@ -374,9 +374,45 @@ fn inbound_refuses_plaintext_and_foreign_certificates_and_counts_them() {
         !ok || !text.contains("Verification: OK") || text.contains("alert"),
         "{text}"
     );
-    wait_until("both refusals counted", Duration::from_secs(5), || {
-        refused() >= before + 2.0
+    // A certificate of the right CA that has expired: issue a one-second
+    // admin certificate from the mesh's CA files and wait it out.
+    let expired = mesh.dir.join("expired");
+    let out = mesh.weftctl(&[
+        "certs",
+        "admin-cert",
+        "--data-dir",
+        &mesh.dir.join("data").display().to_string(),
+        "--out",
+        &expired.display().to_string(),
+        "--ttl",
+        "1s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, text) = openssl(&[
+        "s_client",
+        "-connect",
+        &server.inbound.to_string(),
+        "-cert",
+        &expired.join("cert.pem").display().to_string(),
+        "-key",
+        &expired.join("key.pem").display().to_string(),
+        "-alpn",
+        "h2",
+        "-brief",
+    ]);
+    wait_until("all three refusals counted", Duration::from_secs(5), || {
+        refused() >= before + 3.0
     });
+    let log = std::fs::read_to_string(mesh.logs().join("proxy-server-3.log")).unwrap();
+    assert!(
+        log.contains("inbound mTLS handshake refused") && log.to_lowercase().contains("expired"),
+        "the proxy log names the reason:\n{log}\n{text}"
+    );
 }
 
 #[test]
@@ -431,6 +467,18 @@ fn an_endpoint_without_a_sidecar_is_reached_in_plaintext() {
         http_request(client.outbound, "GET", "/headers", "legacy", &[], b"").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains("x-weft-peer-identity"), "{body}");
+    // Marked as plaintext in metrics, and nothing went out as mTLS.
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    let sec = |s: &str| {
+        metric(
+            &m,
+            "weft_outbound_security_total",
+            &format!("protocol=\"http\",security=\"{s}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(sec("plaintext") >= 1.0, "{m}");
+    assert_eq!(sec("mtls"), 0.0, "{m}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! 1.47x gRPC, lower added latency); see benches/RESULTS.md.
 
 use crate::authz::{Access, Peer};
-use crate::metrics::RequestMetrics;
+use crate::metrics::{RequestMetrics, SecurityCounters};
 use crate::mtls::{MeshConnector, MeshTls, PEER_IDENTITY_HEADER};
 use crate::snapshot::{authority_of, SnapshotHolder};
 use bytes::Bytes;
@@ -80,6 +80,8 @@ pub struct HttpForwarder {
     /// 127.0.0.1:<app_port>, for inbound requests.
     app_authority: Authority,
     fallback_metrics: RequestMetrics,
+    /// Outbound requests by mTLS / plaintext.
+    security: SecurityCounters,
     upstreams: Upstreams,
 }
 
@@ -96,6 +98,7 @@ impl HttpForwarder {
             app_port: 0,
             app_authority: Authority::from_static("127.0.0.1"),
             fallback_metrics: RequestMetrics::new(Direction::Outbound.as_str(), "none", "none"),
+            security: SecurityCounters::new("http"),
             upstreams: Upstreams::new(mesh),
         }
     }
@@ -107,6 +110,7 @@ impl HttpForwarder {
             app_port,
             app_authority: authority_of(&SocketAddr::from((Ipv4Addr::LOCALHOST, app_port))),
             fallback_metrics: RequestMetrics::new(Direction::Inbound.as_str(), "inbound", service),
+            security: SecurityCounters::new("http"),
             upstreams: Upstreams::new(None),
         }
     }
@@ -274,6 +278,9 @@ impl HttpForwarder {
             parts.version = http::Version::HTTP_11;
         }
         let request = Request::from_parts(parts, body);
+        if self.direction == Direction::Outbound {
+            self.security.record(meshed);
+        }
         let sent = match (&self.upstreams.mesh, meshed, h2) {
             (Some(mesh), true, _) => mesh.request(request).await,
             (_, _, true) => self.upstreams.h2.request(request).await,

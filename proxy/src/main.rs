@@ -304,3 +304,17 @@ fn main() -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_endpoint_listens_on_loopback_unless_told_otherwise() {
+        let args = Args::try_parse_from(["weft-proxy", "--service", "s", "--app-port", "1"])
+            .expect("defaults parse");
+        assert!(args.admin.ip().is_loopback(), "{}", args.admin);
+        assert_eq!(args.admin.port(), 15000);
+        assert!(!args.insecure_dev, "mTLS is the default");
+    }
+}

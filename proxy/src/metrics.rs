@@ -14,6 +14,34 @@ pub const CONFIG_VERSION: &str = "weft_config_version";
 pub const CONFIG_UPDATES: &str = "weft_config_updates_total";
 pub const CONFIG_NACKS: &str = "weft_config_nacks_total";
 pub const DETECT_RESULTS: &str = "weft_protocol_detection_total";
+/// Outbound requests (HTTP) and connections (TCP) by how they left the
+/// sidecar: over mTLS to a peer sidecar, or in plaintext to a workload
+/// outside the mesh.
+pub const OUTBOUND_SECURITY: &str = "weft_outbound_security_total";
+
+/// Pre-registered counters for `OUTBOUND_SECURITY` of one protocol.
+#[derive(Clone)]
+pub struct SecurityCounters {
+    pub mtls: Counter,
+    pub plaintext: Counter,
+}
+
+impl SecurityCounters {
+    pub fn new(protocol: &'static str) -> Self {
+        SecurityCounters {
+            mtls: metrics::counter!(OUTBOUND_SECURITY, "protocol" => protocol, "security" => "mtls"),
+            plaintext: metrics::counter!(OUTBOUND_SECURITY, "protocol" => protocol, "security" => "plaintext"),
+        }
+    }
+
+    pub fn record(&self, mtls: bool) {
+        if mtls {
+            self.mtls.increment(1)
+        } else {
+            self.plaintext.increment(1)
+        }
+    }
+}
 
 const CLASSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -57,6 +85,7 @@ pub struct TcpMetrics {
     pub active: Gauge,
     pub opened: Counter,
     pub bytes: Counter,
+    pub security: SecurityCounters,
 }
 
 impl TcpMetrics {
@@ -65,6 +94,7 @@ impl TcpMetrics {
             active: metrics::gauge!(TCP_ACTIVE, "direction" => direction),
             opened: metrics::counter!(TCP_CONNECTIONS, "direction" => direction),
             bytes: metrics::counter!(TCP_BYTES, "direction" => direction),
+            security: SecurityCounters::new("tcp"),
         }
     }
 }

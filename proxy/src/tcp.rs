@@ -51,6 +51,8 @@ pub async fn forward_to_endpoint(
     mtls: Option<&MeshTls>,
     metrics: &TcpMetrics,
 ) -> std::io::Result<()> {
+    let secured = identity.is_some() && mtls.is_some();
+    metrics.security.record(secured);
     match (identity, mtls) {
         (Some(expected), Some(tls)) => {
             let upstream = tls.connect(target, expected, Alpn::Tcp).await?;
