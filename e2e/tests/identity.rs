@@ -321,6 +321,17 @@ fn sidecars_talk_tls13_mtls_with_spiffe_ids_and_the_app_sees_the_verified_caller
         "{san}"
     );
 
+    let (_, sm) = http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &sm,
+            "weft_inbound_peer_total",
+            "peer=\"spiffe://cluster.local/ns/e2e/sa/client\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{sm}"
+    );
     let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
     assert!(
         metric(
@@ -433,6 +444,13 @@ fn a_peer_whose_identity_may_not_serve_the_destination_is_refused() {
     mesh.wait_synced(rev, 2);
     let (code, body) = http_request(client.outbound, "GET", "/", "server", &[], b"").unwrap();
     assert_eq!(code, 502, "{body}");
+    // Nothing reached the server: the client refused it before sending.
+    let (_, sm) = http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert_eq!(
+        metric(&sm, "weft_inbound_peer_total", "").unwrap_or(0.0),
+        0.0,
+        "{sm}"
+    );
     let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
     assert!(
         metric(

@@ -13,18 +13,25 @@ use xds_proto::v1 as pb;
 
 pub const DECISIONS: &str = "weft_authz_decisions_total";
 
-/// A caller proven by its certificate, parsed once per connection.
+/// Inbound requests (HTTP) and connections (TCP) per verified caller.
+pub const PEER_TRAFFIC: &str = "weft_inbound_peer_total";
+
+/// A caller proven by its certificate, parsed once per connection, with its
+/// traffic counter registered once per connection (no label lookup per
+/// request).
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub id: SpiffeId,
     /// `id` as a string (the header value and exact-match form).
     pub uri: Arc<str>,
+    pub traffic: Counter,
 }
 
 impl Peer {
     pub fn new(id: SpiffeId) -> Peer {
-        let uri = Arc::from(id.to_string().as_str());
-        Peer { id, uri }
+        let uri: Arc<str> = Arc::from(id.to_string().as_str());
+        let traffic = metrics::counter!(PEER_TRAFFIC, "peer" => uri.to_string());
+        Peer { id, uri, traffic }
     }
 }
 

@@ -234,8 +234,11 @@ impl HttpForwarder {
                 // caller sent, then add the verified identity.
                 let headers = req.headers_mut();
                 headers.remove(PEER_IDENTITY_HEADER);
-                if let Some((_, Some(id))) = caller {
-                    headers.insert(PEER_IDENTITY_HEADER, id);
+                if let Some((peer, header)) = caller {
+                    peer.traffic.increment(1);
+                    if let Some(id) = header {
+                        headers.insert(PEER_IDENTITY_HEADER, id);
+                    }
                 }
                 (
                     SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)),

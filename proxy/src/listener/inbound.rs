@@ -38,6 +38,7 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
                     tracing::info!(caller = %identity.uri, policy = %decision.policy, "tcp connection denied; closing");
                     return;
                 }
+                identity.traffic.increment(1);
                 let app = SocketAddr::from((Ipv4Addr::LOCALHOST, ctx.app_port));
                 let relayed = match tokio::net::TcpStream::connect(app).await {
                     Ok(up) => {
