@@ -117,6 +117,30 @@ enum CertsCommand {
         #[arg(long, default_value = "30d", value_parser = weft_control::duration::parse)]
         ttl: Duration,
     },
+    /// Create an offline root CA (ECDSA P-256): root-cert.pem and
+    /// root-key.pem in --out. Keep the key off the cluster.
+    CreateRoot {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Weft offline root")]
+        common_name: String,
+        #[arg(long, default_value = "3650d", value_parser = weft_control::duration::parse)]
+        ttl: Duration,
+    },
+    /// Create an issuing CA signed by a root: chain.pem (issuer, then root)
+    /// and issuer-key.pem in --out, for weft-control --ca-cert/--ca-key.
+    CreateIssuer {
+        #[arg(long)]
+        root_cert: PathBuf,
+        #[arg(long)]
+        root_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Weft issuing CA")]
+        common_name: String,
+        #[arg(long, default_value = "365d", value_parser = weft_control::duration::parse)]
+        ttl: Duration,
+    },
     /// Start a CA rotation: a new root is trusted everywhere, every workload
     /// is re-issued from the new CA, then the old root is removed.
     RotateCa {
@@ -347,6 +371,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs {
             command: CertsCommand::RotateCa { wait, status },
         } => rotate_ca(&conn, cli.output, wait, status).await,
+        Command::Certs {
+            command:
+                CertsCommand::CreateRoot {
+                    ref out,
+                    ref common_name,
+                    ttl,
+                },
+        } => {
+            weft_control::ca::create_root(out, common_name, ttl)?;
+            output::outln!(
+                "wrote {0}/root-cert.pem and {0}/root-key.pem (0600); keep the key offline",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::CreateIssuer {
+                    ref root_cert,
+                    ref root_key,
+                    ref out,
+                    ref common_name,
+                    ttl,
+                },
+        } => {
+            weft_control::ca::create_issuer(root_cert, root_key, out, common_name, ttl)?;
+            output::outln!(
+                "wrote {0}/chain.pem and {0}/issuer-key.pem: weft-control --ca-cert {0}/chain.pem --ca-key {0}/issuer-key.pem",
+                out.display()
+            );
+            Ok(())
+        }
     }
 }
 

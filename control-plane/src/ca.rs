@@ -22,8 +22,8 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Certificates start this far in the past, so a peer whose clock is a
 /// little behind does not reject a fresh one.
 const BACKDATE: Duration = Duration::from_secs(60);
-const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -363,6 +363,44 @@ fn generate(trust_domain: &str) -> Result<Generated, CaError> {
     })
 }
 
+/// An offline root for operators (`weftctl certs create-root`): writes
+/// root-cert.pem and root-key.pem (0600) into `dir`.
+pub fn create_root(dir: &Path, common_name: &str, validity: Duration) -> Result<(), CaError> {
+    let sign = |e: rcgen::Error| CaError::Sign(e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign)?;
+    let cert = ca_params(common_name, 1, validity)
+        .self_signed(&key)
+        .map_err(sign)?;
+    write_private(&dir.join(ROOT_KEY), &key.serialize_pem())?;
+    write_private(&dir.join(ROOT_CERT), &cert.pem())
+}
+
+/// An issuing CA signed by an operator's root (`weftctl certs
+/// create-issuer`): writes issuer-key.pem and chain.pem (issuer, then root),
+/// the files `weft-control --ca-cert/--ca-key` take.
+pub fn create_issuer(
+    root_cert: &Path,
+    root_key: &Path,
+    out: &Path,
+    common_name: &str,
+    validity: Duration,
+) -> Result<(), CaError> {
+    let sign = |e: rcgen::Error| CaError::Sign(e.to_string());
+    let root_pem = read(root_cert)?;
+    let root_key =
+        KeyPair::from_pem(&read(root_key)?).map_err(|e| file_err(root_key, format!("key: {e}")))?;
+    let root = Issuer::from_ca_cert_pem(&root_pem, root_key)
+        .map_err(|e| file_err(root_cert, format!("root certificate: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign)?;
+    let cert = ca_params(common_name, 0, validity)
+        .signed_by(&key, &root)
+        .map_err(sign)?;
+    write_private(&out.join(ISSUER_KEY), &key.serialize_pem())?;
+    write_private(&out.join("chain.pem"), &format!("{}{root_pem}", cert.pem()))
+}
+
 /// Writes `contents` readable by the owner only (0600), replacing atomically.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
     let tmp = path.with_extension("tmp");
@@ -519,6 +557,35 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, CaError::BadCsr(_)), "{err}");
+    }
+
+    #[test]
+    fn an_offline_root_and_issuer_made_by_the_cli_helpers_load_as_the_operator_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        create_root(&root, "Offline root", ROOT_VALIDITY).unwrap();
+        let issuer = dir.path().join("issuer");
+        create_issuer(
+            &root.join(ROOT_CERT),
+            &root.join(ROOT_KEY),
+            &issuer,
+            "Issuing CA",
+            ISSUER_VALIDITY,
+        )
+        .unwrap();
+        let ca = CertificateAuthority::from_files(
+            &issuer.join("chain.pem"),
+            &issuer.join(ISSUER_KEY),
+            "cluster.local",
+        )
+        .unwrap();
+        let want = id("spiffe://cluster.local/ns/a/sa/b");
+        let (csr, _) = csr_for(&want.to_string());
+        ca.sign(&csr, &want, Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            ca.roots_pem()[0],
+            std::fs::read_to_string(root.join(ROOT_CERT)).unwrap()
+        );
     }
 
     #[test]
