@@ -50,6 +50,21 @@ fn http_mesh(name: &str) -> Http {
     }
 }
 
+impl Http {
+    /// Applies the base config plus `policy`; returns the revision.
+    fn apply(&self, policy: &str) -> u64 {
+        self.mesh
+            .apply("mesh.yaml", &format!("{}---\n{policy}", self.base))
+            .expect("apply")
+    }
+
+    /// `apply`, then waits until all three proxies have it.
+    fn apply_synced(&self, policy: &str) {
+        let rev = self.apply(policy);
+        self.mesh.wait_synced(rev, 3);
+    }
+}
+
 fn call(from: ProxyAddrs, method: &str, path: &str) -> (u16, String) {
     http_request(from.outbound, method, path, "server", &[], b"").unwrap_or((0, String::new()))
 }
@@ -61,11 +76,7 @@ fn http_calls_are_allowed_and_denied_by_identity_namespace_path_and_method() {
         "server-policy",
         "  target: {service: server}\n  rules:\n  - action: allow\n    from: {identities: [\"spiffe://cluster.local/ns/e2e/sa/a\"]}\n",
     );
-    let rev = h
-        .mesh
-        .apply("mesh.yaml", &format!("{}---\n{policy}", h.base))
-        .expect("apply");
-    h.mesh.wait_synced(rev, 3);
+    h.apply_synced(&policy);
     assert_eq!(call(h.a, "GET", "/").0, 200);
     let (code, body) = call(h.b, "GET", "/");
     assert_eq!(code, 403, "{body}");
@@ -79,11 +90,7 @@ fn http_calls_are_allowed_and_denied_by_identity_namespace_path_and_method() {
         "server-policy",
         "  target: {service: server}\n  rules:\n  - action: deny\n    to: {paths: [{prefix: /admin}]}\n  - action: allow\n    from: {namespaces: [e2e, other]}\n    to: {methods: [GET]}\n",
     );
-    let rev = h
-        .mesh
-        .apply("mesh.yaml", &format!("{}---\n{policy}", h.base))
-        .expect("apply");
-    h.mesh.wait_synced(rev, 3);
+    h.apply_synced(&policy);
     for caller in [h.a, h.b] {
         assert_eq!(call(caller, "GET", "/hello").0, 200);
         assert_eq!(call(caller, "GET", "/admin/users").0, 403);
@@ -133,11 +140,7 @@ fn a_policy_change_takes_effect_within_a_second_without_dropping_allowed_traffic
         "server-policy",
         "  target: {service: server}\n  rules:\n  - action: allow\n    from: {namespaces: [e2e]}\n",
     );
-    let rev = h
-        .mesh
-        .apply("mesh.yaml", &format!("{}---\n{only_a}", h.base))
-        .expect("apply");
-    h.mesh.wait_synced(rev, 3);
+    h.apply_synced(&only_a);
     assert_eq!(call(h.b, "GET", "/").0, 403);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -159,9 +162,7 @@ fn a_policy_change_takes_effect_within_a_second_without_dropping_allowed_traffic
         "server-policy",
         "  target: {service: server}\n  rules:\n  - action: allow\n    from: {namespaces: [e2e, other]}\n",
     );
-    h.mesh
-        .apply("mesh.yaml", &format!("{}---\n{both}", h.base))
-        .expect("apply");
+    h.apply(&both);
     let applied = Instant::now();
     while call(h.b, "GET", "/").0 != 200 {
         assert!(

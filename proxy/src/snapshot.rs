@@ -71,11 +71,7 @@ impl Cluster {
     /// Round robin over the endpoints; the real load balancers arrive with
     /// the traffic-policy issue.
     pub fn pick(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[i % self.endpoints.len()])
+        self.pick_endpoint().map(|e| e.addr)
     }
 
     /// `pick`, with what the HTTP path needs to reach the endpoint.
