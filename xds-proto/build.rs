@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/weft/v1/admin.proto",
             "proto/weft/v1/identity.proto",
             "proto/weft/sample/v1/echo.proto",
+            "proto/grpc/health/v1/health.proto",
         ],
         &["proto"],
     )?;

@@ -4,8 +4,13 @@
 //! and endpoints those routes reach. Nothing else: sidecar memory must not
 //! grow with the size of the mesh.
 
-use crate::config::kinds::{AuthzAction, Destination, Protocol, RouteSpec, ServiceSpec};
+use crate::config::kinds::{
+    AuthzAction, Destination, HeaderOps, HttpRule, LbAlgorithm, PolicySpec, Protocol, RouteSpec,
+    ServiceSpec, StringMatch,
+};
+use crate::config::validate::grpc_code;
 use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
+use crate::duration::parse_ms;
 use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
 use xds_proto::type_url;
@@ -21,6 +26,7 @@ pub const OUTBOUND_ROUTES: &str = "outbound";
 pub const TRUST_BUNDLE: &str = "trust-bundle";
 pub const ROTATION: &str = "rotation";
 pub const AUTHORIZATION: &str = "inbound";
+pub const RATE_LIMITS: &str = "inbound";
 /// The namespace whose default Authorization applies mesh-wide.
 pub const MESH_NAMESPACE: &str = "weft-system";
 
@@ -124,18 +130,23 @@ fn add_cluster(
     let svc: &ServiceSpec = config.service(ns, name)?;
     let port = svc.ports.iter().find(|p| p.port == dest.port)?;
     let cname = cluster_name(name, ns, dest.port);
+    let mut cluster = pb::Cluster {
+        name: cname.clone(),
+        service: name.to_string(),
+        namespace: ns.to_string(),
+        port: dest.port as u32,
+        protocol: proto(port.protocol),
+        addresses: svc.addresses.clone(),
+        ..Default::default()
+    };
+    if let Some((_, policy)) = config.policy_for(ns, name, dest.port) {
+        apply_cluster_policy(&mut cluster, policy);
+    }
     insert(
         set,
         type_url::CLUSTER,
         cname.clone(),
-        RKind::Cluster(pb::Cluster {
-            name: cname.clone(),
-            service: name.to_string(),
-            namespace: ns.to_string(),
-            port: dest.port as u32,
-            protocol: proto(port.protocol),
-            addresses: svc.addresses.clone(),
-        }),
+        RKind::Cluster(cluster),
     );
     // Endpoints behind a sidecar are reached over mTLS and must present the
     // service account's identity.
@@ -153,6 +164,8 @@ fn add_cluster(
             } else {
                 String::new()
             },
+            weight: e.weight.unwrap_or(1),
+            labels: e.labels.clone().into_iter().collect(),
         })
         .collect();
     insert(
@@ -165,6 +178,287 @@ fn add_cluster(
         }),
     );
     Some(cname)
+}
+
+fn ms(v: &Option<String>) -> u64 {
+    v.as_deref().and_then(|v| parse_ms(v).ok()).unwrap_or(0)
+}
+
+/// The caller-side parts of a Policy, onto the cluster every caller gets.
+fn apply_cluster_policy(c: &mut pb::Cluster, p: &PolicySpec) {
+    if let Some(lb) = &p.load_balancer {
+        let hash = lb.hash.clone().unwrap_or_default();
+        c.lb = Some(pb::LoadBalancer {
+            algorithm: (match lb.algorithm {
+                LbAlgorithm::RoundRobin => pb::LbAlgorithm::RoundRobin,
+                LbAlgorithm::WeightedRoundRobin => pb::LbAlgorithm::WeightedRoundRobin,
+                LbAlgorithm::Random => pb::LbAlgorithm::Random,
+                LbAlgorithm::LeastRequest => pb::LbAlgorithm::LeastRequest,
+                LbAlgorithm::PeakEwma => pb::LbAlgorithm::PeakEwma,
+                LbAlgorithm::RingHash => pb::LbAlgorithm::RingHash,
+                LbAlgorithm::Maglev => pb::LbAlgorithm::Maglev,
+            }) as i32,
+            hash_header: hash.header.unwrap_or_default(),
+            hash_cookie: hash.cookie.unwrap_or_default(),
+            hash_source_ip: hash.source_ip,
+            slow_start_ms: ms(&lb.slow_start),
+            panic_threshold_percent: lb.panic_threshold.unwrap_or(0),
+        });
+    }
+    c.connect_timeout_ms = ms(&p.connect_timeout);
+    if let Some(b) = &p.circuit_breaker {
+        c.limits = Some(pb::CircuitBreaker {
+            max_connections: b.max_connections.unwrap_or(0),
+            max_pending_requests: b.max_pending_requests.unwrap_or(0),
+            max_requests: b.max_requests.unwrap_or(0),
+            max_retries: b.max_retries.unwrap_or(0),
+        });
+    }
+    if let Some(o) = &p.outlier_detection {
+        let sr = o.success_rate.clone();
+        c.outlier = Some(pb::OutlierDetection {
+            consecutive_5xx: o.consecutive5xx.unwrap_or(0),
+            consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
+            consecutive_connect_failures: o.consecutive_connect_failures.unwrap_or(0),
+            success_rate: sr.is_some(),
+            success_rate_minimum_hosts: sr.as_ref().and_then(|s| s.minimum_hosts).unwrap_or(3),
+            success_rate_request_volume: sr.as_ref().and_then(|s| s.request_volume).unwrap_or(20),
+            success_rate_stdev_factor: sr.as_ref().and_then(|s| s.stdev_factor).unwrap_or(1.9),
+            interval_ms: ms(&o.interval),
+            base_ejection_time_ms: ms(&o.base_ejection_time),
+            max_ejection_time_ms: ms(&o.max_ejection_time),
+            max_ejection_percent: o.max_ejection_percent.unwrap_or(50),
+        });
+    }
+    if let Some(h) = &p.health_check {
+        c.health_check = Some(pb::HealthCheck {
+            interval_ms: parse_ms(&h.interval).unwrap_or(1000),
+            timeout_ms: parse_ms(&h.timeout).unwrap_or(1000),
+            healthy_threshold: h.healthy_threshold.unwrap_or(1),
+            unhealthy_threshold: h.unhealthy_threshold.unwrap_or(2),
+            check: Some(if let Some(hh) = &h.http {
+                pb::health_check::Check::Http(pb::HttpHealthCheck {
+                    path: hh.path.clone(),
+                    expected_status: hh.expected_status.unwrap_or(0) as u32,
+                })
+            } else if let Some(g) = &h.grpc {
+                pb::health_check::Check::Grpc(pb::GrpcHealthCheck {
+                    service: g.service.clone(),
+                })
+            } else {
+                pb::health_check::Check::Tcp(true)
+            }),
+        });
+    }
+    if let Some(b) = &p.retry_budget {
+        c.retry_budget = Some(pb::RetryBudget {
+            percent: b.percent.unwrap_or(20.0),
+            min_retries_per_second: b.min_retries_per_second.unwrap_or(10),
+        });
+    }
+}
+
+fn string_match(name: &str, m: &StringMatch) -> pb::StringMatch {
+    use pb::string_match::Match;
+    let m = match m {
+        StringMatch::Exact(v) => Match::Exact(v.clone()),
+        StringMatch::Rule(r) => match (&r.exact, &r.regex) {
+            (Some(v), _) => Match::Exact(v.clone()),
+            (None, Some(re)) => Match::Regex(re.clone()),
+            (None, None) => Match::Present(true),
+        },
+    };
+    pb::StringMatch {
+        name: name.to_string(),
+        r#match: Some(m),
+    }
+}
+
+fn header_ops(ops: &Option<HeaderOps>) -> Option<pb::HeaderOps> {
+    let ops = ops.as_ref()?;
+    let pairs = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(name, value)| pb::HeaderValue {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    };
+    Some(pb::HeaderOps {
+        add: pairs(&ops.add),
+        set: pairs(&ops.set),
+        remove: ops.remove.clone(),
+    })
+}
+
+/// Conditions retried when a route says nothing: the request provably never
+/// reached the application, so even a POST is safe to send again.
+const DEFAULT_RETRY_ON: &[&str] = &["connect-failure", "refused-stream"];
+
+fn retry_policy(rule: &HttpRule) -> pb::RetryPolicy {
+    let Some(r) = &rule.retries else {
+        return pb::RetryPolicy {
+            attempts: 2,
+            on: DEFAULT_RETRY_ON.iter().map(|s| s.to_string()).collect(),
+            backoff_base_ms: 25,
+            backoff_max_ms: 250,
+            non_idempotent: false,
+            max_body_bytes: 64 * 1024,
+            ..Default::default()
+        };
+    };
+    let mut on = r.on.clone();
+    if on.is_empty() {
+        on = vec![
+            "connect-failure".into(),
+            "refused-stream".into(),
+            "gateway-error".into(),
+        ];
+    }
+    if !r.status_codes.is_empty() && !on.iter().any(|c| c == "retriable-status-codes") {
+        on.push("retriable-status-codes".into());
+    }
+    if !r.grpc_codes.is_empty() && !on.iter().any(|c| c == "retriable-grpc-codes") {
+        on.push("retriable-grpc-codes".into());
+    }
+    let (base, max) = r
+        .backoff
+        .as_ref()
+        .map(|b| {
+            (
+                parse_ms(&b.base).unwrap_or(25),
+                parse_ms(&b.max).unwrap_or(250),
+            )
+        })
+        .unwrap_or((25, 250));
+    pb::RetryPolicy {
+        attempts: r.attempts,
+        per_try_timeout_ms: ms(&r.per_try_timeout),
+        on,
+        status_codes: r.status_codes.iter().map(|c| *c as u32).collect(),
+        grpc_codes: r.grpc_codes.iter().filter_map(|c| grpc_code(c)).collect(),
+        backoff_base_ms: base,
+        backoff_max_ms: max,
+        non_idempotent: r.retry_non_idempotent,
+        max_body_bytes: r.max_body_bytes.unwrap_or(64 * 1024),
+    }
+}
+
+fn backend(cluster: String, subset: &BTreeMap<String, String>, weight: u32) -> pb::Backend {
+    let name = if subset.is_empty() {
+        cluster.clone()
+    } else {
+        let labels: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{cluster}/{}", labels.join(","))
+    };
+    pb::Backend {
+        cluster,
+        subset: subset.clone().into_iter().collect(),
+        weight,
+        name,
+    }
+}
+
+/// One HTTP rule with the clusters it reaches added to `set`; None if a
+/// destination does not resolve.
+fn compile_rule(
+    set: &mut ResourceSet,
+    config: &ConfigSet,
+    trust_domain: &str,
+    route_ns: &str,
+    rule: &HttpRule,
+) -> Option<pb::RouteRule> {
+    let mut backends = Vec::new();
+    if let Some(d) = &rule.destination {
+        let c = add_cluster(set, config, trust_domain, route_ns, d)?;
+        backends.push(backend(c, &d.subset, 1));
+    }
+    for b in &rule.backends {
+        let d = Destination {
+            service: b.service.clone(),
+            port: b.port,
+            subset: b.subset.clone(),
+        };
+        let c = add_cluster(set, config, trust_domain, route_ns, &d)?;
+        backends.push(backend(c, &b.subset, b.weight));
+    }
+    let mirror = match &rule.mirror {
+        Some(m) => {
+            let d = Destination {
+                service: m.service.clone(),
+                port: m.port,
+                subset: m.subset.clone(),
+            };
+            let c = add_cluster(set, config, trust_domain, route_ns, &d)?;
+            Some(pb::Mirror {
+                backend: Some(backend(c, &m.subset, 1)),
+                percent: m.percent,
+            })
+        }
+        None => None,
+    };
+    let m = rule.matches.clone().unwrap_or_default();
+    let path = m.path.and_then(|p| match (p.prefix, p.exact, p.regex) {
+        (Some(v), _, _) => Some(Path::Prefix(v)),
+        (None, Some(v), _) => Some(Path::Exact(v)),
+        (None, None, Some(v)) => Some(Path::Regex(v)),
+        _ => None,
+    });
+    Some(pb::RouteRule {
+        path,
+        method: m.method.unwrap_or_default(),
+        headers: m.headers.iter().map(|(n, c)| string_match(n, c)).collect(),
+        query: m.query.iter().map(|(n, c)| string_match(n, c)).collect(),
+        backends,
+        mirror,
+        request_headers: header_ops(&rule.request_headers),
+        response_headers: header_ops(&rule.response_headers),
+        timeout_ms: ms(&rule.timeout),
+        idle_timeout_ms: ms(&rule.idle_timeout),
+        retry: Some(retry_policy(rule)),
+    })
+}
+
+/// The rate limits the sidecar of `node` enforces: per app port, those of
+/// the Policy in force for it.
+fn rate_limits_for(config: &ConfigSet, node: &pb::Node) -> pb::RateLimitPolicy {
+    let mut out = pb::RateLimitPolicy::default();
+    let Some(svc) = config.service(&node.namespace, &node.service) else {
+        return out;
+    };
+    for port in &svc.ports {
+        let Some((key, policy)) = config.policy_for(&node.namespace, &node.service, port.port)
+        else {
+            continue;
+        };
+        for l in &policy.rate_limits {
+            let m = l.matches.clone().unwrap_or_default();
+            let path = m.path.unwrap_or_default();
+            let k = l.key.clone().unwrap_or_default();
+            let key_kind = if k.identity {
+                pb::RateLimitKey::Identity
+            } else if k.header.is_some() {
+                pb::RateLimitKey::Header
+            } else if k.source_ip {
+                pb::RateLimitKey::SourceIp
+            } else {
+                pb::RateLimitKey::None
+            };
+            out.limits.push(pb::RateLimit {
+                name: format!("{}/{}/{}", key.namespace, key.name, l.name),
+                port: port.port as u32,
+                path_prefix: path.prefix.unwrap_or_default(),
+                path_exact: path.exact.unwrap_or_default(),
+                method: m.method.unwrap_or_default(),
+                key: key_kind as i32,
+                header: k.header.unwrap_or_default(),
+                requests_per_second: l.rate,
+                burst: l.burst.unwrap_or_else(|| l.rate.ceil().max(1.0) as u32),
+                global: l.global,
+            });
+        }
+    }
+    out
 }
 
 /// Compiles the resources for one proxy.
@@ -185,6 +479,12 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> Re
         type_url::AUTHORIZATION_POLICY,
         AUTHORIZATION.to_string(),
         RKind::AuthorizationPolicy(authorization_for(config, node)),
+    );
+    insert(
+        &mut set,
+        type_url::RATE_LIMIT_POLICY,
+        RATE_LIMITS.to_string(),
+        RKind::RateLimitPolicy(rate_limits_for(config, node)),
     );
     if trust.rotate_before_unix > 0 {
         insert(
@@ -262,38 +562,9 @@ pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> Re
         }
         let mut rules = Vec::new();
         for rule in &route.http {
-            let Some(cluster) = add_cluster(
-                &mut set,
-                config,
-                trust_domain,
-                &key.namespace,
-                &rule.destination,
-            ) else {
-                continue;
-            };
-            let m = rule
-                .matches
-                .clone()
-                .unwrap_or(crate::config::kinds::RequestMatch {
-                    path: None,
-                    method: None,
-                    headers: BTreeMap::new(),
-                });
-            let path = m.path.and_then(|p| match (p.prefix, p.exact) {
-                (Some(v), _) => Some(Path::Prefix(v)),
-                (None, Some(v)) => Some(Path::Exact(v)),
-                _ => None,
-            });
-            rules.push(pb::RouteRule {
-                path,
-                method: m.method.unwrap_or_default(),
-                headers: m
-                    .headers
-                    .into_iter()
-                    .map(|(name, value)| pb::HeaderMatch { name, value })
-                    .collect(),
-                cluster,
-            });
+            if let Some(r) = compile_rule(&mut set, config, trust_domain, &key.namespace, rule) {
+                rules.push(r);
+            }
         }
         if !rules.is_empty() {
             vhosts.push(pb::VirtualHost {

@@ -23,7 +23,7 @@ fn snapshot(services: usize) -> Snapshot {
                 namespace: "bench".into(),
                 port: 8080,
                 protocol: pb::Protocol::Http as i32,
-                addresses: vec![],
+                ..Default::default()
             })),
         });
         resources.push(pb::Resource {
@@ -36,15 +36,20 @@ fn snapshot(services: usize) -> Snapshot {
                         address: format!("10.0.{}.{}", s % 250, e + 1),
                         port: 8080,
                         identity: "spiffe://cluster.local/ns/bench/sa/svc".into(),
+                        ..Default::default()
                     })
                     .collect(),
             })),
         });
-        let rule = |path: Option<Path>, headers: Vec<pb::HeaderMatch>| pb::RouteRule {
+        let rule = |path: Option<Path>, headers: Vec<pb::StringMatch>| pb::RouteRule {
             path,
-            method: String::new(),
             headers,
-            cluster: name.clone(),
+            backends: vec![pb::Backend {
+                cluster: name.clone(),
+                weight: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
         };
         vhosts.push(pb::VirtualHost {
             name: format!("bench/svc-{s}"),
@@ -52,9 +57,9 @@ fn snapshot(services: usize) -> Snapshot {
             rules: vec![
                 rule(
                     None,
-                    vec![pb::HeaderMatch {
+                    vec![pb::StringMatch {
                         name: "x-canary".into(),
-                        value: "1".into(),
+                        r#match: Some(pb::string_match::Match::Exact("1".into())),
                     }],
                 ),
                 rule(Some(Path::Prefix("/api".into())), vec![]),
@@ -92,6 +97,7 @@ fn hot_path(c: &mut Criterion) {
             black_box(snap.routes.route_index(
                 black_box("svc-777.bench:8080"),
                 black_box("/index.html"),
+                None,
                 &get,
                 &headers,
             ))
@@ -102,6 +108,7 @@ fn hot_path(c: &mut Criterion) {
             black_box(snap.routes.route_index(
                 black_box("unknown.example"),
                 black_box("/"),
+                None,
                 &get,
                 &headers,
             ))

@@ -11,16 +11,10 @@
 
 use crate::authz::Peer;
 use crate::identity::WorkloadIdentity;
-use crate::snapshot::SnapshotHolder;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, ServerConfig};
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use weft_identity::tls::{self, ALPN_H2, ALPN_TCP};
@@ -30,7 +24,6 @@ pub const HANDSHAKES: &str = "weft_mtls_handshakes_total";
 /// client sends is removed first, so it cannot be forged.
 pub const PEER_IDENTITY_HEADER: &str = "x-weft-peer-identity";
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a peer speaks after the handshake.
@@ -73,6 +66,7 @@ impl MeshTls {
         addr: SocketAddr,
         expected: &str,
         alpn: Alpn,
+        connect_timeout: Duration,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         if !self.identity.has_certificate() {
             counted("outbound", "no_certificate");
@@ -81,7 +75,7 @@ impl MeshTls {
                 "no workload certificate yet".into(),
             ));
         }
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
                 err(
@@ -174,100 +168,5 @@ impl MeshTls {
         };
         counted("inbound", "ok");
         Some((tls, Arc::new(Peer::new(identity)), alpn))
-    }
-}
-
-/// A TLS connection to a peer sidecar, as hyper's client wants it.
-pub struct MeshIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
-
-impl Connection for MeshIo {
-    fn connected(&self) -> Connected {
-        Connected::new().negotiated_h2()
-    }
-}
-
-impl hyper::rt::Read for MeshIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for MeshIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-}
-
-/// hyper's connector for meshed endpoints: the URI names the endpoint, the
-/// snapshot says which identity it must present.
-#[derive(Clone)]
-pub struct MeshConnector {
-    pub tls: Arc<MeshTls>,
-    pub snapshot: SnapshotHolder,
-}
-
-impl tower::Service<http::Uri> for MeshConnector {
-    type Response = MeshIo;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<MeshIo>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
-        let snapshot = self.snapshot.clone();
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| {
-                    err(
-                        io::ErrorKind::InvalidInput,
-                        format!("{uri}: not an endpoint address"),
-                    )
-                })?;
-            let expected = snapshot
-                .load()
-                .endpoint_identity(addr)
-                .cloned()
-                .ok_or_else(|| {
-                    err(
-                        io::ErrorKind::NotFound,
-                        format!("no identity known for {addr}"),
-                    )
-                })?;
-            let stream = tls.connect(addr, &expected, Alpn::H2).await?;
-            Ok(MeshIo(TokioIo::new(stream)))
-        })
     }
 }

@@ -2,13 +2,19 @@
 //! from the resources received so far, validated as a whole, and published
 //! through an `ArcSwap` that every connection reads once, without locks.
 
+use crate::breaker::{ClusterLoad, Limits};
+use crate::host::{Host, HostState};
+use crate::lb::{Balancer, LbConfig};
+use crate::outlier::{ClusterOutliers, Outcome, OutlierConfig};
+use crate::retry::{BudgetConfig, RetryBudget, RetryCounters};
 use crate::route::RouteTable;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use xds_proto::type_url;
 use xds_proto::v1::{self as pb, resource::Kind as RKind};
 
@@ -46,7 +52,8 @@ impl Protocol {
     }
 }
 
-/// A destination with its endpoints and its round-robin cursor.
+/// A destination: its endpoints (hosts with live state) and the traffic
+/// policy callers apply to it.
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     pub name: String,
@@ -56,51 +63,79 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub addresses: Vec<IpAddr>,
     pub endpoints: Vec<SocketAddr>,
-    /// `endpoints[i]` as a URI authority, built once per snapshot so the
-    /// HTTP path does not format addresses per request.
     #[serde(skip)]
-    authorities: Vec<http::uri::Authority>,
-    /// `endpoints[i]`'s SPIFFE ID when a sidecar fronts it (reached over
-    /// mTLS), None for a plaintext workload outside the mesh.
-    pub identities: Vec<Option<Arc<str>>>,
+    pub hosts: Vec<Host>,
     #[serde(skip)]
-    cursor: AtomicUsize,
+    pub lb: Balancer,
+    #[serde(skip)]
+    pub limits: Limits,
+    #[serde(skip)]
+    pub outlier: Option<OutlierConfig>,
+    #[serde(skip)]
+    pub health_check: Option<pb::HealthCheck>,
+    #[serde(skip)]
+    pub budget: BudgetConfig,
+    #[serde(skip)]
+    pub connect_timeout: Option<Duration>,
+    /// State that outlives this snapshot (load, budget, ejections).
+    #[serde(skip)]
+    pub runtime: Arc<ClusterRuntime>,
+}
+
+/// The live state of a cluster, carried from snapshot to snapshot.
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub load: Arc<ClusterLoad>,
+    pub budget: RetryBudget,
+    pub outliers: ClusterOutliers,
+    pub retries: RetryCounters,
+    /// Hosts failing active health checks.
+    pub unhealthy: AtomicU32,
+}
+
+impl ClusterRuntime {
+    pub fn new(name: &str) -> Self {
+        ClusterRuntime {
+            load: Arc::new(ClusterLoad::new(name)),
+            budget: RetryBudget::new(name),
+            outliers: ClusterOutliers::new(name),
+            retries: RetryCounters::new(name),
+            unhealthy: AtomicU32::new(0),
+        }
+    }
 }
 
 impl Cluster {
-    /// Round robin over the endpoints; the real load balancers arrive with
-    /// the traffic-policy issue.
+    /// Hosts out of rotation (ejected or unhealthy), for panic mode.
+    pub fn unavailable(&self) -> usize {
+        (self.runtime.outliers.ejected.load(Ordering::Relaxed)
+            + self.runtime.unhealthy.load(Ordering::Relaxed)) as usize
+    }
+
+    /// A host by the cluster's balancer, for a connection with no request
+    /// to hash (TCP).
     pub fn pick(&self) -> Option<SocketAddr> {
-        self.pick_endpoint().map(|e| e.addr)
+        self.pick_with_identity().map(|(a, _)| a)
     }
 
-    /// `pick`, with what the HTTP path needs to reach the endpoint.
-    pub fn pick_endpoint(&self) -> Option<EndpointRef<'_>> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(EndpointRef {
-            addr: self.endpoints[i],
-            authority: &self.authorities[i],
-            identity: self.identities[i].as_ref(),
-        })
-    }
-
-    /// Round robin like `pick`, with the endpoint's identity (Some: mTLS).
+    /// `pick`, with the endpoint's identity (Some: mTLS).
     pub fn pick_with_identity(&self) -> Option<(SocketAddr, Option<Arc<str>>)> {
-        self.pick_endpoint().map(|e| (e.addr, e.identity.cloned()))
+        let p = self.lb.pick(&self.hosts, None, None, self.unavailable())?;
+        let h = &self.hosts[p.index];
+        Some((h.addr, h.identity.clone()))
+    }
+
+    /// Records the outcome of a try at `host` for outlier detection.
+    pub fn record_outcome(&self, host: &Host, probe: bool, outcome: Outcome) {
+        if let Some(cfg) = &self.outlier {
+            self.runtime
+                .outliers
+                .record(cfg, &self.hosts, host, probe, outcome);
+        } else if probe {
+            host.state.outlier.release_probe();
+        }
     }
 }
-
-/// One chosen endpoint.
-pub struct EndpointRef<'a> {
-    pub addr: SocketAddr,
-    pub authority: &'a http::uri::Authority,
-    pub identity: Option<&'a Arc<str>>,
-}
-
-impl Cluster {}
 
 pub fn authority_of(addr: &SocketAddr) -> http::uri::Authority {
     // A SocketAddr always formats as a valid authority.
@@ -177,6 +212,16 @@ impl Snapshot {
     /// Builds and validates a snapshot from the full resource cache. An error
     /// becomes the NACK reason.
     pub fn build(version: &str, cache: &ResourceCache) -> Result<Snapshot, String> {
+        Self::build_after(version, cache, None)
+    }
+
+    /// `build`, carrying the live state (host ejections and health, cluster
+    /// load and retry budget) over from the snapshot it replaces.
+    pub fn build_after(
+        version: &str,
+        cache: &ResourceCache,
+        prev: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
         let mut clusters = BTreeMap::new();
         for (name, r) in cache.of(type_url::CLUSTER) {
             let Some(RKind::Cluster(c)) = &r.kind else {
@@ -198,13 +243,18 @@ impl Snapshot {
                         .map_err(|_| format!("cluster \"{name}\": bad address \"{a}\""))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let endpoints = match cache.get(type_url::ENDPOINTS, name) {
+            let prev_cluster = prev.and_then(|p| p.clusters.get(name));
+            let prev_states: HashMap<SocketAddr, &Arc<HostState>> = prev_cluster
+                .map(|c| c.hosts.iter().map(|h| (h.addr, &h.state)).collect())
+                .unwrap_or_default();
+            let hosts = match cache.get(type_url::ENDPOINTS, name) {
                 Some(pb::Resource {
                     kind: Some(RKind::Endpoints(e)),
                     ..
                 }) => {
                     // One allocation per distinct identity, not per endpoint.
                     let mut last_identity: Option<Arc<str>> = None;
+                    let mut seen = std::collections::HashSet::new();
                     e.endpoints
                         .iter()
                         .map(|ep| {
@@ -214,6 +264,10 @@ impl Snapshot {
                             let port = u16::try_from(ep.port).ok().filter(|p| *p > 0).ok_or_else(
                                 || format!("endpoints \"{name}\": bad port {}", ep.port),
                             )?;
+                            let addr = SocketAddr::new(ip, port);
+                            if !seen.insert(addr) {
+                                return Err(format!("endpoints \"{name}\": {addr} listed twice"));
+                            }
                             let identity = match &last_identity {
                                 _ if ep.identity.is_empty() => None,
                                 Some(prev) if **prev == *ep.identity => Some(prev.clone()),
@@ -226,7 +280,23 @@ impl Snapshot {
                                     Some(id)
                                 }
                             };
-                            Ok((SocketAddr::new(ip, port), identity))
+                            let state = prev_states
+                                .get(&addr)
+                                .map(|s| (*s).clone())
+                                .unwrap_or_else(|| Arc::new(HostState::new(name, addr)));
+                            Ok(Host {
+                                addr,
+                                authority: authority_of(&addr),
+                                identity,
+                                weight: ep.weight.max(1),
+                                labels: Arc::new(
+                                    ep.labels
+                                        .iter()
+                                        .map(|(k, v)| (k.clone(), v.clone()))
+                                        .collect(),
+                                ),
+                                state,
+                            })
                         })
                         .collect::<Result<Vec<_>, String>>()?
                 }
@@ -237,8 +307,16 @@ impl Snapshot {
                 }
                 None => vec![],
             };
-            let (endpoints, identities): (Vec<SocketAddr>, Vec<Option<Arc<str>>>) =
-                endpoints.into_iter().unzip();
+            let lb =
+                LbConfig::from_pb(c.lb.as_ref()).map_err(|e| format!("cluster \"{name}\": {e}"))?;
+            let runtime = prev_cluster
+                .map(|p| p.runtime.clone())
+                .unwrap_or_else(|| Arc::new(ClusterRuntime::new(name)));
+            runtime.outliers.recount(&hosts);
+            runtime.unhealthy.store(
+                hosts.iter().filter(|h| !h.state.is_healthy()).count() as u32,
+                Ordering::Relaxed,
+            );
             clusters.insert(
                 name.to_string(),
                 Arc::new(Cluster {
@@ -248,10 +326,16 @@ impl Snapshot {
                     port,
                     protocol,
                     addresses,
-                    authorities: endpoints.iter().map(authority_of).collect(),
-                    endpoints,
-                    identities,
-                    cursor: AtomicUsize::new(0),
+                    endpoints: hosts.iter().map(|h| h.addr).collect(),
+                    lb: Balancer::new(lb, &hosts),
+                    hosts,
+                    limits: Limits::from_pb(c.limits.as_ref()),
+                    outlier: c.outlier.as_ref().map(OutlierConfig::from_pb),
+                    health_check: c.health_check.clone(),
+                    budget: BudgetConfig::from_pb(c.retry_budget.as_ref()),
+                    connect_timeout: (c.connect_timeout_ms > 0)
+                        .then(|| Duration::from_millis(c.connect_timeout_ms)),
+                    runtime,
                 }),
             );
         }
@@ -341,16 +425,16 @@ impl Snapshot {
         let mut by_address = HashMap::new();
         let mut identities = HashMap::new();
         for c in clusters.values() {
-            for (ep, id) in c.endpoints.iter().zip(&c.identities) {
-                if let Some(id) = id {
-                    identities.insert(*ep, id.clone());
+            for h in &c.hosts {
+                if let Some(id) = &h.identity {
+                    identities.insert(h.addr, id.clone());
                 }
             }
             for ip in &c.addresses {
                 by_address.insert(SocketAddr::new(*ip, c.port), c.clone());
             }
-            for ep in &c.endpoints {
-                by_address.entry(*ep).or_insert_with(|| c.clone());
+            for h in &c.hosts {
+                by_address.entry(h.addr).or_insert_with(|| c.clone());
             }
         }
 
@@ -443,6 +527,7 @@ mod tests {
             RKind::TrustBundle(_) => type_url::TRUST_BUNDLE,
             RKind::CertificateRotation(_) => type_url::CERTIFICATE_ROTATION,
             RKind::AuthorizationPolicy(_) => type_url::AUTHORIZATION_POLICY,
+            RKind::RateLimitPolicy(_) => type_url::RATE_LIMIT_POLICY,
         };
         pb::Resource {
             name: name.into(),
@@ -461,6 +546,7 @@ mod tests {
                 port: 80,
                 protocol: pb::Protocol::Http as i32,
                 addresses: vec!["10.9.9.9".into()],
+                ..Default::default()
             }),
         )
     }
@@ -534,7 +620,7 @@ mod tests {
                 endpoints: vec![pb::Endpoint {
                     address: "not-an-ip".into(),
                     port: 1,
-                    identity: String::new(),
+                    ..Default::default()
                 }],
             }),
         );
@@ -549,7 +635,7 @@ mod tests {
     #[test]
     fn unsupported_type_is_refused() {
         let mut r = cluster("a");
-        r.type_url = type_url::RATE_LIMIT_POLICY.into();
+        r.type_url = "weft.v1.FromTheFuture".into();
         assert!(ResourceCache::default()
             .apply(&push(true, vec![r], vec![]))
             .is_err());
@@ -565,12 +651,12 @@ mod tests {
                     pb::Endpoint {
                         address: "10.0.0.1".into(),
                         port: 80,
-                        identity: String::new(),
+                        ..Default::default()
                     },
                     pb::Endpoint {
                         address: "10.0.0.2".into(),
                         port: 80,
-                        identity: String::new(),
+                        ..Default::default()
                     },
                 ],
             }),

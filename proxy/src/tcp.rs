@@ -55,7 +55,9 @@ pub async fn forward_to_endpoint(
     metrics.security.record(secured);
     match (identity, mtls) {
         (Some(expected), Some(tls)) => {
-            let upstream = tls.connect(target, expected, Alpn::Tcp).await?;
+            let upstream = tls
+                .connect(target, expected, Alpn::Tcp, CONNECT_TIMEOUT)
+                .await?;
             let _ = client.set_nodelay(true);
             relay(client, upstream, metrics).await
         }

@@ -132,7 +132,10 @@ impl XdsClient {
     ) -> pb::DiscoveryRequest {
         let result = cache
             .apply(&push)
-            .and_then(|next| Snapshot::build(&push.version, &next).map(|snap| (next, snap)))
+            .and_then(|next| {
+                let prev = self.snapshot.load();
+                Snapshot::build_after(&push.version, &next, Some(&prev)).map(|snap| (next, snap))
+            })
             .and_then(|(next, snap)| {
                 // A bundle that does not parse is refused with the config.
                 if let (Some(roots), Some(_)) = (trust_of(&next).0, &self.identity) {

@@ -10,6 +10,13 @@ pub mod v1 {
 
 pub mod spiffe;
 
+/// The standard gRPC health protocol (active health checks, sample app).
+pub mod health {
+    pub mod v1 {
+        tonic::include_proto!("grpc.health.v1");
+    }
+}
+
 pub mod sample {
     pub mod v1 {
         tonic::include_proto!("weft.sample.v1");
@@ -25,7 +32,6 @@ pub mod type_url {
     pub const TRUST_BUNDLE: &str = "weft.v1.TrustBundle";
     pub const CERTIFICATE_ROTATION: &str = "weft.v1.CertificateRotation";
     pub const AUTHORIZATION_POLICY: &str = "weft.v1.AuthorizationPolicy";
-    /// Reserved: carried once the traffic-policy issue lands.
     pub const RATE_LIMIT_POLICY: &str = "weft.v1.RateLimitPolicy";
 
     /// The types a proxy of this version understands.
@@ -37,5 +43,6 @@ pub mod type_url {
         TRUST_BUNDLE,
         CERTIFICATE_ROTATION,
         AUTHORIZATION_POLICY,
+        RATE_LIMIT_POLICY,
     ];
 }

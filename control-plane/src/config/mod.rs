@@ -39,6 +39,36 @@ impl ConfigSet {
         })
     }
 
+    pub fn policies(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::PolicySpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::Policy(p) => Some((k, &**p)),
+            _ => None,
+        })
+    }
+
+    /// The Policy in force for one port of a service: the port-specific one,
+    /// else the service-wide one.
+    pub fn policy_for(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: i64,
+    ) -> Option<(&ObjectKey, &kinds::PolicySpec)> {
+        let mut wide = None;
+        for (key, p) in self.policies() {
+            let (name, ns) = resolve_service_ref(&p.target.service, &key.namespace);
+            if name != service || ns != namespace {
+                continue;
+            }
+            match p.target.port {
+                Some(pp) if pp == port => return Some((key, p)),
+                Some(_) => {}
+                None => wide = Some((key, p)),
+            }
+        }
+        wide
+    }
+
     pub fn service(&self, namespace: &str, name: &str) -> Option<&kinds::ServiceSpec> {
         let key = ObjectKey {
             kind: Kind::Service,

@@ -137,6 +137,7 @@ fn decode_spec(kind: Kind, spec: serde_yaml_ng::Value) -> Result<Spec, (String, 
         Kind::Service => Spec::Service(decode::<kinds::ServiceSpec>(spec)?),
         Kind::Route => Spec::Route(decode::<kinds::RouteSpec>(spec)?),
         Kind::Authorization => Spec::Authorization(decode::<kinds::AuthorizationSpec>(spec)?),
+        Kind::Policy => Spec::Policy(Box::new(decode::<kinds::PolicySpec>(spec)?)),
     })
 }
 

@@ -2,7 +2,10 @@
 //! (`check_set`: dangling references, duplicates, port conflicts). An apply is
 //! all or nothing, so `check_set` runs on the config as it would be after it.
 
-use super::kinds::{AuthorizationSpec, Destination, PathMatch, RouteSpec, ServiceSpec};
+use super::kinds::{
+    AuthorizationSpec, Destination, HeaderOps, HttpRule, LbAlgorithm, PathMatch, PolicySpec,
+    RetrySpec, RouteSpec, ServiceSpec, StringMatch,
+};
 use super::{resolve_service_ref, ConfigError, ConfigSet, Located, ObjectKey, Spec};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -61,6 +64,7 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
         Spec::Service(s) => check_service(obj, s),
         Spec::Route(r) => check_route(obj, r),
         Spec::Authorization(a) => check_authorization(obj, a),
+        Spec::Policy(p) => check_policy(obj, p),
     }
 }
 
@@ -104,6 +108,13 @@ fn check_service(obj: &Located, s: &ServiceSpec) -> Result<(), ConfigError> {
         if let Some(p) = e.port {
             check_port(p).map_err(|r| obj.error(format!("spec.endpoints[{i}].port"), r))?;
         }
+        if e.weight == Some(0) || e.weight.is_some_and(|w| w > 10_000) {
+            return Err(obj.error(format!("spec.endpoints[{i}].weight"), "must be 1..=10000"));
+        }
+        for (k, v) in &e.labels {
+            check_label(k, v)
+                .map_err(|r| obj.error(format!("spec.endpoints[{i}].labels.{k}"), r))?;
+        }
         if !seen.insert((e.address.clone(), e.port)) {
             return Err(obj.error(
                 format!("spec.endpoints[{i}]"),
@@ -134,15 +145,456 @@ fn check_destination(obj: &Located, field: &str, d: &Destination) -> Result<(), 
             format!("\"{}\" is not \"name\" or \"name.namespace\"", d.service),
         ));
     }
+    for (k, v) in &d.subset {
+        check_label(k, v).map_err(|r| obj.error(format!("{field}.subset.{k}"), r))?;
+    }
     check_port(d.port).map_err(|r| obj.error(format!("{field}.port"), r))
 }
 
-fn check_path(p: &PathMatch) -> Result<(), String> {
-    match (&p.prefix, &p.exact) {
-        (Some(v), None) | (None, Some(v)) if v.starts_with('/') => Ok(()),
-        (Some(v), None) | (None, Some(v)) => Err(format!("\"{v}\" must start with '/'")),
+/// Label keys and values: 1..=63 of letters, digits, '-', '_', '.'.
+fn check_label(k: &str, v: &str) -> Result<(), String> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if !ok(k) {
+        return Err(format!(
+            "label key \"{k}\" must be 1-63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if !ok(v) {
+        return Err(format!(
+            "label value \"{v}\" must be 1-63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Paths in routes may be regular expressions; in authorization rules not.
+fn check_path_match(p: &PathMatch, allow_regex: bool) -> Result<(), String> {
+    match (&p.prefix, &p.exact, &p.regex) {
+        (Some(v), None, None) | (None, Some(v), None) if v.starts_with('/') => Ok(()),
+        (Some(v), None, None) | (None, Some(v), None) => {
+            Err(format!("\"{v}\" must start with '/'"))
+        }
+        (None, None, Some(r)) if allow_regex => check_regex(r),
+        (None, None, Some(_)) => {
+            Err("`regex` is not supported here; use `prefix` or `exact`".into())
+        }
+        _ if allow_regex => Err("set exactly one of `prefix`, `exact` or `regex`".into()),
         _ => Err("set exactly one of `prefix` or `exact`".into()),
     }
+}
+
+fn check_path(p: &PathMatch) -> Result<(), String> {
+    check_path_match(p, false)
+}
+
+fn check_regex(r: &str) -> Result<(), String> {
+    regex::RegexBuilder::new(r)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| format!("bad regular expression \"{r}\": {e}"))
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(format!("\"{name}\": header names are lowercase tokens"));
+    }
+    Ok(())
+}
+
+fn check_duration(v: &str) -> Result<(), String> {
+    crate::duration::parse(v).map(|_| ())
+}
+
+fn check_string_match(m: &StringMatch) -> Result<(), String> {
+    match m {
+        StringMatch::Exact(_) => Ok(()),
+        StringMatch::Rule(r) => match (&r.exact, &r.regex, r.present) {
+            (Some(_), None, None) => Ok(()),
+            (None, Some(re), None) => check_regex(re),
+            (None, None, Some(true)) => Ok(()),
+            (None, None, Some(false)) => {
+                Err("`present: false` is not supported; use `present: true`".into())
+            }
+            _ => Err("set exactly one of `exact`, `regex` or `present`".into()),
+        },
+    }
+}
+
+fn check_header_ops(obj: &Located, field: &str, ops: &HeaderOps) -> Result<(), ConfigError> {
+    for (verb, map) in [("add", &ops.add), ("set", &ops.set)] {
+        for (name, value) in map {
+            check_header_name(name).map_err(|r| obj.error(format!("{field}.{verb}.{name}"), r))?;
+            if http_header_value_invalid(value) {
+                return Err(obj.error(
+                    format!("{field}.{verb}.{name}"),
+                    "header values must be visible ASCII, spaces or tabs",
+                ));
+            }
+        }
+    }
+    for (i, name) in ops.remove.iter().enumerate() {
+        check_header_name(name).map_err(|r| obj.error(format!("{field}.remove[{i}]"), r))?;
+    }
+    Ok(())
+}
+
+fn http_header_value_invalid(v: &str) -> bool {
+    v.bytes()
+        .any(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
+}
+
+/// Retry conditions a route may name.
+pub const RETRY_CONDITIONS: &[&str] = &[
+    "connect-failure",
+    "reset",
+    "refused-stream",
+    "5xx",
+    "gateway-error",
+    "retriable-status-codes",
+    "retriable-grpc-codes",
+];
+
+/// gRPC status codes by their lowercase, dashed names.
+pub const GRPC_CODES: &[&str] = &[
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid-argument",
+    "deadline-exceeded",
+    "not-found",
+    "already-exists",
+    "permission-denied",
+    "resource-exhausted",
+    "failed-precondition",
+    "aborted",
+    "out-of-range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data-loss",
+    "unauthenticated",
+];
+
+/// A gRPC code by name or number.
+pub fn grpc_code(s: &str) -> Option<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return (n < GRPC_CODES.len() as u32).then_some(n);
+    }
+    let norm = s.to_ascii_lowercase().replace('_', "-");
+    GRPC_CODES.iter().position(|c| *c == norm).map(|i| i as u32)
+}
+
+fn check_retries(obj: &Located, field: &str, r: &RetrySpec) -> Result<(), ConfigError> {
+    if !(1..=10).contains(&r.attempts) {
+        return Err(obj.error(
+            format!("{field}.attempts"),
+            "must be 1..=10 (tries, the first included)",
+        ));
+    }
+    if let Some(t) = &r.per_try_timeout {
+        check_duration(t).map_err(|e| obj.error(format!("{field}.perTryTimeout"), e))?;
+    }
+    for (i, c) in r.on.iter().enumerate() {
+        if !RETRY_CONDITIONS.contains(&c.as_str()) {
+            return Err(obj.error(
+                format!("{field}.on[{i}]"),
+                format!(
+                    "unknown condition \"{c}\" (one of {})",
+                    RETRY_CONDITIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    for (i, c) in r.status_codes.iter().enumerate() {
+        if !(100..=599).contains(c) {
+            return Err(obj.error(
+                format!("{field}.statusCodes[{i}]"),
+                format!("{c} is not an HTTP status"),
+            ));
+        }
+    }
+    for (i, c) in r.grpc_codes.iter().enumerate() {
+        if grpc_code(c).is_none() {
+            return Err(obj.error(
+                format!("{field}.grpcCodes[{i}]"),
+                format!("\"{c}\" is not a gRPC code (0..=16 or a name like unavailable)"),
+            ));
+        }
+    }
+    if let Some(b) = &r.backoff {
+        let base = crate::duration::parse(&b.base)
+            .map_err(|e| obj.error(format!("{field}.backoff.base"), e))?;
+        let max = crate::duration::parse(&b.max)
+            .map_err(|e| obj.error(format!("{field}.backoff.max"), e))?;
+        if max < base {
+            return Err(obj.error(format!("{field}.backoff.max"), "must not be below `base`"));
+        }
+    }
+    if r.max_body_bytes.is_some_and(|b| b > 16 << 20) {
+        return Err(obj.error(format!("{field}.maxBodyBytes"), "at most 16 MiB (16777216)"));
+    }
+    Ok(())
+}
+
+fn check_http_rule(obj: &Located, base: &str, rule: &HttpRule) -> Result<(), ConfigError> {
+    if let Some(m) = &rule.matches {
+        if let Some(p) = &m.path {
+            check_path_match(p, true).map_err(|r| obj.error(format!("{base}.match.path"), r))?;
+        }
+        if let Some(method) = &m.method {
+            check_method(method).map_err(|r| obj.error(format!("{base}.match.method"), r))?;
+        }
+        for (name, cond) in &m.headers {
+            check_header_name(name)
+                .map_err(|r| obj.error(format!("{base}.match.headers.{name}"), r))?;
+            check_string_match(cond)
+                .map_err(|r| obj.error(format!("{base}.match.headers.{name}"), r))?;
+        }
+        for (name, cond) in &m.query {
+            if name.is_empty() {
+                return Err(obj.error(format!("{base}.match.query"), "empty parameter name"));
+            }
+            check_string_match(cond)
+                .map_err(|r| obj.error(format!("{base}.match.query.{name}"), r))?;
+        }
+    }
+    match (&rule.destination, rule.backends.is_empty()) {
+        (None, true) => return Err(obj.error(base, "needs a `destination` or `backends`")),
+        (Some(_), false) => {
+            return Err(obj.error(
+                format!("{base}.backends"),
+                "set `destination` or `backends`, not both",
+            ))
+        }
+        _ => {}
+    }
+    for (i, b) in rule.backends.iter().enumerate() {
+        if b.weight > 10_000 {
+            return Err(obj.error(format!("{base}.backends[{i}].weight"), "must be 0..=10000"));
+        }
+    }
+    if !rule.backends.is_empty() && rule.backends.iter().all(|b| b.weight == 0) {
+        return Err(obj.error(
+            format!("{base}.backends"),
+            "at least one weight must be above 0",
+        ));
+    }
+    if let Some(m) = &rule.mirror {
+        if !(m.percent > 0.0 && m.percent <= 100.0) {
+            return Err(obj.error(
+                format!("{base}.mirror.percent"),
+                "must be above 0 and at most 100",
+            ));
+        }
+    }
+    for (field, d) in rule.destinations() {
+        check_destination(obj, &format!("{base}.{field}"), &d)?;
+    }
+    if let Some(h) = &rule.request_headers {
+        check_header_ops(obj, &format!("{base}.requestHeaders"), h)?;
+    }
+    if let Some(h) = &rule.response_headers {
+        check_header_ops(obj, &format!("{base}.responseHeaders"), h)?;
+    }
+    if let Some(t) = &rule.timeout {
+        check_duration(t).map_err(|e| obj.error(format!("{base}.timeout"), e))?;
+    }
+    if let Some(t) = &rule.idle_timeout {
+        check_duration(t).map_err(|e| obj.error(format!("{base}.idleTimeout"), e))?;
+    }
+    if let Some(r) = &rule.retries {
+        check_retries(obj, &format!("{base}.retries"), r)?;
+    }
+    Ok(())
+}
+
+fn check_policy(obj: &Located, p: &PolicySpec) -> Result<(), ConfigError> {
+    let (name, ns) = resolve_service_ref(&p.target.service, &obj.object.metadata.namespace);
+    if !valid_dns_label(name) || !valid_dns_label(ns) {
+        return Err(obj.error(
+            "spec.target.service",
+            format!(
+                "\"{}\" is not \"name\" or \"name.namespace\"",
+                p.target.service
+            ),
+        ));
+    }
+    if let Some(port) = p.target.port {
+        check_port(port).map_err(|r| obj.error("spec.target.port", r))?;
+    }
+    if let Some(lb) = &p.load_balancer {
+        let hashing = matches!(lb.algorithm, LbAlgorithm::RingHash | LbAlgorithm::Maglev);
+        match (&lb.hash, hashing) {
+            (None, true) => {
+                return Err(obj.error(
+                    "spec.loadBalancer.hash",
+                    "ring-hash and maglev need a `hash` key (header, cookie or sourceIp)",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(obj.error(
+                    "spec.loadBalancer.hash",
+                    "only ring-hash and maglev use a hash key",
+                ))
+            }
+            (Some(h), true) => {
+                let n = usize::from(h.header.is_some())
+                    + usize::from(h.cookie.is_some())
+                    + usize::from(h.source_ip);
+                if n != 1 {
+                    return Err(obj.error(
+                        "spec.loadBalancer.hash",
+                        "set exactly one of `header`, `cookie` or `sourceIp`",
+                    ));
+                }
+                if let Some(hn) = &h.header {
+                    check_header_name(hn)
+                        .map_err(|r| obj.error("spec.loadBalancer.hash.header", r))?;
+                }
+                if h.cookie.as_deref() == Some("") {
+                    return Err(obj.error("spec.loadBalancer.hash.cookie", "empty cookie name"));
+                }
+            }
+            (None, false) => {}
+        }
+        if let Some(s) = &lb.slow_start {
+            check_duration(s).map_err(|e| obj.error("spec.loadBalancer.slowStart", e))?;
+        }
+        if lb.panic_threshold.is_some_and(|t| t > 100) {
+            return Err(obj.error("spec.loadBalancer.panicThreshold", "a percentage, 0..=100"));
+        }
+    }
+    if let Some(t) = &p.connect_timeout {
+        check_duration(t).map_err(|e| obj.error("spec.connectTimeout", e))?;
+    }
+    if let Some(o) = &p.outlier_detection {
+        let f = "spec.outlierDetection";
+        if o.consecutive5xx.unwrap_or(0) == 0
+            && o.consecutive_gateway_errors.unwrap_or(0) == 0
+            && o.consecutive_connect_failures.unwrap_or(0) == 0
+            && o.success_rate.is_none()
+        {
+            return Err(obj.error(
+                f,
+                "set at least one trigger: consecutive5xx, consecutiveGatewayErrors, consecutiveConnectFailures or successRate",
+            ));
+        }
+        for (field, v) in [
+            ("interval", &o.interval),
+            ("baseEjectionTime", &o.base_ejection_time),
+            ("maxEjectionTime", &o.max_ejection_time),
+        ] {
+            if let Some(v) = v {
+                check_duration(v).map_err(|e| obj.error(format!("{f}.{field}"), e))?;
+            }
+        }
+        if o.max_ejection_percent.is_some_and(|p| p > 100) {
+            return Err(obj.error(format!("{f}.maxEjectionPercent"), "a percentage, 0..=100"));
+        }
+        if let Some(sr) = &o.success_rate {
+            if sr.stdev_factor.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+                return Err(obj.error(format!("{f}.successRate.stdevFactor"), "must be above 0"));
+            }
+        }
+    }
+    if let Some(h) = &p.health_check {
+        let f = "spec.healthCheck";
+        check_duration(&h.interval).map_err(|e| obj.error(format!("{f}.interval"), e))?;
+        check_duration(&h.timeout).map_err(|e| obj.error(format!("{f}.timeout"), e))?;
+        if h.healthy_threshold == Some(0) {
+            return Err(obj.error(format!("{f}.healthyThreshold"), "must be at least 1"));
+        }
+        if h.unhealthy_threshold == Some(0) {
+            return Err(obj.error(format!("{f}.unhealthyThreshold"), "must be at least 1"));
+        }
+        let kinds =
+            usize::from(h.http.is_some()) + usize::from(h.grpc.is_some()) + usize::from(h.tcp);
+        if kinds != 1 {
+            return Err(obj.error(f, "set exactly one of `http`, `grpc` or `tcp: true`"));
+        }
+        if let Some(hh) = &h.http {
+            if !hh.path.starts_with('/') {
+                return Err(obj.error(
+                    format!("{f}.http.path"),
+                    format!("\"{}\" must start with '/'", hh.path),
+                ));
+            }
+            if hh
+                .expected_status
+                .is_some_and(|s| !(100..=599).contains(&s))
+            {
+                return Err(obj.error(format!("{f}.http.expectedStatus"), "not an HTTP status"));
+            }
+        }
+    }
+    if let Some(b) = &p.retry_budget {
+        if b.percent
+            .is_some_and(|x| !(x.is_finite() && (0.0..=1000.0).contains(&x)))
+        {
+            return Err(obj.error("spec.retryBudget.percent", "must be 0..=1000"));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, l) in p.rate_limits.iter().enumerate() {
+        let f = format!("spec.rateLimits[{i}]");
+        if !valid_dns_label(&l.name) {
+            return Err(obj.error(
+                format!("{f}.name"),
+                format!("\"{}\" is not a DNS label", l.name),
+            ));
+        }
+        if !names.insert(l.name.as_str()) {
+            return Err(obj.error(
+                format!("{f}.name"),
+                format!("duplicate limit \"{}\"", l.name),
+            ));
+        }
+        if !(l.rate.is_finite() && l.rate > 0.0 && l.rate <= 10_000_000.0) {
+            return Err(obj.error(format!("{f}.rate"), "requests per second, above 0"));
+        }
+        if l.burst == Some(0) {
+            return Err(obj.error(format!("{f}.burst"), "must be at least 1"));
+        }
+        if let Some(m) = &l.matches {
+            if let Some(path) = &m.path {
+                check_path(path).map_err(|r| obj.error(format!("{f}.match.path"), r))?;
+            }
+            if let Some(method) = &m.method {
+                check_method(method).map_err(|r| obj.error(format!("{f}.match.method"), r))?;
+            }
+        }
+        if let Some(k) = &l.key {
+            let n = usize::from(k.identity)
+                + usize::from(k.header.is_some())
+                + usize::from(k.source_ip);
+            if n != 1 {
+                return Err(obj.error(
+                    format!("{f}.key"),
+                    "set exactly one of `identity: true`, `header` or `sourceIp: true`",
+                ));
+            }
+            if let Some(h) = &k.header {
+                check_header_name(h).map_err(|r| obj.error(format!("{f}.key.header"), r))?;
+            }
+            if l.global {
+                return Err(obj.error(
+                    format!("{f}.key"),
+                    "global limits are per service; a keyed limit must be local",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_method(m: &str) -> Result<(), String> {
@@ -238,28 +690,7 @@ fn check_route(obj: &Located, r: &RouteSpec) -> Result<(), ConfigError> {
         }
     }
     for (i, rule) in r.http.iter().enumerate() {
-        let base = format!("spec.http[{i}]");
-        if let Some(m) = &rule.matches {
-            if let Some(p) = &m.path {
-                check_path(p).map_err(|r| obj.error(format!("{base}.match.path"), r))?;
-            }
-            if let Some(method) = &m.method {
-                check_method(method).map_err(|r| obj.error(format!("{base}.match.method"), r))?;
-            }
-            for name in m.headers.keys() {
-                if name.is_empty()
-                    || !name.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                    })
-                {
-                    return Err(obj.error(
-                        format!("{base}.match.headers.{name}"),
-                        "header names are lowercase tokens",
-                    ));
-                }
-            }
-        }
-        check_destination(obj, &format!("{base}.destination"), &rule.destination)?;
+        check_http_rule(obj, &format!("spec.http[{i}]"), rule)?;
     }
     if let Some(tcp) = &r.tcp {
         check_port(tcp.bind_port).map_err(|e| obj.error("spec.tcp.bindPort", e))?;
@@ -318,6 +749,40 @@ pub fn check_set(
             }
         }
     }
+    let mut policy_targets: BTreeMap<(String, String, Option<i64>), &ObjectKey> = BTreeMap::new();
+    for (key, p) in set.policies() {
+        let (name, ns) = resolve_service_ref(&p.target.service, &key.namespace);
+        let Some(svc) = set.service(ns, name) else {
+            return Err(located(key).error(
+                "spec.target.service",
+                format!("service \"{ns}/{name}\" not found (apply the Service first)"),
+            ));
+        };
+        if let Some(port) = p.target.port {
+            if !svc.ports.iter().any(|sp| sp.port == port) {
+                return Err(located(key).error(
+                    "spec.target.port",
+                    format!("service \"{ns}/{name}\" has no port {port}"),
+                ));
+            }
+        }
+        if let Some(other) =
+            policy_targets.insert((ns.to_string(), name.to_string(), p.target.port), key)
+        {
+            return Err(located(key).error(
+                "spec.target",
+                format!(
+                    "Policy \"{}/{}\" already targets this service{}",
+                    other.namespace,
+                    other.name,
+                    p.target
+                        .port
+                        .map(|p| format!(" port {p}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
     let mut bind_ports: BTreeMap<(String, i64), ObjectKey> = BTreeMap::new();
     for (key, route) in set.routes() {
         let ns = &key.namespace;
@@ -330,14 +795,22 @@ pub fn check_set(
                 ));
             }
         }
-        let mut dests: Vec<(String, &Destination, bool)> = route
+        let mut dests: Vec<(String, Destination, bool)> = route
             .http
             .iter()
             .enumerate()
-            .map(|(i, r)| (format!("spec.http[{i}].destination"), &r.destination, true))
+            .flat_map(|(i, r)| {
+                r.destinations()
+                    .into_iter()
+                    .map(move |(f, d)| (format!("spec.http[{i}].{f}"), d, true))
+            })
             .collect();
         if let Some(tcp) = &route.tcp {
-            dests.push(("spec.tcp.destination".into(), &tcp.destination, false));
+            dests.push((
+                "spec.tcp.destination".into(),
+                tcp.destination.clone(),
+                false,
+            ));
             if let Some(other) = bind_ports.insert((ns.clone(), tcp.bind_port), key.clone()) {
                 return Err(located(key).error(
                     "spec.tcp.bindPort",
@@ -348,7 +821,8 @@ pub fn check_set(
                 ));
             }
         }
-        for (field, d, http) in dests {
+        for (field, d, http) in &dests {
+            let (field, d, http) = (field, d, *http);
             let (name, dns) = resolve_service_ref(&d.service, ns);
             let Some(svc) = set.service(dns, name) else {
                 return Err(located(key).error(
@@ -367,6 +841,18 @@ pub fn check_set(
                     ),
                 ));
             };
+            if !d.subset.is_empty()
+                && !svc.endpoints.is_empty()
+                && !svc
+                    .endpoints
+                    .iter()
+                    .any(|e| d.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            {
+                return Err(located(key).error(
+                    format!("{field}.subset"),
+                    format!("no endpoint of \"{dns}/{name}\" has labels {:?}", d.subset),
+                ));
+            }
             if http && !port.protocol.is_http() {
                 return Err(located(key).error(
                     format!("{field}.port"),
@@ -464,6 +950,149 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.field, field, "{doc}: {e}");
         }
+    }
+
+    #[test]
+    fn traffic_policy_field_rules_name_the_field() {
+        let d = "destination: {service: a, port: 80}";
+        let route = |rule: &str| {
+            format!("kind: Route\nmetadata: {{name: r}}\nspec: {{hosts: [a], http: [{rule}]}}")
+        };
+        let policy = |body: &str| {
+            format!("kind: Policy\nmetadata: {{name: p}}\nspec: {{target: {{service: a}}, {body}}}")
+        };
+        let cases = [
+            (
+                route("{match: {path: {regex: '(['}}, destination: {service: a, port: 80}}"),
+                "spec.http[0].match.path",
+            ),
+            (
+                route(&format!(
+                    "{{match: {{headers: {{x-a: {{regex: '(['}}}}}}, {d}}}"
+                )),
+                "spec.http[0].match.headers.x-a",
+            ),
+            (
+                route(&format!(
+                    "{{match: {{query: {{q: {{exact: a, present: true}}}}}}, {d}}}"
+                )),
+                "spec.http[0].match.query.q",
+            ),
+            (route("{}"), "spec.http[0]"),
+            (
+                route(&format!(
+                    "{{{d}, backends: [{{service: a, port: 80, weight: 1}}]}}"
+                )),
+                "spec.http[0].backends",
+            ),
+            (
+                route("{backends: [{service: a, port: 80, weight: 0}]}"),
+                "spec.http[0].backends",
+            ),
+            (
+                route(&format!(
+                    "{{{d}, mirror: {{service: a, port: 80, percent: 0}}}}"
+                )),
+                "spec.http[0].mirror.percent",
+            ),
+            (
+                route(&format!("{{{d}, timeout: 5x}}")),
+                "spec.http[0].timeout",
+            ),
+            (
+                route(&format!("{{{d}, retries: {{attempts: 0}}}}")),
+                "spec.http[0].retries.attempts",
+            ),
+            (
+                route(&format!(
+                    "{{{d}, retries: {{attempts: 3, on: [sometimes]}}}}"
+                )),
+                "spec.http[0].retries.on[0]",
+            ),
+            (
+                route(&format!(
+                    "{{{d}, retries: {{attempts: 3, grpcCodes: [nope]}}}}"
+                )),
+                "spec.http[0].retries.grpcCodes[0]",
+            ),
+            (
+                route(&format!(
+                    "{{{d}, retries: {{attempts: 3, backoff: {{base: 1s, max: 10ms}}}}}}"
+                )),
+                "spec.http[0].retries.backoff.max",
+            ),
+            (
+                route(&format!("{{{d}, requestHeaders: {{set: {{X-Up: a}}}}}}")),
+                "spec.http[0].requestHeaders.set.X-Up",
+            ),
+            (
+                route("{destination: {service: a, port: 80, subset: {'v@': x}}}"),
+                "spec.http[0].destination.subset.v@",
+            ),
+            (
+                policy("loadBalancer: {algorithm: ring-hash}"),
+                "spec.loadBalancer.hash",
+            ),
+            (
+                policy("loadBalancer: {algorithm: random, hash: {sourceIp: true}}"),
+                "spec.loadBalancer.hash",
+            ),
+            (
+                policy("loadBalancer: {algorithm: fastest}"),
+                "spec.loadBalancer.algorithm",
+            ),
+            (
+                policy("outlierDetection: {interval: 1s}"),
+                "spec.outlierDetection",
+            ),
+            (
+                policy("outlierDetection: {consecutive5xx: 3, maxEjectionPercent: 101}"),
+                "spec.outlierDetection.maxEjectionPercent",
+            ),
+            (
+                policy("healthCheck: {interval: 1s, timeout: 1s}"),
+                "spec.healthCheck",
+            ),
+            (
+                policy("healthCheck: {interval: 1s, timeout: 1s, http: {path: health}}"),
+                "spec.healthCheck.http.path",
+            ),
+            (
+                policy("rateLimits: [{name: a, rate: 0}]"),
+                "spec.rateLimits[0].rate",
+            ),
+            (
+                policy("rateLimits: [{name: a, rate: 1, key: {identity: true, sourceIp: true}}]"),
+                "spec.rateLimits[0].key",
+            ),
+            (
+                policy("rateLimits: [{name: a, rate: 1}, {name: a, rate: 2}]"),
+                "spec.rateLimits[1].name",
+            ),
+            (
+                policy("rateLimits: [{name: a, rate: 1, global: true, key: {identity: true}}]"),
+                "spec.rateLimits[0].key",
+            ),
+        ];
+        for (doc, field) in cases {
+            let e = parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{doc}\n"))
+                .unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn subsets_must_select_an_endpoint_and_one_policy_per_target() {
+        let svc = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: api, namespace: demo}\nspec:\n  ports: [{port: 8080, protocol: http}]\n  endpoints: [{address: 127.0.0.2, labels: {version: v1}}]\n";
+        let (set, origin) = set_of(&format!("{svc}---\napiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: r, namespace: demo}}\nspec:\n  hosts: [api]\n  http: [{{backends: [{{service: api, port: 8080, subset: {{version: v1}}, weight: 90}}, {{service: api, port: 8080, subset: {{version: v2}}, weight: 10}}]}}]\n"));
+        let e = check_set(&set, &origin).unwrap_err();
+        assert_eq!(e.field, "spec.http[0].backends[1].subset");
+        let (set, origin) = set_of(&format!("{svc}---\napiVersion: weft.dev/v1\nkind: Policy\nmetadata: {{name: a, namespace: demo}}\nspec: {{target: {{service: api}}}}\n---\napiVersion: weft.dev/v1\nkind: Policy\nmetadata: {{name: b, namespace: demo}}\nspec: {{target: {{service: api}}}}\n"));
+        let e = check_set(&set, &origin).unwrap_err();
+        assert_eq!(e.field, "spec.target");
+        assert!(e.reason.contains("demo/a"), "{e}");
+        let (set, origin) = set_of(&format!("{svc}---\napiVersion: weft.dev/v1\nkind: Policy\nmetadata: {{name: a, namespace: demo}}\nspec: {{target: {{service: api}}}}\n---\napiVersion: weft.dev/v1\nkind: Policy\nmetadata: {{name: b, namespace: demo}}\nspec: {{target: {{service: api, port: 8080}}}}\n"));
+        check_set(&set, &origin).expect("a port-specific policy beside a service-wide one");
     }
 
     #[test]

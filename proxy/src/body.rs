@@ -1,0 +1,275 @@
+//! Bodies on the proxy's two sides.
+//!
+//! `RequestBody` is what goes upstream: the client's stream, a buffered copy
+//! (replayable for retries and mirrors), or a tee that forwards the stream
+//! while keeping a copy of up to `max` bytes, so a gRPC call of unknown
+//! length can still be retried if it was small.
+//!
+//! `ResponseBody` is what goes back to the client: the upstream's stream with
+//! the request's slots (cluster load, host in flight) held until it ends and
+//! the idle/request timeouts enforced, or a locally generated body.
+
+use crate::breaker::RequestSlot;
+use crate::host::HostGuard;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum RequestBody {
+    Stream(Incoming),
+    Full(Option<Bytes>),
+    Tee(Tee),
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Tee(t) => Pin::new(t).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Tee(t) => t.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Tee(t) => t.inner.size_hint(),
+        }
+    }
+}
+
+/// Forwards a stream and keeps a copy while it stays under `max` bytes;
+/// the copy is handed over once the stream ends (None if it grew too big,
+/// failed, or was dropped before its end).
+pub struct Tee {
+    inner: Incoming,
+    copy: Option<BytesMut>,
+    max: usize,
+    done: Option<oneshot::Sender<Option<Bytes>>>,
+}
+
+impl Tee {
+    pub fn new(inner: Incoming, max: usize) -> (Tee, oneshot::Receiver<Option<Bytes>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Tee {
+                inner,
+                copy: Some(BytesMut::new()),
+                max,
+                done: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(tx) = self.done.take() {
+            let copy = self.copy.take().filter(|_| complete).map(BytesMut::freeze);
+            let _ = tx.send(copy);
+        }
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let over = this
+                        .copy
+                        .as_ref()
+                        .is_some_and(|c| c.len() + data.len() > this.max);
+                    if over {
+                        this.copy = None;
+                    } else if let Some(c) = this.copy.as_mut() {
+                        c.extend_from_slice(data);
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// What a response holds until its body ends.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub slot: Option<RequestSlot>,
+    pub host: Option<HostGuard>,
+}
+
+/// Why the proxy cut a response body short.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyTimeout {
+    #[error("no response data for {0:?} (idle timeout)")]
+    Idle(Duration),
+    #[error("request timeout reached while streaming the response")]
+    Request,
+}
+
+pub struct ResponseBody {
+    inner: Inner,
+    _held: Held,
+    timer: Option<Timer>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+struct Timer {
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Timer {
+    fn next_wake(&self) -> Instant {
+        let idle = self.idle.map(|d| Instant::now() + d);
+        match (idle, self.deadline) {
+            (Some(i), Some(d)) => i.min(d),
+            (Some(i), None) => i,
+            (None, Some(d)) => d,
+            (None, None) => Instant::now() + Duration::from_secs(86_400 * 365),
+        }
+    }
+}
+
+impl ResponseBody {
+    pub fn local(bytes: Bytes) -> Self {
+        ResponseBody {
+            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
+            _held: Held::default(),
+            timer: None,
+        }
+    }
+
+    /// An upstream body; `idle` and `deadline` (if any) cut it short.
+    pub fn upstream(
+        body: Incoming,
+        held: Held,
+        idle: Option<Duration>,
+        deadline: Option<std::time::Instant>,
+    ) -> Self {
+        let timer = (idle.is_some() || deadline.is_some()).then(|| {
+            let mut t = Timer {
+                idle,
+                deadline: deadline.map(Instant::from_std),
+                sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            };
+            let wake = t.next_wake();
+            t.sleep.as_mut().reset(wake);
+            t
+        });
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            _held: held,
+            timer,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(r) => {
+                    if let Some(t) = this.timer.as_mut() {
+                        let wake = t.next_wake();
+                        t.sleep.as_mut().reset(wake);
+                    }
+                    Poll::Ready(r.map(|r| r.map_err(Into::into)))
+                }
+                Poll::Pending => {
+                    if let Some(t) = this.timer.as_mut() {
+                        if t.sleep.as_mut().poll(cx).is_ready() {
+                            let err = match t.deadline {
+                                Some(d) if Instant::now() >= d => BodyTimeout::Request,
+                                _ => BodyTimeout::Idle(t.idle.unwrap_or_default()),
+                            };
+                            tracing::debug!(error = %err, "response body cut short");
+                            return Poll::Ready(Some(Err(err.into())));
+                        }
+                    }
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+use std::future::Future;

@@ -1,0 +1,195 @@
+//! One upstream endpoint of a cluster and its live state: requests in flight
+//! (least-request), a peak-EWMA latency (peak-EWMA), the outlier-detection
+//! state (breaker) and the active health-check verdict. The state is kept in
+//! an `Arc` that survives config pushes (a new snapshot reuses the state of
+//! the same endpoint), so an ejection or a health verdict is not forgotten
+//! because an unrelated route changed. Everything is atomics: the request
+//! path reads and updates it without locks.
+
+use crate::outlier::OutlierState;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds on a monotonic clock that starts with the process.
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An endpoint as the snapshot describes it, with its shared live state.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once so requests do not format it.
+    pub authority: http::uri::Authority,
+    /// The SPIFFE ID its sidecar must present; None: plaintext workload.
+    pub identity: Option<Arc<str>>,
+    /// Relative share for weighted balancers (at least 1).
+    pub weight: u32,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub state: Arc<HostState>,
+}
+
+impl Host {
+    /// The weight after slow start: a host added `age` ago ramps linearly
+    /// from 10 % to 100 % of its weight over `window`.
+    pub fn effective_weight(&self, window: Option<Duration>, now_ms: u64) -> f64 {
+        let w = f64::from(self.weight.max(1));
+        let Some(window) = window else { return w };
+        let age = now_ms.saturating_sub(self.state.added_ms) as f64;
+        let frac = (age / window.as_millis().max(1) as f64).clamp(0.1, 1.0);
+        w * frac
+    }
+}
+
+/// Default latency assumed for a host with no measurement yet (peak-EWMA).
+const DEFAULT_RTT_NS: f64 = 1_000_000.0;
+/// Peak-EWMA decay time constant.
+const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
+
+#[derive(Debug)]
+pub struct HostState {
+    /// Requests in flight to this host.
+    pub active: AtomicU32,
+    /// f64 bits: peak-EWMA of response latency in nanoseconds.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated (ns on the process clock).
+    ewma_stamp_ns: AtomicU64,
+    /// When the host first appeared (slow start).
+    pub added_ms: u64,
+    /// Active health checks: false once `unhealthy_threshold` checks failed.
+    pub healthy: AtomicBool,
+    pub health_streak: AtomicU32,
+    pub outlier: OutlierState,
+}
+
+impl HostState {
+    pub fn new(cluster: &str, addr: SocketAddr) -> Self {
+        HostState {
+            active: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(0f64.to_bits()),
+            ewma_stamp_ns: AtomicU64::new(0),
+            added_ms: clock_ms(),
+            healthy: AtomicBool::new(true),
+            health_streak: AtomicU32::new(0),
+            outlier: OutlierState::new(cluster, addr),
+        }
+    }
+
+    /// The latency estimate used by peak-EWMA, decayed to now.
+    pub fn ewma(&self) -> f64 {
+        let v = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        if v == 0.0 {
+            DEFAULT_RTT_NS
+        } else {
+            v
+        }
+    }
+
+    /// Records one response latency: a slower sample takes over at once
+    /// (peak), a faster one is blended in with exponential decay.
+    pub fn observe_latency(&self, rtt: Duration) {
+        let now = now_ns();
+        let rtt = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let last = self.ewma_stamp_ns.swap(now, Ordering::Relaxed);
+        let next = if prev == 0.0 || rtt > prev {
+            rtt
+        } else {
+            let elapsed = now.saturating_sub(last) as f64;
+            let w = (-elapsed / EWMA_DECAY_NS).exp();
+            prev * w + rtt * (1.0 - w)
+        };
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether active health checks currently let the host take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A request in flight to a host: counted in `active` until dropped.
+#[derive(Debug)]
+pub struct HostGuard {
+    state: Arc<HostState>,
+    /// This request is the half-open probe of an ejected host.
+    pub probe: bool,
+}
+
+impl HostGuard {
+    pub fn new(state: Arc<HostState>, probe: bool) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        HostGuard { state, probe }
+    }
+
+    pub fn state(&self) -> &Arc<HostState> {
+        &self.state
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            // A probe that ended without a verdict (cancelled) frees the
+            // slot so another request can probe.
+            self.state.outlier.release_probe();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_to_a_slow_sample_and_decays_towards_fast_ones() {
+        let h = HostState::new("c", "10.0.0.1:80".parse().unwrap());
+        assert_eq!(h.ewma(), DEFAULT_RTT_NS);
+        h.observe_latency(Duration::from_millis(1));
+        h.observe_latency(Duration::from_millis(50));
+        assert_eq!(h.ewma(), 50_000_000.0, "peak takes over at once");
+        std::thread::sleep(Duration::from_millis(20));
+        h.observe_latency(Duration::from_millis(1));
+        let v = h.ewma();
+        assert!(v < 50_000_000.0 && v > 1_000_000.0, "{v}");
+    }
+
+    #[test]
+    fn slow_start_ramps_weight_from_a_tenth_to_full() {
+        let state = Arc::new(HostState::new("c", "10.0.0.1:80".parse().unwrap()));
+        let host = Host {
+            addr: "10.0.0.1:80".parse().unwrap(),
+            authority: http::uri::Authority::from_static("10.0.0.1:80"),
+            identity: None,
+            weight: 10,
+            labels: Arc::default(),
+            state: state.clone(),
+        };
+        let w = Some(Duration::from_secs(10));
+        assert_eq!(host.effective_weight(w, state.added_ms), 1.0);
+        assert_eq!(host.effective_weight(w, state.added_ms + 5_000), 5.0);
+        assert_eq!(host.effective_weight(w, state.added_ms + 60_000), 10.0);
+        assert_eq!(host.effective_weight(None, state.added_ms), 10.0);
+    }
+
+    #[test]
+    fn guard_counts_a_request_in_flight_until_dropped() {
+        let state = Arc::new(HostState::new("c", "10.0.0.1:80".parse().unwrap()));
+        let g = HostGuard::new(state.clone(), false);
+        assert_eq!(state.active.load(Ordering::Relaxed), 1);
+        drop(g);
+        assert_eq!(state.active.load(Ordering::Relaxed), 0);
+    }
+}
