@@ -148,7 +148,8 @@ impl Mesh {
         self.procs.last_mut().expect("just pushed")
     }
 
-    fn app(&mut self, kind: &str, name: &str, extra: &[&str]) -> u16 {
+    /// A sample app of `kind` (http, grpc, ...) with extra flags; its port.
+    pub fn app(&mut self, kind: &str, name: &str, extra: &[&str]) -> u16 {
         let port = localmesh::free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("free port");
         let mut args = vec![
             kind.to_string(),
@@ -461,4 +462,151 @@ pub fn http_route_yaml(
         sources.join(", "),
         hosts.join(", ")
     )
+}
+
+/// A response read by `KeepAlive`.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const CLOSED_BEFORE_RESPONSE: &str = "connection closed before a response";
+
+/// A minimal HTTP/1.1 client that keeps its connection open between
+/// requests (thousands of requests in a test without a connect each), and
+/// reconnects when the server closed it.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<std::io::BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        KeepAlive { addr, conn: None }
+    }
+
+    pub fn get(
+        &mut self,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        self.send("GET", path, host, headers, b"")
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
+        let reused = self.conn.is_some();
+        match self.try_send(method, path, host, headers, body) {
+            // A kept-alive connection the server had closed: nothing was
+            // answered, one fresh try.
+            Err(e) if reused && e.to_string() == CLOSED_BEFORE_RESPONSE => {
+                self.try_send(method, path, host, headers, body)
+            }
+            r => r,
+        }
+    }
+
+    fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
+        use std::io::BufRead;
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_nodelay(true)?;
+            self.conn = Some(std::io::BufReader::new(s));
+        }
+        let result = (|| {
+            let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+            let mut req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            conn.get_mut().write_all(req.as_bytes())?;
+            conn.get_mut().write_all(body)?;
+            let mut line = String::new();
+            if conn.read_line(&mut line)? == 0 {
+                bail!(CLOSED_BEFORE_RESPONSE);
+            }
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            let mut body = Vec::new();
+            if method == "HEAD" || status == 204 || status == 304 {
+            } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                loop {
+                    line.clear();
+                    conn.read_line(&mut line)?;
+                    let n = usize::from_str_radix(line.trim(), 16)?;
+                    let mut chunk = vec![0; n + 2];
+                    conn.read_exact(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                body.resize(n, 0);
+                conn.read_exact(&mut body)?;
+            } else {
+                conn.read_to_end(&mut body)?;
+                self.conn = None;
+            }
+            if find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                self.conn = None;
+            }
+            Ok(Reply {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).to_string(),
+            })
+        })();
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
 }

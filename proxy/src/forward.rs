@@ -412,7 +412,11 @@ impl Outbound {
                 may_retry
                     && attempt < policy.attempts
                     && replay.replayable()
-                    && (failure.never_processed() || policy.method_allowed(&p.parts.method))
+                    && (failure.never_processed()
+                        || policy.method_allowed(&p.parts.method)
+                        // Every gRPC call is a POST: listing a gRPC code
+                        // is the route saying that status is safe to retry.
+                        || (p.grpc && matches!(failure, Failure::Grpc(_))))
             });
             let wait = reason.map(|_| {
                 response
