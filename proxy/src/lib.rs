@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod detect;
 pub mod drain;
 pub mod forward;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod identity;

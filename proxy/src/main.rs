@@ -4,7 +4,9 @@
 //! never competes with requests.
 #![forbid(unsafe_code)]
 
-use weft_proxy::{admin, drain, http, identity, listener, metrics, mtls, snapshot, xds_client};
+use weft_proxy::{
+    admin, drain, health, http, identity, listener, metrics, mtls, snapshot, xds_client,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -265,7 +267,9 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    let health_tls = mesh_tls.clone();
     data_rt.block_on(async move {
+        tokio::spawn(health::run(ctx.snapshot.clone(), health_tls));
         tokio::spawn(listener::accept_loop(
             outbound_l,
             ctx.clone(),
