@@ -426,8 +426,23 @@ fn rate_limits_for(config: &ConfigSet, node: &pb::Node) -> pb::RateLimitPolicy {
     let Some(svc) = config.service(&node.namespace, &node.service) else {
         return out;
     };
-    for port in &svc.ports {
-        let Some((key, policy)) = config.policy_for(&node.namespace, &node.service, port.port)
+    // A service-wide Policy's limits apply to every port (port 0: the
+    // sidecar's app port need not equal the service port) unless a port has
+    // its own Policy; then each port gets the limits of its own.
+    let per_port = svc
+        .ports
+        .iter()
+        .any(|p| matches!(config.policy_for(&node.namespace, &node.service, p.port), Some((_, pol)) if pol.target.port.is_some()));
+    let ports: Vec<(u32, i64)> = if per_port {
+        svc.ports.iter().map(|p| (p.port as u32, p.port)).collect()
+    } else {
+        svc.ports
+            .first()
+            .map(|p| vec![(0, p.port)])
+            .unwrap_or_default()
+    };
+    for (port, service_port) in ports {
+        let Some((key, policy)) = config.policy_for(&node.namespace, &node.service, service_port)
         else {
             continue;
         };
@@ -446,7 +461,7 @@ fn rate_limits_for(config: &ConfigSet, node: &pb::Node) -> pb::RateLimitPolicy {
             };
             out.limits.push(pb::RateLimit {
                 name: format!("{}/{}/{}", key.namespace, key.name, l.name),
-                port: port.port as u32,
+                port,
                 path_prefix: path.prefix.unwrap_or_default(),
                 path_exact: path.exact.unwrap_or_default(),
                 method: m.method.unwrap_or_default(),

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod duration;
 pub mod identity;
 pub mod local_certs;
+pub mod quota;
 pub mod state;
 pub mod store;
 pub mod token;

@@ -12,6 +12,7 @@ use weft_control::admin::AdminService;
 use weft_control::ca::CertificateAuthority;
 use weft_control::discovery::{DiscoveryService, ProxyRegistry};
 use weft_control::identity::IdentityService;
+use weft_control::quota::QuotaService;
 use weft_control::state::ConfigState;
 use weft_control::store::EmbeddedStore;
 use weft_control::token::JoinTokens;
@@ -20,6 +21,7 @@ use weft_control::{local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
+    rate_limit_quota_server::RateLimitQuotaServer,
 };
 
 #[derive(Debug, Parser)]
@@ -115,6 +117,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(grpc = %args.listen, admin = %admin_addr, trust_domain = %args.trust_domain, mtls = !args.insecure_dev, "weft-control serving");
+    let quota = QuotaService::new(published.clone());
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),
@@ -137,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut b = builder;
         tokio::spawn(
             b.add_service(DiscoveryServer::new(discovery))
+                .add_service(RateLimitQuotaServer::new(quota))
                 .add_service(AdminServer::new(admin))
                 .add_service(IdentityServer::new(identity))
                 .serve_with_incoming_shutdown(incoming, stop),
@@ -154,6 +158,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(
             b.add_service(DiscoveryServer::with_interceptor(
                 discovery,
+                transport::require_workload(td.clone()),
+            ))
+            .add_service(RateLimitQuotaServer::with_interceptor(
+                quota,
                 transport::require_workload(td.clone()),
             ))
             .add_service(AdminServer::with_interceptor(

@@ -44,11 +44,11 @@ fn fleet(name: &str, n: usize, protocol: &'static str, app_flags: &[&[&str]]) ->
 }
 
 impl Fleet {
-    /// The Service with every instance (labels[i] on instance i) plus
+    /// The Service with every instance (`fields[i]` added to instance i's
+    /// endpoint, e.g. "labels: {version: v1}" or "weight: 3") plus
     /// `extra` documents (routes, policies); waits until every proxy has it.
-    fn apply(&self, labels: &[&str], extra: &str) {
-        let rev = self.apply_endpoints(&(0..self.apps.len()).collect::<Vec<_>>(), labels, extra);
-        let _ = rev;
+    fn apply(&self, fields: &[&str], extra: &str) -> u64 {
+        self.apply_endpoints(&(0..self.apps.len()).collect::<Vec<_>>(), fields, extra)
     }
 
     fn apply_endpoints(&self, instances: &[usize], labels: &[&str], extra: &str) -> u64 {
@@ -57,12 +57,8 @@ impl Fleet {
             .iter()
             .map(|i| {
                 let a = self.sidecars[*i].inbound;
-                let l = labels.get(*i).copied().unwrap_or("");
-                format!(
-                    "{{address: \"{}\", port: {}, labels: {{{l}}}}}",
-                    a.ip(),
-                    a.port()
-                )
+                let extra = labels.get(*i).map(|l| format!(", {l}")).unwrap_or_default();
+                format!("{{address: \"{}\", port: {}{extra}}}", a.ip(), a.port())
             })
             .collect();
         let yaml = format!(
@@ -148,7 +144,7 @@ fn ok_total(replies: &HashMap<(u16, String), usize>) -> usize {
 fn a_90_10_split_lands_within_3_percent_and_flagged_requests_reach_only_the_canary() {
     let f = fleet("split", 2, "http", &[]);
     f.apply(
-        &["version: v1", "version: v2"],
+        &["labels: {version: v1}", "labels: {version: v2}"],
         &route(
             "  - match: {headers: {x-canary: {present: true}}}\n    destination: {service: server, port: 8080, subset: {version: v2}}\n  - backends:\n    - {service: server, port: 8080, subset: {version: v1}, weight: 90}\n    - {service: server, port: 8080, subset: {version: v2}, weight: 10}\n"
         ),
@@ -182,7 +178,7 @@ fn mirrored_traffic_reaches_the_shadow_without_slowing_the_primary() {
     let f = fleet("mirror", 2, "http", &[]);
     // s1 is the shadow; it answers slowly.
     f.apply(
-        &["role: primary", "role: shadow"],
+        &["labels: {role: primary}", "labels: {role: shadow}"],
         &route(
             "  - destination: {service: server, port: 8080, subset: {role: primary}}\n    mirror: {service: server, port: 8080, subset: {role: shadow}, percent: 100}\n",
         ),
@@ -745,4 +741,154 @@ async fn grpc_health_checks_keep_calls_off_a_not_serving_instance() {
         );
     }
     tokio::task::block_in_place(move || drop(f));
+}
+
+/// Runs `threads` clients as fast as they go for `secs`; every reply as
+/// (seconds since start, status, Retry-After).
+fn flood(
+    addr: SocketAddr,
+    threads: usize,
+    secs: f64,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<(f64, u16, Option<String>)> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = KeepAlive::new(addr);
+                let mut out = Vec::new();
+                while start.elapsed().as_secs_f64() < secs {
+                    let r = c.get(path, "server", headers).expect("request");
+                    out.push((
+                        start.elapsed().as_secs_f64(),
+                        r.status,
+                        r.header("retry-after").map(String::from),
+                    ));
+                }
+                out
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread"))
+        .collect()
+}
+
+#[test]
+fn local_rate_limits_admit_their_rate_and_keyed_buckets_are_independent() {
+    let mut f = fleet("ratelimit", 1, "http", &[]);
+    // A second caller with another identity.
+    let other = f.mesh.proxy("other", "e2e", 1, 3, &[]);
+    let route2 = format!(
+        "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: server, namespace: e2e}}\nspec:\n  sources: [client, other]\n  hosts: [server]\n  http:\n  - {DEST}\n"
+    );
+    let rev = f.apply(
+        &[],
+        &format!(
+            "{}---\n{route2}---\n{}",
+            service_yaml("other", "e2e", 1, "http", other.inbound),
+            policy("  rateLimits:\n  - {name: rate, match: {path: {prefix: /rate}}, rate: 50, burst: 5}\n  - {name: per-key, match: {path: {prefix: /key}}, rate: 1, burst: 5, key: {header: x-api-key}}\n  - {name: per-caller, match: {path: {prefix: /caller}}, rate: 1, burst: 5, key: {identity: true}}\n")
+        ),
+    );
+    f.mesh.wait_synced(rev, 3);
+
+    // 50/s from 3 clients pushing as fast as they can; after the first
+    // burst, 2 s admit 100 ± 5 %.
+    let replies = flood(f.client.outbound, 3, 2.5, "/rate", &[]);
+    let admitted = replies
+        .iter()
+        .filter(|r| r.0 >= 0.5 && r.0 < 2.5 && r.1 == 200)
+        .count();
+    eprintln!(
+        "local limit 50/s over 2 s: admitted {admitted} of {}",
+        replies.len()
+    );
+    assert!(
+        (95..=105).contains(&admitted),
+        "50 req/s for 2 s admits 100 ± 5 %: {admitted} of {}",
+        replies.len()
+    );
+    let limited: Vec<_> = replies.iter().filter(|r| r.1 == 429).collect();
+    assert!(!limited.is_empty());
+    assert!(
+        limited.iter().all(|r| r.2.as_deref() == Some("1")),
+        "Retry-After on every 429"
+    );
+
+    // Per API key: each key its own burst of 5.
+    let mut c = KeepAlive::new(f.client.outbound);
+    let mut ok_for = |key: &str| {
+        (0..10)
+            .filter(|_| {
+                c.get("/key", "server", &[("x-api-key", key)])
+                    .expect("request")
+                    .status
+                    == 200
+            })
+            .count()
+    };
+    assert_eq!(ok_for("key-a"), 5);
+    assert_eq!(ok_for("key-b"), 5, "key b is not limited by key a's use");
+
+    // Per caller identity: client and other each get a burst of 5.
+    let ok_from = |addr: SocketAddr| {
+        let mut c = KeepAlive::new(addr);
+        (0..10)
+            .filter(|_| c.get("/caller", "server", &[]).expect("request").status == 200)
+            .count()
+    };
+    assert_eq!(ok_from(f.client.outbound), 5);
+    assert_eq!(
+        ok_from(other.outbound),
+        5,
+        "another identity has its own bucket"
+    );
+
+    let m = f.mesh.admin_get(f.sidecars[0].metrics, "/metrics").1;
+    assert!(
+        metric(&m, "weft_rate_limited_total", "policy=\"e2e/server/rate\"").unwrap_or(0.0) > 0.0
+    );
+    assert!(
+        metric(
+            &m,
+            "weft_rate_limited_total",
+            "policy=\"e2e/server/per-key\""
+        )
+        .unwrap_or(0.0)
+            >= 10.0
+    );
+}
+
+#[test]
+fn a_global_limit_holds_within_10_percent_across_three_proxies_with_uneven_demand() {
+    let f = fleet("globallimit", 3, "http", &[]);
+    // The client sends 3:1:1 across the instances; the limit is 300/s for
+    // the service as a whole.
+    f.apply(
+        &["weight: 3", "weight: 1", "weight: 1"],
+        &format!(
+            "{}---\n{}",
+            route(&format!("  - {DEST}\n")),
+            policy("  loadBalancer: {algorithm: weighted-round-robin}\n  rateLimits:\n  - {name: global, rate: 300, burst: 30, global: true}\n")
+        ),
+    );
+    let replies = flood(f.client.outbound, 6, 5.0, "/", &[]);
+    // Leases settle within the first second; measure the next four.
+    let admitted = replies
+        .iter()
+        .filter(|r| r.0 >= 1.0 && r.0 < 5.0 && r.1 == 200)
+        .count() as f64
+        / 4.0;
+    let offered = replies.iter().filter(|r| r.0 >= 1.0 && r.0 < 5.0).count() as f64 / 4.0;
+    eprintln!("global limit 300/s: admitted {admitted:.1}/s of {offered:.0}/s offered");
+    assert!(
+        offered > 600.0,
+        "the test must offer well over the limit: {offered}/s"
+    );
+    assert!(
+        (270.0..=330.0).contains(&admitted),
+        "admitted {admitted:.0}/s of {offered:.0}/s offered; the limit is 300/s"
+    );
 }

@@ -12,6 +12,7 @@ use crate::body::{Held, RequestBody, ResponseBody};
 use crate::forward::Outbound;
 use crate::metrics::RequestMetrics;
 use crate::mtls::{MeshTls, PEER_IDENTITY_HEADER};
+use crate::ratelimit::{Call, Verdict};
 use crate::snapshot::{authority_of, SnapshotHolder};
 use crate::upstream::Upstreams;
 use bytes::Bytes;
@@ -141,7 +142,10 @@ impl HttpForwarder {
         let snapshot = self.snapshot.load_full();
         match &self.outbound {
             Some(out) => out.handle(&snapshot, req, client, start).await,
-            None => self.inbound_request(&snapshot, req, caller, start).await,
+            None => {
+                self.inbound_request(&snapshot, req, client, caller, start)
+                    .await
+            }
         }
     }
 
@@ -151,6 +155,7 @@ impl HttpForwarder {
         &self,
         snapshot: &crate::snapshot::Snapshot,
         mut req: Request<Incoming>,
+        client: SocketAddr,
         caller: Option<(Arc<Peer>, Option<HeaderValue>)>,
         start: Instant,
     ) -> Response<ResponseBody> {
@@ -176,6 +181,33 @@ impl HttpForwarder {
                 format!("weft: denied by authorization {}\n", decision.policy),
                 grpc,
             );
+        }
+        if !snapshot.rate_limits.is_empty() {
+            let verdict = snapshot.rate_limits.check(&Call {
+                port: self.app_port,
+                path: req.uri().path(),
+                method: req.method().as_str(),
+                identity: caller.as_ref().map(|(p, _)| &*p.uri),
+                headers: req.headers(),
+                source: client.ip(),
+            });
+            if let Verdict::Limited { name, retry_after } = verdict {
+                self.fallback_metrics.record(429, start.elapsed());
+                let mut resp = local_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("weft: rate limit {name} exceeded\n"),
+                    grpc,
+                );
+                // Whole seconds, rounded up (at least 1).
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let h = resp.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                if let Ok(v) = HeaderValue::from_str(&name) {
+                    h.insert("x-weft-rate-limit", v);
+                }
+                return resp;
+            }
         }
         // Only the sidecar may say who called: drop any copy the caller
         // sent, then add the verified identity.
@@ -439,6 +471,34 @@ mod tests {
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert!(h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn local_errors_reach_grpc_callers_as_grpc_statuses() {
+        let r = local_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "limited\n".into(),
+            true,
+        );
+        assert_eq!(r.status(), StatusCode::OK, "trailers-only gRPC response");
+        assert_eq!(r.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED");
+        assert_eq!(r.headers()["grpc-message"], "limited");
+        let r = local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            "t".into(),
+            true,
+        );
+        assert_eq!(r.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+        let r = local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "o".into(),
+            false,
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["x-weft-error"], "overloaded");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod orig_dst;
 pub mod outlier;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod snapshot;

@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use weft_proxy::{
-    admin, drain, health, http, identity, listener, metrics, mtls, snapshot, xds_client,
+    admin, drain, health, http, identity, listener, metrics, mtls, ratelimit, snapshot, xds_client,
 };
 
 use anyhow::Context as _;
@@ -205,6 +205,12 @@ fn main() -> anyhow::Result<()> {
         Some(id) => id.control_plane(),
         None => weft_identity::channel::ControlPlane::Insecure,
     };
+    let leases = ratelimit::lease_loop(
+        snapshot.clone(),
+        control_plane.clone(),
+        args.control_plane.clone(),
+        node.clone(),
+    );
     let xds = xds_client::XdsClient {
         url: args.control_plane.clone(),
         control_plane,
@@ -259,6 +265,7 @@ fn main() -> anyhow::Result<()> {
                     id.bootstrap().await;
                     tokio::spawn(id.clone().renew_forever());
                 }
+                tokio::spawn(leases);
                 xds.run().await;
             })
         })

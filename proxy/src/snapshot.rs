@@ -173,6 +173,9 @@ pub struct Snapshot {
     /// Who may call the local workload.
     #[serde(skip)]
     pub authz: crate::authz::Authz,
+    /// How often it may be called.
+    #[serde(skip)]
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl Snapshot {
@@ -187,6 +190,7 @@ impl Snapshot {
             by_address: HashMap::new(),
             identities: HashMap::new(),
             authz: crate::authz::Authz::default(),
+            rate_limits: crate::ratelimit::RateLimits::default(),
         }
     }
 
@@ -422,6 +426,18 @@ impl Snapshot {
             }
             None => crate::authz::Authz::default(),
         };
+        let rate_limits = match cache.get(type_url::RATE_LIMIT_POLICY, "inbound") {
+            Some(pb::Resource {
+                kind: Some(RKind::RateLimitPolicy(p)),
+                ..
+            }) => crate::ratelimit::RateLimits::from_pb(p, prev.map(|p| &p.rate_limits))?,
+            Some(_) => {
+                return Err(
+                    "rate limits \"inbound\": resource body is not a RateLimitPolicy".into(),
+                )
+            }
+            None => crate::ratelimit::RateLimits::default(),
+        };
         let mut by_address = HashMap::new();
         let mut identities = HashMap::new();
         for c in clusters.values() {
@@ -447,6 +463,7 @@ impl Snapshot {
             by_address,
             identities,
             authz,
+            rate_limits,
         })
     }
 }
@@ -630,6 +647,37 @@ mod tests {
         assert!(Snapshot::build("r1", &cache)
             .unwrap_err()
             .contains("bad address"));
+    }
+
+    #[test]
+    fn live_host_state_survives_a_config_push() {
+        let e = res(
+            "a",
+            RKind::Endpoints(pb::Endpoints {
+                cluster: "a".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: "10.0.0.1".into(),
+                    port: 80,
+                    ..Default::default()
+                }],
+            }),
+        );
+        let cache = ResourceCache::default()
+            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .unwrap();
+        let first = Snapshot::build("r1", &cache).unwrap();
+        let h = &first.cluster("a").unwrap().hosts[0];
+        h.state.healthy.store(false, Ordering::Relaxed);
+        let second = Snapshot::build_after("r2", &cache, Some(&first)).unwrap();
+        let c = second.cluster("a").unwrap();
+        assert!(Arc::ptr_eq(&c.hosts[0].state, &h.state));
+        assert!(Arc::ptr_eq(
+            &c.runtime,
+            &first.cluster("a").unwrap().runtime
+        ));
+        assert_eq!(c.unavailable(), 1, "the unhealthy host is still counted");
+        let fresh = Snapshot::build("r3", &cache).unwrap();
+        assert!(fresh.cluster("a").unwrap().hosts[0].state.is_healthy());
     }
 
     #[test]
