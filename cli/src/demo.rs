@@ -1,8 +1,12 @@
 //! `weftctl demo`: a working mesh on loopback from nothing but cargo. Starts
-//! weft-control (embedded store in a temp dir), an HTTP workload `web` and a
-//! gRPC workload `greeter`, each behind its own weft-proxy on its own loopback
-//! IP, applies the sample config, and drives traffic app → sidecar → sidecar →
-//! app both ways while printing a live per-route table.
+//! weft-control (embedded store in a temp dir), an HTTP service `web` of
+//! three instances (v1 twice, a v2 canary) and a gRPC workload `greeter`,
+//! each behind its own weft-proxy on its own loopback IP, applies the sample
+//! config, and drives traffic app → sidecar → sidecar → app both ways while
+//! printing a live per-route table. Traffic policy on show: web's route
+//! splits 90/10 between v1 and the v2 canary with retries; a few seconds in,
+//! the demo makes one v1 instance fail and its circuit breaker (outlier
+//! detection) opens, then closes again once the instance recovers.
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -27,6 +31,8 @@ pub struct DemoArgs {
 
 #[derive(Default)]
 struct RouteStats {
+    /// Replies by the instance that served them (x-served-by), this window.
+    served_by: std::collections::BTreeMap<String, u64>,
     ok: u64,
     failed: u64,
     last_error: Option<String>,
@@ -44,14 +50,36 @@ fn demo_ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, third, last))
 }
 
-fn config(web_port: u16, greeter_port: u16, web: &ProxyAddrs, greeter: &ProxyAddrs) -> String {
+/// One web instance: (node name, app name, version label).
+const WEB: [(&str, &str, &str); 3] = [
+    ("web-0", "web-v1a", "v1"),
+    ("web-1", "web-v1b", "v1"),
+    ("web-2", "web-v2", "v2"),
+];
+/// The instance the demo breaks, and when (seconds into the traffic).
+const FAULTY: usize = 1;
+const FAULT_AT: u64 = 4;
+const RECOVER_AT: u64 = 12;
+
+fn config(web_port: u16, greeter_port: u16, web: &[ProxyAddrs], greeter: &ProxyAddrs) -> String {
+    let endpoints: Vec<String> = web
+        .iter()
+        .zip(WEB)
+        .map(|(a, (_, _, version))| {
+            format!(
+                "{{address: \"{}\", port: {}, labels: {{version: {version}}}}}",
+                a.inbound.ip(),
+                a.inbound.port()
+            )
+        })
+        .collect();
     format!(
         r#"apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: web, namespace: demo}}
 spec:
   ports: [{{name: http, port: {web_port}, protocol: http}}]
-  endpoints: [{{address: "{}", port: {}}}]
+  endpoints: [{}]
 ---
 apiVersion: weft.dev/v1
 kind: Service
@@ -76,10 +104,21 @@ spec:
   hosts: [web, web.demo]
   http:
   - match: {{path: {{prefix: /}}}}
-    destination: {{service: web, port: {web_port}}}
+    backends:
+    - {{service: web, port: {web_port}, subset: {{version: v1}}, weight: 90}}
+    - {{service: web, port: {web_port}, subset: {{version: v2}}, weight: 10}}
+    retries: {{attempts: 3, on: [5xx, connect-failure], backoff: {{base: 5ms, max: 50ms}}}}
+    timeout: 2s
+---
+apiVersion: weft.dev/v1
+kind: Policy
+metadata: {{name: web, namespace: demo}}
+spec:
+  target: {{service: web}}
+  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 2s, maxEjectionTime: 4s, maxEjectionPercent: 50}}
+  retryBudget: {{percent: 50, minRetriesPerSecond: 20}}
 "#,
-        web.inbound.ip(),
-        web.inbound.port(),
+        endpoints.join(", "),
         greeter.inbound.ip(),
         greeter.inbound.port()
     )
@@ -93,10 +132,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let grpc_addr = SocketAddr::new(control_ip, 15012);
     let cp_url = format!("https://{grpc_addr}");
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let web_port = localmesh::free_port(loopback)?;
+    // The web instances share the service port in config; each app listens
+    // on its own loopback port behind its sidecar.
+    let web_ports: Vec<u16> = (0..WEB.len())
+        .map(|_| localmesh::free_port(loopback))
+        .collect::<Result<_, _>>()?;
+    let web_port = web_ports[0];
     let greeter_port = localmesh::free_port(loopback)?;
-    let web = ProxyAddrs::on(demo_ip(2));
-    let greeter = ProxyAddrs::on(demo_ip(3));
+    let web: Vec<ProxyAddrs> = (0..WEB.len())
+        .map(|i| ProxyAddrs::on(demo_ip(2 + i as u8)))
+        .collect();
+    let greeter = ProxyAddrs::on(demo_ip(10));
 
     println!("weft demo: logs and data in {}", work.display());
     let mut procs: Vec<Proc> = Vec::new();
@@ -110,18 +156,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
         &logs,
     )?);
-    procs.push(Proc::spawn(
-        "app-web",
-        &bins.path(localmesh::SAMPLE_APP),
-        &[
-            "http".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{web_port}"),
-            "--name".into(),
-            "web".into(),
-        ],
-        &logs,
-    )?);
+    for ((_, app, _), port) in WEB.iter().zip(&web_ports) {
+        procs.push(Proc::spawn(
+            &format!("app-{app}"),
+            &bins.path(localmesh::SAMPLE_APP),
+            &[
+                "http".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--name".into(),
+                (*app).into(),
+            ],
+            &logs,
+        )?);
+    }
     procs.push(Proc::spawn(
         "app-greeter",
         &bins.path(localmesh::SAMPLE_APP),
@@ -153,10 +201,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     };
-    for (name, svc, port, addrs) in [
-        ("web-0", "web", web_port, web),
-        ("greeter-0", "greeter", greeter_port, greeter),
-    ] {
+    let sidecars: Vec<(&str, &str, u16, ProxyAddrs)> = WEB
+        .iter()
+        .zip(&web_ports)
+        .zip(&web)
+        .map(|(((node, _, _), port), addrs)| (*node, "web", *port, *addrs))
+        .chain([("greeter-0", "greeter", greeter_port, greeter)])
+        .collect();
+    for (name, svc, port, addrs) in sidecars {
         let token = client
             .create_token(pb::CreateTokenRequest {
                 namespace: "demo".into(),
@@ -180,7 +232,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             extra_args: vec![],
         };
         procs.push(Proc::spawn_env(
-            &format!("proxy-{svc}"),
+            &format!("proxy-{name}"),
             &bins.path(localmesh::PROXY),
             &spec.args(&cp_url),
             &spec.env(),
@@ -188,13 +240,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )?);
     }
     let startup = async {
-        for addr in [
+        let addrs = [
             grpc_addr,
-            web.admin,
             greeter.admin,
-            SocketAddr::new(loopback, web_port),
             SocketAddr::new(loopback, greeter_port),
-        ] {
+        ]
+        .into_iter()
+        .chain(web.iter().map(|w| w.admin))
+        .chain(web_ports.iter().map(|p| SocketAddr::new(loopback, *p)));
+        for addr in addrs {
             tokio::task::spawn_blocking(move || {
                 localmesh::wait_listening(addr, Duration::from_secs(20))
             })
@@ -232,11 +286,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .iter()
                 .filter(|p| p.acked_version == want)
                 .count();
-            if synced == 2 {
+            let all = web.len() + 1;
+            if synced == all {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("proxies did not ACK {want} within 10s ({synced}/2 synced)");
+                bail!("proxies did not ACK {want} within 10s ({synced}/{all} synced)");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -250,7 +305,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!(
         "mesh up: web (HTTP) at {}, greeter (gRPC) at {}; control plane {cp_url}",
-        web.inbound, greeter.inbound
+        web[0].inbound, greeter.inbound
+    );
+    println!(
+        "web routes 90/10 to v1 (web-v1a, web-v1b) and the v2 canary; at {FAULT_AT}s the demo \
+         makes web-v1b fail, at {RECOVER_AT}s it recovers: watch its breaker open and close"
     );
     println!(
         "try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)",
@@ -260,16 +319,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "     weftctl --control-plane {cp_url} --certs {} proxy-status",
         pki.admin_certs.display()
     );
-    println!("     weftctl proxy-config {}", web.admin);
-    println!("     weftctl certs inspect --proxy {}\n", web.admin);
+    println!("     weftctl proxy-config {}", greeter.admin);
+    println!("     weftctl certs inspect --proxy {}\n", web[0].admin);
 
     let http_stats: Stats = Arc::default();
     let grpc_stats: Stats = Arc::default();
     let interval = Duration::from_secs_f64(1.0 / args.rps.max(1) as f64);
     let h = tokio::spawn(http_load(greeter.outbound, interval, http_stats.clone()));
-    let g = tokio::spawn(grpc_load(web.outbound, interval, grpc_stats.clone()));
+    let g = tokio::spawn(grpc_load(web[0].outbound, interval, grpc_stats.clone()));
 
     let started = Instant::now();
+    let faulty_app = SocketAddr::new(loopback, web_ports[FAULTY]);
+    let (mut faulted, mut recovered) = (false, false);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
     let mut last = Instant::now();
@@ -283,6 +344,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
+        let t = started.elapsed().as_secs();
+        if !faulted && t >= FAULT_AT {
+            faulted = true;
+            fault(faulty_app, "POST", "/fault?status=503").await;
+            println!("-> web-v1b now answers 503 to everything");
+        }
+        if faulted && !recovered && t >= RECOVER_AT {
+            recovered = true;
+            fault(faulty_app, "DELETE", "/fault").await;
+            println!("-> web-v1b recovered");
+        }
         print_table(
             secs,
             &[
@@ -290,6 +362,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ("demo/greeter  (web → greeter, gRPC)", &grpc_stats),
             ],
         );
+        print_split_and_breakers(&http_stats, greeter.metrics, &web).await;
         if args
             .duration
             .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
@@ -363,6 +436,72 @@ fn print_table(secs: f64, routes: &[(&str, &Stats)]) {
     println!("{t}");
 }
 
+/// Sets or clears a fault on a sample app (its admin path, not through the
+/// mesh).
+async fn fault(app: SocketAddr, method: &str, path: &str) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{app}{path}"))
+        .body(http_body_util::Empty::new());
+    if let Ok(req) = req {
+        if let Err(e) = client.request(req).await {
+            eprintln!("could not reach {app} to change its fault: {e}");
+        }
+    }
+}
+
+/// The canary split of the last window and each web instance's breaker, as
+/// the calling sidecar's metrics show them.
+async fn print_split_and_breakers(stats: &Stats, metrics: SocketAddr, web: &[ProxyAddrs]) {
+    let split = match stats.lock() {
+        Ok(mut s) => std::mem::take(&mut s.served_by),
+        Err(_) => return,
+    };
+    let total: u64 = split.values().sum();
+    let shares: Vec<String> = split
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / total.max(1) as f64))
+        .collect();
+    let text = scrape(metrics).await.unwrap_or_default();
+    let breakers: Vec<String> = web
+        .iter()
+        .zip(WEB)
+        .map(|(a, (_, app, _))| {
+            let host = format!("host=\"{}\"", a.inbound);
+            let state = text
+                .lines()
+                .find(|l| l.starts_with("weft_circuit_breaker_state") && l.contains(&host))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok());
+            let state = match state {
+                Some(v) if v == 1.0 => "OPEN",
+                Some(v) if v == 2.0 => "HALF-OPEN",
+                _ => "closed",
+            };
+            format!("{app} {state}")
+        })
+        .collect();
+    println!(
+        "  web split: {}   breakers: {}\n",
+        shares.join(", "),
+        breakers.join(", ")
+    );
+}
+
+async fn scrape(addr: SocketAddr) -> Option<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("http://{addr}/metrics"))
+        .body(http_body_util::Empty::new())
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
 fn record(stats: &Stats, started: Instant, result: Result<(), String>) {
     if let Ok(mut s) = stats.lock() {
         match result {
@@ -400,11 +539,20 @@ async fn http_load(outbound: SocketAddr, interval: Duration, stats: Stats) {
                     .map_err(|_| "timeout".to_string())?
                     .map_err(|e| e.to_string())?;
                 let status = resp.status();
+                let served_by = resp
+                    .headers()
+                    .get("x-served-by")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
                 resp.into_body()
                     .collect()
                     .await
                     .map_err(|e| e.to_string())?;
                 if status.is_success() {
+                    if let Ok(mut s) = stats.lock() {
+                        *s.served_by.entry(served_by).or_default() += 1;
+                    }
                     Ok(())
                 } else {
                     Err(format!("HTTP {status}"))
