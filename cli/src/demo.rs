@@ -475,9 +475,9 @@ async fn print_split_and_breakers(stats: &Stats, metrics: SocketAddr, web: &[Pro
                 .find(|l| l.starts_with("weft_circuit_breaker_state") && l.contains(&host))
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse::<f64>().ok());
-            let state = match state {
-                Some(v) if v == 1.0 => "OPEN",
-                Some(v) if v == 2.0 => "HALF-OPEN",
+            let state = match state.map(|v| v as u8) {
+                Some(1) => "OPEN",
+                Some(2) => "HALF-OPEN",
                 _ => "closed",
             };
             format!("{app} {state}")
