@@ -557,11 +557,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let admin_auth = AdminAuth::Certs(pki.admin_certs.clone());
     let client = ProxyAddrs::on(ip(2));
     let server = ProxyAddrs::on(ip(3));
+    // A second server-side sidecar whose service has every policy on.
+    let server_policy = ProxyAddrs::on(ip(8));
     let proxy_bin = env.bins.path(localmesh::PROXY);
     let mut proxy_pid = 0;
     for (addrs, svc, app) in [
         (client, "bench-client", 1u16),
         (server, "bench-server", http_port),
+        (server_policy, "bench-server-policy", http_port),
     ] {
         let token = join_token(&env.bins, &cp_url, &admin_auth, "bench", svc)?;
         let spec = ProxySpec {
@@ -631,6 +634,67 @@ spec:
   endpoints: [{{address: "{}", port: {}}}]
 ---
 apiVersion: weft.dev/v1
+kind: Service
+metadata: {{name: upstream-policy, namespace: bench}}
+spec:
+  ports: [{{port: {http_port}, protocol: http}}]
+  endpoints: [{{address: 127.0.0.1, sidecar: false}}]
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {{name: bench-server-policy, namespace: bench}}
+spec:
+  ports: [{{port: {http_port}, protocol: http}}]
+  endpoints: [{{address: "{}", port: {}}}]
+---
+# The policy path: every caller-side policy on (EWMA balancing, limits far
+# above the load, outlier detection, the default retry budget, retries and
+# a timeout on the route) and, two hops, a local rate limit far above the
+# load at the callee.
+apiVersion: weft.dev/v1
+kind: Policy
+metadata: {{name: upstream-policy, namespace: bench}}
+spec:
+  target: {{service: upstream-policy}}
+  loadBalancer: {{algorithm: peak-ewma}}
+  circuitBreaker: {{maxConnections: 10000, maxPendingRequests: 10000, maxRequests: 100000, maxRetries: 1000}}
+  outlierDetection: {{consecutive5xx: 5, consecutiveGatewayErrors: 5, consecutiveConnectFailures: 3}}
+  retryBudget: {{percent: 20, minRetriesPerSecond: 10}}
+---
+apiVersion: weft.dev/v1
+kind: Policy
+metadata: {{name: bench-server-policy, namespace: bench}}
+spec:
+  target: {{service: bench-server-policy}}
+  loadBalancer: {{algorithm: peak-ewma}}
+  circuitBreaker: {{maxConnections: 10000, maxPendingRequests: 10000, maxRequests: 100000, maxRetries: 1000}}
+  outlierDetection: {{consecutive5xx: 5, consecutiveGatewayErrors: 5, consecutiveConnectFailures: 3}}
+  retryBudget: {{percent: 20, minRetriesPerSecond: 10}}
+  rateLimits: [{{name: ceiling, rate: 10000000, burst: 1000000}}]
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {{name: bench-policy, namespace: bench}}
+spec:
+  sources: [bench-client]
+  hosts: [bench-policy]
+  http:
+  - destination: {{service: upstream-policy, port: {http_port}}}
+    retries: {{attempts: 3, on: [5xx, connect-failure, reset]}}
+    timeout: 10s
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {{name: bench2-policy, namespace: bench}}
+spec:
+  sources: [bench-client]
+  hosts: [bench2-policy]
+  http:
+  - destination: {{service: bench-server-policy, port: {http_port}}}
+    retries: {{attempts: 3, on: [5xx, connect-failure, reset]}}
+    timeout: 10s
+---
+apiVersion: weft.dev/v1
 kind: Route
 metadata: {{name: bench, namespace: bench}}
 spec:
@@ -670,9 +734,18 @@ spec:
   tcp: {{bindPort: {tcp_bind}, destination: {{service: upstream-tcp, port: {iperf_port}}}}}
 "#,
         server.inbound.ip(),
-        server.inbound.port()
+        server.inbound.port(),
+        server_policy.inbound.ip(),
+        server_policy.inbound.port(),
     );
-    for a in [cp_grpc, client.admin, server.admin, http_up, grpc_up] {
+    for a in [
+        cp_grpc,
+        client.admin,
+        server.admin,
+        server_policy.admin,
+        http_up,
+        grpc_up,
+    ] {
         localmesh::wait_listening(a, Duration::from_secs(20))?;
     }
     let cfg_path = dir.join("weft.yaml");
@@ -771,7 +844,9 @@ spec:
     let mut h1: Vec<(&str, SocketAddr, &str)> = vec![
         ("direct", http_up, "bench"),
         ("weft", client.outbound, "bench"),
+        ("weft-policy", client.outbound, "bench-policy"),
         ("weft-2hop", client.outbound, "bench2"),
+        ("weft-2hop-policy", client.outbound, "bench2-policy"),
     ];
     if envoy_pid.is_some() {
         h1.push(("envoy", envoy_addr, "bench"));
@@ -811,7 +886,7 @@ spec:
                 if rss > 0.0 {
                     results.add("rss_load", name, "rss_bytes", "bytes", rss);
                 }
-                if *name != "weft-2hop" && *name != "envoy-2hop" {
+                if !name.contains("2hop") {
                     let rps16 = env.wrk(&url(*addr, "/bytes?n=16384"), host)?;
                     results.add("max_rps_h1", name, "rps_16k", "req/s", rps16);
                 }

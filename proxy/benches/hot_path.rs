@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the per-request pieces of the proxy: loading the
-//! snapshot, matching a route among many virtual hosts, picking an endpoint.
+//! snapshot, matching a route among many virtual hosts, picking an endpoint,
+//! and the per-request cost of each traffic policy (balancers, limits,
+//! retry budget, outlier bookkeeping, rate limits).
 //! `cargo bench -p weft-proxy --bench hot_path`
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -128,5 +130,170 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+/// A 10-host cluster with `lb` (and outlier detection on).
+fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::snapshot::Cluster> {
+    let name = "c.bench:80".to_string();
+    let resources = vec![
+        pb::Resource {
+            name: name.clone(),
+            type_url: type_url::CLUSTER.into(),
+            kind: Some(RKind::Cluster(pb::Cluster {
+                name: name.clone(),
+                service: "c".into(),
+                namespace: "bench".into(),
+                port: 80,
+                protocol: pb::Protocol::Http as i32,
+                lb: Some(lb),
+                outlier: Some(pb::OutlierDetection {
+                    consecutive_5xx: 5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        },
+        pb::Resource {
+            name: name.clone(),
+            type_url: type_url::ENDPOINTS.into(),
+            kind: Some(RKind::Endpoints(pb::Endpoints {
+                cluster: name.clone(),
+                endpoints: (0..10)
+                    .map(|e| pb::Endpoint {
+                        address: format!("10.1.0.{}", e + 1),
+                        port: 80,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        },
+    ];
+    let cache = ResourceCache::default()
+        .apply(&pb::DiscoveryResponse {
+            version: "r1".into(),
+            nonce: "1".into(),
+            resources,
+            removed: vec![],
+            full_state: true,
+        })
+        .expect("valid push");
+    Snapshot::build("r1", &cache)
+        .expect("valid snapshot")
+        .clusters[&name]
+        .clone()
+}
+
+fn policies(c: &mut Criterion) {
+    use pb::LbAlgorithm as A;
+    for (label, algorithm, header) in [
+        ("lb_pick_round_robin", A::RoundRobin, ""),
+        ("lb_pick_weighted_round_robin", A::WeightedRoundRobin, ""),
+        ("lb_pick_random", A::Random, ""),
+        ("lb_pick_least_request_p2c", A::LeastRequest, ""),
+        ("lb_pick_peak_ewma", A::PeakEwma, ""),
+        ("lb_pick_ring_hash", A::RingHash, "x-user"),
+        ("lb_pick_maglev", A::Maglev, "x-user"),
+    ] {
+        let cluster = cluster_with(pb::LoadBalancer {
+            algorithm: algorithm as i32,
+            hash_header: header.into(),
+            ..Default::default()
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-user", "user-42".parse().unwrap());
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                let key = cluster.lb.hash_key(&headers, None);
+                black_box(
+                    cluster
+                        .lb
+                        .pick(&cluster.hosts, key, None, cluster.unavailable()),
+                )
+            })
+        });
+    }
+    let cluster = cluster_with(pb::LoadBalancer::default());
+    let limits = weft_proxy::breaker::Limits {
+        max_requests: 100_000,
+        max_pending: 100,
+        max_connections: 0,
+        max_retries: 100,
+    };
+    c.bench_function("breaker_admit_and_release", |b| {
+        b.iter(|| {
+            black_box(futures::executor::block_on(
+                cluster.runtime.load.admit(&limits, None),
+            ))
+        })
+    });
+    let budget = weft_proxy::retry::BudgetConfig::from_pb(None);
+    c.bench_function("retry_budget_record_request", |b| {
+        b.iter(|| cluster.runtime.budget.record_request())
+    });
+    c.bench_function("retry_budget_withdraw", |b| {
+        b.iter(|| black_box(cluster.runtime.budget.try_withdraw(&budget)))
+    });
+    let host = cluster.hosts[0].clone();
+    c.bench_function("outlier_record_success", |b| {
+        b.iter(|| cluster.record_outcome(&host, false, weft_proxy::outlier::Outcome::Success))
+    });
+    c.bench_function("ewma_observe_latency", |b| {
+        b.iter(|| {
+            host.state
+                .observe_latency(std::time::Duration::from_micros(250))
+        })
+    });
+    let limit = |key: pb::RateLimitKey, header: &str| {
+        weft_proxy::ratelimit::RateLimits::from_pb(
+            &pb::RateLimitPolicy {
+                limits: vec![pb::RateLimit {
+                    name: "bench/p/l".into(),
+                    key: key as i32,
+                    header: header.into(),
+                    requests_per_second: 1e9,
+                    burst: 1_000_000,
+                    ..Default::default()
+                }],
+            },
+            None,
+        )
+        .expect("valid limits")
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-api-key", "key-1234".parse().unwrap());
+    let call = |h| weft_proxy::ratelimit::Call {
+        port: 80,
+        path: "/api",
+        method: "GET",
+        identity: Some("spiffe://cluster.local/ns/bench/sa/client"),
+        headers: h,
+        source: "10.0.0.1".parse().unwrap(),
+    };
+    let direct = limit(pb::RateLimitKey::None, "");
+    c.bench_function("rate_limit_check_local", |b| {
+        b.iter(|| {
+            black_box(matches!(
+                direct.check(&call(&headers)),
+                weft_proxy::ratelimit::Verdict::Allow
+            ))
+        })
+    });
+    let keyed = limit(pb::RateLimitKey::Header, "x-api-key");
+    c.bench_function("rate_limit_check_per_api_key", |b| {
+        b.iter(|| {
+            black_box(matches!(
+                keyed.check(&call(&headers)),
+                weft_proxy::ratelimit::Verdict::Allow
+            ))
+        })
+    });
+    let global = weft_proxy::ratelimit::Gcra::new(1e9, 1_000_000);
+    c.bench_function("rate_limit_check_global_share", |b| {
+        b.iter(|| black_box(global.check()))
+    });
+    let policy = weft_proxy::retry::RetryPolicy::default();
+    c.bench_function("retry_policy_classify", |b| {
+        b.iter(|| black_box(policy.reason(black_box(weft_proxy::retry::Failure::Status(503)))))
+    });
+}
+
+criterion_group!(benches, hot_path, policies);
 criterion_main!(benches);
