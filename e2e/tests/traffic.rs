@@ -572,7 +572,7 @@ fn a_failing_instance_is_ejected_within_a_second_probed_and_readmitted() {
 }
 
 #[test]
-fn round_robin_is_even_and_peak_ewma_avoids_a_slow_instance() {
+fn round_robin_is_even_and_least_request_and_peak_ewma_avoid_a_slow_instance() {
     let f = fleet("lb", 3, "http", &[]);
     f.apply(&[], &route(&format!("  - {DEST}\n")));
     let replies = send(&f, 300, "/", &[]);
@@ -580,35 +580,109 @@ fn round_robin_is_even_and_peak_ewma_avoids_a_slow_instance() {
         assert_eq!(count(&replies, 200, &format!("s{i}")), 100, "{replies:?}");
     }
 
+    f.app_call(2, "POST", "/fault?delay_ms=80");
+    for algorithm in ["least-request", "peak-ewma"] {
+        f.apply(
+            &[],
+            &format!(
+                "{}---\n{}",
+                route(&format!("  - {DEST}\n")),
+                policy(&format!("  loadBalancer: {{algorithm: {algorithm}}}\n"))
+            ),
+        );
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let addr = f.client.outbound;
+                std::thread::spawn(move || {
+                    let mut c = KeepAlive::new(addr);
+                    let mut slow = 0;
+                    for _ in 0..50 {
+                        let r = c.get("/", "server", &[]).expect("request");
+                        if r.header("x-served-by") == Some("s2") {
+                            slow += 1;
+                        }
+                    }
+                    slow
+                })
+            })
+            .collect();
+        let slow: usize = handles.into_iter().map(|h| h.join().expect("thread")).sum();
+        eprintln!("{algorithm}: {slow} of 400 requests to the slow instance");
+        // Round robin would send a third (133) there.
+        assert!(
+            slow < 50,
+            "{algorithm} sent {slow} of 400 requests to the slow instance"
+        );
+    }
+}
+
+#[test]
+fn header_edits_apply_both_ways_and_retry_after_is_respected() {
+    let f = fleet("headers", 1, "http", &[]);
     f.apply(
         &[],
-        &format!(
-            "{}---\n{}",
-            route(&format!("  - {DEST}\n")),
-            policy("  loadBalancer: {algorithm: peak-ewma}\n")
-        ),
+        &route(&format!(
+            "  - match: {{path: {{prefix: /headers}}}}\n    {DEST}\n    requestHeaders: {{add: {{x-added: a}}, set: {{x-env: prod}}, remove: [x-debug]}}\n    responseHeaders: {{set: {{cache-control: no-store}}, remove: [x-served-by]}}\n  - {DEST}\n    retries: {{attempts: 2, on: [5xx], backoff: {{base: 1ms, max: 2ms}}}}\n"
+        )),
     );
-    f.app_call(2, "POST", "/fault?delay_ms=80");
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = f.client.outbound;
-            std::thread::spawn(move || {
-                let mut c = KeepAlive::new(addr);
-                let mut slow = 0;
-                for _ in 0..100 {
-                    let r = c.get("/", "server", &[]).expect("request");
-                    if r.header("x-served-by") == Some("s2") {
-                        slow += 1;
-                    }
-                }
-                slow
-            })
-        })
-        .collect();
-    let slow: usize = handles.into_iter().map(|h| h.join().expect("thread")).sum();
+    let mut c = KeepAlive::new(f.client.outbound);
+    let r = c
+        .get("/headers", "server", &[("x-env", "dev"), ("x-debug", "1")])
+        .expect("request");
+    assert_eq!(r.status, 200);
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert!(lines.contains(&"x-added: a"), "{lines:?}");
+    assert!(lines.contains(&"x-env: prod"), "set replaces: {lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("x-debug")), "{lines:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-served-by"), None);
+
+    // 503 with Retry-After: 1: the retry waits a second, not the 2 ms backoff.
+    f.app_call(0, "POST", "/fault?status=503&retry_after=1");
+    let t = Instant::now();
+    let r = c.get("/", "server", &[]).expect("request");
+    assert_eq!(r.status, 503);
     assert!(
-        slow < 20,
-        "peak-EWMA sent {slow} of 400 requests to the slow instance"
+        t.elapsed() >= Duration::from_secs(1) && t.elapsed() < Duration::from_secs(2),
+        "retried after Retry-After: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(f.served(0), 3, "/headers, then the request and its retry");
+}
+
+#[test]
+fn an_idle_response_body_is_cut_at_the_idle_timeout() {
+    let f = fleet("idle", 1, "http", &[]);
+    f.apply(
+        &[],
+        &route(&format!("  - {DEST}\n    idleTimeout: 300ms\n")),
+    );
+    // Chunks 100 ms apart pass; 600 ms apart the body is cut.
+    let (code, body) = curl(
+        &["-H", "Host: server", "-H", "x-fault-slow-body-ms: 100"],
+        &format!("http://{}/", f.client.outbound),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(String::from_utf8_lossy(&body).lines().count(), 4);
+    let t = Instant::now();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: server",
+            "-H",
+            "x-fault-slow-body-ms: 600",
+        ])
+        .arg(format!("http://{}/", f.client.outbound))
+        .output()
+        .expect("curl");
+    let took = t.elapsed();
+    assert!(!out.status.success(), "the body must be cut short");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_millis(600),
+        "cut after the 300 ms idle timeout: {took:?}"
     );
 }
 

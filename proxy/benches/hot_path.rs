@@ -84,7 +84,7 @@ fn snapshot(services: usize) -> Snapshot {
         removed: vec![],
         full_state: true,
     };
-    let cache = ResourceCache::default().apply(&push).expect("valid push");
+    let cache = ResourceCache::default().apply(push).expect("valid push");
     Snapshot::build("r1", &cache).expect("valid snapshot")
 }
 
@@ -167,7 +167,7 @@ fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::snapshot::Cl
         },
     ];
     let cache = ResourceCache::default()
-        .apply(&pb::DiscoveryResponse {
+        .apply(pb::DiscoveryResponse {
             version: "r1".into(),
             nonce: "1".into(),
             resources,

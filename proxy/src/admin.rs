@@ -63,9 +63,9 @@ impl Admin {
                 let snap = self.snapshot.load_full();
                 let mut out = String::new();
                 for c in snap.clusters.values() {
-                    for e in &c.endpoints {
+                    for h in &c.hosts {
                         out.push_str(
-                            &format!("{} {} {:?}\n", c.name, e, c.protocol).to_lowercase(),
+                            &format!("{} {} {:?}\n", c.name, h.addr, c.protocol).to_lowercase(),
                         );
                     }
                 }

@@ -7,7 +7,7 @@
 
 use metrics::Counter;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use xds_proto::v1 as pb;
@@ -72,29 +72,31 @@ pub struct ClusterLoad {
     requests: AtomicU32,
     retries: AtomicU32,
     freed: Notify,
-    overloaded: [Counter; 4],
+    cluster: Arc<str>,
+    /// Registered on first use: clusters that never hit a limit cost no
+    /// series (a sidecar may know thousands of clusters).
+    overloaded: [OnceLock<Counter>; 4],
 }
 
 impl ClusterLoad {
-    pub fn new(cluster: &str) -> Self {
-        let c = |limit: Limit| metrics::counter!(OVERLOADED_TOTAL, "cluster" => cluster.to_string(), "limit" => limit.as_str());
+    pub fn new(cluster: Arc<str>) -> Self {
         ClusterLoad {
             connections: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
             freed: Notify::new(),
-            overloaded: [
-                c(Limit::MaxConnections),
-                c(Limit::MaxPending),
-                c(Limit::MaxRequests),
-                c(Limit::MaxRetries),
-            ],
+            cluster,
+            overloaded: Default::default(),
         }
     }
 
     fn over(&self, limit: Limit) -> Limit {
-        self.overloaded[limit as usize].increment(1);
+        self.overloaded[limit as usize]
+            .get_or_init(|| {
+                metrics::counter!(OVERLOADED_TOTAL, "cluster" => self.cluster.to_string(), "limit" => limit.as_str())
+            })
+            .increment(1);
         limit
     }
 
@@ -222,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_max_requests_without_a_queue_fails_fast() {
-        let load = Arc::new(ClusterLoad::new("c"));
+        let load = Arc::new(ClusterLoad::new("c".into()));
         let limits = Limits {
             max_requests: 2,
             ..Limits::default()
@@ -241,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_requests_get_freed_slots_and_the_overflow_fails_fast() {
-        let load = Arc::new(ClusterLoad::new("c"));
+        let load = Arc::new(ClusterLoad::new("c".into()));
         let limits = Limits {
             max_requests: 1,
             max_pending: 1,
@@ -264,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queued_request_gives_up_at_its_deadline() {
-        let load = Arc::new(ClusterLoad::new("c"));
+        let load = Arc::new(ClusterLoad::new("c".into()));
         let limits = Limits {
             max_requests: 1,
             max_pending: 5,
@@ -279,7 +281,7 @@ mod tests {
 
     #[test]
     fn retries_and_connections_have_their_own_limits() {
-        let load = Arc::new(ClusterLoad::new("c"));
+        let load = Arc::new(ClusterLoad::new("c".into()));
         let limits = Limits {
             max_retries: 1,
             max_connections: 1,

@@ -192,7 +192,7 @@ impl Outbound {
             return local_response(StatusCode::NOT_FOUND, "no_route", body, grpc);
         };
         let backend = rule.pick_backend();
-        backend.requests.increment(1);
+        backend.count_request();
         let cluster = &backend.cluster;
         let deadline = Deadline::of(start, rule.timeout, req.headers());
 
@@ -443,7 +443,7 @@ impl Outbound {
                 };
             match (allowed, reason, wait) {
                 (true, Some(reason), Some(wait)) => {
-                    cluster.runtime.retries.0[reason].increment(1);
+                    cluster.runtime.retries.count(reason);
                     tracing::debug!(host = %host.addr, ?failure, ?wait, attempt, "retrying");
                     previous = Some(picked.index);
                     drop(response);
@@ -509,7 +509,7 @@ impl Outbound {
             metrics::counter!(MIRRORS_TOTAL, "result" => "no_endpoints").increment(1);
             return;
         };
-        mirror.requests.increment(1);
+        mirror.count_request();
         let host = &hosts[picked.index];
         let meshed = host.identity.is_some() && self.upstreams.mesh.is_some();
         let h2 = meshed || mirror.cluster.protocol.is_h2();

@@ -310,7 +310,7 @@ mod tests {
             },
         ];
         let cache = ResourceCache::default()
-            .apply(&pb::DiscoveryResponse {
+            .apply(pb::DiscoveryResponse {
                 version: "r1".into(),
                 nonce: "1".into(),
                 resources,

@@ -20,6 +20,12 @@ pub fn clock_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The labels of an endpoint without any (shared, not allocated per host).
+pub fn no_labels() -> Arc<BTreeMap<String, String>> {
+    static EMPTY: OnceLock<Arc<BTreeMap<String, String>>> = OnceLock::new();
+    EMPTY.get_or_init(Arc::default).clone()
+}
+
 /// An endpoint as the snapshot describes it, with its shared live state.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -67,8 +73,14 @@ pub struct HostState {
     pub outlier: OutlierState,
 }
 
+impl Default for HostState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HostState {
-    pub fn new(cluster: &str, addr: SocketAddr) -> Self {
+    pub fn new() -> Self {
         HostState {
             active: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(0f64.to_bits()),
@@ -76,7 +88,7 @@ impl HostState {
             added_ms: clock_ms(),
             healthy: AtomicBool::new(true),
             health_streak: AtomicU32::new(0),
-            outlier: OutlierState::new(cluster, addr),
+            outlier: OutlierState::new(),
         }
     }
 
@@ -155,7 +167,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_to_a_slow_sample_and_decays_towards_fast_ones() {
-        let h = HostState::new("c", "10.0.0.1:80".parse().unwrap());
+        let h = HostState::new();
         assert_eq!(h.ewma(), DEFAULT_RTT_NS);
         h.observe_latency(Duration::from_millis(1));
         h.observe_latency(Duration::from_millis(50));
@@ -168,7 +180,7 @@ mod tests {
 
     #[test]
     fn slow_start_ramps_weight_from_a_tenth_to_full() {
-        let state = Arc::new(HostState::new("c", "10.0.0.1:80".parse().unwrap()));
+        let state = Arc::new(HostState::new());
         let host = Host {
             addr: "10.0.0.1:80".parse().unwrap(),
             authority: http::uri::Authority::from_static("10.0.0.1:80"),
@@ -186,7 +198,7 @@ mod tests {
 
     #[test]
     fn guard_counts_a_request_in_flight_until_dropped() {
-        let state = Arc::new(HostState::new("c", "10.0.0.1:80".parse().unwrap()));
+        let state = Arc::new(HostState::new());
         let g = HostGuard::new(state.clone(), false);
         assert_eq!(state.active.load(Ordering::Relaxed), 1);
         drop(g);

@@ -444,7 +444,7 @@ mod tests {
                     identity: None,
                     weight: weights.get(i).copied().unwrap_or(1),
                     labels: Arc::default(),
-                    state: Arc::new(HostState::new("c", addr)),
+                    state: Arc::new(HostState::new()),
                 }
             })
             .collect()

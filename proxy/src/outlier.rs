@@ -13,6 +13,7 @@ use crate::host::{clock_ms, Host};
 use metrics::{Counter, Gauge};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use xds_proto::v1 as pb;
 
 pub const BREAKER_STATE: &str = "weft_circuit_breaker_state";
@@ -112,13 +113,19 @@ pub struct OutlierState {
     consecutive_connect: AtomicU32,
     window_total: AtomicU32,
     window_success: AtomicU32,
-    gauge: Gauge,
+    /// Registered once the host's cluster has outlier detection (or at its
+    /// first ejection), not for every endpoint a sidecar knows.
+    gauge: OnceLock<Gauge>,
+}
+
+impl Default for OutlierState {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl OutlierState {
-    pub fn new(cluster: &str, addr: SocketAddr) -> Self {
-        let gauge = metrics::gauge!(BREAKER_STATE, "cluster" => cluster.to_string(), "host" => addr.to_string());
-        gauge.set(CLOSED);
+    pub fn new() -> Self {
         OutlierState {
             ejected_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -128,7 +135,22 @@ impl OutlierState {
             consecutive_connect: AtomicU32::new(0),
             window_total: AtomicU32::new(0),
             window_success: AtomicU32::new(0),
-            gauge,
+            gauge: OnceLock::new(),
+        }
+    }
+
+    /// The host's `weft_circuit_breaker_state` gauge, registered on first use.
+    fn gauge(&self, cluster: &str, addr: SocketAddr) -> &Gauge {
+        self.gauge.get_or_init(|| {
+            metrics::gauge!(BREAKER_STATE, "cluster" => cluster.to_string(), "host" => addr.to_string())
+        })
+    }
+
+    fn state_value(&self) -> f64 {
+        if self.is_ejected() {
+            OPEN
+        } else {
+            CLOSED
         }
     }
 
@@ -151,7 +173,10 @@ impl OutlierState {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.gauge.set(HALF_OPEN);
+            // The gauge exists: the host was ejected.
+            if let Some(g) = self.gauge.get() {
+                g.set(HALF_OPEN);
+            }
             Availability::Probe
         } else {
             Availability::Unavailable
@@ -173,36 +198,57 @@ impl OutlierState {
 pub struct ClusterOutliers {
     pub ejected: AtomicU32,
     next_eval_ms: AtomicU64,
-    ejections_total: Counter,
-    gauge: Gauge,
+    cluster: Arc<str>,
+    /// Both registered when the cluster gets outlier detection.
+    ejections_total: OnceLock<Counter>,
+    gauge: OnceLock<Gauge>,
 }
 
 impl ClusterOutliers {
-    pub fn new(cluster: &str) -> Self {
-        let gauge = metrics::gauge!(BREAKER_STATE, "cluster" => cluster.to_string(), "host" => "*");
-        gauge.set(CLOSED);
+    pub fn new(cluster: Arc<str>) -> Self {
         ClusterOutliers {
             ejected: AtomicU32::new(0),
             next_eval_ms: AtomicU64::new(0),
-            ejections_total: metrics::counter!(EJECTIONS_TOTAL, "cluster" => cluster.to_string()),
-            gauge,
+            cluster,
+            ejections_total: OnceLock::new(),
+            gauge: OnceLock::new(),
         }
     }
 
-    /// Recounts ejected hosts (after the host list changed) and refreshes
-    /// the cluster gauge.
-    pub fn recount(&self, hosts: &[Host]) {
+    fn gauge(&self) -> &Gauge {
+        self.gauge.get_or_init(
+            || metrics::gauge!(BREAKER_STATE, "cluster" => self.cluster.to_string(), "host" => "*"),
+        )
+    }
+
+    fn ejections_total(&self) -> &Counter {
+        self.ejections_total.get_or_init(
+            || metrics::counter!(EJECTIONS_TOTAL, "cluster" => self.cluster.to_string()),
+        )
+    }
+
+    /// Recounts ejected hosts (after the host list changed). With outlier
+    /// detection configured (`detecting`) the cluster's and hosts' breaker
+    /// gauges are registered and refreshed.
+    pub fn recount(&self, hosts: &[Host], detecting: bool) {
         let n = hosts
             .iter()
             .filter(|h| h.state.outlier.is_ejected())
             .count() as u32;
         self.ejected.store(n, Ordering::Relaxed);
-        self.update_gauge(hosts.len());
+        if detecting {
+            for h in hosts {
+                let s = &h.state.outlier;
+                s.gauge(&self.cluster, h.addr).set(s.state_value());
+            }
+            let _ = self.ejections_total();
+            self.update_gauge(hosts.len());
+        }
     }
 
     fn update_gauge(&self, hosts: usize) {
         let ejected = self.ejected.load(Ordering::Relaxed) as usize;
-        self.gauge.set(if ejected == 0 {
+        self.gauge().set(if ejected == 0 {
             CLOSED
         } else if ejected >= hosts {
             OPEN
@@ -230,8 +276,8 @@ impl ClusterOutliers {
         let n = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         s.ejected_until_ms
             .store(now_ms + cfg.ejection_ms(n).max(1), Ordering::Relaxed);
-        s.gauge.set(OPEN);
-        self.ejections_total.increment(1);
+        s.gauge(&self.cluster, host.addr).set(OPEN);
+        self.ejections_total().increment(1);
         tracing::info!(host = %host.addr, ejections = n, reason, "outlier ejected");
     }
 
@@ -260,7 +306,7 @@ impl ClusterOutliers {
                 if s.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
                     self.ejected.fetch_sub(1, Ordering::Relaxed);
                 }
-                s.gauge.set(CLOSED);
+                s.gauge(&self.cluster, host.addr).set(CLOSED);
                 tracing::info!(host = %host.addr, "outlier readmitted after a successful probe");
             } else {
                 // Still in the ejected count: just extend the ejection.
@@ -359,7 +405,6 @@ impl ClusterOutliers {
 mod tests {
     use super::*;
     use crate::host::HostState;
-    use std::sync::Arc;
 
     fn hosts(n: usize) -> Vec<Host> {
         (0..n)
@@ -371,7 +416,7 @@ mod tests {
                     identity: None,
                     weight: 1,
                     labels: Arc::default(),
-                    state: Arc::new(HostState::new("c", addr)),
+                    state: Arc::new(HostState::new()),
                 }
             })
             .collect()
@@ -388,7 +433,7 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_then_a_probe_readmits() {
-        let (c, hs) = (ClusterOutliers::new("c"), hosts(4));
+        let (c, hs) = (ClusterOutliers::new("c".into()), hosts(4));
         let cfg = cfg();
         for _ in 0..2 {
             c.record(&cfg, &hs, &hs[0], false, Outcome::ServerError);
@@ -426,7 +471,7 @@ mod tests {
 
     #[test]
     fn failed_probe_ejects_again_for_longer() {
-        let (c, hs) = (ClusterOutliers::new("c"), hosts(2));
+        let (c, hs) = (ClusterOutliers::new("c".into()), hosts(2));
         let cfg = cfg();
         for _ in 0..3 {
             c.record(&cfg, &hs, &hs[1], false, Outcome::GatewayError);
@@ -451,7 +496,7 @@ mod tests {
 
     #[test]
     fn max_ejection_percent_caps_ejected_hosts() {
-        let (c, hs) = (ClusterOutliers::new("c"), hosts(4));
+        let (c, hs) = (ClusterOutliers::new("c".into()), hosts(4));
         let cfg = cfg();
         for h in &hs {
             for _ in 0..3 {
@@ -464,7 +509,7 @@ mod tests {
 
     #[test]
     fn connect_failures_trigger_their_own_threshold() {
-        let (c, hs) = (ClusterOutliers::new("c"), hosts(3));
+        let (c, hs) = (ClusterOutliers::new("c".into()), hosts(3));
         let cfg = OutlierConfig::from_pb(&pb::OutlierDetection {
             consecutive_connect_failures: 2,
             max_ejection_percent: 100,
@@ -482,7 +527,7 @@ mod tests {
 
     #[test]
     fn success_rate_ejects_the_host_far_below_its_peers() {
-        let (c, hs) = (ClusterOutliers::new("c"), hosts(5));
+        let (c, hs) = (ClusterOutliers::new("c".into()), hosts(5));
         let cfg = OutlierConfig::from_pb(&pb::OutlierDetection {
             success_rate: true,
             success_rate_minimum_hosts: 3,

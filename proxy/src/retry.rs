@@ -9,6 +9,7 @@ use crate::host::clock_ms;
 use metrics::Counter;
 use rand::Rng;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use xds_proto::v1 as pb;
 
@@ -254,7 +255,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct RetryBudget {
     slots: [Slot; WINDOW_SECS as usize],
-    exhausted: Counter,
+    cluster: Arc<str>,
+    /// Registered the first time the budget runs out.
+    exhausted: OnceLock<Counter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -280,10 +283,11 @@ impl BudgetConfig {
 }
 
 impl RetryBudget {
-    pub fn new(cluster: &str) -> Self {
+    pub fn new(cluster: Arc<str>) -> Self {
         RetryBudget {
             slots: Default::default(),
-            exhausted: metrics::counter!(BUDGET_EXHAUSTED_TOTAL, "cluster" => cluster.to_string()),
+            cluster,
+            exhausted: OnceLock::new(),
         }
     }
 
@@ -326,21 +330,40 @@ impl RetryBudget {
         if allowed {
             current.retries.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.exhausted.increment(1);
+            self.exhausted
+                .get_or_init(|| {
+                    metrics::counter!(BUDGET_EXHAUSTED_TOTAL, "cluster" => self.cluster.to_string())
+                })
+                .increment(1);
         }
         allowed
     }
 }
 
-/// Pre-registered `weft_retries_total{reason}` counters for one cluster.
-#[derive(Debug, Clone)]
-pub struct RetryCounters(pub [Counter; 8]);
+/// `weft_retries_total{cluster,reason}` of one cluster, each registered on
+/// its first retry.
+#[derive(Debug)]
+pub struct RetryCounters {
+    cluster: Arc<str>,
+    by_reason: [OnceLock<Counter>; 8],
+}
 
 impl RetryCounters {
-    pub fn new(cluster: &str) -> Self {
-        RetryCounters(REASONS.map(|reason| {
-            metrics::counter!(RETRIES_TOTAL, "cluster" => cluster.to_string(), "reason" => reason)
-        }))
+    pub fn new(cluster: Arc<str>) -> Self {
+        RetryCounters {
+            cluster,
+            by_reason: Default::default(),
+        }
+    }
+
+    /// Counts a retry for `REASONS[reason]`.
+    pub fn count(&self, reason: usize) {
+        if let Some(cell) = self.by_reason.get(reason) {
+            cell.get_or_init(|| {
+                metrics::counter!(RETRIES_TOTAL, "cluster" => self.cluster.to_string(), "reason" => REASONS[reason])
+            })
+            .increment(1);
+        }
     }
 }
 
@@ -424,7 +447,7 @@ mod tests {
 
     #[test]
     fn budget_allows_the_ratio_or_the_floor_not_more() {
-        let b = RetryBudget::new("c");
+        let b = RetryBudget::new("c".into());
         let cfg = BudgetConfig {
             ratio: 0.2,
             min_per_second: 0,
@@ -438,7 +461,7 @@ mod tests {
             ratio: 0.0,
             min_per_second: 10,
         };
-        let b = RetryBudget::new("c");
+        let b = RetryBudget::new("c".into());
         let granted = (0..100).filter(|_| b.try_withdraw(&floor)).count();
         assert_eq!(granted, 10, "the floor holds with no traffic");
     }

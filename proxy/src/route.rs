@@ -86,8 +86,10 @@ pub struct Backend {
     /// None: every endpoint of the cluster.
     #[serde(skip)]
     pub subset: Option<Subset>,
+    /// `weft_backend_requests_total`, for rules that split or mirror (a
+    /// single backend is already counted per route).
     #[serde(skip)]
-    pub requests: Counter,
+    pub requests: Option<Counter>,
 }
 
 impl Backend {
@@ -95,6 +97,7 @@ impl Backend {
         b: &pb::Backend,
         route: &str,
         clusters: &BTreeMap<String, Arc<Cluster>>,
+        counted: bool,
     ) -> Result<Backend, String> {
         let cluster = clusters
             .get(&b.cluster)
@@ -118,7 +121,9 @@ impl Backend {
             b.name.clone()
         };
         Ok(Backend {
-            requests: metrics::counter!(BACKEND_REQUESTS, "route" => route.to_string(), "backend" => name.clone()),
+            requests: counted.then(|| {
+                metrics::counter!(BACKEND_REQUESTS, "route" => route.to_string(), "backend" => name.clone())
+            }),
             name,
             weight: b.weight,
             cluster,
@@ -127,6 +132,12 @@ impl Backend {
     }
 
     /// The hosts requests to this backend choose from, and their balancer.
+    pub fn count_request(&self) {
+        if let Some(c) = &self.requests {
+            c.increment(1);
+        }
+    }
+
     pub fn hosts(&self) -> (&[crate::host::Host], &Balancer) {
         match &self.subset {
             Some(s) => (&s.hosts, &s.lb),
@@ -211,12 +222,14 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     #[serde(skip)]
     total_weight: u64,
+    // Rarely set: boxed so a plain rule stays small (a sidecar may hold
+    // thousands).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<(Backend, f64)>,
+    pub mirror: Option<Box<(Backend, f64)>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_headers: Option<HeaderOps>,
+    pub request_headers: Option<Box<HeaderOps>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_headers: Option<HeaderOps>,
+    pub response_headers: Option<Box<HeaderOps>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -277,7 +290,7 @@ impl Rule {
 
     /// Whether this request is copied to the mirror.
     pub fn mirror_this(&self) -> Option<&Backend> {
-        let (b, percent) = self.mirror.as_ref()?;
+        let (b, percent) = self.mirror.as_deref()?;
         (*percent >= 100.0 || rand::rng().random::<f64>() * 100.0 < *percent).then_some(b)
     }
 }
@@ -331,10 +344,11 @@ impl Rule {
         if r.backends.is_empty() {
             return Err("no backends".into());
         }
+        let split = r.backends.len() > 1 || r.mirror.is_some();
         let backends = r
             .backends
             .iter()
-            .map(|b| Backend::build(b, route, clusters))
+            .map(|b| Backend::build(b, route, clusters, split))
             .collect::<Result<Vec<_>, _>>()?;
         let headers = r
             .headers
@@ -353,7 +367,10 @@ impl Rule {
         let mirror = match &r.mirror {
             Some(m) => {
                 let b = m.backend.as_ref().ok_or("mirror without a backend")?;
-                Some((Backend::build(b, route, clusters)?, m.percent))
+                Some(Box::new((
+                    Backend::build(b, route, clusters, true)?,
+                    m.percent,
+                )))
             }
             None => None,
         };
@@ -372,8 +389,8 @@ impl Rule {
             metrics: RequestMetrics::new("outbound", route, &backends[0].cluster.service),
             backends,
             mirror,
-            request_headers: HeaderOps::from_pb(r.request_headers.as_ref())?,
-            response_headers: HeaderOps::from_pb(r.response_headers.as_ref())?,
+            request_headers: HeaderOps::from_pb(r.request_headers.as_ref())?.map(Box::new),
+            response_headers: HeaderOps::from_pb(r.response_headers.as_ref())?.map(Box::new),
             timeout: ms(r.timeout_ms),
             idle_timeout: ms(r.idle_timeout_ms),
             retry: RetryPolicy::from_pb(r.retry.as_ref())?,
@@ -574,7 +591,7 @@ mod tests {
             kind: Some(RKind::RouteTable(rt)),
         });
         let cache = ResourceCache::default()
-            .apply(&pb::DiscoveryResponse {
+            .apply(pb::DiscoveryResponse {
                 version: "r1".into(),
                 nonce: "1".into(),
                 resources,

@@ -62,8 +62,8 @@ pub struct Cluster {
     pub port: u16,
     pub protocol: Protocol,
     pub addresses: Vec<IpAddr>,
-    pub endpoints: Vec<SocketAddr>,
-    #[serde(skip)]
+    /// The endpoints (shown as their addresses in the config dump).
+    #[serde(rename = "endpoints", serialize_with = "host_addrs")]
     pub hosts: Vec<Host>,
     #[serde(skip)]
     pub lb: Balancer,
@@ -82,6 +82,10 @@ pub struct Cluster {
     pub runtime: Arc<ClusterRuntime>,
 }
 
+fn host_addrs<S: serde::Serializer>(hosts: &[Host], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(hosts.iter().map(|h| h.addr))
+}
+
 /// The live state of a cluster, carried from snapshot to snapshot.
 #[derive(Debug)]
 pub struct ClusterRuntime {
@@ -95,10 +99,11 @@ pub struct ClusterRuntime {
 
 impl ClusterRuntime {
     pub fn new(name: &str) -> Self {
+        let name: Arc<str> = Arc::from(name);
         ClusterRuntime {
-            load: Arc::new(ClusterLoad::new(name)),
-            budget: RetryBudget::new(name),
-            outliers: ClusterOutliers::new(name),
+            load: Arc::new(ClusterLoad::new(name.clone())),
+            budget: RetryBudget::new(name.clone()),
+            outliers: ClusterOutliers::new(name.clone()),
             retries: RetryCounters::new(name),
             unhealthy: AtomicU32::new(0),
         }
@@ -167,9 +172,6 @@ pub struct Snapshot {
     pub tcp_listeners: Vec<TcpListenerSpec>,
     #[serde(skip)]
     by_address: HashMap<SocketAddr, Arc<Cluster>>,
-    /// Endpoint → the SPIFFE ID its sidecar must present.
-    #[serde(skip)]
-    identities: HashMap<SocketAddr, Arc<str>>,
     /// Who may call the local workload.
     #[serde(skip)]
     pub authz: crate::authz::Authz,
@@ -188,7 +190,6 @@ impl Snapshot {
             clusters: BTreeMap::new(),
             tcp_listeners: vec![],
             by_address: HashMap::new(),
-            identities: HashMap::new(),
             authz: crate::authz::Authz::default(),
             rate_limits: crate::ratelimit::RateLimits::default(),
         }
@@ -196,7 +197,13 @@ impl Snapshot {
 
     /// The identity the sidecar at `endpoint` must present, if it has one.
     pub fn endpoint_identity(&self, endpoint: SocketAddr) -> Option<&Arc<str>> {
-        self.identities.get(&endpoint)
+        self.by_address
+            .get(&endpoint)?
+            .hosts
+            .iter()
+            .find(|h| h.addr == endpoint)?
+            .identity
+            .as_ref()
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -287,18 +294,22 @@ impl Snapshot {
                             let state = prev_states
                                 .get(&addr)
                                 .map(|s| (*s).clone())
-                                .unwrap_or_else(|| Arc::new(HostState::new(name, addr)));
+                                .unwrap_or_else(|| Arc::new(HostState::new()));
                             Ok(Host {
                                 addr,
                                 authority: authority_of(&addr),
                                 identity,
                                 weight: ep.weight.max(1),
-                                labels: Arc::new(
-                                    ep.labels
-                                        .iter()
-                                        .map(|(k, v)| (k.clone(), v.clone()))
-                                        .collect(),
-                                ),
+                                labels: if ep.labels.is_empty() {
+                                    crate::host::no_labels()
+                                } else {
+                                    Arc::new(
+                                        ep.labels
+                                            .iter()
+                                            .map(|(k, v)| (k.clone(), v.clone()))
+                                            .collect(),
+                                    )
+                                },
                                 state,
                             })
                         })
@@ -316,7 +327,7 @@ impl Snapshot {
             let runtime = prev_cluster
                 .map(|p| p.runtime.clone())
                 .unwrap_or_else(|| Arc::new(ClusterRuntime::new(name)));
-            runtime.outliers.recount(&hosts);
+            runtime.outliers.recount(&hosts, c.outlier.is_some());
             runtime.unhealthy.store(
                 hosts.iter().filter(|h| !h.state.is_healthy()).count() as u32,
                 Ordering::Relaxed,
@@ -330,7 +341,6 @@ impl Snapshot {
                     port,
                     protocol,
                     addresses,
-                    endpoints: hosts.iter().map(|h| h.addr).collect(),
                     lb: Balancer::new(lb, &hosts),
                     hosts,
                     limits: Limits::from_pb(c.limits.as_ref()),
@@ -439,13 +449,7 @@ impl Snapshot {
             None => crate::ratelimit::RateLimits::default(),
         };
         let mut by_address = HashMap::new();
-        let mut identities = HashMap::new();
         for c in clusters.values() {
-            for h in &c.hosts {
-                if let Some(id) = &h.identity {
-                    identities.insert(h.addr, id.clone());
-                }
-            }
             for ip in &c.addresses {
                 by_address.insert(SocketAddr::new(*ip, c.port), c.clone());
             }
@@ -461,7 +465,6 @@ impl Snapshot {
             clusters,
             tcp_listeners,
             by_address,
-            identities,
             authz,
             rate_limits,
         })
@@ -478,24 +481,30 @@ impl ResourceCache {
     /// Applies a push: `full_state` replaces everything; otherwise changed
     /// resources are upserted and removed names dropped. Unknown types are
     /// refused so the control plane learns this proxy cannot use them.
-    pub fn apply(&self, push: &pb::DiscoveryResponse) -> Result<ResourceCache, String> {
+    /// The push is consumed: its resources move into the new cache rather
+    /// than being copied (a large push is never held twice).
+    pub fn apply(&self, push: pb::DiscoveryResponse) -> Result<ResourceCache, String> {
+        if let Some(r) = push
+            .resources
+            .iter()
+            .find(|r| !type_url::SUPPORTED.contains(&r.type_url.as_str()))
+        {
+            return Err(format!(
+                "resource \"{}\": unsupported type \"{}\"",
+                r.name, r.type_url
+            ));
+        }
         let mut next = if push.full_state {
             ResourceCache::default()
         } else {
             self.clone()
         };
-        for r in &push.resources {
-            if !type_url::SUPPORTED.contains(&r.type_url.as_str()) {
-                return Err(format!(
-                    "resource \"{}\": unsupported type \"{}\"",
-                    r.name, r.type_url
-                ));
-            }
+        for r in push.resources {
             next.resources
-                .insert((r.type_url.clone(), r.name.clone()), r.clone());
+                .insert((r.type_url.clone(), r.name.clone()), r);
         }
-        for r in &push.removed {
-            next.resources.remove(&(r.type_url.clone(), r.name.clone()));
+        for r in push.removed {
+            next.resources.remove(&(r.type_url, r.name));
         }
         Ok(next)
     }
@@ -591,10 +600,10 @@ mod tests {
     #[test]
     fn incremental_push_upserts_and_removes() {
         let cache = ResourceCache::default()
-            .apply(&push(true, vec![cluster("a"), cluster("b")], vec![]))
+            .apply(push(true, vec![cluster("a"), cluster("b")], vec![]))
             .unwrap();
         let cache = cache
-            .apply(&push(
+            .apply(push(
                 false,
                 vec![cluster("c")],
                 vec![(type_url::CLUSTER, "a")],
@@ -602,9 +611,7 @@ mod tests {
             .unwrap();
         let names: Vec<&str> = cache.of(type_url::CLUSTER).map(|(n, _)| n).collect();
         assert_eq!(names, vec!["b", "c"]);
-        let cache = cache
-            .apply(&push(true, vec![cluster("z")], vec![]))
-            .unwrap();
+        let cache = cache.apply(push(true, vec![cluster("z")], vec![])).unwrap();
         assert_eq!(cache.len(), 1, "full state replaces everything");
     }
 
@@ -622,7 +629,7 @@ mod tests {
             }),
         );
         let cache = ResourceCache::default()
-            .apply(&push(true, vec![l], vec![]))
+            .apply(push(true, vec![l], vec![]))
             .unwrap();
         let err = Snapshot::build("r1", &cache).unwrap_err();
         assert!(err.contains("unknown cluster \"nope\""), "{err}");
@@ -642,7 +649,7 @@ mod tests {
             }),
         );
         let cache = ResourceCache::default()
-            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .apply(push(true, vec![cluster("a"), e], vec![]))
             .unwrap();
         assert!(Snapshot::build("r1", &cache)
             .unwrap_err()
@@ -663,7 +670,7 @@ mod tests {
             }),
         );
         let cache = ResourceCache::default()
-            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .apply(push(true, vec![cluster("a"), e], vec![]))
             .unwrap();
         let first = Snapshot::build("r1", &cache).unwrap();
         let h = &first.cluster("a").unwrap().hosts[0];
@@ -685,7 +692,7 @@ mod tests {
         let mut r = cluster("a");
         r.type_url = "weft.v1.FromTheFuture".into();
         assert!(ResourceCache::default()
-            .apply(&push(true, vec![r], vec![]))
+            .apply(push(true, vec![r], vec![]))
             .is_err());
     }
 
@@ -710,7 +717,7 @@ mod tests {
             }),
         );
         let cache = ResourceCache::default()
-            .apply(&push(true, vec![cluster("a"), e], vec![]))
+            .apply(push(true, vec![cluster("a"), e], vec![]))
             .unwrap();
         let snap = Snapshot::build("r1", &cache).unwrap();
         let c = snap.cluster("a").unwrap();

@@ -127,14 +127,17 @@ impl XdsClient {
     /// Applies one push; returns the ACK or NACK to send.
     fn apply(
         &self,
-        push: pb::DiscoveryResponse,
+        mut push: pb::DiscoveryResponse,
         cache: &mut ResourceCache,
     ) -> pb::DiscoveryRequest {
+        let (changed, removed) = (push.resources.len(), push.removed.len());
+        let version = std::mem::take(&mut push.version);
+        let nonce = std::mem::take(&mut push.nonce);
         let result = cache
-            .apply(&push)
+            .apply(push)
             .and_then(|next| {
                 let prev = self.snapshot.load();
-                Snapshot::build_after(&push.version, &next, Some(&prev)).map(|snap| (next, snap))
+                Snapshot::build_after(&version, &next, Some(&prev)).map(|snap| (next, snap))
             })
             .and_then(|(next, snap)| {
                 // A bundle that does not parse is refused with the config.
@@ -162,22 +165,22 @@ impl XdsClient {
                 if let Ok(mut n) = self.status.last_nack.lock() {
                     *n = None;
                 }
-                metrics::counter_config_update(&push.version);
-                tracing::info!(version = %push.version, resources, changed = push.resources.len(), removed = push.removed.len(), "config applied");
+                metrics::counter_config_update(&version);
+                tracing::info!(%version, resources, changed, removed, "config applied");
                 pb::DiscoveryRequest {
-                    response_nonce: push.nonce,
-                    version: push.version,
+                    response_nonce: nonce,
+                    version,
                     ..Default::default()
                 }
             }
             Err(reason) => {
                 ::metrics::counter!(metrics::CONFIG_NACKS).increment(1);
-                tracing::warn!(version = %push.version, %reason, "config rejected; keeping last good config");
+                tracing::warn!(%version, %reason, "config rejected; keeping last good config");
                 if let Ok(mut n) = self.status.last_nack.lock() {
-                    *n = Some(format!("{}: {reason}", push.version));
+                    *n = Some(format!("{version}: {reason}"));
                 }
                 pb::DiscoveryRequest {
-                    response_nonce: push.nonce,
+                    response_nonce: nonce,
                     version: self.snapshot.load().version.clone(),
                     error: reason,
                     ..Default::default()
