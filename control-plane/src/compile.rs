@@ -146,7 +146,7 @@ fn add_cluster(
         set,
         type_url::CLUSTER,
         cname.clone(),
-        RKind::Cluster(cluster),
+        RKind::Cluster(Box::new(cluster)),
     );
     // Endpoints behind a sidecar are reached over mTLS and must present the
     // service account's identity.
@@ -188,7 +188,7 @@ fn ms(v: &Option<String>) -> u64 {
 fn apply_cluster_policy(c: &mut pb::Cluster, p: &PolicySpec) {
     if let Some(lb) = &p.load_balancer {
         let hash = lb.hash.clone().unwrap_or_default();
-        c.lb = Some(pb::LoadBalancer {
+        c.lb = Some(Box::new(pb::LoadBalancer {
             algorithm: (match lb.algorithm {
                 LbAlgorithm::RoundRobin => pb::LbAlgorithm::RoundRobin,
                 LbAlgorithm::WeightedRoundRobin => pb::LbAlgorithm::WeightedRoundRobin,
@@ -203,20 +203,20 @@ fn apply_cluster_policy(c: &mut pb::Cluster, p: &PolicySpec) {
             hash_source_ip: hash.source_ip,
             slow_start_ms: ms(&lb.slow_start),
             panic_threshold_percent: lb.panic_threshold.unwrap_or(0),
-        });
+        }));
     }
     c.connect_timeout_ms = ms(&p.connect_timeout);
     if let Some(b) = &p.circuit_breaker {
-        c.limits = Some(pb::CircuitBreaker {
+        c.limits = Some(Box::new(pb::CircuitBreaker {
             max_connections: b.max_connections.unwrap_or(0),
             max_pending_requests: b.max_pending_requests.unwrap_or(0),
             max_requests: b.max_requests.unwrap_or(0),
             max_retries: b.max_retries.unwrap_or(0),
-        });
+        }));
     }
     if let Some(o) = &p.outlier_detection {
         let sr = o.success_rate.clone();
-        c.outlier = Some(pb::OutlierDetection {
+        c.outlier = Some(Box::new(pb::OutlierDetection {
             consecutive_5xx: o.consecutive5xx.unwrap_or(0),
             consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
             consecutive_connect_failures: o.consecutive_connect_failures.unwrap_or(0),
@@ -228,10 +228,10 @@ fn apply_cluster_policy(c: &mut pb::Cluster, p: &PolicySpec) {
             base_ejection_time_ms: ms(&o.base_ejection_time),
             max_ejection_time_ms: ms(&o.max_ejection_time),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(50),
-        });
+        }));
     }
     if let Some(h) = &p.health_check {
-        c.health_check = Some(pb::HealthCheck {
+        c.health_check = Some(Box::new(pb::HealthCheck {
             interval_ms: parse_ms(&h.interval).unwrap_or(1000),
             timeout_ms: parse_ms(&h.timeout).unwrap_or(1000),
             healthy_threshold: h.healthy_threshold.unwrap_or(1),
@@ -248,13 +248,13 @@ fn apply_cluster_policy(c: &mut pb::Cluster, p: &PolicySpec) {
             } else {
                 pb::health_check::Check::Tcp(true)
             }),
-        });
+        }));
     }
     if let Some(b) = &p.retry_budget {
-        c.retry_budget = Some(pb::RetryBudget {
+        c.retry_budget = Some(Box::new(pb::RetryBudget {
             percent: b.percent.unwrap_or(20.0),
             min_retries_per_second: b.min_retries_per_second.unwrap_or(10),
-        });
+        }));
     }
 }
 
@@ -390,10 +390,10 @@ fn compile_rule(
                 subset: m.subset.clone(),
             };
             let c = add_cluster(set, config, trust_domain, route_ns, &d)?;
-            Some(pb::Mirror {
+            Some(Box::new(pb::Mirror {
                 backend: Some(backend(c, &m.subset, 1)),
                 percent: m.percent,
-            })
+            }))
         }
         None => None,
     };
@@ -411,11 +411,11 @@ fn compile_rule(
         query: m.query.iter().map(|(n, c)| string_match(n, c)).collect(),
         backends,
         mirror,
-        request_headers: header_ops(&rule.request_headers),
-        response_headers: header_ops(&rule.response_headers),
+        request_headers: header_ops(&rule.request_headers).map(Box::new),
+        response_headers: header_ops(&rule.response_headers).map(Box::new),
         timeout_ms: ms(&rule.timeout),
         idle_timeout_ms: ms(&rule.idle_timeout),
-        retry: Some(retry_policy(rule)),
+        retry: Some(Box::new(retry_policy(rule))),
     })
 }
 

@@ -153,6 +153,7 @@ fn a_90_10_split_lands_within_3_percent_and_flagged_requests_reach_only_the_cana
     let (v1, v2) = (count(&replies, 200, "s0"), count(&replies, 200, "s1"));
     assert_eq!(v1 + v2, 2000, "every request answered: {replies:?}");
     let share = v2 as f64 / 2000.0;
+    eprintln!("90/10 split: canary got {v2} of 2000 ({:.1} %)", share * 100.0);
     assert!(
         (0.07..=0.13).contains(&share),
         "canary share {share} ({v2}/2000)"
@@ -257,6 +258,7 @@ fn under_a_total_outage_the_retry_budget_caps_upstream_load_at_1_2x() {
     }
     let upstream: u64 = (0..2).map(|i| f.served(i)).sum();
     let ratio = upstream as f64 / offered as f64;
+    eprintln!("total outage: {offered} offered, upstream saw {upstream} ({ratio:.3}x)");
     assert!(
         ratio <= 1.25,
         "upstream saw {upstream} for {offered} offered ({ratio:.2}x); 5 attempts each would be 5x"

@@ -19,14 +19,14 @@ fn snapshot(services: usize) -> Snapshot {
         resources.push(pb::Resource {
             name: name.clone(),
             type_url: type_url::CLUSTER.into(),
-            kind: Some(RKind::Cluster(pb::Cluster {
+            kind: Some(RKind::Cluster(Box::new(pb::Cluster {
                 name: name.clone(),
                 service: format!("svc-{s}"),
                 namespace: "bench".into(),
                 port: 8080,
                 protocol: pb::Protocol::Http as i32,
                 ..Default::default()
-            })),
+            }))),
         });
         resources.push(pb::Resource {
             name: name.clone(),
@@ -137,19 +137,19 @@ fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::snapshot::Cl
         pb::Resource {
             name: name.clone(),
             type_url: type_url::CLUSTER.into(),
-            kind: Some(RKind::Cluster(pb::Cluster {
+            kind: Some(RKind::Cluster(Box::new(pb::Cluster {
                 name: name.clone(),
                 service: "c".into(),
                 namespace: "bench".into(),
                 port: 80,
                 protocol: pb::Protocol::Http as i32,
-                lb: Some(lb),
-                outlier: Some(pb::OutlierDetection {
+                lb: Some(Box::new(lb)),
+                outlier: Some(Box::new(pb::OutlierDetection {
                     consecutive_5xx: 5,
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
-            })),
+            }))),
         },
         pb::Resource {
             name: name.clone(),

@@ -287,14 +287,14 @@ mod tests {
             pb::Resource {
                 name: "c".into(),
                 type_url: type_url::CLUSTER.into(),
-                kind: Some(RKind::Cluster(pb::Cluster {
+                kind: Some(RKind::Cluster(Box::new(pb::Cluster {
                     name: "c".into(),
                     service: "s".into(),
                     namespace: "n".into(),
                     port: 80,
                     protocol: pb::Protocol::Http as i32,
                     ..Default::default()
-                })),
+                }))),
             },
             pb::Resource {
                 name: "c".into(),

@@ -389,11 +389,11 @@ impl Rule {
             metrics: RequestMetrics::new("outbound", route, &backends[0].cluster.service),
             backends,
             mirror,
-            request_headers: HeaderOps::from_pb(r.request_headers.as_ref())?.map(Box::new),
-            response_headers: HeaderOps::from_pb(r.response_headers.as_ref())?.map(Box::new),
+            request_headers: HeaderOps::from_pb(r.request_headers.as_deref())?.map(Box::new),
+            response_headers: HeaderOps::from_pb(r.response_headers.as_deref())?.map(Box::new),
             timeout: ms(r.timeout_ms),
             idle_timeout: ms(r.idle_timeout_ms),
-            retry: RetryPolicy::from_pb(r.retry.as_ref())?,
+            retry: RetryPolicy::from_pb(r.retry.as_deref())?,
         })
     }
 }
@@ -506,14 +506,14 @@ mod tests {
         let cluster = |n: &str| pb::Resource {
             name: n.into(),
             type_url: type_url::CLUSTER.into(),
-            kind: Some(RKind::Cluster(pb::Cluster {
+            kind: Some(RKind::Cluster(Box::new(pb::Cluster {
                 name: n.into(),
                 service: n.into(),
                 namespace: "ns".into(),
                 port: 80,
                 protocol: pb::Protocol::Http as i32,
                 ..Default::default()
-            })),
+            }))),
         };
         let rule =
             |path: Option<Path>, method: &str, headers: Vec<(&str, &str)>, c: &str| pb::RouteRule {

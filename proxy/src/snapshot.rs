@@ -322,8 +322,8 @@ impl Snapshot {
                 }
                 None => vec![],
             };
-            let lb =
-                LbConfig::from_pb(c.lb.as_ref()).map_err(|e| format!("cluster \"{name}\": {e}"))?;
+            let lb = LbConfig::from_pb(c.lb.as_deref())
+                .map_err(|e| format!("cluster \"{name}\": {e}"))?;
             let runtime = prev_cluster
                 .map(|p| p.runtime.clone())
                 .unwrap_or_else(|| Arc::new(ClusterRuntime::new(name)));
@@ -343,10 +343,10 @@ impl Snapshot {
                     addresses,
                     lb: Balancer::new(lb, &hosts),
                     hosts,
-                    limits: Limits::from_pb(c.limits.as_ref()),
-                    outlier: c.outlier.as_ref().map(OutlierConfig::from_pb),
-                    health_check: c.health_check.clone(),
-                    budget: BudgetConfig::from_pb(c.retry_budget.as_ref()),
+                    limits: Limits::from_pb(c.limits.as_deref()),
+                    outlier: c.outlier.as_deref().map(OutlierConfig::from_pb),
+                    health_check: c.health_check.as_deref().cloned(),
+                    budget: BudgetConfig::from_pb(c.retry_budget.as_deref()),
                     connect_timeout: (c.connect_timeout_ms > 0)
                         .then(|| Duration::from_millis(c.connect_timeout_ms)),
                     runtime,
@@ -565,7 +565,7 @@ mod tests {
     fn cluster(name: &str) -> pb::Resource {
         res(
             name,
-            RKind::Cluster(pb::Cluster {
+            RKind::Cluster(Box::new(pb::Cluster {
                 name: name.into(),
                 service: "s".into(),
                 namespace: "n".into(),
@@ -573,7 +573,7 @@ mod tests {
                 protocol: pb::Protocol::Http as i32,
                 addresses: vec!["10.9.9.9".into()],
                 ..Default::default()
-            }),
+            })),
         )
     }
 
