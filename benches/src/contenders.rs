@@ -591,6 +591,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     let tcp_bind = localmesh::free_port(client.ip)?;
+    // The policies of the two policy-path contenders.
+    let policy_body = "  loadBalancer: {algorithm: peak-ewma}\n  circuitBreaker: {maxConnections: 10000, maxPendingRequests: 10000, maxRequests: 100000, maxRetries: 1000}\n  outlierDetection: {consecutive5xx: 5, consecutiveGatewayErrors: 5, consecutiveConnectFailures: 3}\n  retryBudget: {percent: 20, minRetriesPerSecond: 10}";
+    let route_policy =
+        "    retries: {attempts: 3, on: [5xx, connect-failure, reset]}\n    timeout: 10s";
     let weft_cfg = format!(
         r#"apiVersion: weft.dev/v1
 kind: Service
@@ -656,20 +660,14 @@ kind: Policy
 metadata: {{name: upstream-policy, namespace: bench}}
 spec:
   target: {{service: upstream-policy}}
-  loadBalancer: {{algorithm: peak-ewma}}
-  circuitBreaker: {{maxConnections: 10000, maxPendingRequests: 10000, maxRequests: 100000, maxRetries: 1000}}
-  outlierDetection: {{consecutive5xx: 5, consecutiveGatewayErrors: 5, consecutiveConnectFailures: 3}}
-  retryBudget: {{percent: 20, minRetriesPerSecond: 10}}
+{policy_body}
 ---
 apiVersion: weft.dev/v1
 kind: Policy
 metadata: {{name: bench-server-policy, namespace: bench}}
 spec:
   target: {{service: bench-server-policy}}
-  loadBalancer: {{algorithm: peak-ewma}}
-  circuitBreaker: {{maxConnections: 10000, maxPendingRequests: 10000, maxRequests: 100000, maxRetries: 1000}}
-  outlierDetection: {{consecutive5xx: 5, consecutiveGatewayErrors: 5, consecutiveConnectFailures: 3}}
-  retryBudget: {{percent: 20, minRetriesPerSecond: 10}}
+{policy_body}
   rateLimits: [{{name: ceiling, rate: 10000000, burst: 1000000}}]
 ---
 apiVersion: weft.dev/v1
@@ -680,8 +678,7 @@ spec:
   hosts: [bench-policy]
   http:
   - destination: {{service: upstream-policy, port: {http_port}}}
-    retries: {{attempts: 3, on: [5xx, connect-failure, reset]}}
-    timeout: 10s
+{route_policy}
 ---
 apiVersion: weft.dev/v1
 kind: Route
@@ -691,8 +688,7 @@ spec:
   hosts: [bench2-policy]
   http:
   - destination: {{service: bench-server-policy, port: {http_port}}}
-    retries: {{attempts: 3, on: [5xx, connect-failure, reset]}}
-    timeout: 10s
+{route_policy}
 ---
 apiVersion: weft.dev/v1
 kind: Route

@@ -359,6 +359,27 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// An HTTP/1.1 request line and headers, ending with the blank line.
+fn request_head(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+    keep_alive: bool,
+) -> String {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_len}\r\n");
+    if !keep_alive {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
 /// A minimal HTTP/1.1 client over a fresh connection (`Connection: close`).
 /// Returns (status, body as text). Used where curl would be too slow.
 pub fn http_request(
@@ -371,14 +392,7 @@ pub fn http_request(
 ) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
+    let req = request_head(method, path, host, headers, body.len(), false);
     s.write_all(req.as_bytes())?;
     s.write_all(body)?;
     let mut raw = Vec::new();
@@ -542,14 +556,7 @@ impl KeepAlive {
         }
         let result = (|| {
             let conn = self.conn.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-            let mut req = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-            for (k, v) in headers {
-                req.push_str(&format!("{k}: {v}\r\n"));
-            }
-            req.push_str("\r\n");
+            let req = request_head(method, path, host, headers, body.len(), true);
             conn.get_mut().write_all(req.as_bytes())?;
             conn.get_mut().write_all(body)?;
             let mut line = String::new();

@@ -278,7 +278,6 @@ fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ResourceCache, Snapshot};
     use xds_proto::type_url;
     use xds_proto::v1::resource::Kind as RKind;
 
@@ -309,16 +308,7 @@ mod tests {
                 })),
             },
         ];
-        let cache = ResourceCache::default()
-            .apply(pb::DiscoveryResponse {
-                version: "r1".into(),
-                nonce: "1".into(),
-                resources,
-                removed: vec![],
-                full_state: true,
-            })
-            .unwrap();
-        Snapshot::build("r1", &cache).unwrap().clusters["c"].clone()
+        crate::snapshot::test_snapshot(resources).clusters["c"].clone()
     }
 
     #[test]

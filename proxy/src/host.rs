@@ -161,6 +161,26 @@ impl Drop for HostGuard {
     }
 }
 
+/// `n` hosts 10.0.0.1.. on port 80 with `weights` (default 1), for tests.
+#[cfg(test)]
+pub(crate) fn test_hosts(n: usize, weights: &[u32]) -> Vec<Host> {
+    (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("10.0.0.{}:80", i + 1)
+                .parse()
+                .expect("valid address");
+            Host {
+                addr,
+                authority: crate::snapshot::authority_of(&addr),
+                identity: None,
+                weight: weights.get(i).copied().unwrap_or(1),
+                labels: no_labels(),
+                state: Arc::new(HostState::new()),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,16 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use xds_proto::v1 as pb;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    Random,
-    LeastRequest,
-    PeakEwma,
-    RingHash,
-    Maglev,
-}
+/// The algorithms are the wire enum's: one definition in xds-proto.
+pub use xds_proto::v1::LbAlgorithm as Algorithm;
 
 /// Where a consistent-hash key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +51,8 @@ impl LbConfig {
         let Some(lb) = lb else {
             return Ok(LbConfig::default());
         };
-        let algorithm = match pb::LbAlgorithm::try_from(lb.algorithm) {
-            Ok(pb::LbAlgorithm::RoundRobin) => Algorithm::RoundRobin,
-            Ok(pb::LbAlgorithm::WeightedRoundRobin) => Algorithm::WeightedRoundRobin,
-            Ok(pb::LbAlgorithm::Random) => Algorithm::Random,
-            Ok(pb::LbAlgorithm::LeastRequest) => Algorithm::LeastRequest,
-            Ok(pb::LbAlgorithm::PeakEwma) => Algorithm::PeakEwma,
-            Ok(pb::LbAlgorithm::RingHash) => Algorithm::RingHash,
-            Ok(pb::LbAlgorithm::Maglev) => Algorithm::Maglev,
-            Err(_) => return Err(format!("unknown load balancer {}", lb.algorithm)),
-        };
+        let algorithm = Algorithm::try_from(lb.algorithm)
+            .map_err(|_| format!("unknown load balancer {}", lb.algorithm))?;
         let hash_key = if !lb.hash_header.is_empty() {
             Some(HashKey::Header(
                 http::HeaderName::from_bytes(lb.hash_header.as_bytes())
@@ -429,26 +413,10 @@ fn maglev(hosts: &[Host]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::HostState;
     use std::collections::HashMap;
     use std::net::SocketAddr;
-    use std::sync::Arc;
 
-    fn hosts(n: usize, weights: &[u32]) -> Vec<Host> {
-        (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-                Host {
-                    addr,
-                    authority: crate::snapshot::authority_of(&addr),
-                    identity: None,
-                    weight: weights.get(i).copied().unwrap_or(1),
-                    labels: Arc::default(),
-                    state: Arc::new(HostState::new()),
-                }
-            })
-            .collect()
-    }
+    use crate::host::test_hosts as hosts;
 
     fn lb(algorithm: Algorithm, hs: &[Host]) -> Balancer {
         Balancer::new(

@@ -404,22 +404,9 @@ impl ClusterOutliers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::HostState;
 
     fn hosts(n: usize) -> Vec<Host> {
-        (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("10.0.0.{}:80", i + 1).parse().unwrap();
-                Host {
-                    addr,
-                    authority: crate::snapshot::authority_of(&addr),
-                    identity: None,
-                    weight: 1,
-                    labels: Arc::default(),
-                    state: Arc::new(HostState::new()),
-                }
-            })
-            .collect()
+        crate::host::test_hosts(n, &[])
     }
 
     fn cfg() -> OutlierConfig {

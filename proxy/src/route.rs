@@ -498,7 +498,7 @@ fn strip_port(authority: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ResourceCache, Snapshot};
+    use crate::snapshot::Snapshot;
     use xds_proto::type_url;
     use xds_proto::v1::resource::Kind as RKind;
 
@@ -590,16 +590,7 @@ mod tests {
             type_url: type_url::ROUTE_TABLE.into(),
             kind: Some(RKind::RouteTable(rt)),
         });
-        let cache = ResourceCache::default()
-            .apply(pb::DiscoveryResponse {
-                version: "r1".into(),
-                nonce: "1".into(),
-                resources,
-                removed: vec![],
-                full_state: true,
-            })
-            .unwrap();
-        Snapshot::build("r1", &cache).unwrap()
+        crate::snapshot::test_snapshot(resources)
     }
 
     fn pick(

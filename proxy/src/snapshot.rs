@@ -533,6 +533,21 @@ impl ResourceCache {
     }
 }
 
+/// A snapshot of exactly `resources` (a full-state push), for tests.
+#[cfg(test)]
+pub(crate) fn test_snapshot(resources: Vec<pb::Resource>) -> Snapshot {
+    let cache = ResourceCache::default()
+        .apply(pb::DiscoveryResponse {
+            version: "r1".into(),
+            nonce: "1".into(),
+            resources,
+            removed: vec![],
+            full_state: true,
+        })
+        .expect("supported resource types");
+    Snapshot::build("r1", &cache).expect("valid snapshot")
+}
+
 /// The current snapshot, shared by listeners, the xDS client and admin.
 pub type SnapshotHolder = Arc<ArcSwap<Snapshot>>;
 
