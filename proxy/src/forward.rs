@@ -37,6 +37,7 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
 /// was still sending.
 const TEE_WAIT: Duration = Duration::from_millis(250);
 pub const MIRRORS_TOTAL: &str = "weft_mirror_requests_total";
+const BODY_TIMEOUT: &str = "the request body did not arrive before the request deadline";
 
 pub struct Outbound {
     pub upstreams: Upstreams,
@@ -230,16 +231,25 @@ impl Outbound {
         let policy = &rule.retry;
         let may_retry = policy.enabled() && !upgrade;
         let keep = may_retry || rule.mirror.is_some();
-        let mut replay = match Replay::new(body, keep, policy.max_body_bytes).await {
+        // A small body is read before the first try; a client that sends it
+        // slower than the request deadline gets 408.
+        let read = Replay::new(body, keep, policy.max_body_bytes);
+        let read = match deadline {
+            Some(d) => tokio::time::timeout_at(d.at.into(), read)
+                .await
+                .unwrap_or_else(|_| Err(BODY_TIMEOUT.into())),
+            None => read.await,
+        };
+        let mut replay = match read {
             Ok(r) => r,
             Err(e) => {
-                rule.metrics.record(400, start.elapsed());
-                return local_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    format!("weft: {e}\n"),
-                    grpc,
-                );
+                let (status, reason) = if e == BODY_TIMEOUT {
+                    (StatusCode::REQUEST_TIMEOUT, "request_body_timeout")
+                } else {
+                    (StatusCode::BAD_REQUEST, "bad_request_body")
+                };
+                rule.metrics.record(status.as_u16(), start.elapsed());
+                return local_response(status, reason, format!("weft: {e}\n"), grpc);
             }
         };
 
