@@ -956,3 +956,76 @@ fn a_global_limit_holds_within_10_percent_across_three_proxies_with_uneven_deman
         "admitted {admitted:.0}/s of {offered:.0}/s offered; the limit is 300/s"
     );
 }
+
+#[test]
+fn a_policy_and_split_change_applies_within_a_second_without_failing_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let f = fleet("live", 2, "http", &[]);
+    let split = |v1: u32, v2: u32| {
+        route(&format!(
+            "  - backends:\n    - {{service: server, port: 8080, subset: {{version: v1}}, weight: {v1}}}\n    - {{service: server, port: 8080, subset: {{version: v2}}, weight: {v2}}}\n"
+        ))
+    };
+    let labels = ["labels: {version: v1}", "labels: {version: v2}"];
+    f.apply(&labels, &split(100, 0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let traffic = {
+        let (addr, stop) = (f.client.outbound, stop.clone());
+        std::thread::spawn(move || {
+            let mut c = KeepAlive::new(addr);
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.get("/", "server", &[]).expect("request");
+                seen.push((
+                    start.elapsed(),
+                    r.status,
+                    r.header("x-served-by").map(String::from),
+                ));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Move all traffic to v2 and switch the balancer, breaker and outlier
+    // settings at once.
+    let changed_at = start.elapsed();
+    f.apply(
+        &labels,
+        &format!(
+            "{}---\n{}",
+            split(0, 100),
+            policy("  loadBalancer: {algorithm: least-request}\n  circuitBreaker: {maxRequests: 1000}\n  outlierDetection: {consecutive5xx: 5}\n")
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    let seen = traffic.join().expect("traffic thread");
+    let failed: Vec<_> = seen.iter().filter(|r| r.1 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "no request fails across the change: {failed:?}"
+    );
+    let last_v1 = seen
+        .iter()
+        .filter(|r| r.2.as_deref() == Some("s0"))
+        .map(|r| r.0)
+        .max()
+        .expect("v1 served before the change");
+    eprintln!(
+        "split change: last v1 reply {:?} after the apply started",
+        last_v1.saturating_sub(changed_at)
+    );
+    assert!(
+        last_v1 < changed_at + Duration::from_secs(1),
+        "all traffic on v2 within 1 s of the apply: last v1 reply {:?} after it",
+        last_v1 - changed_at
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.0 > changed_at + Duration::from_secs(1))
+            .count()
+            > 10
+    );
+}
