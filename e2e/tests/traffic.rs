@@ -1029,3 +1029,54 @@ fn a_policy_and_split_change_applies_within_a_second_without_failing_requests() 
             > 10
     );
 }
+
+#[test]
+fn max_connections_fails_fast_when_a_plaintext_upstream_needs_another_connection() {
+    // An endpoint without a sidecar is reached over HTTP/1.1: each request
+    // in flight needs its own connection, so max_connections bites.
+    let f = fleet("maxconn", 1, "http", &[]);
+    let app = f.apps[0];
+    let yaml = format!(
+        "{}---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: server, namespace: e2e}}\nspec:\n  ports: [{{port: {app}, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1, sidecar: false}}]\n---\n{}---\n{}",
+        service_yaml("client", "e2e", 1, "http", f.client.inbound),
+        route(&format!("  - destination: {{service: server, port: {app}}}\n")),
+        policy("  circuitBreaker: {maxConnections: 1}\n")
+    );
+    let rev = f.mesh.apply("mesh.yaml", &yaml).expect("apply");
+    f.mesh.wait_synced(rev, 1);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = f.client.outbound;
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = KeepAlive::new(addr)
+                    .get("/slow?ms=400", "server", &[])
+                    .expect("request");
+                (
+                    r.status,
+                    r.header("x-weft-overloaded").map(String::from),
+                    t.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 200).count(),
+        1,
+        "{results:?}"
+    );
+    for r in results.iter().filter(|r| r.0 != 200) {
+        assert_eq!(
+            (r.0, r.1.as_deref()),
+            (503, Some("max_connections")),
+            "{results:?}"
+        );
+        assert!(r.2 < Duration::from_millis(300), "failed fast: {results:?}");
+    }
+    let m = f.client_metrics();
+    assert!(metric(&m, "weft_overloaded_total", "limit=\"max_connections\"").unwrap_or(0.0) >= 3.0);
+}
