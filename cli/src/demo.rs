@@ -334,11 +334,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
     let mut last = Instant::now();
+    // SIGTERM stops the demo like Ctrl-C: every process it started is
+    // stopped on the way out.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => {
                 println!("\nstopping");
+                break;
+            }
+            _ = term.recv() => {
+                println!("\nSIGTERM: stopping");
                 break;
             }
         }
