@@ -425,31 +425,34 @@ fn request_and_per_try_timeouts_fire_on_time_and_grpc_timeout_shrinks_per_hop() 
     );
 }
 
+/// `n` concurrent GETs of `path`, each on its own connection: (status,
+/// x-weft-overloaded, time taken) per request.
+fn burst(addr: SocketAddr, n: usize, path: &'static str) -> Vec<(u16, Option<String>, Duration)> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = KeepAlive::new(addr)
+                    .get(path, "server", &[])
+                    .expect("request");
+                (
+                    r.status,
+                    r.header("x-weft-overloaded").map(String::from),
+                    t.elapsed(),
+                )
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect()
+}
+
 #[test]
 fn max_pending_and_max_requests_fail_fast_with_the_limit_named() {
     let f = fleet("limits", 1, "http", &[]);
-    let burst = |n: usize| -> Vec<(u16, Option<String>, Duration)> {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let addr = f.client.outbound;
-                std::thread::spawn(move || {
-                    let t = Instant::now();
-                    let r = KeepAlive::new(addr)
-                        .get("/slow?ms=600", "server", &[])
-                        .expect("request");
-                    (
-                        r.status,
-                        r.header("x-weft-overloaded").map(String::from),
-                        t.elapsed(),
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    };
+    let burst = |n: usize| burst(f.client.outbound, n, "/slow?ms=600");
     f.apply(
         &[],
         &format!(
@@ -1044,26 +1047,7 @@ fn max_connections_fails_fast_when_a_plaintext_upstream_needs_another_connection
     );
     let rev = f.mesh.apply("mesh.yaml", &yaml).expect("apply");
     f.mesh.wait_synced(rev, 1);
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = f.client.outbound;
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = KeepAlive::new(addr)
-                    .get("/slow?ms=400", "server", &[])
-                    .expect("request");
-                (
-                    r.status,
-                    r.header("x-weft-overloaded").map(String::from),
-                    t.elapsed(),
-                )
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect();
+    let results = burst(f.client.outbound, 4, "/slow?ms=400");
     assert_eq!(
         results.iter().filter(|r| r.0 == 200).count(),
         1,

@@ -13,6 +13,7 @@ use crate::breaker::RequestSlot;
 use crate::host::HostGuard;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -271,5 +272,3 @@ impl Body for ResponseBody {
         }
     }
 }
-
-use std::future::Future;

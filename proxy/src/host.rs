@@ -13,11 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Milliseconds on a monotonic clock that starts with the process.
-pub fn clock_ms() -> u64 {
+/// Nanoseconds on a monotonic clock that starts with the process: the one
+/// clock every policy's timestamps share.
+pub fn clock_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `clock_ns` in milliseconds.
+pub fn clock_ms() -> u64 {
+    clock_ns() / 1_000_000
 }
 
 /// The labels of an endpoint without any (shared, not allocated per host).
@@ -105,7 +111,7 @@ impl HostState {
     /// Records one response latency: a slower sample takes over at once
     /// (peak), a faster one is blended in with exponential decay.
     pub fn observe_latency(&self, rtt: Duration) {
-        let now = now_ns();
+        let now = clock_ns();
         let rtt = rtt.as_nanos() as f64;
         let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let last = self.ewma_stamp_ns.swap(now, Ordering::Relaxed);
@@ -123,12 +129,6 @@ impl HostState {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
-}
-
-fn now_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A request in flight to a host: counted in `active` until dropped.

@@ -9,14 +9,14 @@
 //! (`lease_loop`), so no request waits on the network; the share's bucket
 //! (`Gcra`) changes rate without refilling.
 
-use crate::host::clock_ms;
+use crate::host::{clock_ms, clock_ns};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use http::HeaderName;
 use metrics::Counter;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xds_proto::v1 as pb;
 
@@ -274,12 +274,6 @@ pub struct Gcra {
     burst: u32,
 }
 
-fn now_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl Gcra {
     pub fn new(rate: f64, burst: u32) -> Self {
         Gcra {
@@ -305,7 +299,7 @@ impl Gcra {
         }
         let interval = (1e9 / rate) as u64;
         let tolerance = interval.saturating_mul(u64::from(self.burst - 1));
-        let now = now_ns();
+        let now = clock_ns();
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let start = tat.max(now);
