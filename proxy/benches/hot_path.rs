@@ -131,7 +131,7 @@ fn hot_path(c: &mut Criterion) {
 }
 
 /// A 10-host cluster with `lb` (and outlier detection on).
-fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::snapshot::Cluster> {
+fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::cluster::Cluster> {
     let name = "c.bench:80".to_string();
     let resources = vec![
         pb::Resource {
@@ -166,16 +166,7 @@ fn cluster_with(lb: pb::LoadBalancer) -> std::sync::Arc<weft_proxy::snapshot::Cl
             })),
         },
     ];
-    let cache = ResourceCache::default()
-        .apply(pb::DiscoveryResponse {
-            version: "r1".into(),
-            nonce: "1".into(),
-            resources,
-            removed: vec![],
-            full_state: true,
-        })
-        .expect("valid push");
-    Snapshot::build("r1", &cache)
+    Snapshot::from_resources("r1", resources)
         .expect("valid snapshot")
         .clusters[&name]
         .clone()
@@ -211,7 +202,7 @@ fn policies(c: &mut Criterion) {
         });
     }
     let cluster = cluster_with(pb::LoadBalancer::default());
-    let limits = weft_proxy::breaker::Limits {
+    let limits = weft_proxy::policy::circuit_breaker::Limits {
         max_requests: 100_000,
         max_pending: 100,
         max_connections: 0,
@@ -224,7 +215,7 @@ fn policies(c: &mut Criterion) {
             ))
         })
     });
-    let budget = weft_proxy::retry::BudgetConfig::from_pb(None);
+    let budget = weft_proxy::policy::retry_budget::BudgetConfig::from_pb(None);
     c.bench_function("retry_budget_record_request", |b| {
         b.iter(|| cluster.runtime.budget.record_request())
     });
@@ -233,16 +224,19 @@ fn policies(c: &mut Criterion) {
     });
     let host = cluster.hosts[0].clone();
     c.bench_function("outlier_record_success", |b| {
-        b.iter(|| cluster.record_outcome(&host, false, weft_proxy::outlier::Outcome::Success))
+        b.iter(|| {
+            cluster.record_outcome(&host, false, weft_proxy::policy::outlier::Outcome::Success)
+        })
     });
     c.bench_function("ewma_observe_latency", |b| {
         b.iter(|| {
             host.state
-                .observe_latency(std::time::Duration::from_micros(250))
+                .latency
+                .observe(std::time::Duration::from_micros(250))
         })
     });
     let limit = |key: pb::RateLimitKey, header: &str| {
-        weft_proxy::ratelimit::RateLimits::from_pb(
+        weft_proxy::policy::rate_limit::RateLimits::from_pb(
             &pb::RateLimitPolicy {
                 limits: vec![pb::RateLimit {
                     name: "bench/p/l".into(),
@@ -259,7 +253,7 @@ fn policies(c: &mut Criterion) {
     };
     let mut headers = http::HeaderMap::new();
     headers.insert("x-api-key", "key-1234".parse().unwrap());
-    let call = |h| weft_proxy::ratelimit::Call {
+    let call = |h| weft_proxy::policy::rate_limit::Call {
         port: 80,
         path: "/api",
         method: "GET",
@@ -272,7 +266,7 @@ fn policies(c: &mut Criterion) {
         b.iter(|| {
             black_box(matches!(
                 direct.check(&call(&headers)),
-                weft_proxy::ratelimit::Verdict::Allow
+                weft_proxy::policy::rate_limit::Verdict::Allow
             ))
         })
     });
@@ -281,17 +275,19 @@ fn policies(c: &mut Criterion) {
         b.iter(|| {
             black_box(matches!(
                 keyed.check(&call(&headers)),
-                weft_proxy::ratelimit::Verdict::Allow
+                weft_proxy::policy::rate_limit::Verdict::Allow
             ))
         })
     });
-    let global = weft_proxy::ratelimit::Gcra::new(1e9, 1_000_000);
+    let global = weft_proxy::policy::rate_limit::Gcra::new(1e9, 1_000_000);
     c.bench_function("rate_limit_check_global_share", |b| {
         b.iter(|| black_box(global.check()))
     });
-    let policy = weft_proxy::retry::RetryPolicy::default();
+    let policy = weft_proxy::policy::retry::RetryPolicy::default();
     c.bench_function("retry_policy_classify", |b| {
-        b.iter(|| black_box(policy.reason(black_box(weft_proxy::retry::Failure::Status(503)))))
+        b.iter(|| {
+            black_box(policy.reason(black_box(weft_proxy::policy::retry::Failure::Status(503))))
+        })
     });
 }
 

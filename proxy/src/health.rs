@@ -8,10 +8,11 @@
 //! One supervisor follows the snapshot and keeps one task per checked
 //! cluster, restarting it when the cluster's check config changes.
 
-use crate::body::RequestBody;
+use crate::cluster::Cluster;
+use crate::http::body::RequestBody;
+use crate::http::upstream::{ConnectTarget, Upstreams, DEFAULT_CONNECT_TIMEOUT};
 use crate::mtls::{Alpn, MeshTls};
-use crate::snapshot::{Cluster, SnapshotHolder};
-use crate::upstream::{Upstreams, DEFAULT_CONNECT_TIMEOUT};
+use crate::snapshot::SnapshotHolder;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
@@ -33,7 +34,7 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the supervisor until the process exits.
 pub async fn run(snapshot: SnapshotHolder, tls: Option<Arc<MeshTls>>) {
-    let upstreams = Upstreams::new(snapshot.clone(), tls.clone());
+    let upstreams = Upstreams::new(tls.clone());
     let mut tasks: HashMap<String, (pb::HealthCheck, JoinHandle<()>)> = HashMap::new();
     let mut seen_version = String::from("\0");
     loop {
@@ -141,7 +142,7 @@ fn record(cluster: &Cluster, host: &crate::host::Host, cfg: &pb::HealthCheck, ok
 
 async fn probe(
     cfg: &pb::HealthCheck,
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     host: &crate::host::Host,
     upstreams: &Upstreams,
     tls: Option<&MeshTls>,
@@ -161,7 +162,7 @@ async fn probe(
                 None,
             )?;
             let resp = upstreams
-                .send(req, meshed, h2)
+                .send(req, ConnectTarget::endpoint(cluster, host), meshed, h2)
                 .await
                 .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
@@ -193,7 +194,7 @@ async fn probe(
                 Some("application/grpc"),
             )?;
             let resp = upstreams
-                .send(req, meshed, true)
+                .send(req, ConnectTarget::endpoint(cluster, host), meshed, true)
                 .await
                 .map_err(|e| e.to_string())?;
             let header_status = resp
@@ -308,7 +309,10 @@ mod tests {
                 })),
             },
         ];
-        crate::snapshot::test_snapshot(resources).clusters["c"].clone()
+        crate::snapshot::Snapshot::from_resources("r1", resources)
+            .expect("valid snapshot")
+            .clusters["c"]
+            .clone()
     }
 
     #[test]

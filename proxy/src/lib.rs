@@ -1,13 +1,11 @@
 //! weft-proxy: the sidecar's data plane and its control-plane client.
-#![deny(unsafe_code)]
+//! ARCHITECTURE.md at the repository root maps the modules.
+#![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod authz;
-pub mod body;
-pub mod breaker;
-pub mod detect;
+pub mod clock;
+pub mod cluster;
 pub mod drain;
-pub mod forward;
 pub mod health;
 pub mod host;
 pub mod http;
@@ -16,13 +14,11 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod mtls;
-pub mod orig_dst;
-pub mod outlier;
-pub mod ratelimit;
-pub mod retry;
+pub mod policy;
+pub mod protocol;
+pub mod rate_limit_lease;
+pub mod resource_cache;
 pub mod route;
 pub mod snapshot;
 pub mod tcp;
-pub mod timeout;
-pub mod upstream;
 pub mod xds_client;

@@ -5,7 +5,8 @@
 #![forbid(unsafe_code)]
 
 use weft_proxy::{
-    admin, drain, health, http, identity, listener, metrics, mtls, ratelimit, snapshot, xds_client,
+    admin, drain, health, http, identity, listener, metrics, mtls, rate_limit_lease, snapshot,
+    xds_client,
 };
 
 use anyhow::Context as _;
@@ -174,11 +175,11 @@ fn main() -> anyhow::Result<()> {
         let ctx = Arc::new(Context {
             snapshot: snapshot.clone(),
             drain: drain.clone(),
-            outbound_http: Arc::new(http::HttpForwarder::outbound(
+            outbound_http: Arc::new(http::HttpServer::outbound(
                 snapshot.clone(),
                 mesh_tls.clone(),
             )),
-            inbound_http: Arc::new(http::HttpForwarder::inbound(
+            inbound_http: Arc::new(http::HttpServer::inbound(
                 snapshot.clone(),
                 &args.service,
                 args.app_port,
@@ -205,7 +206,7 @@ fn main() -> anyhow::Result<()> {
         Some(id) => id.control_plane(),
         None => weft_identity::channel::ControlPlane::Insecure,
     };
-    let leases = ratelimit::lease_loop(
+    let leases = rate_limit_lease::lease_loop(
         snapshot.clone(),
         control_plane.clone(),
         args.control_plane.clone(),

@@ -9,8 +9,8 @@
 //! TLS support) so the certificate can be swapped per handshake and the peer
 //! identity checked before a byte of the request is sent.
 
-use crate::authz::Peer;
 use crate::identity::WorkloadIdentity;
+use crate::policy::authz::Peer;
 use rustls::{ClientConfig, ServerConfig};
 use std::io;
 use std::net::SocketAddr;

@@ -5,10 +5,10 @@
 //! weighted backends (subsets of a cluster's endpoints), mirroring, header
 //! edits, timeouts and retries.
 
+use crate::cluster::Cluster;
 use crate::lb::Balancer;
 use crate::metrics::RequestMetrics;
-use crate::retry::RetryPolicy;
-use crate::snapshot::Cluster;
+use crate::policy::retry::RetryPolicy;
 use http::{HeaderName, HeaderValue};
 use metrics::Counter;
 use rand::Rng;
@@ -590,7 +590,7 @@ mod tests {
             type_url: type_url::ROUTE_TABLE.into(),
             kind: Some(RKind::RouteTable(rt)),
         });
-        crate::snapshot::test_snapshot(resources)
+        crate::snapshot::Snapshot::from_resources("r1", resources).expect("valid snapshot")
     }
 
     fn pick(

@@ -118,15 +118,6 @@ async fn handle(ctx: Arc<Context>, stream: tokio::net::TcpStream, port: u16) {
         tracing::debug!(port, "explicit listener has no endpoint; closing");
         return;
     };
-    let forwarded = crate::tcp::forward_to_endpoint(
-        stream,
-        target,
-        identity.as_deref(),
-        ctx.mtls.as_deref(),
-        &ctx.tcp_outbound,
-    )
-    .await;
-    if let Err(e) = forwarded {
-        tracing::debug!(%target, error = %e, "explicit tcp ended with error");
-    }
+    ctx.forward_tcp("explicit", stream, target, identity.as_deref())
+        .await;
 }

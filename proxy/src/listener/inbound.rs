@@ -5,11 +5,11 @@
 //! TLS handshake first; ALPN then picks HTTP or opaque TCP.
 
 use super::Context;
-use crate::authz::Access;
-use crate::detect::{detect, Detected};
+use crate::listener::detect::{detect, Detected};
 use crate::metrics;
 use crate::mtls::Alpn;
-use crate::snapshot::Protocol;
+use crate::policy::authz::Access;
+use crate::protocol::Protocol;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;

@@ -1,13 +1,17 @@
 //! Listeners: the fixed outbound and inbound ones, and the explicit-mode TCP
 //! listeners the control plane asks for. Each accepted connection is either
-//! served as HTTP (`http.rs`) or forwarded as opaque TCP.
+//! served as HTTP (`crate::http`) or forwarded as opaque TCP (`crate::tcp`),
+//! after protocol detection (`detect`) and, for intercepted connections,
+//! their original destination (`orig_dst`).
 
+pub mod detect;
 pub mod explicit;
 pub mod inbound;
+pub mod orig_dst;
 pub mod outbound;
 
 use crate::drain::Drain;
-use crate::http::{Direction, HttpForwarder};
+use crate::http::{Direction, HttpServer};
 use crate::metrics::TcpMetrics;
 use crate::mtls::MeshTls;
 use crate::snapshot::SnapshotHolder;
@@ -20,8 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Context {
     pub snapshot: SnapshotHolder,
     pub drain: Drain,
-    pub outbound_http: Arc<HttpForwarder>,
-    pub inbound_http: Arc<HttpForwarder>,
+    pub outbound_http: Arc<HttpServer>,
+    pub inbound_http: Arc<HttpServer>,
     /// Sidecar-to-sidecar mTLS; None with --insecure-dev.
     pub mtls: Option<Arc<MeshTls>>,
     pub detect_timeout: Duration,
@@ -41,6 +45,28 @@ impl Context {
         http.clone()
             .serve(stream, peer, None, self.drain.watch())
             .await
+    }
+
+    /// Forwards an opaque connection to `target` (mTLS when `identity` names
+    /// its sidecar), logging how it ended.
+    pub async fn forward_tcp(
+        &self,
+        listener: &'static str,
+        stream: TcpStream,
+        target: SocketAddr,
+        identity: Option<&str>,
+    ) {
+        let forwarded = crate::tcp::forward_to_endpoint(
+            stream,
+            target,
+            identity,
+            self.mtls.as_deref(),
+            &self.tcp_outbound,
+        )
+        .await;
+        if let Err(e) = forwarded {
+            tracing::debug!(listener, %target, error = %e, "tcp forwarding ended with error");
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 //! the original destination, or are refused when there is none.
 
 use super::Context;
-use crate::detect::{detect, Detected};
+use crate::listener::detect::{detect, Detected};
+use crate::listener::orig_dst::original_dst;
 use crate::metrics;
-use crate::orig_dst::original_dst;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -22,7 +22,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
         if c.protocol.is_opaque() {
             metrics::detection("skipped_opaque");
             if let Some((target, identity)) = c.pick_with_identity() {
-                forward(&ctx, stream, target, identity.as_deref()).await;
+                ctx.forward_tcp("outbound", stream, target, identity.as_deref())
+                    .await;
             }
             return;
         }
@@ -39,28 +40,12 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
                 .and_then(|c| c.pick_with_identity())
                 .or(original.map(|o| (o, None)));
             match target {
-                Some((t, identity)) => forward(&ctx, stream, t, identity.as_deref()).await,
+                Some((t, identity)) => {
+                    ctx.forward_tcp("outbound", stream, t, identity.as_deref())
+                        .await
+                }
                 None => tracing::debug!(%local, "non-HTTP connection with no destination; closing"),
             }
         }
-    }
-}
-
-async fn forward(
-    ctx: &Context,
-    stream: TcpStream,
-    target: std::net::SocketAddr,
-    identity: Option<&str>,
-) {
-    let forwarded = crate::tcp::forward_to_endpoint(
-        stream,
-        target,
-        identity,
-        ctx.mtls.as_deref(),
-        &ctx.tcp_outbound,
-    )
-    .await;
-    if let Err(e) = forwarded {
-        tracing::debug!(%target, error = %e, "outbound tcp ended with error");
     }
 }

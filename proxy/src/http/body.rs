@@ -9,8 +9,8 @@
 //! the request's slots (cluster load, host in flight) held until it ends and
 //! the idle/request timeouts enforced, or a locally generated body.
 
-use crate::breaker::RequestSlot;
 use crate::host::HostGuard;
+use crate::policy::circuit_breaker::RequestSlot;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;

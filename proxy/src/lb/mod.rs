@@ -8,8 +8,9 @@
 //! then all hosts take traffic (a degraded cluster beats no cluster). An
 //! ejected host whose ejection time is over receives a single probe.
 
-use crate::host::{clock_ms, Host, HostGuard};
-use crate::outlier::Availability;
+use crate::clock::clock_ms;
+use crate::host::ejection::Availability;
+use crate::host::{Host, HostGuard};
 use rand::Rng;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -160,7 +161,7 @@ impl Balancer {
             if !h.state.is_healthy() {
                 return None;
             }
-            match h.state.outlier.availability(now) {
+            match h.state.ejection.availability(now) {
                 Availability::Available => Some(Picked {
                     index: i,
                     guard: HostGuard::new(h.state.clone(), false),
@@ -210,7 +211,7 @@ impl Balancer {
                     let active = f64::from(h.state.active.load(Ordering::Relaxed));
                     let w = h.effective_weight(self.config.slow_start, now);
                     if ewma {
-                        h.state.ewma() * (active + 1.0) / w
+                        h.state.latency.get() * (active + 1.0) / w
                     } else {
                         (active + 1.0) / w
                     }
@@ -239,7 +240,7 @@ impl Balancer {
         picked.or_else(|| {
             exclude.filter(|i| *i < n).and_then(|i| {
                 let h = &hosts[i];
-                (h.state.is_healthy() && !h.state.outlier.is_ejected()).then(|| Picked {
+                (h.state.is_healthy() && !h.state.ejection.is_ejected()).then(|| Picked {
                     index: i,
                     guard: HostGuard::new(h.state.clone(), false),
                 })
@@ -485,9 +486,9 @@ mod tests {
     #[test]
     fn peak_ewma_avoids_a_slow_host() {
         let hs = hosts(3, &[]);
-        hs[1].state.observe_latency(Duration::from_millis(200));
-        hs[0].state.observe_latency(Duration::from_millis(1));
-        hs[2].state.observe_latency(Duration::from_millis(1));
+        hs[1].state.latency.observe(Duration::from_millis(200));
+        hs[0].state.latency.observe(Duration::from_millis(1));
+        hs[2].state.latency.observe(Duration::from_millis(1));
         let c = counts(&lb(Algorithm::PeakEwma, &hs), &hs, 300, |_| None);
         assert_eq!(c[1], 0, "{c:?}");
     }

@@ -6,10 +6,10 @@
 //! Local limits use governor (GCRA, lock-free for unkeyed limits; keyed ones
 //! in governor's sharded map, trimmed as keys go idle). A global limit holds
 //! mesh-wide: each proxy enforces the share the control plane leases to it
-//! (`lease_loop`), so no request waits on the network; the share's bucket
+//! (`rate_limit_lease`), so no request waits on the network; the share's bucket
 //! (`Gcra`) changes rate without refilling.
 
-use crate::host::{clock_ms, clock_ns};
+use crate::clock::clock_ns;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use http::HeaderName;
 use metrics::Counter;
@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use xds_proto::v1 as pb;
 
 pub const RATE_LIMITED_TOTAL: &str = "weft_rate_limited_total";
@@ -104,6 +104,14 @@ fn quota(rate: f64, burst: u32) -> Quota {
 }
 
 impl Limit {
+    /// The leased bucket of a global limit (its rate is the lease).
+    pub(crate) fn leased(&self) -> Option<&Gcra> {
+        match &self.buckets.bucket {
+            Bucket::Leased(g) => Some(g),
+            _ => None,
+        }
+    }
+
     fn from_pb(l: &pb::RateLimit, prev: Option<&Limit>) -> Result<Limit, String> {
         let key = match pb::RateLimitKey::try_from(l.key) {
             Ok(pb::RateLimitKey::None) => Key::None,
@@ -252,7 +260,7 @@ impl RateLimits {
     }
 
     /// Global limits with their demand since the last call (requests/s).
-    fn take_demands(&self, elapsed: Duration) -> Vec<(&Limit, f64)> {
+    pub(crate) fn take_demands(&self, elapsed: Duration) -> Vec<(&Limit, f64)> {
         self.limits
             .iter()
             .filter(|l| l.global)
@@ -314,84 +322,6 @@ impl Gcra {
             ) {
                 Ok(_) => return None,
                 Err(t) => tat = t,
-            }
-        }
-    }
-}
-
-/// How often leases are renewed.
-pub const LEASE_EVERY: Duration = Duration::from_millis(200);
-/// Without a lease for this long, a proxy falls back to limit / peers.
-const LEASE_STALE: Duration = Duration::from_secs(5);
-
-/// Reports demand for this proxy's global limits and applies the shares the
-/// control plane leases back. Runs until the process exits.
-pub async fn lease_loop(
-    snapshot: crate::snapshot::SnapshotHolder,
-    control_plane: weft_identity::channel::ControlPlane,
-    url: String,
-    node: pb::Node,
-) {
-    use xds_proto::v1::rate_limit_quota_client::RateLimitQuotaClient;
-    let mut client: Option<RateLimitQuotaClient<tonic::transport::Channel>> = None;
-    let mut last = Instant::now();
-    let mut last_ok = clock_ms();
-    let mut peers: std::collections::HashMap<Arc<str>, u32> = Default::default();
-    loop {
-        tokio::time::sleep(LEASE_EVERY).await;
-        let snap = snapshot.load_full();
-        let elapsed = last.elapsed();
-        last = Instant::now();
-        let demands = snap.rate_limits.take_demands(elapsed);
-        if demands.is_empty() {
-            continue;
-        }
-        if client.is_none() {
-            client = control_plane
-                .connect(&url, Duration::from_secs(2))
-                .await
-                .ok()
-                .map(RateLimitQuotaClient::new);
-        }
-        let req = pb::LeaseRequest {
-            node: Some(node.clone()),
-            demands: demands
-                .iter()
-                .map(|(l, rps)| pb::Demand {
-                    limit: l.name.to_string(),
-                    requests_per_second: *rps,
-                })
-                .collect(),
-        };
-        let reply = match client.as_mut() {
-            Some(c) => tokio::time::timeout(Duration::from_secs(1), c.lease(req)).await,
-            None => continue,
-        };
-        match reply {
-            Ok(Ok(resp)) => {
-                last_ok = clock_ms();
-                for lease in resp.into_inner().leases {
-                    if let Some((l, _)) = demands.iter().find(|(l, _)| *l.name == *lease.limit) {
-                        if let Bucket::Leased(g) = &l.buckets.bucket {
-                            g.set_rate(lease.requests_per_second);
-                        }
-                        peers.insert(l.name.clone(), lease.peers.max(1));
-                    }
-                }
-            }
-            Ok(Err(status)) => {
-                tracing::debug!(error = %status, "rate-limit lease refused");
-                client = None;
-            }
-            Err(_) => client = None,
-        }
-        if clock_ms().saturating_sub(last_ok) > LEASE_STALE.as_millis() as u64 {
-            // Control plane out of reach: an even share by the last count.
-            for (l, _) in &demands {
-                if let Bucket::Leased(g) = &l.buckets.bucket {
-                    let n = peers.get(&l.name).copied().unwrap_or(1);
-                    g.set_rate(l.rate / f64::from(n));
-                }
             }
         }
     }

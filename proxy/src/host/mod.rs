@@ -1,29 +1,28 @@
 //! One upstream endpoint of a cluster and its live state: requests in flight
-//! (least-request), a peak-EWMA latency (peak-EWMA), the outlier-detection
-//! state (breaker) and the active health-check verdict. The state is kept in
-//! an `Arc` that survives config pushes (a new snapshot reuses the state of
-//! the same endpoint), so an ejection or a health verdict is not forgotten
+//! (least-request), its latency estimate (`peak_ewma`), its ejection state
+//! (`ejection`, written by outlier detection) and the active health-check
+//! verdict. The state is kept in an `Arc` that survives config pushes (a new
+//! snapshot reuses the state of the same endpoint), so an ejection or a health verdict is not forgotten
 //! because an unrelated route changed. Everything is atomics: the request
 //! path reads and updates it without locks.
 
-use crate::outlier::OutlierState;
+pub mod ejection;
+pub mod peak_ewma;
+
+use crate::clock::clock_ms;
+use ejection::EjectionState;
+use peak_ewma::PeakEwma;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Nanoseconds on a monotonic clock that starts with the process: the one
-/// clock every policy's timestamps share.
-pub fn clock_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// `clock_ns` in milliseconds.
-pub fn clock_ms() -> u64 {
-    clock_ns() / 1_000_000
+/// `addr` as a URI authority, built once per host so requests do not format
+/// it (a SocketAddr always formats as a valid authority).
+pub fn authority_of(addr: &SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::try_from(addr.to_string())
+        .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
 }
 
 /// The labels of an endpoint without any (shared, not allocated per host).
@@ -58,25 +57,18 @@ impl Host {
     }
 }
 
-/// Default latency assumed for a host with no measurement yet (peak-EWMA).
-const DEFAULT_RTT_NS: f64 = 1_000_000.0;
-/// Peak-EWMA decay time constant.
-const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
-
 #[derive(Debug)]
 pub struct HostState {
     /// Requests in flight to this host.
     pub active: AtomicU32,
-    /// f64 bits: peak-EWMA of response latency in nanoseconds.
-    ewma_ns: AtomicU64,
-    /// When `ewma_ns` was last updated (ns on the process clock).
-    ewma_stamp_ns: AtomicU64,
+    /// Response latency as peak-EWMA sees it.
+    pub latency: PeakEwma,
     /// When the host first appeared (slow start).
     pub added_ms: u64,
     /// Active health checks: false once `unhealthy_threshold` checks failed.
     pub healthy: AtomicBool,
     pub health_streak: AtomicU32,
-    pub outlier: OutlierState,
+    pub ejection: EjectionState,
 }
 
 impl Default for HostState {
@@ -89,40 +81,12 @@ impl HostState {
     pub fn new() -> Self {
         HostState {
             active: AtomicU32::new(0),
-            ewma_ns: AtomicU64::new(0f64.to_bits()),
-            ewma_stamp_ns: AtomicU64::new(0),
+            latency: PeakEwma::new(),
             added_ms: clock_ms(),
             healthy: AtomicBool::new(true),
             health_streak: AtomicU32::new(0),
-            outlier: OutlierState::new(),
+            ejection: EjectionState::new(),
         }
-    }
-
-    /// The latency estimate used by peak-EWMA, decayed to now.
-    pub fn ewma(&self) -> f64 {
-        let v = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        if v == 0.0 {
-            DEFAULT_RTT_NS
-        } else {
-            v
-        }
-    }
-
-    /// Records one response latency: a slower sample takes over at once
-    /// (peak), a faster one is blended in with exponential decay.
-    pub fn observe_latency(&self, rtt: Duration) {
-        let now = clock_ns();
-        let rtt = rtt.as_nanos() as f64;
-        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
-        let last = self.ewma_stamp_ns.swap(now, Ordering::Relaxed);
-        let next = if prev == 0.0 || rtt > prev {
-            rtt
-        } else {
-            let elapsed = now.saturating_sub(last) as f64;
-            let w = (-elapsed / EWMA_DECAY_NS).exp();
-            prev * w + rtt * (1.0 - w)
-        };
-        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
     }
 
     /// Whether active health checks currently let the host take traffic.
@@ -156,7 +120,7 @@ impl Drop for HostGuard {
         if self.probe {
             // A probe that ended without a verdict (cancelled) frees the
             // slot so another request can probe.
-            self.state.outlier.release_probe();
+            self.state.ejection.release_probe();
         }
     }
 }
@@ -171,7 +135,7 @@ pub(crate) fn test_hosts(n: usize, weights: &[u32]) -> Vec<Host> {
                 .expect("valid address");
             Host {
                 addr,
-                authority: crate::snapshot::authority_of(&addr),
+                authority: authority_of(&addr),
                 identity: None,
                 weight: weights.get(i).copied().unwrap_or(1),
                 labels: no_labels(),
@@ -184,19 +148,6 @@ pub(crate) fn test_hosts(n: usize, weights: &[u32]) -> Vec<Host> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peak_ewma_jumps_to_a_slow_sample_and_decays_towards_fast_ones() {
-        let h = HostState::new();
-        assert_eq!(h.ewma(), DEFAULT_RTT_NS);
-        h.observe_latency(Duration::from_millis(1));
-        h.observe_latency(Duration::from_millis(50));
-        assert_eq!(h.ewma(), 50_000_000.0, "peak takes over at once");
-        std::thread::sleep(Duration::from_millis(20));
-        h.observe_latency(Duration::from_millis(1));
-        let v = h.ewma();
-        assert!(v < 50_000_000.0 && v > 1_000_000.0, "{v}");
-    }
 
     #[test]
     fn slow_start_ramps_weight_from_a_tenth_to_full() {

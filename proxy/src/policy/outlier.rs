@@ -1,28 +1,25 @@
-//! Outlier detection: the per-host breaker. A host that fails too often in a
+//! Outlier detection: decides when a host is ejected (its per-host breaker
+//! opens; the state itself is `host::ejection`). A host that fails too often in a
 //! row (5xx, gateway errors, connect failures) or whose success rate falls
 //! far below its peers' is ejected for a time that grows with each ejection.
 //! When the time is up the host is half-open: one probe request goes to it;
 //! success closes the breaker, failure ejects it again. At most
 //! `max_ejection_percent` of a cluster is ejected at once.
 //!
-//! State is atomics on the host (`OutlierState`) and on the cluster
+//! State is atomics on the host (`EjectionState`) and on the cluster
 //! (`ClusterOutliers`); success rates are evaluated by whichever request
 //! first finds the interval elapsed, so no background task is needed.
 
-use crate::host::{clock_ms, Host};
+use crate::clock::clock_ms;
+pub use crate::host::ejection::{Availability, BREAKER_STATE, CLOSED, HALF_OPEN, OPEN};
+use crate::host::Host;
 use metrics::{Counter, Gauge};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use xds_proto::v1 as pb;
 
-pub const BREAKER_STATE: &str = "weft_circuit_breaker_state";
 pub const EJECTIONS_TOTAL: &str = "weft_outlier_ejections_total";
-
-/// Gauge values of `weft_circuit_breaker_state`.
-pub const CLOSED: f64 = 0.0;
-pub const OPEN: f64 = 1.0;
-pub const HALF_OPEN: f64 = 2.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierConfig {
@@ -94,104 +91,6 @@ impl Outcome {
     }
 }
 
-pub enum Availability {
-    Available,
-    /// Half-open: this request is the one probe.
-    Probe,
-    Unavailable,
-}
-
-/// One host's breaker.
-#[derive(Debug)]
-pub struct OutlierState {
-    /// 0: in rotation; else ejected until this `clock_ms`.
-    ejected_until_ms: AtomicU64,
-    probing: AtomicBool,
-    ejections: AtomicU32,
-    consecutive_5xx: AtomicU32,
-    consecutive_gateway: AtomicU32,
-    consecutive_connect: AtomicU32,
-    window_total: AtomicU32,
-    window_success: AtomicU32,
-    /// Registered once the host's cluster has outlier detection (or at its
-    /// first ejection), not for every endpoint a sidecar knows.
-    gauge: OnceLock<Gauge>,
-}
-
-impl Default for OutlierState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl OutlierState {
-    pub fn new() -> Self {
-        OutlierState {
-            ejected_until_ms: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            ejections: AtomicU32::new(0),
-            consecutive_5xx: AtomicU32::new(0),
-            consecutive_gateway: AtomicU32::new(0),
-            consecutive_connect: AtomicU32::new(0),
-            window_total: AtomicU32::new(0),
-            window_success: AtomicU32::new(0),
-            gauge: OnceLock::new(),
-        }
-    }
-
-    /// The host's `weft_circuit_breaker_state` gauge, registered on first use.
-    fn gauge(&self, cluster: &str, addr: SocketAddr) -> &Gauge {
-        self.gauge.get_or_init(|| {
-            metrics::gauge!(BREAKER_STATE, "cluster" => cluster.to_string(), "host" => addr.to_string())
-        })
-    }
-
-    fn state_value(&self) -> f64 {
-        if self.is_ejected() {
-            OPEN
-        } else {
-            CLOSED
-        }
-    }
-
-    pub fn is_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) != 0
-    }
-
-    /// Whether a request may go to the host now; a half-open host admits
-    /// exactly one probe at a time.
-    pub fn availability(&self, now_ms: u64) -> Availability {
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        if until == 0 {
-            return Availability::Available;
-        }
-        if now_ms < until {
-            return Availability::Unavailable;
-        }
-        if self
-            .probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            // The gauge exists: the host was ejected.
-            if let Some(g) = self.gauge.get() {
-                g.set(HALF_OPEN);
-            }
-            Availability::Probe
-        } else {
-            Availability::Unavailable
-        }
-    }
-
-    pub fn release_probe(&self) {
-        self.probing.store(false, Ordering::Release);
-    }
-
-    pub fn ejection_count(&self) -> u32 {
-        self.ejections.load(Ordering::Relaxed)
-    }
-}
-
 /// A cluster's share of outlier state: the config, how many hosts are out,
 /// when success rates are next evaluated.
 #[derive(Debug)]
@@ -233,12 +132,12 @@ impl ClusterOutliers {
     pub fn recount(&self, hosts: &[Host], detecting: bool) {
         let n = hosts
             .iter()
-            .filter(|h| h.state.outlier.is_ejected())
+            .filter(|h| h.state.ejection.is_ejected())
             .count() as u32;
         self.ejected.store(n, Ordering::Relaxed);
         if detecting {
             for h in hosts {
-                let s = &h.state.outlier;
+                let s = &h.state.ejection;
                 s.gauge(&self.cluster, h.addr).set(s.state_value());
             }
             let _ = self.ejections_total();
@@ -272,7 +171,7 @@ impl ClusterOutliers {
     }
 
     fn eject(&self, cfg: &OutlierConfig, host: &Host, now_ms: u64, reason: &str) {
-        let s = &host.state.outlier;
+        let s = &host.state.ejection;
         let n = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         s.ejected_until_ms
             .store(now_ms + cfg.ejection_ms(n).max(1), Ordering::Relaxed);
@@ -290,7 +189,7 @@ impl ClusterOutliers {
         probe: bool,
         outcome: Outcome,
     ) {
-        let s = &host.state.outlier;
+        let s = &host.state.ejection;
         let now = clock_ms();
         let ok = outcome == Outcome::Success;
         s.window_total.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +277,7 @@ impl ClusterOutliers {
             .iter()
             .enumerate()
             .filter_map(|(i, h)| {
-                let s = &h.state.outlier;
+                let s = &h.state.ejection;
                 let total = s.window_total.swap(0, Ordering::Relaxed);
                 let ok = s.window_success.swap(0, Ordering::Relaxed);
                 (total >= sr.request_volume && !s.is_ejected())
@@ -428,31 +327,31 @@ mod tests {
         c.record(&cfg, &hs, &hs[0], false, Outcome::Success);
         c.record(&cfg, &hs, &hs[0], false, Outcome::ServerError);
         assert!(
-            !hs[0].state.outlier.is_ejected(),
+            !hs[0].state.ejection.is_ejected(),
             "a success resets the streak"
         );
         for _ in 0..2 {
             c.record(&cfg, &hs, &hs[0], false, Outcome::ServerError);
         }
-        assert!(hs[0].state.outlier.is_ejected());
+        assert!(hs[0].state.ejection.is_ejected());
         assert!(matches!(
-            hs[0].state.outlier.availability(clock_ms()),
+            hs[0].state.ejection.availability(clock_ms()),
             Availability::Unavailable
         ));
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(matches!(
-            hs[0].state.outlier.availability(clock_ms()),
+            hs[0].state.ejection.availability(clock_ms()),
             Availability::Probe
         ));
         assert!(
             matches!(
-                hs[0].state.outlier.availability(clock_ms()),
+                hs[0].state.ejection.availability(clock_ms()),
                 Availability::Unavailable
             ),
             "only one probe at a time"
         );
         c.record(&cfg, &hs, &hs[0], true, Outcome::Success);
-        assert!(!hs[0].state.outlier.is_ejected());
+        assert!(!hs[0].state.ejection.is_ejected());
         assert_eq!(c.ejected.load(Ordering::Relaxed), 0);
     }
 
@@ -465,15 +364,15 @@ mod tests {
         }
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(matches!(
-            hs[1].state.outlier.availability(clock_ms()),
+            hs[1].state.ejection.availability(clock_ms()),
             Availability::Probe
         ));
         c.record(&cfg, &hs, &hs[1], true, Outcome::GatewayError);
-        assert_eq!(hs[1].state.outlier.ejection_count(), 2);
+        assert_eq!(hs[1].state.ejection.ejection_count(), 2);
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert!(
             matches!(
-                hs[1].state.outlier.availability(clock_ms()),
+                hs[1].state.ejection.availability(clock_ms()),
                 Availability::Unavailable
             ),
             "second ejection lasts 2 x base"
@@ -490,7 +389,7 @@ mod tests {
                 c.record(&cfg, &hs, h, false, Outcome::ConnectFailure);
             }
         }
-        let ejected = hs.iter().filter(|h| h.state.outlier.is_ejected()).count();
+        let ejected = hs.iter().filter(|h| h.state.ejection.is_ejected()).count();
         assert_eq!(ejected, 2, "50 % of 4");
     }
 
@@ -505,11 +404,11 @@ mod tests {
         c.record(&cfg, &hs, &hs[2], false, Outcome::GatewayError);
         c.record(&cfg, &hs, &hs[2], false, Outcome::ConnectFailure);
         assert!(
-            !hs[2].state.outlier.is_ejected(),
+            !hs[2].state.ejection.is_ejected(),
             "only consecutive connect failures count"
         );
         c.record(&cfg, &hs, &hs[2], false, Outcome::ConnectFailure);
-        assert!(hs[2].state.outlier.is_ejected());
+        assert!(hs[2].state.ejection.is_ejected());
     }
 
     #[test]
@@ -540,7 +439,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         c.record(&cfg, &hs, &hs[0], false, Outcome::Success);
         let ejected: Vec<usize> = (0..5)
-            .filter(|i| hs[*i].state.outlier.is_ejected())
+            .filter(|i| hs[*i].state.ejection.is_ejected())
             .collect();
         assert_eq!(ejected, vec![3]);
     }

@@ -1,20 +1,17 @@
-//! Retries: which failures are retried (per route), how long to wait between
-//! tries (exponential backoff with full jitter, or the server's
-//! `Retry-After`), and the per-cluster retry budget that keeps retries from
-//! multiplying an outage: retries may add at most `percent` % on top of the
-//! cluster's requests over the last 10 s, or `min_per_second` in the current
-//! second, whichever is more.
+//! Retries: which failures are retried (per route), whether another try is
+//! allowed (`RetryPolicy::next_try`), how long to wait between tries
+//! (exponential backoff with full jitter, or the server's `Retry-After`),
+//! and the per-cluster retry counters. The budget that caps retries per
+//! cluster is `retry_budget`.
 
-use crate::host::clock_ms;
 use metrics::Counter;
 use rand::Rng;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use xds_proto::v1 as pb;
 
 pub const RETRIES_TOTAL: &str = "weft_retries_total";
-pub const BUDGET_EXHAUSTED_TOTAL: &str = "weft_retry_budget_exhausted_total";
 
 const CONNECT_FAILURE: u32 = 1;
 const RESET: u32 = 1 << 1;
@@ -57,6 +54,24 @@ pub const REASONS: [&str; 8] = [
     "status_code",
     "grpc_status",
 ];
+
+/// The longest wait before a retry when the request has no deadline.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// What the retry decision needs to know about the try that failed.
+pub struct FailedTry<'a> {
+    /// 1-based number of the try that failed.
+    pub attempt: u32,
+    /// Whether the request could be sent again (retries allowed on this
+    /// request and its body replayable).
+    pub replayable: bool,
+    pub method: &'a http::Method,
+    pub grpc: bool,
+    /// The failed response's headers (for `Retry-After`), if there was one.
+    pub response: Option<&'a http::HeaderMap>,
+    /// Time left before the request deadline, if it has one.
+    pub remaining: Option<Duration>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
@@ -167,6 +182,30 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether a try that failed with `failure` gets another, and after how
+    /// long: `Some((REASONS index, wait))`. The cluster's `max_retries` and
+    /// budget are asked after this (`Cluster::admit_retry`).
+    pub fn next_try(&self, failure: Failure, t: &FailedTry<'_>) -> Option<(usize, Duration)> {
+        let reason = self.reason(failure)?;
+        let safe = failure.never_processed()
+            || self.method_allowed(t.method)
+            // Every gRPC call is a POST: listing a gRPC code is the route
+            // saying that status is safe to retry.
+            || (t.grpc && matches!(failure, Failure::Grpc(_)));
+        if !(t.replayable && t.attempt < self.attempts && safe) {
+            return None;
+        }
+        let wait = t
+            .response
+            .and_then(retry_after)
+            .unwrap_or_else(|| self.backoff(t.attempt));
+        let fits = match t.remaining {
+            Some(left) => wait < left,
+            None => wait <= MAX_RETRY_WAIT,
+        };
+        fits.then_some((reason, wait))
+    }
+
     /// Wait before retry number `retry` (1-based): full jitter over an
     /// exponentially growing cap.
     pub fn backoff(&self, retry: u32) -> Duration {
@@ -242,104 +281,6 @@ fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
-const WINDOW_SECS: u64 = 10;
-
-#[derive(Debug, Default)]
-struct Slot {
-    second: AtomicU64,
-    requests: AtomicU32,
-    retries: AtomicU32,
-}
-
-/// The retry budget of one cluster: a 10 s sliding window of 1 s slots.
-#[derive(Debug)]
-pub struct RetryBudget {
-    slots: [Slot; WINDOW_SECS as usize],
-    cluster: Arc<str>,
-    /// Registered the first time the budget runs out.
-    exhausted: OnceLock<Counter>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetConfig {
-    /// Retries per request allowed on top (0.2 = 20 %).
-    pub ratio: f64,
-    pub min_per_second: u32,
-}
-
-impl BudgetConfig {
-    pub fn from_pb(b: Option<&pb::RetryBudget>) -> BudgetConfig {
-        match b {
-            Some(b) => BudgetConfig {
-                ratio: (b.percent / 100.0).max(0.0),
-                min_per_second: b.min_retries_per_second,
-            },
-            None => BudgetConfig {
-                ratio: 0.2,
-                min_per_second: 10,
-            },
-        }
-    }
-}
-
-impl RetryBudget {
-    pub fn new(cluster: Arc<str>) -> Self {
-        RetryBudget {
-            slots: Default::default(),
-            cluster,
-            exhausted: OnceLock::new(),
-        }
-    }
-
-    fn slot(&self, second: u64) -> &Slot {
-        let s = &self.slots[(second % WINDOW_SECS) as usize];
-        let seen = s.second.load(Ordering::Acquire);
-        if seen != second
-            && s.second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            s.requests.store(0, Ordering::Relaxed);
-            s.retries.store(0, Ordering::Relaxed);
-        }
-        s
-    }
-
-    /// Counts one original request (not a retry).
-    pub fn record_request(&self) {
-        self.slot(clock_ms() / 1000 + 1)
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes budget for one retry if there is any left.
-    pub fn try_withdraw(&self, cfg: &BudgetConfig) -> bool {
-        let now = clock_ms() / 1000 + 1;
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for s in &self.slots {
-            let sec = s.second.load(Ordering::Acquire);
-            if sec + WINDOW_SECS > now && sec <= now {
-                requests += u64::from(s.requests.load(Ordering::Relaxed));
-                retries += u64::from(s.retries.load(Ordering::Relaxed));
-            }
-        }
-        let current = self.slot(now);
-        let this_second = u64::from(current.retries.load(Ordering::Relaxed));
-        let allowed = (retries as f64) < cfg.ratio * requests as f64
-            || this_second < u64::from(cfg.min_per_second);
-        if allowed {
-            current.retries.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.exhausted
-                .get_or_init(|| {
-                    metrics::counter!(BUDGET_EXHAUSTED_TOTAL, "cluster" => self.cluster.to_string())
-                })
-                .increment(1);
-        }
-        allowed
-    }
-}
-
 /// `weft_retries_total{cluster,reason}` of one cluster, each registered on
 /// its first retry.
 #[derive(Debug)]
@@ -409,6 +350,61 @@ mod tests {
     }
 
     #[test]
+    fn next_try_needs_attempts_left_a_replayable_body_a_safe_method_and_time() {
+        let p = policy(&["5xx"], &[], &[]);
+        let get = http::Method::GET;
+        let post = http::Method::POST;
+        let t = |attempt, replayable, method, remaining| FailedTry {
+            attempt,
+            replayable,
+            method,
+            grpc: false,
+            response: None,
+            remaining,
+        };
+        let f = Failure::Status(503);
+        assert!(p.next_try(f, &t(1, true, &get, None)).is_some());
+        assert!(
+            p.next_try(f, &t(p.attempts, true, &get, None)).is_none(),
+            "no tries left"
+        );
+        assert!(
+            p.next_try(f, &t(1, false, &get, None)).is_none(),
+            "body gone"
+        );
+        assert!(
+            p.next_try(f, &t(1, true, &post, None)).is_none(),
+            "POST may have run"
+        );
+        assert!(
+            p.next_try(Failure::ConnectFailure, &t(1, true, &post, None))
+                .is_none(),
+            "connect failures are not retried unless listed"
+        );
+        assert!(
+            p.next_try(f, &t(1, true, &get, Some(Duration::ZERO)))
+                .is_none(),
+            "no time left"
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("3"),
+        );
+        let mut after = t(1, true, &get, None);
+        after.response = Some(&headers);
+        assert_eq!(
+            p.next_try(f, &after).map(|(_, w)| w),
+            Some(Duration::from_secs(3))
+        );
+        after.remaining = Some(Duration::from_secs(2));
+        assert!(
+            p.next_try(f, &after).is_none(),
+            "Retry-After past the deadline"
+        );
+    }
+
+    #[test]
     fn backoff_is_jittered_under_an_exponential_cap() {
         let p = policy(&["5xx"], &[], &[]);
         for _ in 0..200 {
@@ -443,26 +439,5 @@ mod tests {
             httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
-    }
-
-    #[test]
-    fn budget_allows_the_ratio_or_the_floor_not_more() {
-        let b = RetryBudget::new("c".into());
-        let cfg = BudgetConfig {
-            ratio: 0.2,
-            min_per_second: 0,
-        };
-        for _ in 0..100 {
-            b.record_request();
-        }
-        let granted = (0..100).filter(|_| b.try_withdraw(&cfg)).count();
-        assert_eq!(granted, 20);
-        let floor = BudgetConfig {
-            ratio: 0.0,
-            min_per_second: 10,
-        };
-        let b = RetryBudget::new("c".into());
-        let granted = (0..100).filter(|_| b.try_withdraw(&floor)).count();
-        assert_eq!(granted, 10, "the floor holds with no traffic");
     }
 }

@@ -1,0 +1,376 @@
+//! Upstream connections: the pools requests go out on (HTTP/1.1 keep-alive
+//! and h2c to plaintext endpoints, h2 over mTLS to endpoints with a
+//! sidecar) and the connectors behind them. A request is sent with the
+//! `ConnectTarget` it already chose (cluster and host, from the snapshot it
+//! read); a connector opening a connection for it applies that cluster's
+//! connect timeout and `max_connections` limit and checks that host's
+//! identity. A connection holds its cluster's connection slot until it
+//! closes.
+
+use crate::cluster::Cluster;
+use crate::host::Host;
+use crate::http::body::RequestBody;
+use crate::mtls::{Alpn, MeshTls};
+use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection refused locally because its cluster is at `max_connections`.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster is at its {0} limit")]
+pub struct OverLimit(pub Limit);
+
+/// The limit that refused a request's connection, if that is why it failed.
+pub fn over_limit(e: &(dyn std::error::Error + 'static)) -> Option<Limit> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(o) = io.get_ref().and_then(|i| i.downcast_ref::<OverLimit>()) {
+                return Some(o.0);
+            }
+        }
+        if let Some(o) = err.downcast_ref::<OverLimit>() {
+            return Some(o.0);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Whether the server refused the stream (HTTP/2 REFUSED_STREAM): it did
+/// not process the request.
+pub fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Where a request's new connection goes, as the request chose it.
+#[derive(Clone)]
+pub struct ConnectTarget {
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the sidecar there must present (mTLS hops).
+    pub identity: Option<Arc<str>>,
+    /// The chosen cluster: its connect timeout and `max_connections`.
+    /// None: the local app.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl ConnectTarget {
+    /// `host` of `cluster`.
+    pub fn endpoint(cluster: &Arc<Cluster>, host: &Host) -> Self {
+        ConnectTarget {
+            addr: host.addr,
+            identity: host.identity.clone(),
+            cluster: Some(cluster.clone()),
+        }
+    }
+
+    /// A local address outside any cluster (the app behind the sidecar).
+    pub fn local(addr: SocketAddr) -> Self {
+        ConnectTarget {
+            addr,
+            identity: None,
+            cluster: None,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// A connection slot under the cluster's `max_connections`.
+    fn admit(&self) -> io::Result<Option<ConnectionSlot>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        cluster
+            .runtime
+            .load
+            .try_connect(&cluster.limits)
+            .map(Some)
+            .map_err(|l| io::Error::other(OverLimit(l)))
+    }
+}
+
+tokio::task_local! {
+    /// The target of the request being sent: hyper's pool calls a connector
+    /// with the URI only, from within the request's future, so the request
+    /// lends its target to the connector through this task-local.
+    static TARGET: ConnectTarget;
+}
+
+fn current_target() -> io::Result<ConnectTarget> {
+    TARGET.try_with(ConnectTarget::clone).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "connection requested without a connect target",
+        )
+    })
+}
+
+/// `http(s)://<endpoint><path?query>`: the pool is keyed by the endpoint.
+pub fn upstream_uri(
+    authority: Authority,
+    original: &Uri,
+    meshed: bool,
+) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if meshed { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
+}
+
+/// A connection holding its cluster's connection slot.
+pub struct Tracked<T> {
+    io: T,
+    h2: bool,
+    _slot: Option<ConnectionSlot>,
+}
+
+impl<T> Connection for Tracked<T> {
+    fn connected(&self) -> Connected {
+        if self.h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+pub type PlainIo = Tracked<TokioIo<TcpStream>>;
+pub type MeshIo = Tracked<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+type Connecting<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+
+/// Plain TCP to an endpoint without a sidecar (or to the local app).
+#[derive(Clone, Default)]
+pub struct PlainConnector;
+
+impl tower::Service<http::Uri> for PlainConnector {
+    type Response = PlainIo;
+    type Error = io::Error;
+    type Future = Connecting<PlainIo>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let target = current_target();
+        Box::pin(async move {
+            let target = target?;
+            let addr = target.addr;
+            let timeout = target.timeout();
+            let slot = target.admit()?;
+            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out after {timeout:?}"),
+                    )
+                })??;
+            let _ = tcp.set_nodelay(true);
+            Ok(Tracked {
+                io: TokioIo::new(tcp),
+                h2: false,
+                _slot: slot,
+            })
+        })
+    }
+}
+
+/// mTLS to a peer sidecar, which must present the identity the request's
+/// target names.
+#[derive(Clone)]
+pub struct MeshConnector {
+    pub tls: Arc<MeshTls>,
+}
+
+impl tower::Service<http::Uri> for MeshConnector {
+    type Response = MeshIo;
+    type Error = io::Error;
+    type Future = Connecting<MeshIo>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let target = current_target();
+        Box::pin(async move {
+            let target = target?;
+            let addr = target.addr;
+            let expected = target.identity.clone().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no identity known for {addr}"),
+                )
+            })?;
+            let slot = target.admit()?;
+            let stream = tls
+                .connect(addr, &expected, Alpn::H2, target.timeout())
+                .await?;
+            Ok(Tracked {
+                io: TokioIo::new(stream),
+                h2: true,
+                _slot: slot,
+            })
+        })
+    }
+}
+
+/// The pools: HTTP/1.1 keep-alive and h2c (prior knowledge) to plaintext
+/// endpoints; h2 over mTLS to endpoints with a sidecar.
+#[derive(Clone)]
+pub struct Upstreams {
+    pub h1: Client<PlainConnector, RequestBody>,
+    pub h2: Client<PlainConnector, RequestBody>,
+    pub mesh: Option<Client<MeshConnector, RequestBody>>,
+}
+
+impl Upstreams {
+    pub fn new(tls: Option<Arc<MeshTls>>) -> Self {
+        let plain = PlainConnector;
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new());
+        let h1 = b.build(plain.clone());
+        b.http2_only(true).timer(TokioTimer::new());
+        let h2 = b.build(plain);
+        // Between sidecars HTTP always rides one multiplexed h2 connection.
+        let mesh = tls.map(|tls| b.build(MeshConnector { tls }));
+        Upstreams { h1, h2, mesh }
+    }
+
+    /// Sends on the pool for this hop (mTLS h2 to a sidecar, h2c, or h1);
+    /// a new connection it needs goes to `target`.
+    pub async fn send(
+        &self,
+        req: http::Request<RequestBody>,
+        target: ConnectTarget,
+        meshed: bool,
+        h2: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let sent = match (&self.mesh, meshed, h2) {
+            (Some(mesh), true, _) => mesh.request(req),
+            (_, _, true) => self.h2.request(req),
+            _ => self.h1.request(req),
+        };
+        TARGET.scope(target, sent).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query_and_targets_the_endpoint() {
+        let u = upstream_uri(
+            crate::host::authority_of(&"10.0.0.7:8080".parse().unwrap()),
+            &"/a/b?x=1".parse().unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.7:8080/a/b?x=1");
+    }
+
+    #[tokio::test]
+    async fn a_connector_outside_a_request_refuses_instead_of_guessing() {
+        use tower::Service;
+        let err = PlainConnector
+            .call("http://127.0.0.1:1/".parse().unwrap())
+            .await
+            .err()
+            .expect("no target");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn the_request_target_decides_where_a_connection_goes() {
+        use tower::Service;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The URI names another port: the connector must use the target.
+        let conn = TARGET
+            .scope(ConnectTarget::local(addr), async {
+                PlainConnector
+                    .call("http://127.0.0.1:1/".parse().unwrap())
+                    .await
+            })
+            .await;
+        assert!(conn.is_ok(), "{:?}", conn.err());
+        assert!(listener.accept().await.is_ok());
+    }
+}
