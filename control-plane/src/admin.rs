@@ -4,9 +4,9 @@
 
 use crate::ca::CertificateAuthority;
 use crate::config::Kind;
-use crate::discovery::ProxyRegistry;
+use crate::join_token::{JoinTokens, DEFAULT_TOKEN_TTL};
+use crate::proxy_status::ProxyRegistry;
 use crate::state::{ApplyError, ConfigState, Outcome};
-use crate::token::{JoinTokens, DEFAULT_TOKEN_TTL};
 use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,8 +4,8 @@
 //! logged with its reason and counted.
 
 use crate::ca::{CaError, CertificateAuthority};
-use crate::discovery::ProxyRegistry;
-use crate::token::BootstrapVerifier;
+use crate::join_token::BootstrapVerifier;
+use crate::proxy_status::ProxyRegistry;
 use crate::trust::Trust;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,11 +16,6 @@ use xds_proto::v1::{CertifyRequest, CertifyResponse};
 
 pub const CSR_TOTAL: &str = "weft_control_csr_total";
 pub const CSR_DURATION: &str = "weft_control_csr_sign_duration_seconds";
-
-/// The workload identity proven by the client certificate of the connection
-/// a request arrived on (inserted by the TLS layer as connect info).
-#[derive(Debug, Clone, Default)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
 
 pub struct IdentityService {
     ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
@@ -84,10 +79,7 @@ impl Identity for IdentityService {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let start = Instant::now();
-        let peer = request
-            .extensions()
-            .get::<PeerIdentity>()
-            .and_then(|p| p.0.clone());
+        let peer = crate::caller::peer_of(&request);
         let req = request.into_inner();
         let granted = self
             .granted(peer.as_ref(), &req.token)

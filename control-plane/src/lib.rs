@@ -1,18 +1,22 @@
 //! weft-control: stores declarative config, compiles it per proxy and pushes
-//! it over the discovery stream; serves the operator Admin API.
+//! it over the discovery stream; runs the mesh CA; serves the operator Admin
+//! API. ARCHITECTURE.md at the repository root maps the modules.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod ca;
+pub mod caller;
 pub mod compile;
 pub mod config;
 pub mod discovery;
 pub mod duration;
 pub mod identity;
+pub mod join_token;
 pub mod local_certs;
-pub mod quota;
+pub mod proxy_status;
+pub mod publish;
+pub mod rate_limit_quota;
 pub mod state;
 pub mod store;
-pub mod token;
 pub mod transport;
 pub mod trust;

@@ -7,7 +7,7 @@
 //!   plane on its first connection.
 
 use crate::ca::{write_private, CaError, CertificateAuthority};
-use crate::transport::{admin_identity, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
+use crate::caller::{admin_identity, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
 use crate::trust::Trust;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};

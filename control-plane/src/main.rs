@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use weft_control::admin::AdminService;
 use weft_control::ca::CertificateAuthority;
-use weft_control::discovery::{DiscoveryService, ProxyRegistry};
+use weft_control::discovery::DiscoveryService;
 use weft_control::identity::IdentityService;
-use weft_control::quota::QuotaService;
+use weft_control::join_token::JoinTokens;
+use weft_control::proxy_status::ProxyRegistry;
+use weft_control::rate_limit_quota::QuotaService;
 use weft_control::state::ConfigState;
 use weft_control::store::EmbeddedStore;
-use weft_control::token::JoinTokens;
 use weft_control::trust::Trust;
-use weft_control::{local_certs, transport};
+use weft_control::{caller, local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
@@ -158,15 +159,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(
             b.add_service(DiscoveryServer::with_interceptor(
                 discovery,
-                transport::require_workload(td.clone()),
+                caller::require_workload(td.clone()),
             ))
             .add_service(RateLimitQuotaServer::with_interceptor(
                 quota,
-                transport::require_workload(td.clone()),
+                caller::require_workload(td.clone()),
             ))
             .add_service(AdminServer::with_interceptor(
                 admin,
-                transport::require_admin(td),
+                caller::require_admin(td),
             ))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(incoming, stop),

@@ -1,8 +1,10 @@
-//! The live configuration: the stored objects at the current revision, the
-//! apply / delete transactions that change them (validate all, store all, then
-//! swap), and the debouncer that publishes changes to discovery streams.
+//! The live configuration: the stored objects at the current revision and
+//! the apply / delete transactions that change them (validate all, store
+//! all, then swap). Each change is handed to `publish`, which debounces it
+//! onto the discovery streams.
 
 use crate::config::{self, validate, ConfigError, ConfigSet, Object, ObjectKey};
+use crate::publish::{self, Published};
 use crate::store::{EmbeddedStore, StoreError};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -25,18 +27,9 @@ pub struct Outcome {
     pub action: &'static str,
 }
 
-/// A configuration revision as seen by discovery streams.
-#[derive(Debug)]
-pub struct Published {
-    pub config: Arc<ConfigSet>,
-    /// When the first change folded into this publication was committed; the
-    /// push-duration histogram measures from here to each proxy's ACK.
-    pub changed_at: Instant,
-}
-
 pub struct ConfigState {
     store: EmbeddedStore,
-    current: ArcSwap<ConfigSet>,
+    current: Arc<ArcSwap<ConfigSet>>,
     writer: tokio::sync::Mutex<()>,
     changes: mpsc::UnboundedSender<Instant>,
 }
@@ -54,13 +47,14 @@ impl ConfigState {
             config: initial.clone(),
             changed_at: Instant::now(),
         }));
+        let current = Arc::new(ArcSwap::new(initial));
         let state = Arc::new(ConfigState {
             store,
-            current: ArcSwap::new(initial),
+            current: current.clone(),
             writer: tokio::sync::Mutex::new(()),
             changes: tx,
         });
-        tokio::spawn(debounce_loop(state.clone(), rx, pub_tx, debounce));
+        tokio::spawn(publish::debounce_loop(current, rx, pub_tx, debounce));
         Ok((state, pub_rx))
     }
 
@@ -176,38 +170,6 @@ impl ConfigState {
 /// Folds bursts of changes into one publication: it publishes once no change
 /// has arrived for `debounce / 5`, and never later than `debounce` after the
 /// first change of the burst.
-async fn debounce_loop(
-    state: Arc<ConfigState>,
-    mut rx: mpsc::UnboundedReceiver<Instant>,
-    tx: watch::Sender<Arc<Published>>,
-    debounce: Duration,
-) {
-    let quiet = (debounce / 5).max(Duration::from_millis(1));
-    while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::from_std(first) + debounce;
-        loop {
-            let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            if wait.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return,
-                Err(_) => break,
-            }
-        }
-        let published = Arc::new(Published {
-            config: state.current(),
-            changed_at: first,
-        });
-        tracing::debug!(revision = published.config.revision, "publishing config");
-        metrics::histogram!("weft_control_debounce_seconds").record(first.elapsed().as_secs_f64());
-        if tx.send(published).is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

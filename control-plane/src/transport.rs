@@ -1,10 +1,10 @@
 //! The control plane's gRPC listener: TLS 1.3 with optional client
 //! certificates. Every connection is tagged with the SPIFFE ID its client
 //! certificate proves (if any); each service then decides who may call it
-//! (`require_*` interceptors below). Handshakes run off the accept loop, so a
+//! (`caller::require_*` interceptors). Handshakes run off the accept loop, so a
 //! slow or hostile client cannot stall others.
 
-use crate::identity::PeerIdentity;
+use crate::caller::PeerIdentity;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,8 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use tonic::{Request, Status};
-use xds_proto::spiffe::SpiffeId;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_FAILURES: &str = "weft_control_tls_handshake_failures_total";
@@ -123,60 +121,4 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-fn peer_of<T>(req: &Request<T>) -> Option<SpiffeId> {
-    req.extensions()
-        .get::<PeerIdentity>()
-        .and_then(|p| p.0.clone())
-}
-
-/// The identity `weftctl` presents (from `weftctl certs admin-cert`).
-pub fn admin_identity(trust_domain: &str) -> SpiffeId {
-    SpiffeId {
-        trust_domain: trust_domain.to_string(),
-        namespace: ADMIN_NAMESPACE.to_string(),
-        service_account: ADMIN_ACCOUNT.to_string(),
-    }
-}
-
-pub const ADMIN_NAMESPACE: &str = "weft-system";
-pub const ADMIN_ACCOUNT: &str = "admin";
-pub const CONTROL_ACCOUNT: &str = "weft-control";
-
-/// Admin API: only the admin identity.
-pub fn require_admin(
-    trust_domain: String,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    let admin = admin_identity(&trust_domain);
-    move |req: Request<()>| match peer_of(&req) {
-        Some(id) if id == admin => Ok(req),
-        Some(id) => Err(denied(format!("{id} is not the admin identity ({admin})"))),
-        None => Err(denied(
-            "the admin API needs a client certificate: create one with `weftctl certs admin-cert`"
-                .into(),
-        )),
-    }
-}
-
-/// Discovery: any workload certificate of this trust domain.
-pub fn require_workload(
-    trust_domain: String,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| match peer_of(&req) {
-        Some(id) if id.trust_domain == trust_domain => Ok(req),
-        Some(id) => Err(denied(format!(
-            "{id} is not in trust domain {trust_domain}"
-        ))),
-        None => Err(denied(
-            "discovery needs a workload certificate: call Identity.Certify with a join token first"
-                .into(),
-        )),
-    }
-}
-
-fn denied(msg: String) -> Status {
-    metrics::counter!("weft_control_unauthenticated_total").increment(1);
-    tracing::warn!(reason = %msg, "request refused");
-    Status::unauthenticated(msg)
 }

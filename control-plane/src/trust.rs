@@ -15,7 +15,7 @@
 //! 3. the old root leaves the bundle; wait for the ACKs. Done.
 
 use crate::ca::{write_private, CaError, CertificateAuthority};
-use crate::discovery::ProxyRegistry;
+use crate::proxy_status::ProxyRegistry;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -256,7 +256,7 @@ impl Trust {
         &self,
         registry: &ProxyRegistry,
         phase: &str,
-        done: impl Fn(&crate::discovery::ProxyRecord) -> bool,
+        done: impl Fn(&crate::proxy_status::ProxyRecord) -> bool,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
         loop {

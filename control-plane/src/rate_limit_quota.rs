@@ -6,7 +6,7 @@
 //! Proxies enforce their share locally: a request never waits on this.
 
 use crate::config::ConfigSet;
-use crate::state::Published;
+use crate::publish::Published;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,23 +88,9 @@ impl RateLimitQuota for QuotaService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseResponse>, Status> {
-        let peer = request
-            .extensions()
-            .get::<crate::identity::PeerIdentity>()
-            .and_then(|p| p.0.clone());
+        let peer = crate::caller::peer_of(&request);
         let req = request.into_inner();
-        let node = req
-            .node
-            .filter(|n| !n.name.is_empty() && !n.namespace.is_empty())
-            .ok_or_else(|| Status::invalid_argument("node.name and node.namespace are required"))?;
-        if let Some(id) = &peer {
-            if id.namespace != node.namespace {
-                return Err(Status::permission_denied(format!(
-                    "node namespace \"{}\" does not match the certificate identity {id}",
-                    node.namespace
-                )));
-            }
-        }
+        let node = crate::caller::authenticate_node("rate_limit_quota", peer.as_ref(), req.node)?;
         let config = self.published.borrow().config.clone();
         let now = Instant::now();
         let mut leases = Vec::new();

@@ -1,0 +1,60 @@
+//! Field rules of an Authorization: target or namespace default, rules by
+//! identity, namespace, path and method.
+use super::{check_method, check_path, check_port, valid_dns_label};
+use crate::config::kinds::AuthorizationSpec;
+use crate::config::{ConfigError, Located};
+
+pub(super) fn check_authorization(obj: &Located, a: &AuthorizationSpec) -> Result<(), ConfigError> {
+    match (&a.target, a.rules.is_empty(), a.default) {
+        (None, true, None) => {
+            return Err(obj.error(
+                "spec",
+                "set `target` and `rules` (a policy for one service) or `default` (the namespace's default)",
+            ))
+        }
+        (None, false, _) => {
+            return Err(obj.error("spec.rules", "rules need a `target` service"))
+        }
+        (Some(_), true, _) => {
+            return Err(obj.error("spec.rules", "a policy with a target needs at least one rule"))
+        }
+        (Some(_), false, Some(_)) => {
+            return Err(obj.error(
+                "spec.default",
+                "`default` belongs in a namespace default without `target`",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(t) = &a.target {
+        if let Some(p) = t.port {
+            check_port(p).map_err(|r| obj.error("spec.target.port", r))?;
+        }
+    }
+    for (i, rule) in a.rules.iter().enumerate() {
+        let base = format!("spec.rules[{i}]");
+        for (j, id) in rule.from.identities.iter().enumerate() {
+            id.parse::<xds_proto::spiffe::SpiffeId>()
+                .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
+        }
+        for (j, ns) in rule.from.namespaces.iter().enumerate() {
+            if !valid_dns_label(ns) {
+                return Err(obj.error(
+                    format!("{base}.from.namespaces[{j}]"),
+                    format!("\"{ns}\" is not a namespace name"),
+                ));
+            }
+        }
+        for (j, td) in rule.from.trust_domains.iter().enumerate() {
+            xds_proto::spiffe::check_name("trust domain", td)
+                .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
+        }
+        for (j, p) in rule.to.paths.iter().enumerate() {
+            check_path(p).map_err(|r| obj.error(format!("{base}.to.paths[{j}]"), r))?;
+        }
+        for (j, m) in rule.to.methods.iter().enumerate() {
+            check_method(m).map_err(|r| obj.error(format!("{base}.to.methods[{j}]"), r))?;
+        }
+    }
+    Ok(())
+}
