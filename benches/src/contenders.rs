@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weftctl::admin_conn::AdminAuth;
-use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
+use weft_mesh_tls::admin_client::AdminAuth;
+use weft_testbed::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 
 #[derive(Args)]
 pub struct ProxyArgs {
@@ -449,10 +449,10 @@ fn envoy_certs(dir: &Path, pki: &localmesh::Pki) -> anyhow::Result<(EnvoyTls, En
         .parent()
         .ok_or_else(|| anyhow!("no data dir"))?;
     let ca =
-        weft_control::ca::CertificateAuthority::load_existing(&data.join("ca"), "cluster.local")?;
+        weft_certs::ca::CertificateAuthority::load_existing(&data.join("ca"), "cluster.local")?;
     let mut out = Vec::new();
     for (name, peer) in [("envoy-a", Some("envoy-b")), ("envoy-b", None)] {
-        let id = weft_identity::SpiffeId::new("cluster.local", "bench", name)?;
+        let id = weft_mesh_tls::SpiffeId::new("cluster.local", "bench", name)?;
         let (issued, key) = ca.issue_local(&id, Duration::from_secs(24 * 3600))?;
         let chain = dir.join(format!("{name}-chain.pem"));
         let key_path = dir.join(format!("{name}-key.pem"));

@@ -6,8 +6,8 @@ use anyhow::{anyhow, Context};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use weft_identity::channel::ControlPlane;
-use weftctl::admin_conn::AdminAuth;
+use weft_mesh_tls::admin_client::AdminAuth;
+use weft_mesh_tls::channel::ControlPlane;
 use xds_proto::type_url;
 use xds_proto::v1::{self as pb, discovery_client::DiscoveryClient};
 
@@ -129,7 +129,7 @@ pub async fn apply_and_wait(
     sims: &mut Sims,
     round: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
+    let mut admin = weft_mesh_tls::admin_client::admin_client(cp_url, admin_auth).await?;
     while sims.acks.try_recv().is_ok() {}
     let started = Instant::now();
     let rev = admin
@@ -167,7 +167,7 @@ async fn sim_token(
     admin_auth: &AdminAuth,
     service_account: &str,
 ) -> anyhow::Result<pb::CreateTokenResponse> {
-    let mut admin = weftctl::admin_conn::admin_client(cp_url, admin_auth).await?;
+    let mut admin = weft_mesh_tls::admin_client::admin_client(cp_url, admin_auth).await?;
     Ok(admin
         .create_token(pb::CreateTokenRequest {
             namespace: "sim".into(),
@@ -188,7 +188,7 @@ pub async fn sim_identity(
     ca_bundle: &std::path::Path,
 ) -> anyhow::Result<ControlPlane> {
     let token = sim_token(cp_url, admin_auth, "sim-client").await?;
-    let id: weft_identity::SpiffeId = token.spiffe_id.parse()?;
+    let id: weft_mesh_tls::SpiffeId = token.spiffe_id.parse()?;
     let bundle = std::fs::read_to_string(ca_bundle)
         .with_context(|| format!("read {}", ca_bundle.display()))?;
     let identity = weft_proxy::identity::WorkloadIdentity::new(
@@ -221,7 +221,7 @@ pub async fn csr_rate(
     params.subject_alt_names = vec![rcgen::SanType::URI(token.spiffe_id.clone().try_into()?)];
     let csr = params.serialize_request(&key)?.pem()?;
     let bundle = std::fs::read_to_string(ca_bundle)?;
-    let bundle = std::sync::Arc::new(weft_identity::tls::TrustBundle::new(&[bundle])?);
+    let bundle = std::sync::Arc::new(weft_mesh_tls::tls::TrustBundle::new(&[bundle])?);
     let channel = ControlPlane::tls_no_client_cert(bundle)
         .connect(cp_url, Duration::from_secs(10))
         .await?;

@@ -14,8 +14,8 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weftctl::admin_conn::{self, AdminAuth};
-use weftctl::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
+use weft_mesh_tls::admin_client::{self, AdminAuth};
+use weft_testbed::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
 use xds_proto::v1 as pb;
 
@@ -194,9 +194,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut client = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match admin_conn::admin_client(&cp_url, &auth).await {
+            match admin_client::admin_client(&cp_url, &auth).await {
                 Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

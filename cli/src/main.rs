@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use output::Format;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use weftctl::admin_conn::AdminAuth;
+use weft_mesh_tls::admin_client::AdminAuth;
 use xds_proto::v1::{self as pb, admin_client::AdminClient};
 
 #[derive(Parser)]
@@ -96,7 +96,7 @@ enum TokenCommand {
         #[arg(long)]
         service_account: String,
         /// Lifetime, e.g. 1h, 24h, 7d.
-        #[arg(long, default_value = "24h", value_parser = weft_control::duration::parse)]
+        #[arg(long, default_value = "24h", value_parser = xds_proto::units::parse_duration)]
         ttl: Duration,
     },
 }
@@ -114,7 +114,7 @@ enum CertsCommand {
         out: Option<PathBuf>,
         #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
-        #[arg(long, default_value = "30d", value_parser = weft_control::duration::parse)]
+        #[arg(long, default_value = "30d", value_parser = xds_proto::units::parse_duration)]
         ttl: Duration,
     },
     /// Create an offline root CA (ECDSA P-256): root-cert.pem and
@@ -124,7 +124,7 @@ enum CertsCommand {
         out: PathBuf,
         #[arg(long, default_value = "Weft offline root")]
         common_name: String,
-        #[arg(long, default_value = "3650d", value_parser = weft_control::duration::parse)]
+        #[arg(long, default_value = "3650d", value_parser = xds_proto::units::parse_duration)]
         ttl: Duration,
     },
     /// Create an issuing CA signed by a root: chain.pem (issuer, then root)
@@ -138,7 +138,7 @@ enum CertsCommand {
         out: PathBuf,
         #[arg(long, default_value = "Weft issuing CA")]
         common_name: String,
-        #[arg(long, default_value = "365d", value_parser = weft_control::duration::parse)]
+        #[arg(long, default_value = "365d", value_parser = xds_proto::units::parse_duration)]
         ttl: Duration,
     },
     /// Start a CA rotation: a new root is trusted everywhere, every workload
@@ -201,7 +201,7 @@ struct Conn {
 
 impl Conn {
     async fn admin(&self) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-        weftctl::admin_conn::admin_client(&self.url, &self.auth).await
+        Ok(weft_mesh_tls::admin_client::admin_client(&self.url, &self.auth).await?)
     }
 }
 
@@ -341,15 +341,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl,
                 },
         } => {
-            let ca = weft_control::ca::CertificateAuthority::load_existing(
+            let ca = weft_certs::ca::CertificateAuthority::load_existing(
                 &data_dir.join("ca"),
                 trust_domain,
             )?;
             let out = out
                 .clone()
-                .unwrap_or_else(|| weftctl::admin_conn::admin_dir(data_dir));
+                .unwrap_or_else(|| weft_mesh_tls::admin_client::admin_dir(data_dir));
             let not_after =
-                weft_control::local_certs::write_admin_cert(&out, &ca, ca.roots_pem(), ttl)?;
+                weft_certs::admin_cert::write_admin_cert(&out, &ca, ca.roots_pem(), ttl)?;
             let secs = not_after
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()
@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl,
                 },
         } => {
-            weft_control::ca::create_root(out, common_name, ttl)?;
+            weft_certs::ca::create_root(out, common_name, ttl)?;
             output::outln!(
                 "wrote {0}/root-cert.pem and {0}/root-key.pem (0600); keep the key offline",
                 out.display()
@@ -396,7 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl,
                 },
         } => {
-            weft_control::ca::create_issuer(root_cert, root_key, out, common_name, ttl)?;
+            weft_certs::ca::create_issuer(root_cert, root_key, out, common_name, ttl)?;
             output::outln!(
                 "wrote {0}/chain.pem and {0}/issuer-key.pem: weft-control --ca-cert {0}/chain.pem --ca-key {0}/issuer-key.pem",
                 out.display()
@@ -409,10 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 const EXPIRY_WARNING: i64 = 30 * 24 * 3600;
 
 async fn check(conn: &Conn) -> anyhow::Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = xds_proto::units::unix_now();
     let days = |t: i64| (t - now) as f64 / 86400.0;
     let mut problems = 0;
     let mut client = conn.admin().await?;
@@ -557,16 +554,12 @@ async fn certs_inspect(
         (Some(f), _) => {
             let pem = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
-            let certs = weft_identity::svid::certs_from_pem(&pem)
+            let certs = weft_mesh_tls::svid::certs_from_pem(&pem)
                 .with_context(|| format!("{}", f.display()))?;
-            let unix = |t: std::time::SystemTime| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0)
-            };
+            let unix = xds_proto::units::unix_secs;
             let mut chain = Vec::new();
             for (i, c) in certs.iter().enumerate() {
-                let info = weft_identity::svid::inspect(c)
+                let info = weft_mesh_tls::svid::inspect(c)
                     .with_context(|| format!("{}: certificate {}", f.display(), i + 1))?;
                 chain.push(serde_json::json!({
                     "subject": info.subject,

@@ -2,15 +2,15 @@
 //! sync status. Config errors come back as INVALID_ARGUMENT with the message
 //! naming file, document, object, field and reason.
 
-use crate::ca::CertificateAuthority;
 use crate::config::Kind;
 use crate::join_token::{JoinTokens, DEFAULT_TOKEN_TTL};
 use crate::proxy_status::ProxyRegistry;
 use crate::state::{ApplyError, ConfigState, Outcome};
 use crate::trust::Trust;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tonic::{Request, Response, Status};
+use weft_certs::ca::CertificateAuthority;
 use xds_proto::spiffe::SpiffeId;
 use xds_proto::v1::{self as pb, admin_server::Admin};
 
@@ -43,20 +43,16 @@ impl AdminService {
 
     fn ca_status(&self) -> pb::CaStatus {
         let st = self.trust.status();
-        let infos: Vec<weft_identity::svid::CertInfo> = self
+        let infos: Vec<weft_mesh_tls::svid::CertInfo> = self
             .trust
             .current()
             .roots_pem
             .iter()
-            .filter_map(|p| weft_identity::svid::certs_from_pem(p).ok())
+            .filter_map(|p| weft_mesh_tls::svid::certs_from_pem(p).ok())
             .flatten()
-            .filter_map(|d| weft_identity::svid::inspect(&d).ok())
+            .filter_map(|d| weft_mesh_tls::svid::inspect(&d).ok())
             .collect();
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        };
+        let unix = xds_proto::units::unix_secs;
         pb::CaStatus {
             phase: st.phase,
             started_unix: st.started_unix,
@@ -64,13 +60,7 @@ impl AdminService {
             message: st.message,
             roots_sha256: infos.iter().map(|i| i.fingerprint_sha256.clone()).collect(),
             roots_not_after_unix: infos.iter().map(|i| unix(i.not_after)).collect(),
-            issuer_not_after_unix: self
-                .ca
-                .load()
-                .issuer_not_after()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
+            issuer_not_after_unix: unix(self.ca.load().issuer_not_after()),
         }
     }
 }
@@ -134,10 +124,7 @@ impl Admin for AdminService {
             .tokens
             .mint(&req.namespace, &req.service_account, ttl, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let expires = (now + ttl)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let expires = xds_proto::units::unix_secs(now + ttl);
         // The token itself is a secret: log who it is for, never its value.
         tracing::info!(identity = %id, ttl_secs = ttl.as_secs(), "join token created");
         Ok(Response::new(pb::CreateTokenResponse {

@@ -13,9 +13,7 @@ use xds_proto::v1 as pb;
 #[derive(Debug, Clone, Default)]
 pub struct PeerIdentity(pub Option<SpiffeId>);
 
-pub const ADMIN_NAMESPACE: &str = "weft-system";
-pub const ADMIN_ACCOUNT: &str = "admin";
-pub const CONTROL_ACCOUNT: &str = "weft-control";
+pub use weft_certs::admin_cert::{admin_identity, ADMIN_ACCOUNT, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
 
 /// The identity a request's connection proved, if any.
 pub fn peer_of<T>(req: &Request<T>) -> Option<SpiffeId> {
@@ -47,15 +45,6 @@ pub fn authenticate_node(
         }
     }
     Ok(node)
-}
-
-/// The identity `weftctl` presents (from `weftctl certs admin-cert`).
-pub fn admin_identity(trust_domain: &str) -> SpiffeId {
-    SpiffeId {
-        trust_domain: trust_domain.to_string(),
-        namespace: ADMIN_NAMESPACE.to_string(),
-        service_account: ADMIN_ACCOUNT.to_string(),
-    }
 }
 
 /// Admin API: only the admin identity.

@@ -10,10 +10,10 @@ use crate::config::kinds::{
 };
 use crate::config::validate::grpc_code;
 use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
-use crate::duration::parse_ms;
 use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
 use xds_proto::type_url;
+use xds_proto::units::parse_duration_ms as parse_ms;
 use xds_proto::v1::{self as pb, resource::Kind as RKind, route_rule::Path};
 
 /// Resources keyed by (type URL, name), ordered for stable output.

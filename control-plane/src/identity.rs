@@ -3,13 +3,13 @@
 //! caller's current certificate on the mTLS connection. Every refusal is
 //! logged with its reason and counted.
 
-use crate::ca::{CaError, CertificateAuthority};
 use crate::join_token::BootstrapVerifier;
 use crate::proxy_status::ProxyRegistry;
 use crate::trust::Trust;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::{Request, Response, Status};
+use weft_certs::ca::{CaError, CertificateAuthority};
 use xds_proto::spiffe::SpiffeId;
 use xds_proto::v1::identity_server::Identity;
 use xds_proto::v1::{CertifyRequest, CertifyResponse};
@@ -111,16 +111,9 @@ impl Identity for IdentityService {
         metrics::counter!(CSR_TOTAL, "result" => "issued").increment(1);
         metrics::histogram!(CSR_DURATION).record(start.elapsed().as_secs_f64());
         tracing::info!(identity = %granted, serial = %issued.serial_hex, renewal = peer.is_some(), "certificate issued");
-        let not_after = issued
-            .not_after
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let not_after = xds_proto::units::unix_secs(issued.not_after);
         if !req.node.is_empty() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = xds_proto::units::unix_now();
             self.registry
                 .certificate_issued(&granted.namespace, &req.node, now, not_after);
         }

@@ -11,7 +11,7 @@ use base64::Engine;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use xds_proto::spiffe::{check_name, SpiffeIdError};
 
 const PREFIX: &str = "weft1";
@@ -71,7 +71,7 @@ impl JoinTokens {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| TokenError::Key(format!("{}: {e}", dir.display())))?;
                 let secret: [u8; 32] = rand::random();
-                crate::ca::write_private(&path, &B64.encode(secret))
+                weft_certs::ca::write_private(&path, &B64.encode(secret))
                     .map_err(|e| TokenError::Key(e.to_string()))?;
                 secret.to_vec()
             }
@@ -144,9 +144,7 @@ impl BootstrapVerifier for JoinTokens {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(xds_proto::units::unix_secs(t)).unwrap_or(0)
 }
 
 #[cfg(test)]

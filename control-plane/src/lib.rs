@@ -4,12 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod ca;
 pub mod caller;
 pub mod compile;
 pub mod config;
 pub mod discovery;
-pub mod duration;
 pub mod identity;
 pub mod join_token;
 pub mod local_certs;

@@ -6,18 +6,18 @@
 //! - `<data-dir>/ca-bundle.pem`: the roots a proxy needs to trust the control
 //!   plane on its first connection.
 
-use crate::ca::{write_private, CaError, CertificateAuthority};
-use crate::caller::{admin_identity, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
 use crate::trust::Trust;
 use arc_swap::ArcSwap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use weft_identity::tls::{CertSlot, TrustBundle};
+use weft_certs::admin_cert::write_admin_cert_if_needed;
+use weft_certs::admin_cert::{ADMIN_NAMESPACE, CONTROL_ACCOUNT};
+use weft_certs::ca::{write_private, CaError, CertificateAuthority};
+use weft_mesh_tls::tls::{CertSlot, TrustBundle};
 use xds_proto::spiffe::SpiffeId;
 
 const SERVING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-const ADMIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub const ADMIN_DIR: &str = "admin";
 pub const BUNDLE_FILE: &str = "ca-bundle.pem";
@@ -27,7 +27,7 @@ pub enum LocalCertError {
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
-    Tls(#[from] weft_identity::tls::TlsError),
+    Tls(#[from] weft_mesh_tls::tls::TlsError),
 }
 
 pub struct LocalCerts {
@@ -118,71 +118,4 @@ fn issue_into(
     let (issued, key) = ca.issue_local(id, SERVING_TTL)?;
     slot.set_pem(&issued.chain_pem, &key)?;
     Ok(issued.not_after)
-}
-
-/// Paths of an admin certificate directory.
-pub struct AdminFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
-
-impl AdminFiles {
-    pub fn in_dir(dir: &Path) -> AdminFiles {
-        AdminFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            ca: dir.join("ca.pem"),
-        }
-    }
-}
-
-/// Writes a fresh admin certificate into `dir`.
-pub fn write_admin_cert(
-    dir: &Path,
-    ca: &CertificateAuthority,
-    roots: &[String],
-    ttl: Duration,
-) -> Result<SystemTime, CaError> {
-    std::fs::create_dir_all(dir).map_err(|e| CaError::File {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let files = AdminFiles::in_dir(dir);
-    let (issued, key) = ca.issue_local(&admin_identity(ca.trust_domain()), ttl)?;
-    write_private(&files.key, &key)?;
-    write_private(&files.cert, &issued.chain_pem)?;
-    write_private(&files.ca, &roots.concat())?;
-    Ok(issued.not_after)
-}
-
-fn write_admin_cert_if_needed(
-    dir: &Path,
-    ca: &CertificateAuthority,
-    roots: &[String],
-) -> Result<(), CaError> {
-    let files = AdminFiles::in_dir(dir);
-    let fresh = std::fs::read_to_string(&files.cert)
-        .ok()
-        .and_then(|pem| weft_identity::svid::certs_from_pem(&pem).ok())
-        .and_then(|certs| weft_identity::svid::inspect(&certs[0]).ok())
-        .map(|info| {
-            let left = info
-                .not_after
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            left > ADMIN_TTL / 2
-        })
-        .unwrap_or(false);
-    let same_roots = std::fs::read_to_string(&files.ca).ok() == Some(roots.concat());
-    // Issued by the current issuing CA (after a rotation it must be re-issued).
-    let same_issuer = std::fs::read_to_string(&files.cert)
-        .map(|pem| pem.contains(ca.issuer_chain_pem().trim()))
-        .unwrap_or(false);
-    if fresh && same_roots && same_issuer {
-        return Ok(());
-    }
-    write_admin_cert(dir, ca, roots, ADMIN_TTL)?;
-    tracing::info!(dir = %dir.display(), "wrote the admin client certificate for weftctl");
-    Ok(())
 }

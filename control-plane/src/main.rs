@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use weft_certs::ca::CertificateAuthority;
 use weft_control::admin::AdminService;
-use weft_control::ca::CertificateAuthority;
 use weft_control::discovery::DiscoveryService;
 use weft_control::identity::IdentityService;
 use weft_control::join_token::JoinTokens;
@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
     /// Workload certificate lifetime, e.g. 24h, 30m, 90s.
-    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = weft_control::duration::parse)]
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = xds_proto::units::parse_duration)]
     cert_ttl: Duration,
     /// Serve gRPC in plaintext with no authentication. For local experiments
     /// only; never the default.
@@ -147,11 +147,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .serve_with_incoming_shutdown(incoming, stop),
         )
     } else {
-        let config = weft_identity::tls::server_config(
+        let config = weft_mesh_tls::tls::server_config(
             local.server_cert(),
             local.bundle(),
             false,
-            &[weft_identity::tls::ALPN_H2],
+            &[weft_mesh_tls::tls::ALPN_H2],
         )?;
         let incoming = transport::incoming(listener, config);
         let td = args.trust_domain.clone();

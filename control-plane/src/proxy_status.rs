@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use xds_proto::v1 as pb;
 
 /// Per-proxy sync state, shared with the Admin service.
@@ -49,11 +49,7 @@ impl ProxyRecord {
             connected: self.connected,
             resources: self.resources,
             cert_not_after_unix: self.cert_not_after_unix,
-            last_seen_unix_ms: self
-                .last_seen
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            last_seen_unix_ms: xds_proto::units::unix_ms(self.last_seen),
         }
     }
 }

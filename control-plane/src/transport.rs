@@ -98,7 +98,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let peer = PeerIdentity(weft_identity::tls::peer_identity(
+                        let peer = PeerIdentity(weft_mesh_tls::tls::peer_identity(
                             tls.get_ref().1.peer_certificates(),
                         ));
                         let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;

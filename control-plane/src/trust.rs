@@ -14,13 +14,13 @@
 //!    certificate issued after that point;
 //! 3. the old root leaves the bundle; wait for the ACKs. Done.
 
-use crate::ca::{write_private, CaError, CertificateAuthority};
 use crate::proxy_status::ProxyRegistry;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
+use weft_certs::ca::{write_private, CaError, CertificateAuthority};
 
 const EXTRA_ROOTS: &str = "extra-roots.pem";
 const NEXT: &str = "next";
@@ -56,20 +56,15 @@ pub struct Trust {
     status: Mutex<RotationStatus>,
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use xds_proto::units::unix_now;
 
 fn read_roots(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|pem| crate::ca::split_pem(&pem).ok())
+        .and_then(|pem| weft_certs::ca::split_pem(&pem).ok())
         .map(|ders| {
             ders.iter()
-                .map(|d| crate::ca::to_pem("CERTIFICATE", d))
+                .map(|d| weft_certs::ca::to_pem("CERTIFICATE", d))
                 .collect()
         })
         .unwrap_or_default()

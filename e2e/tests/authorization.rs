@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_e2e::*;
+use weft_testbed::*;
 
 fn authz(name: &str, body: &str) -> String {
     format!("apiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: {name}, namespace: e2e}}\nspec:\n{body}")

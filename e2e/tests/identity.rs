@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_e2e::*;
+use weft_testbed::*;
 
 fn certs(mesh: &Mesh, admin: std::net::SocketAddr) -> Value {
     let (code, body) = mesh.admin_get(admin, "/certs");

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_e2e::*;
+use weft_testbed::*;
 
 #[test]
 fn http1_flows_outbound_to_inbound_to_app_with_curl_including_large_and_chunked_bodies() {

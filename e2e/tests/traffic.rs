@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use weft_e2e::*;
+use weft_testbed::*;
 
 /// A client sidecar and `n` instances of service "server" (app s<i> behind
 /// sidecar 127.A.B.(10+i)).

@@ -98,11 +98,7 @@ impl Admin {
                 "{\"mtls\": false, \"reason\": \"--insecure-dev\"}\n".to_string(),
             );
         };
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        };
+        let unix = xds_proto::units::unix_secs;
         let now = unix(std::time::SystemTime::now());
         let chain: Vec<serde_json::Value> = identity
             .cert
@@ -110,7 +106,7 @@ impl Admin {
             .map(|ck| {
                 ck.cert
                     .iter()
-                    .filter_map(|c| weft_identity::svid::inspect(c).ok())
+                    .filter_map(|c| weft_mesh_tls::svid::inspect(c).ok())
                     .map(|i| {
                         serde_json::json!({
                             "subject": i.subject,

@@ -233,7 +233,7 @@ fn build_hosts(
                 Some(prev) if **prev == *ep.identity => Some(prev.clone()),
                 _ => {
                     ep.identity
-                        .parse::<weft_identity::SpiffeId>()
+                        .parse::<weft_mesh_tls::SpiffeId>()
                         .map_err(|e| format!("endpoints \"{name}\": {e}"))?;
                     let id = Arc::<str>::from(ep.identity.as_str());
                     last_identity = Some(id.clone());

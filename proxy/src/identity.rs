@@ -10,11 +10,11 @@
 
 use rand::Rng;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
-use weft_identity::channel::ControlPlane;
-use weft_identity::tls::{CertSlot, TrustBundle};
-use weft_identity::SpiffeId;
+use weft_mesh_tls::channel::ControlPlane;
+use weft_mesh_tls::tls::{CertSlot, TrustBundle};
+use weft_mesh_tls::SpiffeId;
 use xds_proto::v1::{identity_client::IdentityClient, CertifyRequest};
 
 pub const RENEWALS: &str = "weft_certificate_renewals_total";
@@ -57,9 +57,9 @@ impl std::fmt::Debug for WorkloadIdentity {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error(transparent)]
-    Tls(#[from] weft_identity::tls::TlsError),
+    Tls(#[from] weft_mesh_tls::tls::TlsError),
     #[error(transparent)]
-    Channel(#[from] weft_identity::channel::ChannelError),
+    Channel(#[from] weft_mesh_tls::channel::ChannelError),
     #[error("cannot build a CSR: {0}")]
     Csr(String),
     #[error("the control plane refused the certificate request: {0}")]
@@ -236,8 +236,5 @@ fn jitter(d: Duration) -> Duration {
 }
 
 fn unix_now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    xds_proto::units::unix_ms(SystemTime::now()) as f64 / 1000.0
 }

@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
             .service_account
             .clone()
             .unwrap_or_else(|| args.service.clone());
-        let id = weft_identity::SpiffeId::new(&args.trust_domain, &args.namespace, &sa)
+        let id = weft_mesh_tls::SpiffeId::new(&args.trust_domain, &args.namespace, &sa)
             .context("invalid workload identity")?;
         if args.token.is_none() {
             anyhow::bail!(
@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     });
     let control_plane = match &identity {
         Some(id) => id.control_plane(),
-        None => weft_identity::channel::ControlPlane::Insecure,
+        None => weft_mesh_tls::channel::ControlPlane::Insecure,
     };
     let leases = rate_limit_lease::lease_loop(
         snapshot.clone(),

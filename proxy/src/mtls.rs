@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use weft_identity::tls::{self, ALPN_H2, ALPN_TCP};
+use weft_mesh_tls::tls::{self, ALPN_H2, ALPN_TCP};
 
 pub const HANDSHAKES: &str = "weft_mtls_handshakes_total";
 /// The header carrying the caller's verified identity to the app. Any copy a

@@ -19,7 +19,7 @@ const LEASE_STALE: Duration = Duration::from_secs(5);
 /// control plane leases back. Runs until the process exits.
 pub async fn lease_loop(
     snapshot: SnapshotHolder,
-    control_plane: weft_identity::channel::ControlPlane,
+    control_plane: weft_mesh_tls::channel::ControlPlane,
     url: String,
     node: pb::Node,
 ) {

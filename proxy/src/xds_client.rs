@@ -26,7 +26,7 @@ pub struct XdsStatus {
 pub struct XdsClient {
     pub url: String,
     /// mTLS with the workload certificate (or plaintext with --insecure-dev).
-    pub control_plane: weft_identity::channel::ControlPlane,
+    pub control_plane: weft_mesh_tls::channel::ControlPlane,
     pub node: pb::Node,
     pub snapshot: SnapshotHolder,
     pub listeners: Arc<ExplicitListeners>,
@@ -142,7 +142,7 @@ impl XdsClient {
             .and_then(|(next, snap)| {
                 // A bundle that does not parse is refused with the config.
                 if let (Some(roots), Some(_)) = (trust_of(&next).0, &self.identity) {
-                    weft_identity::tls::TrustBundle::new(&roots)
+                    weft_mesh_tls::tls::TrustBundle::new(&roots)
                         .map_err(|e| format!("trust bundle: {e}"))?;
                 }
                 Ok((next, snap))

@@ -9,6 +9,7 @@ pub mod v1 {
 }
 
 pub mod spiffe;
+pub mod units;
 
 /// The standard gRPC health protocol (active health checks, sample app).
 pub mod health {

@@ -8,7 +8,7 @@
 use metrics::Counter;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weft_identity::SpiffeId;
+use weft_mesh_tls::SpiffeId;
 use xds_proto::v1 as pb;
 
 pub const DECISIONS: &str = "weft_authz_decisions_total";

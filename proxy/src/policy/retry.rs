@@ -277,8 +277,7 @@ fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
-    let secs = u64::try_from(secs).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    (secs >= 0).then(|| xds_proto::units::from_unix_secs(secs))
 }
 
 /// `weft_retries_total{cluster,reason}` of one cluster, each registered on

@@ -135,7 +135,7 @@ fn check_header_name(name: &str) -> Result<(), String> {
 }
 
 fn check_duration(v: &str) -> Result<(), String> {
-    crate::duration::parse(v).map(|_| ())
+    xds_proto::units::parse_duration(v).map(|_| ())
 }
 
 fn check_string_match(m: &StringMatch) -> Result<(), String> {

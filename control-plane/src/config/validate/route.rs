@@ -118,9 +118,9 @@ fn check_retries(obj: &Located, field: &str, r: &RetrySpec) -> Result<(), Config
         }
     }
     if let Some(b) = &r.backoff {
-        let base = crate::duration::parse(&b.base)
+        let base = xds_proto::units::parse_duration(&b.base)
             .map_err(|e| obj.error(format!("{field}.backoff.base"), e))?;
-        let max = crate::duration::parse(&b.max)
+        let max = xds_proto::units::parse_duration(&b.max)
             .map_err(|e| obj.error(format!("{field}.backoff.max"), e))?;
         if max < base {
             return Err(obj.error(format!("{field}.backoff.max"), "must not be below `base`"));

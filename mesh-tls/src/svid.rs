@@ -1,7 +1,7 @@
 //! X.509-SVIDs: PEM parsing and what a certificate says about its holder.
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use x509_parser::extensions::GeneralName;
 use xds_proto::spiffe::SpiffeId;
 
@@ -79,13 +79,7 @@ pub struct CertInfo {
 pub fn inspect(cert: &[u8]) -> Result<CertInfo, SvidError> {
     let (_, c) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| SvidError::Parse(e.to_string()))?;
-    let time = |t: i64| {
-        if t >= 0 {
-            UNIX_EPOCH + Duration::from_secs(t as u64)
-        } else {
-            UNIX_EPOCH
-        }
-    };
+    let time = xds_proto::units::from_unix_secs;
     Ok(CertInfo {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),

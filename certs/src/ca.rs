@@ -458,11 +458,7 @@ fn to_offset(t: SystemTime) -> OffsetDateTime {
 }
 
 fn to_system_time(unix: i64) -> SystemTime {
-    if unix >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(unix as u64)
-    } else {
-        SystemTime::UNIX_EPOCH
-    }
+    xds_proto::units::from_unix_secs(unix)
 }
 
 #[cfg(test)]

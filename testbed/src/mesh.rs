@@ -3,8 +3,8 @@
 //! tests run in parallel without port clashes. Everything started is stopped
 //! when the `Mesh` drops, also when the test panics; on panic the tail of
 //! every process log is printed.
-#![forbid(unsafe_code)]
 
+use crate::localmesh::{self, Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -14,7 +14,6 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-pub use weftctl::localmesh::{self, Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 
 static BINARIES: OnceLock<Binaries> = OnceLock::new();
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
