@@ -3,8 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_testbed::*;
 
@@ -143,20 +141,11 @@ fn a_policy_change_takes_effect_within_a_second_without_dropping_allowed_traffic
     h.apply_synced(&only_a);
     assert_eq!(call(h.b, "GET", "/").0, 403);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, a) = (stop.clone(), ok.clone(), failed.clone(), h.a);
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match call(a, "GET", "/") {
-                    (200, _) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let a = h.a;
+    let load = BackgroundLoad::start(move || match call(a, "GET", "/") {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
     std::thread::sleep(Duration::from_millis(200));
     let both = authz(
         "server-policy",
@@ -172,14 +161,9 @@ fn a_policy_change_takes_effect_within_a_second_without_dropping_allowed_traffic
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "allowed traffic failed during the change"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 20);
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "allowed traffic failed during the change");
+    assert!(ok > 20);
 }
 
 #[test]

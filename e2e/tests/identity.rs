@@ -2,8 +2,6 @@
 //! the mTLS control channel, on real processes.
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_testbed::*;
 
@@ -42,39 +40,20 @@ fn a_sidecar_gets_a_spiffe_certificate_from_its_token_and_renews_it_before_expir
     assert_eq!(first["trust_bundle_sha256"].as_array().unwrap().len(), 1);
 
     // Continuous traffic while certificates rotate.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let outbound = client.outbound;
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match http_request(outbound, "GET", "/", "server", &[], b"") {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let load = BackgroundLoad::http_get(client.outbound, "server");
     let start_renewals = first["renewals"].as_u64().unwrap();
     wait_until("ten renewals", Duration::from_secs(40), || {
         certs(&mesh, client.admin)["renewals"].as_u64().unwrap() >= start_renewals + 10
     });
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    let (ok, failed) = load.finish();
     let now = certs(&mesh, client.admin);
     assert_ne!(
         now["serial"], first["serial"],
         "a renewal installs a new serial"
     );
     assert!(now["expires_in_seconds"].as_i64().unwrap() > 0);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during renewals"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 100);
+    assert_eq!(failed, 0, "requests failed during renewals");
+    assert!(ok > 100);
 
     // Visible in metrics on both sides.
     let (_, pm) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
@@ -475,29 +454,11 @@ fn ca_rotation_under_load_fails_no_request_and_removes_the_old_root_everywhere()
     assert_eq!(old_roots.as_array().unwrap().len(), 1);
     let old_issuer = certs(&mesh, client.admin)["chain"][1]["sha256"].clone();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let outbound = client.outbound;
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match http_request(outbound, "GET", "/", "server", &[], b"") {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let load = BackgroundLoad::http_get(client.outbound, "server");
     std::thread::sleep(Duration::from_millis(300));
     let out = mesh.weftctl(&["-o", "json", "certs", "rotate-ca", "--wait"]);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    let (ok, failed) = load.finish();
     assert!(
         out.status.success(),
         "rotate-ca: {}{}",
@@ -506,12 +467,8 @@ fn ca_rotation_under_load_fails_no_request_and_removes_the_old_root_everywhere()
     );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["phase"], "done", "{status}");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the CA rotation"
-    );
-    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(failed, 0, "requests failed during the CA rotation");
+    assert!(ok > 50);
 
     // Every proxy trusts only the new root and holds a certificate from the new CA.
     let new_root = status["roots_sha256"].clone();

@@ -124,7 +124,7 @@ fn http2_prior_knowledge_flows_end_to_end_with_curl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_server_streaming_flow_through_sidecars() {
-    use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
+    use xds_proto::sample::v1::EchoRequest;
     let (mesh, client_addrs) = tokio::task::block_in_place(|| {
         let mut mesh = Mesh::start("grpc");
         let app = mesh.grpc_app("greeter");
@@ -140,14 +140,7 @@ async fn grpc_unary_and_server_streaming_flow_through_sidecars() {
         mesh.wait_synced(rev, 2);
         (mesh, client)
     });
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", client_addrs.outbound))
-            .unwrap()
-            .origin("http://greeter".parse().unwrap())
-            .connect()
-            .await
-            .expect("connect to outbound");
-    let mut echo = EchoClient::new(channel);
+    let mut echo = echo_client(client_addrs.outbound, "greeter").await;
     let reply = echo
         .unary(EchoRequest {
             message: "ping".into(),

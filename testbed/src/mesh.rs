@@ -11,9 +11,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use xds_proto::sample::v1::echo_client::EchoClient;
 
 static BINARIES: OnceLock<Binaries> = OnceLock::new();
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
@@ -615,4 +616,87 @@ impl KeepAlive {
         }
         result
     }
+}
+
+/// Requests in a loop on a background thread, one every 5 ms, until
+/// `finish`: counts the ones that succeed and the ones that fail (each
+/// failure is printed with its reason). Stops when dropped, too.
+pub struct BackgroundLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundLoad {
+    /// `request` sends one request: Ok if it got what it should, else why not.
+    pub fn start(mut request: impl FnMut() -> Result<(), String> + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match request() {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(why) => {
+                            eprintln!("background load: failed request: {why}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        BackgroundLoad {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// GETs of `/` with `host` through a sidecar's outbound listener that
+    /// must answer 200.
+    pub fn http_get(outbound: SocketAddr, host: &'static str) -> Self {
+        Self::start(
+            move || match http_request(outbound, "GET", "/", host, &[], b"") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+    }
+
+    /// Stops the load and returns (succeeded, failed).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A gRPC client of the sample app's Echo service, through a sidecar's
+/// outbound listener, with `host` as the :authority the route matches.
+pub async fn echo_client(
+    outbound: SocketAddr,
+    host: &str,
+) -> EchoClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+        .expect("a socket address is a valid URI")
+        .origin(format!("http://{host}").parse().expect("valid authority"))
+        .connect()
+        .await
+        .expect("connect to the sidecar's outbound listener");
+    EchoClient::new(channel)
 }

@@ -61,10 +61,10 @@ impl Inbound {
     ) -> Response<ResponseBody> {
         let grpc = is_grpc(req.headers());
         let peer = caller.as_ref().map(|c| &*c.peer);
-        if let Err(refused) = self
+        let refused = self
             .authorize(snapshot, &req, peer, grpc)
-            .and_then(|()| self.rate_limit(snapshot, &req, peer, client, grpc))
-        {
+            .or_else(|| self.rate_limit(snapshot, &req, peer, client, grpc));
+        if let Some(refused) = refused {
             self.metrics
                 .record(refused.status().as_u16(), start.elapsed());
             return refused;
@@ -73,14 +73,15 @@ impl Inbound {
         self.to_app(snapshot, req, grpc, start).await
     }
 
-    /// Authorization: who may call the app, on which path and method.
+    /// Authorization: who may call the app, on which path and method. Some:
+    /// the refusal to answer with.
     fn authorize(
         &self,
         snapshot: &Snapshot,
         req: &Request<Incoming>,
         peer: Option<&Peer>,
         grpc: bool,
-    ) -> Result<(), Refused> {
+    ) -> Option<Refused> {
         let decision = snapshot.authz.check(
             self.app_port,
             peer,
@@ -90,10 +91,10 @@ impl Inbound {
             },
         );
         if decision.allow {
-            return Ok(());
+            return None;
         }
         tracing::debug!(caller = ?peer.map(|p| &p.uri), policy = %decision.policy, "request denied");
-        Err(local_response(
+        Some(local_response(
             StatusCode::FORBIDDEN,
             "authz_denied",
             format!("weft: denied by authorization {}\n", decision.policy),
@@ -101,7 +102,7 @@ impl Inbound {
         ))
     }
 
-    /// Rate limits on calls to the app.
+    /// Rate limits on calls to the app. Some: the refusal to answer with.
     fn rate_limit(
         &self,
         snapshot: &Snapshot,
@@ -109,9 +110,9 @@ impl Inbound {
         peer: Option<&Peer>,
         client: SocketAddr,
         grpc: bool,
-    ) -> Result<(), Refused> {
+    ) -> Option<Refused> {
         if snapshot.rate_limits.is_empty() {
-            return Ok(());
+            return None;
         }
         let verdict = snapshot.rate_limits.check(&Call {
             port: self.app_port,
@@ -122,8 +123,8 @@ impl Inbound {
             source: client.ip(),
         });
         match verdict {
-            Verdict::Limited { name, retry_after } => Err(rate_limited(&name, retry_after, grpc)),
-            Verdict::Allow => Ok(()),
+            Verdict::Limited { name, retry_after } => Some(rate_limited(&name, retry_after, grpc)),
+            Verdict::Allow => None,
         }
     }
 
