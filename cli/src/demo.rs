@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use weft_mesh_tls::admin_client::{self, AdminAuth};
 use weft_testbed::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
-use xds_proto::v1 as pb;
+use xds_proto::v1::{self as pb, admin_client::AdminClient};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -124,39 +124,84 @@ spec:
     )
 }
 
+/// Where everything of the demo mesh lives.
+struct Layout {
+    work: std::path::PathBuf,
+    logs: std::path::PathBuf,
+    grpc_addr: SocketAddr,
+    cp_url: String,
+    /// One app port per web instance (`WEB`); the service port in config
+    /// is the first.
+    web_ports: Vec<u16>,
+    greeter_port: u16,
+    web: Vec<ProxyAddrs>,
+    greeter: ProxyAddrs,
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+impl Layout {
+    fn new() -> anyhow::Result<Layout> {
+        let work = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+        let grpc_addr = SocketAddr::new(demo_ip(1), 15012);
+        // The web instances share the service port in config; each app
+        // listens on its own loopback port behind its sidecar.
+        let web_ports: Vec<u16> = (0..WEB.len())
+            .map(|_| localmesh::free_port(LOOPBACK))
+            .collect::<Result<_, _>>()?;
+        Ok(Layout {
+            logs: work.join("logs"),
+            work,
+            grpc_addr,
+            cp_url: format!("https://{grpc_addr}"),
+            web_ports,
+            greeter_port: localmesh::free_port(LOOPBACK)?,
+            web: (0..WEB.len())
+                .map(|i| ProxyAddrs::on(demo_ip(2 + i as u8)))
+                .collect(),
+            greeter: ProxyAddrs::on(demo_ip(10)),
+        })
+    }
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bins = Binaries::from_current_exe()?;
-    let work = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
-    let logs = work.join("logs");
-    let control_ip = demo_ip(1);
-    let grpc_addr = SocketAddr::new(control_ip, 15012);
-    let cp_url = format!("https://{grpc_addr}");
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    // The web instances share the service port in config; each app listens
-    // on its own loopback port behind its sidecar.
-    let web_ports: Vec<u16> = (0..WEB.len())
-        .map(|_| localmesh::free_port(loopback))
-        .collect::<Result<_, _>>()?;
-    let web_port = web_ports[0];
-    let greeter_port = localmesh::free_port(loopback)?;
-    let web: Vec<ProxyAddrs> = (0..WEB.len())
-        .map(|i| ProxyAddrs::on(demo_ip(2 + i as u8)))
-        .collect();
-    let greeter = ProxyAddrs::on(demo_ip(10));
+    let l = Layout::new()?;
+    println!("weft demo: logs and data in {}", l.work.display());
+    let mut procs = start_control_and_apps(&bins, &l)?;
+    // The control plane writes weftctl's admin certificate and the CA bundle
+    // on first start; each sidecar then trades a join token for its own
+    // certificate (mTLS everywhere, as in production).
+    let pki = localmesh::Pki::of(&l.work.join("data"));
+    let mut client = admin_when_ready(&l).await?;
+    start_sidecars(&bins, &l, &pki, &mut client, &mut procs).await?;
+    if let Err(e) = apply_and_wait_synced(&l, &mut client).await {
+        for p in &procs {
+            eprintln!("--- {} ({}):\n{}", p.name, p.log.display(), p.log_tail(5));
+        }
+        return Err(e);
+    }
+    print_intro(&l, &pki);
+    let stats = run_traffic(&args, &l).await?;
+    drop(procs);
+    report(&args, &l, &stats)
+}
 
-    println!("weft demo: logs and data in {}", work.display());
+/// The control plane and the apps (three web instances, the gRPC greeter).
+fn start_control_and_apps(bins: &Binaries, l: &Layout) -> anyhow::Result<Vec<Proc>> {
+    let (web_ports, greeter_port, logs) = (&l.web_ports, l.greeter_port, &l.logs);
     let mut procs: Vec<Proc> = Vec::new();
     procs.push(Proc::spawn(
         "weft-control",
         &bins.path(localmesh::CONTROL),
         &localmesh::control_args(
-            &work.join("data"),
-            grpc_addr,
-            SocketAddr::new(control_ip, 15014),
+            &l.work.join("data"),
+            l.grpc_addr,
+            SocketAddr::new(l.grpc_addr.ip(), 15014),
         ),
-        &logs,
+        logs,
     )?);
-    for ((_, app, _), port) in WEB.iter().zip(&web_ports) {
+    for ((_, app, _), port) in WEB.iter().zip(web_ports) {
         procs.push(Proc::spawn(
             &format!("app-{app}"),
             &bins.path(localmesh::SAMPLE_APP),
@@ -167,7 +212,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "--name".into(),
                 (*app).into(),
             ],
-            &logs,
+            logs,
         )?);
     }
     procs.push(Proc::spawn(
@@ -180,33 +225,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--name".into(),
             "greeter".into(),
         ],
-        &logs,
+        logs,
     )?);
-    // The control plane writes weftctl's admin certificate and the CA bundle
-    // on first start; each sidecar then trades a join token for its own
-    // certificate (mTLS everywhere, as in production).
-    let pki = localmesh::Pki::of(&work.join("data"));
-    {
-        let pki_wait = localmesh::Pki::of(&work.join("data"));
-        tokio::task::spawn_blocking(move || pki_wait.wait(Duration::from_secs(20))).await??;
-    }
-    let auth = AdminAuth::Certs(pki.admin_certs.clone());
-    let mut client = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match admin_client::admin_client(&cp_url, &auth).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+    Ok(procs)
+}
+
+/// An Admin API client, once the control plane has written the admin
+/// certificate and answers.
+async fn admin_when_ready(l: &Layout) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let pki_wait = localmesh::Pki::of(&l.work.join("data"));
+    tokio::task::spawn_blocking(move || pki_wait.wait(Duration::from_secs(20))).await??;
+    let auth = AdminAuth::Certs(localmesh::Pki::of(&l.work.join("data")).admin_certs);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match admin_client::admin_client(&l.cp_url, &auth).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-    };
+    }
+}
+
+/// One sidecar per instance, each with a join token of its own.
+async fn start_sidecars(
+    bins: &Binaries,
+    l: &Layout,
+    pki: &localmesh::Pki,
+    client: &mut AdminClient<tonic::transport::Channel>,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<()> {
+    let (cp_url, logs) = (&l.cp_url, &l.logs);
     let sidecars: Vec<(&str, &str, u16, ProxyAddrs)> = WEB
         .iter()
-        .zip(&web_ports)
-        .zip(&web)
+        .zip(&l.web_ports)
+        .zip(&l.web)
         .map(|(((node, _, _), port), addrs)| (*node, "web", *port, *addrs))
-        .chain([("greeter-0", "greeter", greeter_port, greeter)])
+        .chain([("greeter-0", "greeter", l.greeter_port, l.greeter)])
         .collect();
     for (name, svc, port, addrs) in sidecars {
         let token = client
@@ -234,75 +288,84 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         procs.push(Proc::spawn_env(
             &format!("proxy-{name}"),
             &bins.path(localmesh::PROXY),
-            &spec.args(&cp_url),
+            &spec.args(cp_url),
             &spec.env(),
-            &logs,
+            logs,
         )?);
     }
-    let startup = async {
-        let addrs = [
-            grpc_addr,
-            greeter.admin,
-            SocketAddr::new(loopback, greeter_port),
-        ]
-        .into_iter()
-        .chain(web.iter().map(|w| w.admin))
-        .chain(web_ports.iter().map(|p| SocketAddr::new(loopback, *p)));
-        for addr in addrs {
-            tokio::task::spawn_blocking(move || {
-                localmesh::wait_listening(addr, Duration::from_secs(20))
-            })
-            .await??;
-        }
-        let yaml = config(web_port, greeter_port, &web, &greeter);
-        let applied = client
-            .apply(pb::ApplyRequest {
-                documents: vec![pb::Document {
-                    source: "demo.yaml".into(),
-                    yaml,
-                }],
-                dry_run: false,
-            })
-            .await
-            .map_err(|e| anyhow!("apply: {}", e.message()))?
-            .into_inner();
-        println!(
-            "applied {} objects (revision r{})",
-            applied.results.len(),
-            applied.revision
-        );
-        // Ready means the proxies have ACKed the applied revision, not just
-        // the empty config they got on connect.
-        let want = format!("r{}", applied.revision);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = client
-                .proxy_status(pb::ProxyStatusRequest {})
-                .await
-                .map_err(|e| anyhow!("proxy status: {}", e.message()))?
-                .into_inner();
-            let synced = status
-                .proxies
-                .iter()
-                .filter(|p| p.acked_version == want)
-                .count();
-            let all = web.len() + 1;
-            if synced == all {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("proxies did not ACK {want} within 10s ({synced}/{all} synced)");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        anyhow::Ok(())
-    };
-    if let Err(e) = startup.await {
-        for p in &procs {
-            eprintln!("--- {} ({}):\n{}", p.name, p.log.display(), p.log_tail(5));
-        }
-        return Err(e);
+    Ok(())
+}
+
+/// Waits for every process to listen, applies the demo config and waits
+/// until every proxy has ACKed it.
+async fn apply_and_wait_synced(
+    l: &Layout,
+    client: &mut AdminClient<tonic::transport::Channel>,
+) -> anyhow::Result<()> {
+    let (web, greeter, web_ports, greeter_port) =
+        (&l.web, &l.greeter, &l.web_ports, l.greeter_port);
+    let loopback = LOOPBACK;
+    let grpc_addr = l.grpc_addr;
+    let addrs = [
+        grpc_addr,
+        greeter.admin,
+        SocketAddr::new(loopback, greeter_port),
+    ]
+    .into_iter()
+    .chain(web.iter().map(|w| w.admin))
+    .chain(web_ports.iter().map(|p| SocketAddr::new(loopback, *p)));
+    for addr in addrs {
+        tokio::task::spawn_blocking(move || {
+            localmesh::wait_listening(addr, Duration::from_secs(20))
+        })
+        .await??;
     }
+    let yaml = config(web_ports[0], greeter_port, web, greeter);
+    let applied = client
+        .apply(pb::ApplyRequest {
+            documents: vec![pb::Document {
+                source: "demo.yaml".into(),
+                yaml,
+            }],
+            dry_run: false,
+        })
+        .await
+        .map_err(|e| anyhow!("apply: {}", e.message()))?
+        .into_inner();
+    println!(
+        "applied {} objects (revision r{})",
+        applied.results.len(),
+        applied.revision
+    );
+    // Ready means the proxies have ACKed the applied revision, not just
+    // the empty config they got on connect.
+    let want = format!("r{}", applied.revision);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client
+            .proxy_status(pb::ProxyStatusRequest {})
+            .await
+            .map_err(|e| anyhow!("proxy status: {}", e.message()))?
+            .into_inner();
+        let synced = status
+            .proxies
+            .iter()
+            .filter(|p| p.acked_version == want)
+            .count();
+        let all = web.len() + 1;
+        if synced == all {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("proxies did not ACK {want} within 10s ({synced}/{all} synced)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn print_intro(l: &Layout, pki: &localmesh::Pki) {
+    let (web, greeter, cp_url) = (&l.web, &l.greeter, &l.cp_url);
     println!(
         "mesh up: web (HTTP) at {}, greeter (gRPC) at {}; control plane {cp_url}",
         web[0].inbound, greeter.inbound
@@ -321,15 +384,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("     weftctl proxy-config {}", greeter.admin);
     println!("     weftctl certs inspect --proxy {}\n", web[0].admin);
+}
 
+/// Sends HTTP and gRPC traffic both ways, makes web-v1b fail and recover on
+/// schedule, and prints the table every 2 s until Ctrl-C, SIGTERM or
+/// `--for`.
+async fn run_traffic(args: &DemoArgs, l: &Layout) -> anyhow::Result<[(&'static str, Stats); 2]> {
+    let (web, greeter, loopback) = (&l.web, &l.greeter, LOOPBACK);
     let http_stats: Stats = Arc::default();
     let grpc_stats: Stats = Arc::default();
     let interval = Duration::from_secs_f64(1.0 / args.rps.max(1) as f64);
     let h = tokio::spawn(http_load(greeter.outbound, interval, http_stats.clone()));
     let g = tokio::spawn(grpc_load(web[0].outbound, interval, grpc_stats.clone()));
-
     let started = Instant::now();
-    let faulty_app = SocketAddr::new(loopback, web_ports[FAULTY]);
+    let faulty_app = SocketAddr::new(loopback, l.web_ports[FAULTY]);
     let (mut faulted, mut recovered) = (false, false);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
@@ -369,7 +437,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ("demo/greeter  (web → greeter, gRPC)", &grpc_stats),
             ],
         );
-        print_split_and_breakers(&http_stats, greeter.metrics, &web).await;
+        print_split_and_breakers(&http_stats, greeter.metrics, web).await;
         if args
             .duration
             .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
@@ -379,9 +447,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     h.abort();
     g.abort();
-    drop(procs);
+    Ok([("demo/web", http_stats), ("demo/greeter", grpc_stats)])
+}
+
+/// Totals per route; with `--for`, an error unless traffic flowed without
+/// failures.
+fn report(args: &DemoArgs, l: &Layout, stats: &[(&'static str, Stats); 2]) -> anyhow::Result<()> {
     let mut healthy = true;
-    for (name, s) in [("demo/web", &http_stats), ("demo/greeter", &grpc_stats)] {
+    for (name, s) in stats {
         let s = s.lock().map_err(|_| anyhow!("stats poisoned"))?;
         let total_ok = s.total_ok + s.ok;
         let total_failed = s.total_failed + s.failed;
@@ -399,12 +472,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.duration.is_some() && !healthy {
         bail!(
             "demo traffic had errors or did not flow; logs in {}",
-            logs.display()
+            l.logs.display()
         );
     }
     Ok(())
 }
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

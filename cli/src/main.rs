@@ -304,105 +304,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command:
                 TokenCommand::Create {
-                    ref namespace,
-                    ref service_account,
+                    namespace,
+                    service_account,
                     ttl,
                 },
-        } => {
-            let mut client = conn.admin().await?;
-            let resp = client
-                .create_token(pb::CreateTokenRequest {
-                    namespace: namespace.clone(),
-                    service_account: service_account.clone(),
-                    ttl_seconds: ttl.as_secs(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match cli.output {
-                Format::Table => output::outln!("{}", resp.token),
-                _ => output::value(
-                    cli.output,
-                    &serde_json::json!({
-                        "token": resp.token,
-                        "spiffe_id": resp.spiffe_id,
-                        "expires_unix": resp.expires_unix,
-                    }),
-                )?,
-            }
-            Ok(())
-        }
-        Command::Certs {
-            command:
-                CertsCommand::AdminCert {
-                    ref data_dir,
-                    ref out,
-                    ref trust_domain,
-                    ttl,
-                },
-        } => {
-            let ca = weft_certs::ca::CertificateAuthority::load_existing(
-                &data_dir.join("ca"),
-                trust_domain,
-            )?;
-            let out = out
-                .clone()
-                .unwrap_or_else(|| weft_mesh_tls::admin_client::admin_dir(data_dir));
-            let not_after =
-                weft_certs::admin_cert::write_admin_cert(&out, &ca, ca.roots_pem(), ttl)?;
-            let secs = not_after
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-                .as_secs();
-            output::outln!(
-                "wrote {}/cert.pem, key.pem, ca.pem (spiffe://{trust_domain}/ns/weft-system/sa/admin, valid {}h)",
-                out.display(),
-                secs / 3600
-            );
-            Ok(())
-        }
-        Command::Certs {
-            command:
-                CertsCommand::Inspect {
-                    ref file,
-                    ref proxy,
-                },
-        } => certs_inspect(cli.output, file.as_deref(), proxy.as_deref()).await,
-        Command::Certs {
-            command: CertsCommand::RotateCa { wait, status },
-        } => rotate_ca(&conn, cli.output, wait, status).await,
-        Command::Certs {
-            command:
-                CertsCommand::CreateRoot {
-                    ref out,
-                    ref common_name,
-                    ttl,
-                },
-        } => {
-            weft_certs::ca::create_root(out, common_name, ttl)?;
-            output::outln!(
-                "wrote {0}/root-cert.pem and {0}/root-key.pem (0600); keep the key offline",
-                out.display()
-            );
-            Ok(())
-        }
-        Command::Certs {
-            command:
-                CertsCommand::CreateIssuer {
-                    ref root_cert,
-                    ref root_key,
-                    ref out,
-                    ref common_name,
-                    ttl,
-                },
-        } => {
-            weft_certs::ca::create_issuer(root_cert, root_key, out, common_name, ttl)?;
-            output::outln!(
-                "wrote {0}/chain.pem and {0}/issuer-key.pem: weft-control --ca-cert {0}/chain.pem --ca-key {0}/issuer-key.pem",
-                out.display()
-            );
-            Ok(())
-        }
+        } => token_create(&conn, cli.output, namespace, service_account, ttl).await,
+        Command::Certs { command } => certs(&conn, cli.output, command).await,
     }
 }
 
@@ -621,4 +528,99 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("{addr}{path}: HTTP {status}: {}", body.trim());
     }
     Ok(body)
+}
+
+/// `weftctl token create`: a join token for a workload's first certificate.
+async fn token_create(
+    conn: &Conn,
+    format: Format,
+    namespace: String,
+    service_account: String,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let mut client = conn.admin().await?;
+    let resp = client
+        .create_token(pb::CreateTokenRequest {
+            namespace,
+            service_account,
+            ttl_seconds: ttl.as_secs(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match format {
+        Format::Table => output::outln!("{}", resp.token),
+        _ => output::value(
+            format,
+            &serde_json::json!({
+                "token": resp.token,
+                "spiffe_id": resp.spiffe_id,
+                "expires_unix": resp.expires_unix,
+            }),
+        )?,
+    }
+    Ok(())
+}
+
+/// `weftctl certs ...`: CA and certificate files, inspection, CA rotation.
+async fn certs(conn: &Conn, format: Format, command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::AdminCert {
+            ref data_dir,
+            ref out,
+            ref trust_domain,
+            ttl,
+        } => {
+            let ca = weft_certs::ca::CertificateAuthority::load_existing(
+                &data_dir.join("ca"),
+                trust_domain,
+            )?;
+            let out = out
+                .clone()
+                .unwrap_or_else(|| weft_mesh_tls::admin_client::admin_dir(data_dir));
+            let not_after =
+                weft_certs::admin_cert::write_admin_cert(&out, &ca, ca.roots_pem(), ttl)?;
+            let secs = not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            output::outln!(
+                "wrote {}/cert.pem, key.pem, ca.pem (spiffe://{trust_domain}/ns/weft-system/sa/admin, valid {}h)",
+                out.display(),
+                secs / 3600
+            );
+            Ok(())
+        }
+        CertsCommand::Inspect {
+            ref file,
+            ref proxy,
+        } => certs_inspect(format, file.as_deref(), proxy.as_deref()).await,
+        CertsCommand::RotateCa { wait, status } => rotate_ca(conn, format, wait, status).await,
+        CertsCommand::CreateRoot {
+            ref out,
+            ref common_name,
+            ttl,
+        } => {
+            weft_certs::ca::create_root(out, common_name, ttl)?;
+            output::outln!(
+                "wrote {0}/root-cert.pem and {0}/root-key.pem (0600); keep the key offline",
+                out.display()
+            );
+            Ok(())
+        }
+        CertsCommand::CreateIssuer {
+            ref root_cert,
+            ref root_key,
+            ref out,
+            ref common_name,
+            ttl,
+        } => {
+            weft_certs::ca::create_issuer(root_cert, root_key, out, common_name, ttl)?;
+            output::outln!(
+                "wrote {0}/chain.pem and {0}/issuer-key.pem: weft-control --ca-cert {0}/chain.pem --ca-key {0}/issuer-key.pem",
+                out.display()
+            );
+            Ok(())
+        }
+    }
 }

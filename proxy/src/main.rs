@@ -90,18 +90,71 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label \"{s}\" is not key=value"))
 }
 
+/// What the data plane and the control thread share.
+struct DataPlane {
+    snapshot: snapshot::SnapshotHolder,
+    drain: drain::Drain,
+    explicit: Arc<ExplicitListeners>,
+    identity: Option<Arc<identity::WorkloadIdentity>>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init_tracing("info");
-    // One worker: a current-thread runtime (no work-stealing bookkeeping,
-    // wakeups stay local); more: tokio's multi-thread scheduler.
-    let data_rt = if args.workers <= 1 {
+    let (data_rt, control_rt) = runtimes(args.workers)?;
+    // The recorder must exist before any metric handle is created.
+    let prometheus = control_rt.block_on(async { telemetry::install_metrics() })?;
+    let node = pb::Node {
+        name: args.node.clone(),
+        namespace: args.namespace.clone(),
+        service: args.service.clone(),
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        build_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let identity = workload_identity(&args)?;
+    let mesh_tls = identity
+        .as_ref()
+        .map(|id| mtls::MeshTls::new(id.clone()).map(Arc::new))
+        .transpose()?;
+    let data = DataPlane {
+        snapshot: snapshot::new_holder(),
+        drain: drain::Drain::new(),
+        explicit: Arc::new(ExplicitListeners::new(
+            args.outbound.ip(),
+            data_rt.handle().clone(),
+        )),
+        identity,
+    };
+    let (ctx, outbound_l, inbound_l) = data_rt.block_on(bind_data_plane(
+        &args,
+        data.snapshot.clone(),
+        data.drain.clone(),
+        mesh_tls,
+    ))?;
+    data.explicit.set_context(ctx.clone());
+    start_control_thread(control_rt, &args, node, &data, prometheus)?;
+    tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
+    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    data_rt.block_on(serve_until_drained(
+        ctx,
+        outbound_l,
+        inbound_l,
+        drain_timeout,
+    ));
+    Ok(())
+}
+
+/// The data-plane runtime (one worker: a current-thread runtime, no
+/// work-stealing bookkeeping, wakeups stay local; more: tokio's
+/// multi-thread scheduler) and the control runtime (xDS, admin, metrics).
+fn runtimes(workers: usize) -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let data_rt = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.workers)
+            .worker_threads(workers)
             .thread_name("weft-data")
             .enable_all()
             .build()
@@ -111,17 +164,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start control runtime")?;
-    // The recorder must exist before any metric handle is created.
-    let prometheus = control_rt.block_on(async { telemetry::install_metrics() })?;
+    Ok((data_rt, control_rt))
+}
 
-    let node = pb::Node {
-        name: args.node.clone(),
-        namespace: args.namespace.clone(),
-        service: args.service.clone(),
-        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
-        build_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let identity = if args.insecure_dev {
+/// The workload identity (None with --insecure-dev): its SPIFFE ID, the join
+/// token for the first certificate and the bootstrap CA bundle.
+fn workload_identity(args: &Args) -> anyhow::Result<Option<Arc<identity::WorkloadIdentity>>> {
+    Ok(if args.insecure_dev {
         tracing::warn!(
             "--insecure-dev: no workload certificate; control-plane traffic is plaintext"
         );
@@ -151,53 +200,63 @@ fn main() -> anyhow::Result<()> {
             args.token.clone(),
             &bundle,
         )?)
-    };
-    let mesh_tls = identity
-        .as_ref()
-        .map(|id| mtls::MeshTls::new(id.clone()).map(Arc::new))
-        .transpose()?;
-    let snapshot = snapshot::new_holder();
-    let drain = drain::Drain::new();
-    let xds_status = Arc::new(xds_client::XdsStatus::default());
-    let explicit = Arc::new(ExplicitListeners::new(
-        args.outbound.ip(),
-        data_rt.handle().clone(),
-    ));
+    })
+}
 
-    // Data plane: bind first so a bad address fails fast and loudly.
-    let (ctx, outbound_l, inbound_l) = data_rt.block_on(async {
-        let outbound_l = tokio::net::TcpListener::bind(args.outbound)
-            .await
-            .with_context(|| format!("cannot bind outbound listener {}", args.outbound))?;
-        let inbound_l = tokio::net::TcpListener::bind(args.inbound)
-            .await
-            .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
-        let ctx = Arc::new(Context {
-            snapshot: snapshot.clone(),
-            drain: drain.clone(),
-            outbound_http: Arc::new(http::HttpServer::outbound(
-                snapshot.clone(),
-                mesh_tls.clone(),
-            )),
-            inbound_http: Arc::new(http::HttpServer::inbound(
-                snapshot.clone(),
-                &args.service,
-                args.app_port,
-            )),
-            mtls: mesh_tls.clone(),
-            detect_timeout: Duration::from_millis(args.detect_timeout_ms),
-            app_port: args.app_port,
-            tcp_outbound: metrics::TcpMetrics::new("outbound"),
-            tcp_inbound: metrics::TcpMetrics::new("inbound"),
-        });
-        anyhow::Ok((ctx, outbound_l, inbound_l))
-    })?;
-    explicit.set_context(ctx.clone());
-
-    // Control: admin, metrics, xDS on their own thread.
-    let admin = Arc::new(admin::Admin {
+/// Binds the outbound and inbound listeners (so a bad address fails fast
+/// and loudly) and builds the per-connection context.
+async fn bind_data_plane(
+    args: &Args,
+    snapshot: snapshot::SnapshotHolder,
+    drain: drain::Drain,
+    mesh_tls: Option<Arc<mtls::MeshTls>>,
+) -> anyhow::Result<(
+    Arc<Context>,
+    tokio::net::TcpListener,
+    tokio::net::TcpListener,
+)> {
+    let outbound_l = tokio::net::TcpListener::bind(args.outbound)
+        .await
+        .with_context(|| format!("cannot bind outbound listener {}", args.outbound))?;
+    let inbound_l = tokio::net::TcpListener::bind(args.inbound)
+        .await
+        .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
+    let ctx = Arc::new(Context {
         snapshot: snapshot.clone(),
         drain: drain.clone(),
+        outbound_http: Arc::new(http::HttpServer::outbound(
+            snapshot.clone(),
+            mesh_tls.clone(),
+        )),
+        inbound_http: Arc::new(http::HttpServer::inbound(
+            snapshot.clone(),
+            &args.service,
+            args.app_port,
+        )),
+        mtls: mesh_tls.clone(),
+        detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+        app_port: args.app_port,
+        tcp_outbound: metrics::TcpMetrics::new("outbound"),
+        tcp_inbound: metrics::TcpMetrics::new("inbound"),
+    });
+    Ok((ctx, outbound_l, inbound_l))
+}
+
+/// Admin, metrics, xDS, certificate renewal and rate-limit leases, on their
+/// own thread and runtime so control work never competes with requests.
+/// Returns once the admin and metrics ports are bound.
+fn start_control_thread(
+    control_rt: tokio::runtime::Runtime,
+    args: &Args,
+    node: pb::Node,
+    data: &DataPlane,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let (snapshot, identity) = (data.snapshot.clone(), data.identity.clone());
+    let xds_status = Arc::new(xds_client::XdsStatus::default());
+    let admin = Arc::new(admin::Admin {
+        snapshot: snapshot.clone(),
+        drain: data.drain.clone(),
         xds: xds_status.clone(),
         node: node.clone(),
         identity: identity.clone(),
@@ -216,8 +275,8 @@ fn main() -> anyhow::Result<()> {
         url: args.control_plane.clone(),
         control_plane,
         node,
-        snapshot: snapshot.clone(),
-        listeners: explicit,
+        snapshot,
+        listeners: data.explicit.clone(),
         status: xds_status,
         identity: identity.clone(),
     };
@@ -272,49 +331,53 @@ fn main() -> anyhow::Result<()> {
         })
         .context("cannot start control thread")?;
     ready_rx.recv().context("control thread died")??;
+    Ok(())
+}
 
-    tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
-    let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
-    let health_tls = mesh_tls.clone();
-    data_rt.block_on(async move {
-        tokio::spawn(health::run(ctx.snapshot.clone(), health_tls));
-        tokio::spawn(listener::accept_loop(
-            outbound_l,
-            ctx.clone(),
-            "outbound",
-            listener::outbound::handle,
-        ));
-        tokio::spawn(listener::accept_loop(
-            inbound_l,
-            ctx.clone(),
-            "inbound",
-            listener::inbound::handle,
-        ));
-        let d = ctx.drain.clone();
-        tokio::spawn(async move {
-            if let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-                }
-                d.start();
+/// Accepts on both listeners and runs health checks until a drain
+/// (SIGTERM, Ctrl-C or POST /drain) has finished or timed out.
+async fn serve_until_drained(
+    ctx: Arc<Context>,
+    outbound_l: tokio::net::TcpListener,
+    inbound_l: tokio::net::TcpListener,
+    drain_timeout: Duration,
+) {
+    tokio::spawn(health::run(ctx.snapshot.clone(), ctx.mtls.clone()));
+    tokio::spawn(listener::accept_loop(
+        outbound_l,
+        ctx.clone(),
+        "outbound",
+        listener::outbound::handle,
+    ));
+    tokio::spawn(listener::accept_loop(
+        inbound_l,
+        ctx.clone(),
+        "inbound",
+        listener::inbound::handle,
+    ));
+    let d = ctx.drain.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
             }
-        });
-        ctx.drain.started().await;
-        let active = ctx.drain.active();
-        tracing::info!(active, "draining: waiting for in-flight connections");
-        if ctx.drain.wait_idle(drain_timeout).await {
-            tracing::info!("drained; exiting");
-        } else {
-            tracing::warn!(
-                remaining = ctx.drain.active(),
-                "drain deadline passed; exiting"
-            );
+            d.start();
         }
     });
-    Ok(())
+    ctx.drain.started().await;
+    let active = ctx.drain.active();
+    tracing::info!(active, "draining: waiting for in-flight connections");
+    if ctx.drain.wait_idle(drain_timeout).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            remaining = ctx.drain.active(),
+            "drain deadline passed; exiting"
+        );
+    }
 }
 
 #[cfg(test)]
