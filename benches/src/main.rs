@@ -7,9 +7,13 @@
 #![forbid(unsafe_code)]
 
 mod contenders;
+mod envoy;
+mod harness;
 mod loadgen;
+mod proxy_suite;
 mod push;
 mod report;
+mod scenarios;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
@@ -30,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The full side-by-side proxy benchmark.
-    Proxy(contenders::ProxyArgs),
+    Proxy(proxy_suite::ProxyArgs),
     /// (internal) constant-rate HTTP/1.1 load with latency correction; prints JSON.
     FixedRate {
         #[arg(long)]
@@ -61,7 +65,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Proxy(args) => contenders::run(args),
+        Cmd::Proxy(args) => proxy_suite::run(args),
         Cmd::FixedRate {
             addr,
             host,
