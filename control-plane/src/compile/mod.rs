@@ -1,0 +1,377 @@
+//! Config → the resources one proxy needs (scoping). A proxy for service S in
+//! namespace N gets: an inbound listener describing S's ports, the HTTP routes
+//! and TCP listeners of every Route whose sources include S, and the clusters
+//! and endpoints those routes reach. Nothing else: sidecar memory must not
+//! grow with the size of the mesh.
+
+mod authorization;
+mod cluster;
+mod rate_limit;
+mod route;
+
+use crate::config::kinds::Protocol;
+use crate::config::ConfigSet;
+use crate::trust::MeshTrust;
+use std::collections::BTreeMap;
+use xds_proto::type_url;
+use xds_proto::units::parse_duration_ms as parse_ms;
+use xds_proto::v1::{self as pb, resource::Kind as RKind};
+
+/// Resources keyed by (type URL, name), ordered for stable output.
+pub type ResourceSet = BTreeMap<(String, String), pb::Resource>;
+
+pub const INBOUND_LISTENER: &str = "inbound";
+
+pub const OUTBOUND_ROUTES: &str = "outbound";
+
+/// Names of the identity resources every proxy gets.
+pub const TRUST_BUNDLE: &str = "trust-bundle";
+
+pub const ROTATION: &str = "rotation";
+
+pub const AUTHORIZATION: &str = "inbound";
+
+pub const RATE_LIMITS: &str = "inbound";
+
+/// The namespace whose default Authorization applies mesh-wide.
+pub const MESH_NAMESPACE: &str = "weft-system";
+
+pub fn cluster_name(service: &str, namespace: &str, port: i64) -> String {
+    format!("{service}.{namespace}:{port}")
+}
+
+pub(crate) fn proto(p: Protocol) -> i32 {
+    (match p {
+        Protocol::Http => pb::Protocol::Http,
+        Protocol::Http2 => pb::Protocol::Http2,
+        Protocol::Grpc => pb::Protocol::Grpc,
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Opaque => pb::Protocol::Opaque,
+    }) as i32
+}
+
+/// An optional duration as wire milliseconds (0: unset).
+pub(crate) fn ms(v: &Option<String>) -> u64 {
+    v.as_deref().and_then(|v| parse_ms(v).ok()).unwrap_or(0)
+}
+
+pub(crate) fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: RKind) {
+    set.insert(
+        (type_url.to_string(), name.clone()),
+        pb::Resource {
+            name,
+            type_url: type_url.to_string(),
+            kind: Some(kind),
+        },
+    );
+}
+
+/// Compiles the resources for one proxy.
+pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> ResourceSet {
+    let mut set = ResourceSet::new();
+    identity_and_policy(&mut set, config, node, trust);
+    inbound_listener(&mut set, config, node);
+    outbound(&mut set, config, node, trust.trust_domain.as_str());
+    set
+}
+
+/// What every proxy gets: the trust bundle, a pending certificate
+/// rotation, and its workload's authorization and rate limits.
+fn identity_and_policy(
+    set: &mut ResourceSet,
+    config: &ConfigSet,
+    node: &pb::Node,
+    trust: &MeshTrust,
+) {
+    insert(
+        set,
+        type_url::TRUST_BUNDLE,
+        TRUST_BUNDLE.to_string(),
+        RKind::TrustBundle(pb::TrustBundle {
+            trust_domain: trust.trust_domain.clone(),
+            roots_pem: trust.roots_pem.clone(),
+        }),
+    );
+    insert(
+        set,
+        type_url::AUTHORIZATION_POLICY,
+        AUTHORIZATION.to_string(),
+        RKind::AuthorizationPolicy(authorization::authorization_for(config, node)),
+    );
+    insert(
+        set,
+        type_url::RATE_LIMIT_POLICY,
+        RATE_LIMITS.to_string(),
+        RKind::RateLimitPolicy(rate_limit::rate_limits_for(config, node)),
+    );
+    if trust.rotate_before_unix > 0 {
+        insert(
+            set,
+            type_url::CERTIFICATE_ROTATION,
+            ROTATION.to_string(),
+            RKind::CertificateRotation(pb::CertificateRotation {
+                issued_before_unix: trust.rotate_before_unix,
+                reason: "CA rotation".into(),
+            }),
+        );
+    }
+}
+
+/// The inbound listener: the workload's ports and what they speak.
+fn inbound_listener(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node) {
+    let app_ports = config
+        .service(&node.namespace, &node.service)
+        .map(|s| {
+            s.ports
+                .iter()
+                .map(|p| pb::AppPort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: p.port as u32,
+                    protocol: proto(p.protocol),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    insert(
+        set,
+        type_url::LISTENER,
+        INBOUND_LISTENER.to_string(),
+        RKind::Listener(pb::Listener {
+            name: INBOUND_LISTENER.to_string(),
+            direction: pb::Direction::Inbound as i32,
+            app_ports,
+            ..Default::default()
+        }),
+    );
+}
+
+/// The outbound side: the route table of every Route whose sources include
+/// the workload, its TCP listeners, and the clusters they reach.
+fn outbound(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node, trust_domain: &str) {
+    let mut vhosts = Vec::new();
+    for (key, route) in config.routes() {
+        if !route::route_applies(key, route, node) {
+            continue;
+        }
+        let route_name = format!("{}/{}", key.namespace, key.name);
+        if let Some(tcp) = &route.tcp {
+            let Some(cluster) =
+                cluster::add_cluster(set, config, trust_domain, &key.namespace, &tcp.destination)
+            else {
+                continue;
+            };
+            let name = format!("tcp/{route_name}");
+            let protocol = set
+                .get(&(type_url::CLUSTER.to_string(), cluster.clone()))
+                .and_then(|r| match &r.kind {
+                    Some(RKind::Cluster(c)) => Some(c.protocol),
+                    _ => None,
+                })
+                .unwrap_or(pb::Protocol::Tcp as i32);
+            insert(
+                set,
+                type_url::LISTENER,
+                name.clone(),
+                RKind::Listener(pb::Listener {
+                    name,
+                    direction: pb::Direction::Outbound as i32,
+                    protocol,
+                    bind_port: tcp.bind_port as u32,
+                    cluster,
+                    app_ports: vec![],
+                }),
+            );
+        }
+        let mut rules = Vec::new();
+        for rule in &route.http {
+            if let Some(r) = route::compile_rule(set, config, trust_domain, &key.namespace, rule) {
+                rules.push(r);
+            }
+        }
+        if !rules.is_empty() {
+            vhosts.push(pb::VirtualHost {
+                name: route_name,
+                hosts: route.hosts.clone(),
+                rules,
+            });
+        }
+    }
+    insert(
+        set,
+        type_url::ROUTE_TABLE,
+        OUTBOUND_ROUTES.to_string(),
+        RKind::RouteTable(pb::RouteTable {
+            name: OUTBOUND_ROUTES.to_string(),
+            virtual_hosts: vhosts,
+        }),
+    );
+}
+
+/// What changed between two resource sets: (changed or new, removed).
+pub fn diff(old: &ResourceSet, new: &ResourceSet) -> (Vec<pb::Resource>, Vec<pb::ResourceRef>) {
+    let changed = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|(t, n)| pb::ResourceRef {
+            type_url: t.clone(),
+            name: n.clone(),
+        })
+        .collect();
+    (changed, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_documents;
+
+    fn td() -> MeshTrust {
+        MeshTrust {
+            trust_domain: "cluster.local".into(),
+            roots_pem: vec![],
+            rotate_before_unix: 0,
+            epoch: 1,
+        }
+    }
+
+    fn config(yaml: &str) -> ConfigSet {
+        let mut set = ConfigSet::default();
+        for l in parse_documents("t", yaml).unwrap() {
+            set.objects.insert(l.object.key(), l.object);
+        }
+        set
+    }
+
+    const MESH: &str = r#"
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}], endpoints: [{address: 10.0.0.1}]}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {ports: [{port: 9090, protocol: grpc}], endpoints: [{address: 10.0.0.2}, {address: 10.0.0.3, port: 15006}]}
+---
+apiVersion: weft.dev/v1
+kind: Service
+metadata: {name: billing, namespace: shop}
+spec: {ports: [{port: 7070, protocol: http}], endpoints: [{address: 10.0.0.4}]}
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {name: cart, namespace: shop}
+spec:
+  sources: [web]
+  hosts: [cart]
+  http: [{destination: {service: cart, port: 9090}}]
+---
+apiVersion: weft.dev/v1
+kind: Route
+metadata: {name: billing, namespace: shop}
+spec:
+  sources: [cart]
+  hosts: [billing]
+  http: [{destination: {service: billing, port: 7070}}]
+"#;
+
+    fn node(service: &str) -> pb::Node {
+        pb::Node {
+            name: format!("{service}-0"),
+            namespace: "shop".into(),
+            service: service.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn proxy_receives_only_the_clusters_its_routes_reach() {
+        let set = compile_for(&config(MESH), &node("web"), &td());
+        let clusters: Vec<&str> = set
+            .keys()
+            .filter(|(t, _)| t == type_url::CLUSTER)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(clusters, vec!["cart.shop:9090"]);
+        let eps = &set[&(
+            type_url::ENDPOINTS.to_string(),
+            "cart.shop:9090".to_string(),
+        )];
+        let Some(RKind::Endpoints(e)) = &eps.kind else {
+            panic!()
+        };
+        assert_eq!(
+            e.endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.address, e.port))
+                .collect::<Vec<_>>(),
+            vec!["10.0.0.2:9090", "10.0.0.3:15006"]
+        );
+    }
+
+    #[test]
+    fn inbound_listener_describes_the_own_service_ports() {
+        let set = compile_for(&config(MESH), &node("cart"), &td());
+        let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
+        let Some(RKind::Listener(l)) = &l.kind else {
+            panic!()
+        };
+        assert_eq!(l.app_ports.len(), 1);
+        assert_eq!(l.app_ports[0].protocol, pb::Protocol::Grpc as i32);
+    }
+
+    #[test]
+    fn diff_reports_changes_and_removals_only() {
+        let cfg = config(MESH);
+        let a = compile_for(&cfg, &node("web"), &td());
+        let mut cfg2 = cfg.clone();
+        cfg2.objects
+            .retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
+        let b = compile_for(&cfg2, &node("web"), &td());
+        let (changed, removed) = diff(&a, &b);
+        assert_eq!(changed.len(), 1, "only the route table changed");
+        assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");
+        let (changed, removed) = diff(&b, &b);
+        assert!(changed.is_empty() && removed.is_empty());
+    }
+
+    #[test]
+    fn a_proxy_gets_the_rules_targeting_its_service_and_its_namespace_default() {
+        let cfg = config(&format!(
+            "{MESH}---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: cart-policy, namespace: shop}}\nspec:\n  target: {{service: cart}}\n  rules:\n  - action: allow\n    from: {{namespaces: [shop]}}\n    to: {{paths: [{{prefix: /api}}, {{exact: /health}}], methods: [GET]}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: default, namespace: shop}}\nspec: {{default: deny}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: mesh, namespace: weft-system}}\nspec: {{default: allow}}\n"
+        ));
+        let policy = |service: &str| {
+            let set = compile_for(&cfg, &node(service), &td());
+            match &set[&(
+                type_url::AUTHORIZATION_POLICY.to_string(),
+                AUTHORIZATION.to_string(),
+            )]
+                .kind
+            {
+                Some(RKind::AuthorizationPolicy(p)) => p.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let cart = policy("cart");
+        assert_eq!(cart.rules.len(), 1);
+        let r = &cart.rules[0];
+        assert_eq!(r.policy, "shop/cart-policy");
+        assert_eq!(
+            (r.path_prefix.clone(), r.path_exact.clone()),
+            (vec!["/api".to_string()], vec!["/health".to_string()])
+        );
+        assert_eq!(
+            (cart.default_deny, cart.default_policy.as_str()),
+            (true, "shop/default")
+        );
+        // Another service of the namespace: no rules, the namespace default.
+        let web = policy("web");
+        assert!(web.rules.is_empty());
+        assert!(web.default_deny);
+    }
+}
