@@ -1,6 +1,6 @@
 //! Outlier detection: decides when a host is ejected (its per-host breaker
-//! opens; the state itself is `host::ejection`). A host that fails too often in a
-//! row (5xx, gateway errors, connect failures) or whose success rate falls
+//! opens; the state itself is `host::ejection`). A host that fails too often
+//! in a row (5xx, gateway errors, connect failures) or whose success rate falls
 //! far below its peers' is ejected for a time that grows with each ejection.
 //! When the time is up the host is half-open: one probe request goes to it;
 //! success closes the breaker, failure ejects it again. At most
@@ -11,10 +11,9 @@
 //! first finds the interval elapsed, so no background task is needed.
 
 use crate::clock::clock_ms;
-pub use crate::host::ejection::{Availability, BREAKER_STATE, CLOSED, HALF_OPEN, OPEN};
+use crate::host::ejection::{BREAKER_STATE, CLOSED, HALF_OPEN, OPEN};
 use crate::host::Host;
 use metrics::{Counter, Gauge};
-
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use xds_proto::v1 as pb;
@@ -303,6 +302,7 @@ impl ClusterOutliers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::ejection::Availability;
 
     fn hosts(n: usize) -> Vec<Host> {
         crate::host::test_hosts(n, &[])
