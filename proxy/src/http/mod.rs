@@ -16,6 +16,7 @@
 pub mod body;
 pub mod headers;
 pub mod inbound;
+pub mod limits;
 pub mod local_response;
 pub mod mirror;
 pub mod outbound;

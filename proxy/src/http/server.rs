@@ -4,6 +4,7 @@
 
 use crate::http::body::ResponseBody;
 use crate::http::inbound::{Caller, Inbound};
+use crate::http::limits::{MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
 use crate::http::outbound::Outbound;
 use crate::mtls::MeshTls;
 use crate::policy::authz::Peer;
@@ -93,7 +94,9 @@ impl HttpServer {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES);
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();

@@ -10,6 +10,7 @@
 use crate::cluster::Cluster;
 use crate::host::Host;
 use crate::http::body::RequestBody;
+use crate::http::limits::{MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
 use crate::mtls::{Alpn, MeshTls};
 use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -304,7 +305,9 @@ impl Upstreams {
         let plain = PlainConnector;
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new());
+            .pool_timer(TokioTimer::new())
+            .http1_max_buf_size(MAX_HEAD_BYTES)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
         let h1 = b.build(plain.clone());
         b.http2_only(true).timer(TokioTimer::new());
         let h2 = b.build(plain);

@@ -367,16 +367,27 @@ mod tests {
             hs[1].state.ejection.availability(clock_ms()),
             Availability::Probe
         ));
+        let ejected_at = clock_ms();
         c.record(&cfg, &hs, &hs[1], true, Outcome::GatewayError);
         assert_eq!(hs[1].state.ejection.ejection_count(), 2);
-        std::thread::sleep(std::time::Duration::from_millis(60));
+        // Read the deadline rather than sleeping past the first one: a
+        // loaded machine can oversleep any margin.
+        let until = hs[1]
+            .state
+            .ejection
+            .ejected_until_ms
+            .load(Ordering::Relaxed);
         assert!(
-            matches!(
-                hs[1].state.ejection.availability(clock_ms()),
-                Availability::Unavailable
-            ),
-            "second ejection lasts 2 x base"
+            until >= ejected_at + 2 * cfg.base_ejection_ms,
+            "second ejection lasts 2 x base: until {until}, ejected at {ejected_at}"
         );
+        assert!(matches!(
+            hs[1]
+                .state
+                .ejection
+                .availability(ejected_at + cfg.base_ejection_ms + 1),
+            Availability::Unavailable
+        ));
         assert_eq!(c.ejected.load(Ordering::Relaxed), 1);
     }
 
