@@ -2,8 +2,30 @@
 //! oversized requests are refused at the edge of the sidecar with the right
 //! status (issue 12). Real processes, raw sockets.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use weft_testbed::*;
+
+/// Sends `raw` as is and returns the response's status and body.
+fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
 
 /// A request whose headers the callee's sidecar would refuse must get 431 at
 /// the caller's outbound listener and never reach the shared, multiplexed
@@ -61,4 +83,44 @@ fn an_oversized_header_gets_431_and_requests_in_flight_to_the_same_callee_succee
             );
         }
     }
+}
+
+/// RFC 9112 §3.2: two Host headers are a 400 at the sidecar, never forwarded;
+/// in absolute form the URI names the target, so the app sees the URI's
+/// authority as Host, not the one the client wrote.
+#[test]
+fn two_host_headers_get_400_and_absolute_form_replaces_host_with_the_uri_authority() {
+    let mut mesh = Mesh::start("hosts");
+    let (client, _server) = http_pair(&mut mesh, "http");
+    let (status, body) = raw_exchange(
+        client.outbound,
+        b"GET /headers HTTP/1.1\r\nHost: server\r\nHost: evil\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Host"), "the reason names Host: {body}");
+    let (status, body) = raw_exchange(
+        client.outbound,
+        b"GET http://server/headers HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("host: server\n"), "the app saw: {body}");
+    assert!(!body.contains("evil"), "the app saw: {body}");
+}
+
+/// A request body that is not valid chunked encoding is the client's
+/// error: 400 from its sidecar, not a 502 blaming the upstream.
+#[test]
+fn a_malformed_chunked_request_body_gets_400() {
+    let mut mesh = Mesh::start("bad-chunks");
+    let (client, _server) = http_pair(&mut mesh, "http");
+    let (status, body) = raw_exchange(
+        client.outbound,
+        b"POST /echo HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nZZ-not-hex\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    // The sidecar pair still serves well-formed requests.
+    assert_eq!(
+        http_request(client.outbound, "POST", "/echo", "server", &[], b"fine").unwrap(),
+        (200, "fine".to_string())
+    );
 }

@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -22,8 +24,81 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client's request body failed while it was being forwarded
+/// (malformed chunked encoding, a connection cut mid-body): the request is
+/// the client's fault (400), not the upstream's, and says nothing about the
+/// upstream host's health.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body from the client is malformed or incomplete: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// Whether `e` (an upstream send error) was caused by the client's body.
+pub fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The client's request body as it is forwarded: a failure is returned as
+/// `ClientBodyError` and also marked on the `BodyWatch`, because an HTTP/2
+/// upstream connection reports it only as a reset stream.
+pub struct ClientBody {
+    inner: Incoming,
+    failed: Option<Arc<AtomicBool>>,
+}
+
+/// Tells, after a failed send, whether the client's body was the cause.
+#[derive(Clone, Default)]
+pub struct BodyWatch(Option<Arc<AtomicBool>>);
+
+impl BodyWatch {
+    pub fn failed(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+}
+
+impl ClientBody {
+    /// An empty body needs no watch (nothing is allocated for it).
+    pub fn new(inner: Incoming) -> (ClientBody, BodyWatch) {
+        let failed = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let watch = BodyWatch(failed.clone());
+        (ClientBody { inner, failed }, watch)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_frame(cx).map_err(|e| {
+            if let Some(f) = &this.failed {
+                f.store(true, Ordering::Relaxed);
+            }
+            Box::new(ClientBodyError(e)) as BoxError
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub enum RequestBody {
-    Stream(Incoming),
+    Stream(ClientBody),
     Full(Option<Bytes>),
     Tee(Tee),
 }
@@ -43,7 +118,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Tee(t) => Pin::new(t).poll_frame(cx),
         }
@@ -70,14 +145,14 @@ impl Body for RequestBody {
 /// the copy is handed over once the stream ends (None if it grew too big,
 /// failed, or was dropped before its end).
 pub struct Tee {
-    inner: Incoming,
+    inner: ClientBody,
     copy: Option<BytesMut>,
     max: usize,
     done: Option<oneshot::Sender<Option<Bytes>>>,
 }
 
 impl Tee {
-    pub fn new(inner: Incoming, max: usize) -> (Tee, oneshot::Receiver<Option<Bytes>>) {
+    pub fn new(inner: ClientBody, max: usize) -> (Tee, oneshot::Receiver<Option<Bytes>>) {
         let (tx, rx) = oneshot::channel();
         (
             Tee {
@@ -129,7 +204,7 @@ impl Body for Tee {
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Pending => {}
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

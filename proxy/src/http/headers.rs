@@ -27,6 +27,27 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Host as RFC 9112 §3.2 wants it at the edge of the sidecar: a request
+/// with more than one Host header is refused (Err: the reason, for a 400);
+/// an HTTP/1.1 request in absolute form (`GET http://a/p`) is routed by its
+/// URI, so the URI's authority replaces whatever Host it carried.
+pub fn normalize_host<B>(req: &mut http::Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if req.version() < http::Version::HTTP_2 {
+        let authority = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(a) = authority {
+            req.headers_mut().insert(header::HOST, a);
+        }
+    }
+    Ok(())
+}
+
 /// The request's :authority as a Host header, when it came over HTTP/2
 /// without one: an HTTP/1.1 hop must carry it as Host.
 pub fn authority_as_host(parts: &request::Parts) -> Option<HeaderValue> {
@@ -123,6 +144,34 @@ mod tests {
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert!(h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn two_hosts_are_refused_and_absolute_form_overrides_host() {
+        let mut two = http::Request::builder()
+            .uri("/")
+            .header(header::HOST, "a")
+            .header(header::HOST, "b")
+            .body(())
+            .unwrap();
+        assert!(normalize_host(&mut two).is_err());
+        let mut absolute = http::Request::builder()
+            .uri("http://greeter:8080/hi")
+            .header(header::HOST, "evil")
+            .body(())
+            .unwrap();
+        normalize_host(&mut absolute).unwrap();
+        assert_eq!(absolute.headers()[header::HOST], "greeter:8080");
+        // Between sidecars (HTTP/2) :authority is the endpoint and Host the
+        // service name: both stay.
+        let mut h2 = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://127.0.0.3:15006/hi")
+            .header(header::HOST, "greeter")
+            .body(())
+            .unwrap();
+        normalize_host(&mut h2).unwrap();
+        assert_eq!(h2.headers()[header::HOST], "greeter");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
-use crate::http::body::{Held, RequestBody, ResponseBody};
+use crate::http::body::{
+    client_body_failed, BodyWatch, ClientBody, Held, RequestBody, ResponseBody,
+};
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::local_response::{local_response, overloaded};
 use crate::http::mirror::{self, MirrorTarget, Mirrors};
@@ -61,6 +63,8 @@ enum Tried {
 /// Parts of the request every try needs.
 struct Prepared<'a> {
     parts: request::Parts,
+    /// Whether the client's body failed while a try was sending it.
+    body_watch: BodyWatch,
     /// The client's authority as a Host header (for HTTP/1.1 hops when the
     /// client spoke HTTP/2).
     host_header: Option<HeaderValue>,
@@ -131,6 +135,7 @@ impl Outbound {
         }
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let may_retry = rule.retry.enabled() && !upgrade;
+        let (body, body_watch) = ClientBody::new(body);
         let mut replay = match read_body(body, rule, may_retry, deadline).await {
             Ok(r) => r,
             Err((status, reason, e)) => {
@@ -140,6 +145,7 @@ impl Outbound {
         };
         let prepared = Prepared {
             parts,
+            body_watch,
             host_header,
             grpc,
             deadline,
@@ -268,6 +274,14 @@ impl Outbound {
                 Ok(Err(e)) => {
                     if let Some(limit) = over_limit(&e) {
                         return Tried::Overloaded(limit);
+                    }
+                    if client_body_failed(&e) || p.body_watch.failed() {
+                        // The client's fault: no retry, no outlier record.
+                        return Tried::Failed {
+                            status: StatusCode::BAD_REQUEST,
+                            reason: "bad_request_body",
+                            detail: e.to_string(),
+                        };
                     }
                     let f = if e.is_connect() {
                         Failure::ConnectFailure
@@ -433,7 +447,7 @@ fn no_route(req: &Request<Incoming>, grpc: bool) -> Response<ResponseBody> {
 /// read before the first try; a client that sends it slower than the
 /// request deadline gets 408.
 async fn read_body(
-    body: Incoming,
+    body: ClientBody,
     rule: &Rule,
     may_retry: bool,
     deadline: Option<Deadline>,

@@ -3,10 +3,10 @@
 //! is teed (a second try is possible if the copy ends up complete), a large
 //! one is streamed once.
 
-use crate::http::body::{RequestBody, Tee};
+use crate::http::body::{ClientBody, RequestBody, Tee};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -19,11 +19,11 @@ pub enum Replay {
     /// Complete in memory (possibly empty): every try gets a copy.
     Bytes(Option<Bytes>),
     /// Streamed once; no second try.
-    Stream(Option<Incoming>),
+    Stream(Option<ClientBody>),
     /// Streamed while copied; a second try is possible if the copy ends up
     /// complete.
     Tee {
-        body: Option<Incoming>,
+        body: Option<ClientBody>,
         copy: Option<oneshot::Receiver<Option<Bytes>>>,
         max: usize,
     },
@@ -32,7 +32,7 @@ pub enum Replay {
 impl Replay {
     /// Reads a small body of known length into memory (the client is sending
     /// it whole anyway); tees one of unknown length.
-    pub async fn new(body: Incoming, keep: bool, max: u64) -> Result<Replay, String> {
+    pub async fn new(body: ClientBody, keep: bool, max: u64) -> Result<Replay, String> {
         if body.is_end_stream() {
             return Ok(Replay::Bytes(None));
         }

@@ -3,14 +3,17 @@
 //! read once for it, to its direction's handler.
 
 use crate::http::body::ResponseBody;
+use crate::http::headers::{is_grpc, normalize_host};
 use crate::http::inbound::{Caller, Inbound};
 use crate::http::limits::{MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
+use crate::http::local_response::local_response;
 use crate::http::outbound::Outbound;
+use crate::metrics::RequestMetrics;
 use crate::mtls::MeshTls;
 use crate::policy::authz::Peer;
 use crate::snapshot::SnapshotHolder;
 use http::header::HeaderValue;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -45,6 +48,8 @@ enum Handler {
 pub struct HttpServer {
     snapshot: SnapshotHolder,
     handler: Handler,
+    /// Requests refused at the edge, before any route or app port.
+    refused: RequestMetrics,
 }
 
 impl HttpServer {
@@ -54,6 +59,7 @@ impl HttpServer {
         HttpServer {
             snapshot,
             handler: Handler::Outbound(Outbound::new(mtls)),
+            refused: RequestMetrics::new("outbound", "none", "none"),
         }
     }
 
@@ -62,6 +68,7 @@ impl HttpServer {
         HttpServer {
             snapshot,
             handler: Handler::Inbound(Inbound::new(service, app_port)),
+            refused: RequestMetrics::new("inbound", "inbound", service),
         }
     }
 
@@ -124,11 +131,21 @@ impl HttpServer {
 
     async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: SocketAddr,
         caller: Option<Caller>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        if let Err(why) = normalize_host(&mut req) {
+            let grpc = is_grpc(req.headers());
+            self.refused.record(400, start.elapsed());
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                format!("weft: {why}\n"),
+                grpc,
+            );
+        }
         let snapshot = self.snapshot.load_full();
         match &self.handler {
             Handler::Outbound(out) => out.handle(&snapshot, req, client, start).await,
