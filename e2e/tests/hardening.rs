@@ -124,3 +124,56 @@ fn a_malformed_chunked_request_body_gets_400() {
         (200, "fine".to_string())
     );
 }
+
+/// A client that starts a request head and stalls (slowloris) is cut off
+/// at `--header-read-timeout-ms` instead of holding its connection for a
+/// minute; complete requests are unaffected.
+#[test]
+fn a_stalled_request_head_is_cut_at_the_header_read_timeout() {
+    let mut mesh = Mesh::start("slow-head");
+    let app = mesh.http_app("server");
+    let client = mesh.proxy("client", "e2e", 1, 2, &["--header-read-timeout-ms", "500"]);
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    let yaml = format!(
+        "{}---\n{}---\n{}",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        service_yaml("server", "e2e", app, "http", server.inbound),
+        http_route_yaml(
+            "server",
+            "e2e",
+            &["client"],
+            &["server", "server.e2e"],
+            "server",
+            app
+        )
+    );
+    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
+    mesh.wait_synced(rev, 2);
+
+    let mut slow = TcpStream::connect(client.outbound).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: server\r\nX-Slow: ")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = match slow.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    };
+    assert!(closed, "the stalled connection is closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}, want about 500 ms"
+    );
+    assert_eq!(
+        http_request(client.outbound, "GET", "/", "server", &[], b"")
+            .unwrap()
+            .0,
+        200
+    );
+}

@@ -56,6 +56,10 @@ struct Args {
     /// connection as opaque TCP.
     #[arg(long, env = "WEFT_DETECT_TIMEOUT_MS", default_value_t = 1000)]
     detect_timeout_ms: u64,
+    /// Longest an HTTP/1.1 client may take to send a request head before its
+    /// connection is closed (slow or stalled clients).
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
     /// Longest a drain waits for in-flight connections before exiting.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -221,18 +225,18 @@ async fn bind_data_plane(
     let inbound_l = tokio::net::TcpListener::bind(args.inbound)
         .await
         .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
+    let header_read_timeout = Duration::from_millis(args.header_read_timeout_ms.max(1));
     let ctx = Arc::new(Context {
         snapshot: snapshot.clone(),
         drain: drain.clone(),
-        outbound_http: Arc::new(http::HttpServer::outbound(
-            snapshot.clone(),
-            mesh_tls.clone(),
-        )),
-        inbound_http: Arc::new(http::HttpServer::inbound(
-            snapshot.clone(),
-            &args.service,
-            args.app_port,
-        )),
+        outbound_http: Arc::new(
+            http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone())
+                .with_header_read_timeout(header_read_timeout),
+        ),
+        inbound_http: Arc::new(
+            http::HttpServer::inbound(snapshot.clone(), &args.service, args.app_port)
+                .with_header_read_timeout(header_read_timeout),
+        ),
         mtls: mesh_tls.clone(),
         detect_timeout: Duration::from_millis(args.detect_timeout_ms),
         app_port: args.app_port,

@@ -37,7 +37,10 @@ impl Direction {
     }
 }
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request head (HTTP/1.1) unless
+/// `--header-read-timeout-ms` says otherwise; HAProxy's `timeout
+/// http-request` is the same idea.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Handler {
     Inbound(Inbound),
@@ -48,6 +51,7 @@ enum Handler {
 pub struct HttpServer {
     snapshot: SnapshotHolder,
     handler: Handler,
+    header_read_timeout: Duration,
     /// Requests refused at the edge, before any route or app port.
     refused: RequestMetrics,
 }
@@ -58,6 +62,7 @@ impl HttpServer {
     pub fn outbound(snapshot: SnapshotHolder, mtls: Option<Arc<MeshTls>>) -> Self {
         HttpServer {
             snapshot,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             handler: Handler::Outbound(Outbound::new(mtls)),
             refused: RequestMetrics::new("outbound", "none", "none"),
         }
@@ -67,9 +72,17 @@ impl HttpServer {
     pub fn inbound(snapshot: SnapshotHolder, service: &str, app_port: u16) -> Self {
         HttpServer {
             snapshot,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             handler: Handler::Inbound(Inbound::new(service, app_port)),
             refused: RequestMetrics::new("inbound", "inbound", service),
         }
+    }
+
+    /// Closes HTTP/1.1 connections whose request head takes longer than
+    /// `timeout` (slow or stalled clients).
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
 
     fn direction(&self) -> Direction {
@@ -101,7 +114,7 @@ impl HttpServer {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(self.header_read_timeout)
             .max_buf_size(MAX_HEAD_BYTES);
         builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES);
         let this = self.clone();
