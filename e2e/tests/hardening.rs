@@ -177,3 +177,62 @@ fn a_stalled_request_head_is_cut_at_the_header_read_timeout() {
         200
     );
 }
+
+/// The metrics port is bounded like every admin port: a large body gets 413
+/// without being buffered, silent connections are closed after the header
+/// timeout, and past the connection cap new connections are closed at once
+/// while the data plane keeps serving.
+#[test]
+fn the_metrics_port_refuses_big_bodies_and_caps_connections_without_hurting_traffic() {
+    let mut mesh = Mesh::start("admin-bounds");
+    let (client, _server) = http_pair(&mut mesh, "http");
+
+    let mut big = TcpStream::connect(client.metrics).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    big.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 419430400\r\n\r\n",
+    )
+    .unwrap();
+    // Only the first 256 KiB of the promised 400 MiB.
+    let _ = big.write_all(&vec![b'x'; 256 * 1024]);
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+
+    // Silent connections: the cap (64) is reached, later ones are closed at
+    // once, the data plane does not notice.
+    let silent: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(client.metrics).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut last = silent.last().unwrap().try_clone().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(last.read(&mut buf), Ok(0)),
+        "a connection past the cap is closed at once"
+    );
+    assert_eq!(
+        http_request(client.outbound, "GET", "/", "server", &[], b"")
+            .unwrap()
+            .0,
+        200,
+        "the data plane serves while the metrics port is full"
+    );
+    // The header timeout (5 s) frees the slots; scrapes work again.
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, metrics) =
+        http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metric(
+            &metrics,
+            "weft_admin_connections_refused_total",
+            &format!("port=\"{}\"", client.metrics.port())
+        )
+        .unwrap_or(0.0)
+            >= 16.0,
+        "refusals are counted: {metrics}"
+    );
+    drop(silent);
+}

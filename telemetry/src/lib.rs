@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -92,8 +92,34 @@ pub struct AdminRequest {
     pub body: Bytes,
 }
 
+/// Bounds of the admin and metrics servers: they answer operators and
+/// Prometheus, take tiny bodies, and must never let a side port hold the
+/// memory or the file descriptors the data plane needs.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Connections served at once; more are closed as soon as accepted.
+    pub const MAX_CONNECTIONS: usize = 64;
+    /// Largest request body (admin bodies are tiny); more gets 413.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Largest request head; more gets 431.
+    pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+    /// A request head (and the wait for the next one on a kept-alive
+    /// connection) must arrive within this.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A request body must arrive within this; else 408.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// No connection lives longer than this.
+    pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+}
+
+/// Admin/metrics connections closed on accept because `MAX_CONNECTIONS`
+/// were open.
+pub const ADMIN_CONNECTIONS_REFUSED: &str = "weft_admin_connections_refused_total";
+
 /// Serves HTTP/1.1 on `addr` until `stop` turns true, calling `handler` per
-/// request. Binds before returning so callers know the port is ready.
+/// request, within `limits`. Binds before returning so callers know the
+/// port is ready.
 pub async fn serve<F, Fut>(
     addr: SocketAddr,
     handler: F,
@@ -108,6 +134,8 @@ where
         .map_err(|source| TelemetryError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     let handler = Arc::new(handler);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
+    let refused = metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "port" => local.port().to_string());
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -121,37 +149,70 @@ where
                 },
                 _ = stop.changed() => break,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closing at once returns the descriptor right away.
+                refused.increment(1);
+                drop(stream);
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let handler = handler.clone();
-                    async move {
-                        let method = req.method().clone();
-                        let path = req.uri().path().to_string();
-                        let query = req.uri().query().map(str::to_string);
-                        let body = match req.into_body().collect().await {
-                            Ok(b) => b.to_bytes(),
-                            Err(e) => {
-                                return Ok::<_, hyper::Error>(text(
-                                    StatusCode::BAD_REQUEST,
-                                    format!("cannot read body: {e}\n"),
-                                ))
-                            }
-                        };
-                        Ok(handler(AdminRequest {
-                            method,
-                            path,
-                            query,
-                            body,
-                        })
-                        .await)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _slot = slot;
+                serve_connection(stream, handler).await;
             });
         }
     });
     Ok(local)
+}
+
+async fn serve_connection<F, Fut>(stream: tokio::net::TcpStream, handler: Arc<F>)
+where
+    F: Fn(AdminRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let handler = handler.clone();
+        async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().map(str::to_string);
+            let body = match read_body(req.into_body()).await {
+                Ok(b) => b,
+                Err(refused) => return Ok::<_, hyper::Error>(refused),
+            };
+            Ok(handler(AdminRequest {
+                method,
+                path,
+                query,
+                body,
+            })
+            .await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_buf_size(limits::MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(limits::MAX_CONNECTION_AGE, conn).await;
+}
+
+/// The body, if it is small enough and arrives in time; else the answer.
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
+    let limited = http_body_util::Limited::new(body, limits::MAX_BODY_BYTES);
+    match tokio::time::timeout(limits::BODY_READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes\n", limits::MAX_BODY_BYTES),
+        )),
+        Ok(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read body: {e}\n"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body did not arrive in time\n",
+        )),
+    }
 }
