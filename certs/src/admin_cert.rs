@@ -6,23 +6,13 @@
 use crate::ca::{write_private, CaError, CertificateAuthority};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use xds_proto::spiffe::SpiffeId;
 
-pub const ADMIN_NAMESPACE: &str = "weft-system";
-pub const ADMIN_ACCOUNT: &str = "admin";
-pub const CONTROL_ACCOUNT: &str = "weft-control";
+pub use weft_mesh_tls::identities::{
+    admin_identity, ADMIN_ACCOUNT, ADMIN_NAMESPACE, CONTROL_ACCOUNT,
+};
 
 /// Lifetime of the admin certificate the control plane writes.
 pub const ADMIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// The identity `weftctl` presents.
-pub fn admin_identity(trust_domain: &str) -> SpiffeId {
-    SpiffeId {
-        trust_domain: trust_domain.to_string(),
-        namespace: ADMIN_NAMESPACE.to_string(),
-        service_account: ADMIN_ACCOUNT.to_string(),
-    }
-}
 
 /// Paths of an admin certificate directory.
 pub struct AdminFiles {

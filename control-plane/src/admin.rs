@@ -115,6 +115,11 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let id = SpiffeId::new(&self.trust_domain, &req.namespace, &req.service_account)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if weft_mesh_tls::identities::is_reserved(&id) {
+            return Err(Status::invalid_argument(format!(
+                "{id} is reserved for the mesh itself (weftctl and the control plane); choose another service account or namespace"
+            )));
+        }
         let ttl = match req.ttl_seconds {
             0 => DEFAULT_TOKEN_TTL,
             s => Duration::from_secs(s),

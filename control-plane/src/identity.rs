@@ -84,6 +84,14 @@ impl Identity for IdentityService {
         let granted = self
             .granted(peer.as_ref(), &req.token)
             .map_err(|s| refused("unauthenticated", s))?;
+        if weft_mesh_tls::identities::is_reserved(&granted) {
+            return Err(refused(
+                "reserved_identity",
+                Status::permission_denied(format!(
+                    "{granted} is reserved for the mesh itself and is never issued to a workload"
+                )),
+            ));
+        }
         let ttl = match req.ttl_seconds {
             0 => self.default_ttl,
             s => Duration::from_secs(s).min(self.default_ttl),

@@ -529,3 +529,54 @@ fn weftctl_check_passes_on_a_healthy_mesh_and_names_a_proxy_that_is_not_synced()
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 problem(s) found"));
 }
+
+/// The admin certificate opens the control plane's Admin API and nothing
+/// else: a sidecar's inbound listener refuses it as a caller (counted), and
+/// no join token is minted for the mesh's reserved identities.
+#[test]
+fn the_admin_certificate_is_refused_as_a_data_plane_caller_and_reserved_identities_get_no_token() {
+    let mut mesh = Mesh::start("reserved-ids");
+    let (_client, server) = http_pair(&mut mesh, "http");
+    let admin = mesh.pki().admin_certs;
+    let (cert, key) = (admin.join("cert.pem"), admin.join("key.pem"));
+    // An HTTP/2 request over mTLS with the admin certificate (-k: the
+    // sidecar's certificate names a SPIFFE ID, not a host).
+    let (status, _) = curl(
+        &[
+            "-k",
+            "--http2",
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+            "-H",
+            "Host: server",
+        ],
+        &format!("https://{}/", server.inbound),
+    );
+    assert_eq!(status, 0, "no HTTP answer to the admin identity");
+    let (_, m) = http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &m,
+            "weft_mtls_handshakes_total",
+            "direction=\"inbound\",result=\"reserved_identity\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    for account in ["admin", "weft-control"] {
+        let out = mesh.weftctl(&[
+            "token",
+            "create",
+            "--namespace",
+            "weft-system",
+            "--service-account",
+            account,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "token for {account}: {err}");
+        assert!(err.contains("reserved"), "{err}");
+    }
+}

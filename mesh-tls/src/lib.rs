@@ -8,6 +8,7 @@
 
 pub mod admin_client;
 pub mod channel;
+pub mod identities;
 pub mod svid;
 pub mod tls;
 

@@ -157,6 +157,12 @@ impl MeshTls {
         };
         let conn = tls.get_ref().1;
         let identity = tls::peer_identity(conn.peer_certificates())?;
+        if weft_mesh_tls::identities::is_reserved(&identity) {
+            // The admin (or control-plane) credential is not a workload.
+            counted("inbound", "reserved_identity");
+            tracing::warn!(%peer, %identity, "inbound mTLS caller holds a reserved mesh identity; closing");
+            return None;
+        }
         let alpn = match conn.alpn_protocol() {
             Some(p) if p == ALPN_H2 => Alpn::H2,
             Some(p) if p == ALPN_TCP => Alpn::Tcp,
