@@ -236,3 +236,77 @@ fn the_metrics_port_refuses_big_bodies_and_caps_connections_without_hurting_traf
     );
     drop(silent);
 }
+
+/// A listener holds at most `--max-connections-outbound` connections: more
+/// are closed at once (and counted) instead of exhausting descriptors, and
+/// traffic flows again as soon as slots free up.
+#[test]
+fn the_outbound_listener_caps_its_connections_and_recovers_when_they_close() {
+    let mut mesh = Mesh::start("conn-cap");
+    let app = mesh.http_app("server");
+    let client = mesh.proxy(
+        "client",
+        "e2e",
+        1,
+        2,
+        &[
+            "--max-connections-outbound",
+            "8",
+            "--header-read-timeout-ms",
+            "2000",
+        ],
+    );
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    let yaml = format!(
+        "{}---\n{}---\n{}",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        service_yaml("server", "e2e", app, "http", server.inbound),
+        http_route_yaml(
+            "server",
+            "e2e",
+            &["client"],
+            &["server", "server.e2e"],
+            "server",
+            app
+        )
+    );
+    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
+    mesh.wait_synced(rev, 2);
+
+    // Eight stalled request heads fill the cap.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(client.outbound).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: server\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = TcpStream::connect(client.outbound).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(over.read(&mut buf), Ok(0) | Err(_)),
+        "the ninth connection is closed at once"
+    );
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &m,
+            "weft_listener_connections_refused_total",
+            "listener=\"outbound\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    // The held heads time out (2 s); the listener serves again.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        http_request(client.outbound, "GET", "/", "server", &[], b"")
+            .unwrap()
+            .0,
+        200
+    );
+    drop(held);
+}

@@ -11,6 +11,7 @@ use weft_proxy::{
 
 use anyhow::Context as _;
 use clap::Parser;
+use listener::connection_cap::{self, ConnectionCap};
 use listener::explicit::ExplicitListeners;
 use listener::Context;
 use std::collections::HashMap;
@@ -60,6 +61,13 @@ struct Args {
     /// connection is closed (slow or stalled clients).
     #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// Connections the outbound listener (and the explicit TCP listeners)
+    /// hold at once; 0: a quarter of the open-file limit after a reserve.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_OUTBOUND", default_value_t = 0)]
+    max_connections_outbound: usize,
+    /// Connections the inbound listener holds at once; 0: as outbound.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_INBOUND", default_value_t = 0)]
+    max_connections_inbound: usize,
     /// Longest a drain waits for in-flight connections before exiting.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
@@ -226,6 +234,19 @@ async fn bind_data_plane(
         .await
         .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
     let header_read_timeout = Duration::from_millis(args.header_read_timeout_ms.max(1));
+    let fd_limit = connection_cap::raise_fd_limit();
+    let default = connection_cap::default_cap(fd_limit);
+    let pick = |flag: usize| if flag == 0 { default } else { flag };
+    let caps = (
+        pick(args.max_connections_outbound),
+        pick(args.max_connections_inbound),
+    );
+    tracing::info!(
+        open_files = ?fd_limit,
+        outbound = caps.0,
+        inbound = caps.1,
+        "connection caps"
+    );
     let ctx = Arc::new(Context {
         snapshot: snapshot.clone(),
         drain: drain.clone(),
@@ -242,6 +263,8 @@ async fn bind_data_plane(
         app_port: args.app_port,
         tcp_outbound: metrics::TcpMetrics::new("outbound"),
         tcp_inbound: metrics::TcpMetrics::new("inbound"),
+        outbound_cap: ConnectionCap::new("outbound", caps.0),
+        inbound_cap: ConnectionCap::new("inbound", caps.1),
     });
     Ok((ctx, outbound_l, inbound_l))
 }
@@ -351,12 +374,14 @@ async fn serve_until_drained(
         outbound_l,
         ctx.clone(),
         "outbound",
+        ctx.outbound_cap.clone(),
         listener::outbound::handle,
     ));
     tokio::spawn(listener::accept_loop(
         inbound_l,
         ctx.clone(),
         "inbound",
+        ctx.inbound_cap.clone(),
         listener::inbound::handle,
     ));
     let d = ctx.drain.clone();

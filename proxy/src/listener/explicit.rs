@@ -98,7 +98,7 @@ impl ExplicitListeners {
             tracing::info!(ip = %self.ip, port, "explicit tcp listener started");
             self.runtime.spawn(async move {
                 tokio::select! {
-                    _ = super::accept_loop(listener, ctx, "explicit-tcp", move |ctx, stream, _peer| handle(ctx, stream, port)) => {}
+                    _ = super::accept_loop(listener, ctx.clone(), "explicit-tcp", ctx.outbound_cap.clone(), move |ctx, stream, _peer| handle(ctx, stream, port)) => {}
                     _ = stop_rx => tracing::info!(port, "explicit tcp listener stopped"),
                 }
             });

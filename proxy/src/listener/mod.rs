@@ -4,6 +4,7 @@
 //! after protocol detection (`detect`) and, for intercepted connections,
 //! their original destination (`orig_dst`).
 
+pub mod connection_cap;
 pub mod detect;
 pub mod explicit;
 pub mod inbound;
@@ -15,7 +16,9 @@ use crate::http::{Direction, HttpServer};
 use crate::metrics::TcpMetrics;
 use crate::mtls::MeshTls;
 use crate::snapshot::SnapshotHolder;
+use connection_cap::ConnectionCap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +35,10 @@ pub struct Context {
     pub app_port: u16,
     pub tcp_outbound: TcpMetrics,
     pub tcp_inbound: TcpMetrics,
+    /// Connection caps: outbound (shared by the explicit TCP listeners,
+    /// also app egress) and inbound.
+    pub outbound_cap: Arc<ConnectionCap>,
+    pub inbound_cap: Arc<ConnectionCap>,
 }
 
 impl Context {
@@ -71,17 +78,23 @@ impl Context {
 }
 
 /// Accepts until the drain starts, running `handle` per connection while
-/// holding a drain guard.
+/// holding a drain guard and a slot of `cap`. Accept errors (EMFILE and
+/// friends) back off from 10 ms up to 1 s instead of spinning, are counted,
+/// and logged at most once a second.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     ctx: Arc<Context>,
     name: &'static str,
+    cap: Arc<ConnectionCap>,
     handle: F,
 ) where
     F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut draining = ctx.drain.watch();
+    let accept_errors = metrics::counter!(connection_cap::ACCEPT_ERRORS_TOTAL, "listener" => name);
+    let last_error_log = AtomicU64::new(0);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -89,20 +102,32 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let Some(slot) = cap.admit() else {
+                    drop(stream);
+                    continue;
+                };
                 let guard = ctx.drain.track();
                 let ctx = ctx.clone();
                 let handle = handle.clone();
                 tokio::spawn(async move {
                     handle(ctx, stream, peer).await;
+                    drop(slot);
                     drop(guard);
                 });
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                accept_errors.increment(1);
+                if connection_cap::once_a_second(&last_error_log) {
+                    tracing::warn!(listener = name, error = %e, retry_in = ?backoff, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
     tracing::info!(listener = name, "stopped accepting (draining)");
 }
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
