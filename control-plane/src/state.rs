@@ -69,10 +69,7 @@ impl ConfigState {
         documents: &[(String, String)],
         dry_run: bool,
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
-        let mut incoming: Vec<config::Located> = Vec::new();
-        for (source, yaml) in documents {
-            incoming.extend(config::parse_documents(source, yaml)?);
-        }
+        let incoming = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
         let current = self.current.load_full();
         let mut next = (*current).clone();
@@ -124,10 +121,7 @@ impl ConfigState {
         &self,
         documents: &[(String, String)],
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
-        let mut named = Vec::new();
-        for (source, yaml) in documents {
-            named.extend(config::parse_documents(source, yaml)?);
-        }
+        let named = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
         let current = self.current.load_full();
         let mut next = (*current).clone();
@@ -170,6 +164,39 @@ impl ConfigState {
 /// Folds bursts of changes into one publication: it publishes once no change
 /// has arrived for `debounce / 5`, and never later than `debounce` after the
 /// first change of the burst.
+/// Longest one apply's parsing may take.
+const PARSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Parses `documents` on the blocking pool, so a large or hostile file never
+/// holds the runtime that serves discovery streams and `/ready`, within
+/// `PARSE_DEADLINE`.
+async fn parse_off_runtime(
+    documents: &[(String, String)],
+) -> Result<Vec<config::Located>, ConfigError> {
+    let documents = documents.to_vec();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for (source, yaml) in &documents {
+            out.extend(config::parse_documents(source, yaml)?);
+        }
+        Ok(out)
+    });
+    let failed = |reason: String| ConfigError {
+        source_name: "apply".into(),
+        document: 0,
+        object: None,
+        field: String::new(),
+        reason,
+    };
+    match tokio::time::timeout(PARSE_DEADLINE, parsed).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(failed(format!("parser failed: {e}"))),
+        Err(_) => Err(failed(format!(
+            "parsing took longer than {PARSE_DEADLINE:?}; split the file"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,3 +310,18 @@ fn the_outbound_listener_caps_its_connections_and_recovers_when_they_close() {
     );
     drop(held);
 }
+
+/// A small config file nested 100,000 levels deep is refused at once with
+/// the reason (it used to hold the control plane for ~40 s), and the
+/// control plane keeps answering.
+#[test]
+fn a_deeply_nested_config_is_refused_at_once_with_the_reason() {
+    let mesh = Mesh::start("deep-yaml");
+    let path = mesh.dir.join("deep.yaml");
+    std::fs::write(&path, "[".repeat(100_000)).unwrap();
+    let out = mesh.weftctl(&["apply", "-f", &path.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("nesting deeper than 64"), "{err}");
+    assert_eq!(mesh.admin_get(mesh.control_admin, "/ready").0, 200);
+}

@@ -57,10 +57,79 @@ impl Located {
     }
 }
 
+/// Largest YAML file one apply may carry.
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Deepest flow nesting (`[` / `{`) a file may use; config kinds need ~6.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses, before any YAML parsing, a file too large or nested too deep:
+/// the parser's time grows with the square of the nesting depth, so a small
+/// hostile file could otherwise hold the control plane for a minute.
+fn check_shape(source_name: &str, yaml: &str) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError {
+        source_name: source_name.to_string(),
+        document: 0,
+        object: None,
+        field: String::new(),
+        reason,
+    };
+    if yaml.len() > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "file is {} bytes; at most {MAX_FILE_BYTES} per file",
+            yaml.len()
+        )));
+    }
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let mut chars = yaml.chars().peekable();
+    let mut prev = '\n';
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\n') => {
+                line += 1;
+                // A double-quoted scalar may span lines; others end here.
+                if quote == Some('\'') {
+                    quote = None;
+                }
+            }
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => {
+                // A comment: skip to the end of the line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                prev = '\n';
+                continue;
+            }
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(err(format!(
+                        "line {line}: nesting deeper than {MAX_NESTING} levels"
+                    )));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
+}
+
 /// Decodes every document of a (multi-document) YAML text. Empty documents
 /// are skipped. Field-level checks happen here; cross-object checks in
 /// `validate`.
 pub fn parse_documents(source_name: &str, yaml: &str) -> Result<Vec<Located>, ConfigError> {
+    check_shape(source_name, yaml)?;
     let mut out = Vec::new();
     for (index, de) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
         let document = index + 1;
@@ -162,6 +231,26 @@ fn clean_reason(reason: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_and_huge_files_are_refused_before_parsing() {
+        let deep = "[".repeat(100_000);
+        let e = parse_documents("deep.yaml", &deep).unwrap_err();
+        assert!(e.reason.contains("nesting deeper than 64"), "{e}");
+        let big = "#".repeat(MAX_FILE_BYTES + 1);
+        let e = parse_documents("big.yaml", &big).unwrap_err();
+        assert!(e.reason.contains("per file"), "{e}");
+    }
+
+    #[test]
+    fn brackets_in_quotes_and_comments_do_not_count_as_nesting() {
+        let yaml = format!(
+            "# {}\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: a, labels: {{x: \"{}\"}}}}\nspec: {{ports: [{{port: 80}}]}}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(check_shape("ok.yaml", &yaml).is_ok());
+    }
 
     #[test]
     fn multi_document_file_yields_every_object() {
