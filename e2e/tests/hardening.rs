@@ -325,3 +325,17 @@ fn a_deeply_nested_config_is_refused_at_once_with_the_reason() {
     assert!(err.contains("nesting deeper than 64"), "{err}");
     assert_eq!(mesh.admin_get(mesh.control_admin, "/ready").0, 200);
 }
+
+/// An HTTP request with a method outside the common set (WebDAV's
+/// PROPFIND) is sniffed as HTTP and forwarded, not reset as opaque TCP.
+#[test]
+fn an_extension_method_is_forwarded_as_http() {
+    let mut mesh = Mesh::start("ext-method");
+    let (client, _server) = http_pair(&mut mesh, "http");
+    let (status, body) = raw_exchange(
+        client.outbound,
+        b"PROPFIND /headers HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("host: server"), "{body}");
+}

@@ -31,6 +31,41 @@ enum Verdict {
     NeedMore,
 }
 
+/// Longest first line an extension-method request is sniffed through.
+const MAX_SNIFFED_LINE: usize = 1024;
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A request line with a method outside `METHODS` (WebDAV's PROPFIND, an
+/// extension method): `TOKEN SP target SP HTTP/1.x CRLF`. Requiring the
+/// version keeps text protocols that also start with a word and a space
+/// (NATS `PUB subject 5`, Redis inline `SET k v`) opaque.
+fn classify_extension(bytes: &[u8]) -> Verdict {
+    let method_len = bytes.iter().take_while(|b| is_tchar(**b)).count();
+    if method_len == 0 || method_len > 32 {
+        return Verdict::Known(Detected::Opaque);
+    }
+    match bytes.get(method_len) {
+        None => return Verdict::NeedMore,
+        Some(b' ') => {}
+        Some(_) => return Verdict::Known(Detected::Opaque),
+    }
+    match bytes.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => {
+            let line = &bytes[..end];
+            if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+                Verdict::Known(Detected::Http1)
+            } else {
+                Verdict::Known(Detected::Opaque)
+            }
+        }
+        None if bytes.len() < MAX_SNIFFED_LINE => Verdict::NeedMore,
+        None => Verdict::Known(Detected::Opaque),
+    }
+}
+
 fn classify(bytes: &[u8]) -> Verdict {
     let mut possible = false;
     for (candidate, result) in METHODS
@@ -48,14 +83,14 @@ fn classify(bytes: &[u8]) -> Verdict {
     if possible {
         Verdict::NeedMore
     } else {
-        Verdict::Known(Detected::Opaque)
+        classify_extension(bytes)
     }
 }
 
 /// Peeks until the protocol is known or `timeout` passes (→ Opaque).
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; 24];
+    let mut buf = [0u8; MAX_SNIFFED_LINE];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
@@ -83,6 +118,25 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     #[test]
+    fn extension_methods_are_http_only_with_an_http_version_on_the_line() {
+        assert!(matches!(
+            classify(b"PROPFIND /dav HTTP/1.1\r\nHost: x\r\n"),
+            Verdict::Known(Detected::Http1)
+        ));
+        assert!(matches!(classify(b"PROPFIND /dav HT"), Verdict::NeedMore));
+        for opaque in [
+            &b"PUB subject 5\r\nhello\r\n"[..],
+            b"SET k v\r\n",
+            b"\x00\x01 x",
+        ] {
+            assert!(
+                matches!(classify(opaque), Verdict::Known(Detected::Opaque)),
+                "{opaque:?}"
+            );
+        }
+    }
+
+    #[test]
     fn classifies_methods_preface_and_binary() {
         assert!(matches!(
             classify(b"GET / HTTP/1.1\r\n"),
@@ -96,8 +150,11 @@ mod tests {
             classify(b"\x16\x03\x01"),
             Verdict::Known(Detected::Opaque)
         ));
+        // "GETX" may still become an extension method's request line; the
+        // end of the line without a space after the word decides.
+        assert!(matches!(classify(b"GETX"), Verdict::NeedMore));
         assert!(matches!(
-            classify(b"GETX"),
+            classify(b"GETX\r\n"),
             Verdict::Known(Detected::Opaque)
         ));
         assert!(matches!(classify(b"PO"), Verdict::NeedMore));
