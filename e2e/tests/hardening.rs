@@ -131,24 +131,7 @@ fn a_malformed_chunked_request_body_gets_400() {
 #[test]
 fn a_stalled_request_head_is_cut_at_the_header_read_timeout() {
     let mut mesh = Mesh::start("slow-head");
-    let app = mesh.http_app("server");
-    let client = mesh.proxy("client", "e2e", 1, 2, &["--header-read-timeout-ms", "500"]);
-    let server = mesh.proxy("server", "e2e", app, 3, &[]);
-    let yaml = format!(
-        "{}---\n{}---\n{}",
-        service_yaml("client", "e2e", 1, "http", client.inbound),
-        service_yaml("server", "e2e", app, "http", server.inbound),
-        http_route_yaml(
-            "server",
-            "e2e",
-            &["client"],
-            &["server", "server.e2e"],
-            "server",
-            app
-        )
-    );
-    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
-    mesh.wait_synced(rev, 2);
+    let (client, _server) = http_pair_with(&mut mesh, "http", &["--header-read-timeout-ms", "500"]);
 
     let mut slow = TcpStream::connect(client.outbound).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
@@ -243,12 +226,9 @@ fn the_metrics_port_refuses_big_bodies_and_caps_connections_without_hurting_traf
 #[test]
 fn the_outbound_listener_caps_its_connections_and_recovers_when_they_close() {
     let mut mesh = Mesh::start("conn-cap");
-    let app = mesh.http_app("server");
-    let client = mesh.proxy(
-        "client",
-        "e2e",
-        1,
-        2,
+    let (client, _server) = http_pair_with(
+        &mut mesh,
+        "http",
         &[
             "--max-connections-outbound",
             "8",
@@ -256,22 +236,6 @@ fn the_outbound_listener_caps_its_connections_and_recovers_when_they_close() {
             "2000",
         ],
     );
-    let server = mesh.proxy("server", "e2e", app, 3, &[]);
-    let yaml = format!(
-        "{}---\n{}---\n{}",
-        service_yaml("client", "e2e", 1, "http", client.inbound),
-        service_yaml("server", "e2e", app, "http", server.inbound),
-        http_route_yaml(
-            "server",
-            "e2e",
-            &["client"],
-            &["server", "server.e2e"],
-            "server",
-            app
-        )
-    );
-    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
-    mesh.wait_synced(rev, 2);
 
     // Eight stalled request heads fill the cap.
     let held: Vec<TcpStream> = (0..8)

@@ -330,8 +330,17 @@ impl Drop for Mesh {
 
 /// client sidecar (ip .2) → server sidecar (ip .3) → http app; route host "server".
 pub fn http_pair(mesh: &mut Mesh, protocol: &str) -> (ProxyAddrs, ProxyAddrs) {
+    http_pair_with(mesh, protocol, &[])
+}
+
+/// `http_pair` with extra flags for the client sidecar.
+pub fn http_pair_with(
+    mesh: &mut Mesh,
+    protocol: &str,
+    client_flags: &[&str],
+) -> (ProxyAddrs, ProxyAddrs) {
     let app = mesh.http_app("server");
-    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let client = mesh.proxy("client", "e2e", 1, 2, client_flags);
     let server = mesh.proxy("server", "e2e", app, 3, &[]);
     let yaml = format!(
         "{}---\n{}---\n{}",
