@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use weft_certs::admin_cert::write_admin_cert_if_needed;
-use weft_certs::admin_cert::{ADMIN_NAMESPACE, CONTROL_ACCOUNT};
 use weft_certs::ca::{write_private, CaError, CertificateAuthority};
 use weft_mesh_tls::tls::{CertSlot, TrustBundle};
 use xds_proto::spiffe::SpiffeId;
@@ -48,11 +47,7 @@ impl LocalCerts {
         let bundle = Arc::new(TrustBundle::new(&roots)?);
         write_private(&data_dir.join(BUNDLE_FILE), &roots.concat())?;
         let server = Arc::new(CertSlot::new());
-        let control_id = SpiffeId {
-            trust_domain: td.clone(),
-            namespace: ADMIN_NAMESPACE.into(),
-            service_account: CONTROL_ACCOUNT.into(),
-        };
+        let control_id = weft_mesh_tls::identities::control_identity(&td);
         let not_after = issue_into(&authority, &control_id, &server)?;
         write_admin_cert_if_needed(&data_dir.join(ADMIN_DIR), &authority, &roots)?;
 

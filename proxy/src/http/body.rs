@@ -32,21 +32,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("the request body from the client is malformed or incomplete: {0}")]
 pub struct ClientBodyError(#[source] hyper::Error);
 
-/// Whether `e` (an upstream send error) was caused by the client's body.
-pub fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<ClientBodyError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// The client's request body as it is forwarded: a failure is returned as
-/// `ClientBodyError` and also marked on the `BodyWatch`, because an HTTP/2
-/// upstream connection reports it only as a reset stream.
+/// `ClientBodyError` and marked on the `BodyWatch`, which is what callers
+/// ask (an HTTP/2 upstream connection reports the failure only as a reset
+/// stream, so the upstream error cannot tell).
 pub struct ClientBody {
     inner: Incoming,
     failed: Option<Arc<AtomicBool>>,

@@ -2,7 +2,7 @@
 //! local app), in order: authorize → rate-limit → caller identity → app →
 //! respond. Each phase is one call into its policy module.
 
-use crate::http::body::{client_body_failed, ClientBody, Held, RequestBody, ResponseBody};
+use crate::http::body::{ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::local_response::{local_response, rate_limited};
 use crate::http::upgrade;
@@ -180,7 +180,7 @@ impl Inbound {
                 }
                 resp.map(|b| ResponseBody::upstream(b, Held::default(), None, None))
             }
-            Err(e) if client_body_failed(&e) || body_watch.failed() => {
+            Err(e) if body_watch.failed() => {
                 tracing::debug!(port = self.app_port, error = %e, "request body from the caller failed");
                 self.metrics.record(400, start.elapsed());
                 local_response(

@@ -14,9 +14,7 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
-use crate::http::body::{
-    client_body_failed, BodyWatch, ClientBody, Held, RequestBody, ResponseBody,
-};
+use crate::http::body::{BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::local_response::{local_response, overloaded};
 use crate::http::mirror::{self, MirrorTarget, Mirrors};
@@ -275,7 +273,7 @@ impl Outbound {
                     if let Some(limit) = over_limit(&e) {
                         return Tried::Overloaded(limit);
                     }
-                    if client_body_failed(&e) || p.body_watch.failed() {
+                    if p.body_watch.failed() {
                         // The client's fault: no retry, no outlier record.
                         return Tried::Failed {
                             status: StatusCode::BAD_REQUEST,

@@ -66,10 +66,6 @@ impl ConnectionCap {
         })
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// A slot for one more connection, held until it closes; None (counted,
     /// logged at most once a second) when the listener is full.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
