@@ -5,11 +5,18 @@ use super::*;
 #[test]
 fn retries_turn_a_30_percent_failure_on_one_of_three_instances_into_no_client_errors() {
     let f = fleet("retry30", 3, "http", &[]);
+    // A budget that cannot run out: with the default (20 % of requests, 10
+    // per second) a chance cluster of failures among the first requests
+    // can exhaust it, which is the budget test's subject, not this one's.
     f.apply(
         &[],
-        &route(&format!(
-            "  - {DEST}\n    retries: {{attempts: 3, on: [5xx], backoff: {{base: 1ms, max: 5ms}}}}\n"
-        )),
+        &format!(
+            "{}---\n{}",
+            route(&format!(
+                "  - {DEST}\n    retries: {{attempts: 3, on: [5xx], backoff: {{base: 1ms, max: 5ms}}}}\n"
+            )),
+            policy("  retryBudget: {percent: 100, minRetriesPerSecond: 1000}\n")
+        ),
     );
     f.app_call(1, "POST", "/fault?status=503&percent=30");
     let replies = send(&f, 600, "/", &[]);
