@@ -38,9 +38,12 @@ use crate::svid;
 pub const MESH_SERVER_NAME: &str = "weft.mesh";
 
 /// ALPN between sidecars: HTTP rides h2 (multiplexed), opaque TCP rides a
-/// passthrough protocol, so the inbound side never has to sniff.
+/// passthrough protocol, so the inbound side never has to sniff. An HTTP/1.1
+/// upgrade (WebSocket) gets a connection of its own speaking HTTP/1.1, which
+/// the callee's sidecar hands to the app as the same upgrade.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_TCP: &[u8] = b"weft-tcp";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

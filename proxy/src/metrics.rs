@@ -13,6 +13,10 @@ pub const TCP_CONNECTIONS: &str = "weft_tcp_connections_total";
 pub const CONFIG_VERSION: &str = "weft_config_version";
 pub const CONFIG_UPDATES: &str = "weft_config_updates_total";
 pub const CONFIG_NACKS: &str = "weft_config_nacks_total";
+/// HTTP/1.1 upgrades (WebSocket) spliced after a 101, by how they ended,
+/// and the bytes they carried each way.
+pub const UPGRADES: &str = "weft_http_upgrades_total";
+pub const UPGRADE_BYTES: &str = "weft_http_upgrade_bytes_total";
 pub const DETECT_RESULTS: &str = "weft_protocol_detection_total";
 /// Outbound requests (HTTP) and connections (TCP) by how they left the
 /// sidecar: over mTLS to a peer sidecar, or in plaintext to a workload

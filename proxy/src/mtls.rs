@@ -2,8 +2,9 @@
 //! sidecar is TLS 1.3 with this workload's certificate, and the peer must
 //! present exactly the SPIFFE ID the control plane gave for that endpoint.
 //! Inbound, every connection must present a certificate chaining to the
-//! current trust bundle; ALPN says what follows (h2 for HTTP, `weft-tcp` for
-//! opaque bytes), so the inbound side never sniffs.
+//! current trust bundle; ALPN says what follows (h2 for HTTP, `http/1.1` for
+//! an HTTP/1.1 upgrade such as a WebSocket, `weft-tcp` for opaque bytes), so
+//! the inbound side never sniffs.
 //!
 //! TLS is terminated with tokio-rustls directly (not through an L7 engine's
 //! TLS support) so the certificate can be swapped per handshake and the peer
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use weft_mesh_tls::tls::{self, ALPN_H2, ALPN_TCP};
+use weft_mesh_tls::tls::{self, ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 
 pub const HANDSHAKES: &str = "weft_mtls_handshakes_total";
 /// The header carrying the caller's verified identity to the app. Any copy a
@@ -30,12 +31,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alpn {
     H2,
+    /// HTTP/1.1 on a connection of its own: upgrades (WebSocket), which
+    /// HTTP/2 cannot carry as they are.
+    Http1,
     Tcp,
 }
 
 pub struct MeshTls {
     identity: Arc<WorkloadIdentity>,
     client_h2: Arc<ClientConfig>,
+    client_http1: Arc<ClientConfig>,
     client_tcp: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 }
@@ -54,8 +59,9 @@ impl MeshTls {
         let bundle = identity.bundle.clone();
         Ok(MeshTls {
             client_h2: tls::client_config(Some(cert.clone()), bundle.clone(), &[ALPN_H2])?,
+            client_http1: tls::client_config(Some(cert.clone()), bundle.clone(), &[ALPN_HTTP1])?,
             client_tcp: tls::client_config(Some(cert.clone()), bundle.clone(), &[ALPN_TCP])?,
-            server: tls::server_config(cert, bundle, true, &[ALPN_H2, ALPN_TCP])?,
+            server: tls::server_config(cert, bundle, true, &[ALPN_H2, ALPN_HTTP1, ALPN_TCP])?,
             identity,
         })
     }
@@ -86,6 +92,7 @@ impl MeshTls {
         let _ = tcp.set_nodelay(true);
         let config = match alpn {
             Alpn::H2 => self.client_h2.clone(),
+            Alpn::Http1 => self.client_http1.clone(),
             Alpn::Tcp => self.client_tcp.clone(),
         };
         let tls = match tokio::time::timeout(
@@ -165,6 +172,7 @@ impl MeshTls {
         }
         let alpn = match conn.alpn_protocol() {
             Some(p) if p == ALPN_H2 => Alpn::H2,
+            Some(p) if p == ALPN_HTTP1 => Alpn::Http1,
             Some(p) if p == ALPN_TCP => Alpn::Tcp,
             _ => {
                 counted("inbound", "no_alpn");

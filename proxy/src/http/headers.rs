@@ -12,9 +12,24 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Whether the request asks to switch protocols (`Connection: upgrade`).
+/// Whether the request asks to switch protocols (`Connection: upgrade`) to
+/// something the sidecar carries through (WebSocket and the like).
+///
+/// `Upgrade: h2c` alone is not: the sidecar answers such a request over
+/// HTTP/1.1, as RFC 9110 §7.8 lets a server do, and drops `Upgrade` and
+/// `HTTP2-Settings` with the other hop-by-hop headers. Passing it on would
+/// let a client turn a routed request into a raw HTTP/2 connection to
+/// whatever the app proxies to (h2c smuggling). Clients that want HTTP/2
+/// to the sidecar use prior knowledge.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let Some(upgrade) = headers.get(header::UPGRADE) else {
+        return false;
+    };
+    let only_h2c = upgrade.to_str().is_ok_and(|v| {
+        v.split(',')
+            .all(|t| t.trim().eq_ignore_ascii_case("h2c") || t.trim().is_empty())
+    });
+    !only_h2c
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -144,6 +159,28 @@ mod tests {
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert!(h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_answered_over_http1_with_its_headers_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        // Anything else that is offered is an upgrade to carry through.
+        let mut ws = HeaderMap::new();
+        ws.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        ws.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&ws));
     }
 
     #[test]

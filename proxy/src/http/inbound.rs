@@ -175,7 +175,7 @@ impl Inbound {
         {
             Ok(mut resp) => {
                 self.metrics.record(resp.status().as_u16(), start.elapsed());
-                if !upgrade::splice_if_switched(on_client_upgrade, &mut resp) {
+                if !upgrade::splice_if_switched(on_client_upgrade, &mut resp, "inbound") {
                     strip_hop_by_hop(resp.headers_mut(), false);
                 }
                 resp.map(|b| ResponseBody::upstream(b, Held::default(), None, None))

@@ -67,6 +67,9 @@ struct Prepared<'a> {
     /// client spoke HTTP/2).
     host_header: Option<HeaderValue>,
     grpc: bool,
+    /// An HTTP/1.1 upgrade (WebSocket): sent over HTTP/1.1, never retried
+    /// or mirrored.
+    upgrade: bool,
     deadline: Option<Deadline>,
     client: SocketAddr,
     rule: &'a Rule,
@@ -146,13 +149,14 @@ impl Outbound {
             body_watch,
             host_header,
             grpc,
+            upgrade,
             deadline,
             client,
             rule,
             backend,
         };
         // 5. mirror
-        if let (Some(shadow), Some(body)) = (rule.mirror_this(), replay.bytes()) {
+        if let (false, Some(shadow), Some(body)) = (upgrade, rule.mirror_this(), replay.bytes()) {
             self.mirror(&prepared, shadow, body.cloned());
         }
         // 6. tries, under the deadline
@@ -178,7 +182,7 @@ impl Outbound {
                     slot: Some(slot),
                     host: Some(host),
                 };
-                if upgrade::splice_if_switched(on_client_upgrade, &mut resp) {
+                if upgrade::splice_if_switched(on_client_upgrade, &mut resp, "outbound") {
                     return resp.map(|b| ResponseBody::upstream(b, held, None, None));
                 }
                 strip_hop_by_hop(resp.headers_mut(), false);
@@ -233,7 +237,7 @@ impl Outbound {
                     detail: "the request body could not be replayed".into(),
                 };
             };
-            let hop = self.hop(cluster, host);
+            let hop = self.hop(cluster, host, p.upgrade);
             let req = match p.build(body, host, &hop) {
                 Ok(r) => r,
                 Err(e) => {
@@ -335,14 +339,15 @@ impl Outbound {
         }
     }
 
-    /// How a request reaches `host` of `cluster`: mTLS h2 when a sidecar
-    /// fronts it (and this proxy has mTLS), else the cluster's protocol.
-    fn hop(&self, cluster: &Arc<Cluster>, host: &Host) -> Hop {
+    /// How a request reaches `host` of `cluster`: mTLS when a sidecar
+    /// fronts it (and this proxy has mTLS), else the cluster's protocol; h2,
+    /// except for an upgrade, which only HTTP/1.1 carries as it is.
+    fn hop(&self, cluster: &Arc<Cluster>, host: &Host, upgrade: bool) -> Hop {
         let meshed = host.identity.is_some() && self.upstreams.mesh.is_some();
         Hop {
             target: ConnectTarget::endpoint(cluster, host),
             meshed,
-            h2: meshed || cluster.protocol.is_h2(),
+            h2: !upgrade && (meshed || cluster.protocol.is_h2()),
         }
     }
 
@@ -358,7 +363,7 @@ impl Outbound {
         };
         shadow.count_request();
         let host = &hosts[picked.index];
-        let hop = self.hop(&shadow.cluster, host);
+        let hop = self.hop(&shadow.cluster, host, false);
         let Ok(req) = p.build(RequestBody::Full(body), host, &hop) else {
             return;
         };

@@ -1,6 +1,7 @@
 //! Upstream connections: the pools requests go out on (HTTP/1.1 keep-alive
 //! and h2c to plaintext endpoints, h2 over mTLS to endpoints with a
-//! sidecar) and the connectors behind them. A request is sent with the
+//! sidecar, HTTP/1.1 over mTLS for upgrades to them) and the connectors
+//! behind them. A request is sent with the
 //! `ConnectTarget` it already chose (cluster and host, from the snapshot it
 //! read); a connector opening a connection for it applies that cluster's
 //! connect timeout and `max_connections` limit and checks that host's
@@ -251,10 +252,11 @@ impl tower::Service<http::Uri> for PlainConnector {
 }
 
 /// mTLS to a peer sidecar, which must present the identity the request's
-/// target names.
+/// target names; `alpn` says what the connection speaks.
 #[derive(Clone)]
 pub struct MeshConnector {
     pub tls: Arc<MeshTls>,
+    pub alpn: Alpn,
 }
 
 impl tower::Service<http::Uri> for MeshConnector {
@@ -268,6 +270,7 @@ impl tower::Service<http::Uri> for MeshConnector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let alpn = self.alpn;
         let target = current_target();
         Box::pin(async move {
             let target = target?;
@@ -279,12 +282,10 @@ impl tower::Service<http::Uri> for MeshConnector {
                 )
             })?;
             let slot = target.admit()?;
-            let stream = tls
-                .connect(addr, &expected, Alpn::H2, target.timeout())
-                .await?;
+            let stream = tls.connect(addr, &expected, alpn, target.timeout()).await?;
             Ok(Tracked {
                 io: TokioIo::new(stream),
-                h2: true,
+                h2: alpn == Alpn::H2,
                 _slot: slot,
             })
         })
@@ -292,12 +293,14 @@ impl tower::Service<http::Uri> for MeshConnector {
 }
 
 /// The pools: HTTP/1.1 keep-alive and h2c (prior knowledge) to plaintext
-/// endpoints; h2 over mTLS to endpoints with a sidecar.
+/// endpoints; h2 over mTLS to endpoints with a sidecar, and HTTP/1.1 over
+/// mTLS to them for upgrades (a WebSocket takes its connection with it).
 #[derive(Clone)]
 pub struct Upstreams {
     pub h1: Client<PlainConnector, RequestBody>,
     pub h2: Client<PlainConnector, RequestBody>,
     pub mesh: Option<Client<MeshConnector, RequestBody>>,
+    pub mesh_h1: Option<Client<MeshConnector, RequestBody>>,
 }
 
 impl Upstreams {
@@ -309,15 +312,32 @@ impl Upstreams {
             .http1_max_buf_size(MAX_HEAD_BYTES)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
         let h1 = b.build(plain.clone());
+        let mesh_h1 = tls.clone().map(|tls| {
+            b.build(MeshConnector {
+                tls,
+                alpn: Alpn::Http1,
+            })
+        });
         b.http2_only(true).timer(TokioTimer::new());
         let h2 = b.build(plain);
-        // Between sidecars HTTP always rides one multiplexed h2 connection.
-        let mesh = tls.map(|tls| b.build(MeshConnector { tls }));
-        Upstreams { h1, h2, mesh }
+        // Between sidecars HTTP rides one multiplexed h2 connection.
+        let mesh = tls.map(|tls| {
+            b.build(MeshConnector {
+                tls,
+                alpn: Alpn::H2,
+            })
+        });
+        Upstreams {
+            h1,
+            h2,
+            mesh,
+            mesh_h1,
+        }
     }
 
-    /// Sends on the pool for this hop (mTLS h2 to a sidecar, h2c, or h1);
-    /// a new connection it needs goes to `target`.
+    /// Sends on the pool for this hop (mTLS to a sidecar: h2, or HTTP/1.1
+    /// for an upgrade; else h2c or h1); a new connection it needs goes to
+    /// `target`.
     pub async fn send(
         &self,
         req: http::Request<RequestBody>,
@@ -325,9 +345,10 @@ impl Upstreams {
         meshed: bool,
         h2: bool,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let sent = match (&self.mesh, meshed, h2) {
-            (Some(mesh), true, _) => mesh.request(req),
-            (_, _, true) => self.h2.request(req),
+        let sent = match (&self.mesh, &self.mesh_h1, meshed, h2) {
+            (Some(mesh), _, true, true) => mesh.request(req),
+            (_, Some(mesh_h1), true, false) => mesh_h1.request(req),
+            (_, _, _, true) => self.h2.request(req),
             _ => self.h1.request(req),
         };
         TARGET.scope(target, sent).await

@@ -2,7 +2,8 @@
 //! port's declared protocol decides: http/http2/grpc are served as HTTP, tcp/opaque
 //! are forwarded untouched (server-first protocols never wait), and an
 //! undeclared port is sniffed. With mTLS (the default) every connection is a
-//! TLS handshake first; ALPN then picks HTTP or opaque TCP.
+//! TLS handshake first; ALPN then picks HTTP (h2, or HTTP/1.1 for an
+//! upgrade) or opaque TCP.
 
 use super::Context;
 use crate::listener::detect::{detect, Detected};
@@ -22,7 +23,9 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
             return;
         };
         match alpn {
-            Alpn::H2 => {
+            // One HTTP server for both: it tells h2 from HTTP/1.1 by the
+            // preface; HTTP/1.1 here carries an upgrade.
+            Alpn::H2 | Alpn::Http1 => {
                 ctx.inbound_http
                     .clone()
                     .serve(tls, peer, Some(identity), ctx.drain.watch())
