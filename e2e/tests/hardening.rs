@@ -303,3 +303,108 @@ fn an_extension_method_is_forwarded_as_http() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("host: server"), "{body}");
 }
+
+/// Reads until the peer closes; how long that took (None: still open after
+/// `within`).
+fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+}
+
+/// A request whose Content-Length promises more body than the client sends
+/// ends with 408 once the body has stalled for `--body-read-timeout-ms`,
+/// whichever sidecar's limit is reached first, instead of holding the
+/// connection open; the sidecars keep serving.
+#[test]
+fn a_stalled_request_body_gets_408_at_the_body_read_timeout() {
+    let mut mesh = Mesh::start("slow-body");
+    let (client, _server) = http_pair_with(&mut mesh, "http", &["--body-read-timeout-ms", "1000"]);
+    let mut s = TcpStream::connect(client.outbound).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = s.read(&mut out).expect("an answer before 10 s");
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&out[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("request_body_timeout"), "{head}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}, want about 1 s"
+    );
+    assert_eq!(
+        http_request(client.outbound, "POST", "/echo", "server", &[], b"fine").unwrap(),
+        (200, "fine".to_string())
+    );
+}
+
+/// A connection that sends the HTTP/2 preface and then nothing is closed at
+/// the first-request deadline (`--header-read-timeout-ms`), and a kept-alive
+/// connection with no request in flight at `--idle-timeout-ms`.
+#[test]
+fn silent_http2_and_idle_keep_alive_connections_are_closed() {
+    let mut mesh = Mesh::start("idle-conns");
+    let (client, _server) = http_pair_with(
+        &mut mesh,
+        "http",
+        &[
+            "--header-read-timeout-ms",
+            "2000",
+            "--idle-timeout-ms",
+            "1000",
+        ],
+    );
+    // The preface and an empty SETTINGS frame, then silence.
+    let mut h2 = TcpStream::connect(client.outbound).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let took = closed_within(&mut h2, Duration::from_secs(10)).expect("closed");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(8),
+        "silent HTTP/2 connection closed after {took:?}, want about 2 s"
+    );
+
+    // HTTP/1.1 keep-alive: one request, then nothing. The idle limit (1 s)
+    // applies after the request (the header-read limit would too, later).
+    let mut kept = TcpStream::connect(client.outbound).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let took = closed_within(&mut kept, Duration::from_secs(10)).expect("closed");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "idle keep-alive connection closed after {took:?}, want about 1 s"
+    );
+    let (_, m) = http_request(client.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
+    assert!(
+        metric(
+            &m,
+            "weft_http_idle_connections_closed_total",
+            "direction=\"outbound\""
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{m}"
+    );
+}

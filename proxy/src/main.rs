@@ -57,10 +57,23 @@ struct Args {
     /// connection as opaque TCP.
     #[arg(long, env = "WEFT_DETECT_TIMEOUT_MS", default_value_t = 1000)]
     detect_timeout_ms: u64,
-    /// Longest an HTTP/1.1 client may take to send a request head before its
+    /// Longest an HTTP/1.1 client may take to send a request head, and any
+    /// new connection (HTTP/1.1 or HTTP/2) its first request, before the
     /// connection is closed (slow or stalled clients).
     #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// Longest a request body may stall (no bytes from the client while the
+    /// proxy waits for them) before the request ends with 408.
+    #[arg(long, env = "WEFT_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    body_read_timeout_ms: u64,
+    /// A client connection with no request in flight for this long is
+    /// closed (HTTP/2: GOAWAY first).
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
+    idle_timeout_ms: u64,
+    /// HTTP/2 client connections get a keep-alive PING after this long
+    /// without a frame; one unanswered for 10 s closes the connection.
+    #[arg(long, env = "WEFT_HTTP2_KEEPALIVE_MS", default_value_t = 30_000)]
+    http2_keepalive_ms: u64,
     /// Connections the outbound listener (and the explicit TCP listeners)
     /// hold at once; 0: a quarter of the open-file limit after a reserve.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_OUTBOUND", default_value_t = 0)]
@@ -233,7 +246,13 @@ async fn bind_data_plane(
     let inbound_l = tokio::net::TcpListener::bind(args.inbound)
         .await
         .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
-    let header_read_timeout = Duration::from_millis(args.header_read_timeout_ms.max(1));
+    let ms = |v: u64| Duration::from_millis(v.max(1));
+    let timeouts = http::limits::ClientTimeouts {
+        header_read: ms(args.header_read_timeout_ms),
+        body_read: ms(args.body_read_timeout_ms),
+        idle: ms(args.idle_timeout_ms),
+        keepalive: ms(args.http2_keepalive_ms),
+    };
     let fd_limit = connection_cap::raise_fd_limit();
     let default = connection_cap::default_cap(fd_limit);
     let pick = |flag: usize| if flag == 0 { default } else { flag };
@@ -251,12 +270,11 @@ async fn bind_data_plane(
         snapshot: snapshot.clone(),
         drain: drain.clone(),
         outbound_http: Arc::new(
-            http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone())
-                .with_header_read_timeout(header_read_timeout),
+            http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone()).with_timeouts(timeouts),
         ),
         inbound_http: Arc::new(
             http::HttpServer::inbound(snapshot.clone(), &args.service, args.app_port)
-                .with_header_read_timeout(header_read_timeout),
+                .with_timeouts(timeouts),
         ),
         mtls: mesh_tls.clone(),
         detect_timeout: Duration::from_millis(args.detect_timeout_ms),

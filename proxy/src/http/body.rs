@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,39 +24,89 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client's request body failed while it was being forwarded
-/// (malformed chunked encoding, a connection cut mid-body): the request is
-/// the client's fault (400), not the upstream's, and says nothing about the
-/// upstream host's health.
+/// The client's request body failed while it was being forwarded: it was
+/// malformed (bad chunked encoding), the connection was cut mid-body, or the
+/// client stopped sending it. The request is the client's fault (400, or 408
+/// for a stall), not the upstream's, and says nothing about the upstream
+/// host's health.
 #[derive(Debug, thiserror::Error)]
-#[error("the request body from the client is malformed or incomplete: {0}")]
-pub struct ClientBodyError(#[source] hyper::Error);
+pub enum ClientBodyError {
+    #[error("the request body from the client is malformed or incomplete: {0}")]
+    Malformed(#[source] hyper::Error),
+    #[error("the client sent no request body bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+/// What went wrong with the client's body, as a `BodyWatch` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    Malformed,
+    Stalled,
+}
+
+impl BodyFault {
+    /// The status and `x-weft-error` reason the client is answered with.
+    pub fn status(self) -> (http::StatusCode, &'static str) {
+        match self {
+            BodyFault::Malformed => (http::StatusCode::BAD_REQUEST, "bad_request_body"),
+            BodyFault::Stalled => (http::StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
+        }
+    }
+}
+
+const FAULT_NONE: u8 = 0;
+const FAULT_MALFORMED: u8 = 1;
+const FAULT_STALLED: u8 = 2;
 
 /// The client's request body as it is forwarded: a failure is returned as
 /// `ClientBodyError` and marked on the `BodyWatch`, which is what callers
 /// ask (an HTTP/2 upstream connection reports the failure only as a reset
-/// stream, so the upstream error cannot tell).
+/// stream, so the upstream error cannot tell). A client that sends nothing
+/// for `stall_limit` while the body is being read fails it as stalled; the
+/// clock runs only while the proxy waits on the client, never while the
+/// upstream is slow to take what was already sent.
 pub struct ClientBody {
     inner: Incoming,
-    failed: Option<Arc<AtomicBool>>,
+    fault: Option<Arc<AtomicU8>>,
+    stall_limit: Duration,
+    /// Armed when a read finds nothing to take; None while data flows.
+    stall: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 /// Tells, after a failed send, whether the client's body was the cause.
 #[derive(Clone, Default)]
-pub struct BodyWatch(Option<Arc<AtomicBool>>);
+pub struct BodyWatch(Option<Arc<AtomicU8>>);
 
 impl BodyWatch {
-    pub fn failed(&self) -> bool {
-        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self.0.as_ref()?.load(Ordering::Relaxed) {
+            FAULT_MALFORMED => Some(BodyFault::Malformed),
+            FAULT_STALLED => Some(BodyFault::Stalled),
+            _ => None,
+        }
     }
 }
 
 impl ClientBody {
     /// An empty body needs no watch (nothing is allocated for it).
-    pub fn new(inner: Incoming) -> (ClientBody, BodyWatch) {
-        let failed = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        let watch = BodyWatch(failed.clone());
-        (ClientBody { inner, failed }, watch)
+    pub fn new(inner: Incoming, stall_limit: Duration) -> (ClientBody, BodyWatch) {
+        let fault = (!inner.is_end_stream()).then(|| Arc::new(AtomicU8::new(FAULT_NONE)));
+        let watch = BodyWatch(fault.clone());
+        let body = ClientBody {
+            inner,
+            fault,
+            stall_limit,
+            stall: None,
+            waiting: false,
+        };
+        (body, watch)
+    }
+
+    fn fail(&self, fault: u8) {
+        if let Some(f) = &self.fault {
+            f.store(fault, Ordering::Relaxed);
+        }
     }
 }
 
@@ -69,12 +119,36 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        Pin::new(&mut this.inner).poll_frame(cx).map_err(|e| {
-            if let Some(f) = &this.failed {
-                f.store(true, Ordering::Relaxed);
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.fail(FAULT_MALFORMED);
+                Poll::Ready(Some(Err(Box::new(ClientBodyError::Malformed(e)))))
             }
-            Box::new(ClientBodyError(e)) as BoxError
-        })
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if !this.waiting {
+                    // The client owes us bytes from now on.
+                    let deadline = Instant::now() + this.stall_limit;
+                    match &mut this.stall {
+                        Some(s) => s.as_mut().reset(deadline),
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.waiting = true;
+                }
+                if let Some(stall) = &mut this.stall {
+                    if stall.as_mut().poll(cx).is_ready() {
+                        this.fail(FAULT_STALLED);
+                        let e = ClientBodyError::Stalled(this.stall_limit);
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -2,8 +2,9 @@
 //! local app), in order: authorize → rate-limit → caller identity → app →
 //! respond. Each phase is one call into its policy module.
 
-use crate::http::body::{ClientBody, Held, RequestBody, ResponseBody};
+use crate::http::body::{BodyFault, ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, is_grpc, is_upgrade, strip_hop_by_hop};
+use crate::http::limits::ClientTimeouts;
 use crate::http::local_response::{local_response, rate_limited};
 use crate::http::upgrade;
 use crate::http::upstream::{upstream_uri, ConnectTarget, Upstreams};
@@ -18,7 +19,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The caller a connection's certificate proved, and its identity as the
 /// header value the app receives.
@@ -29,6 +30,8 @@ pub struct Caller {
 }
 
 pub struct Inbound {
+    /// How long the client's body may stall (ClientTimeouts::body_read).
+    pub body_read: Duration,
     app_port: u16,
     /// 127.0.0.1:<app_port>.
     app: ConnectTarget,
@@ -43,6 +46,7 @@ impl Inbound {
     pub fn new(service: &str, app_port: u16) -> Self {
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, app_port));
         Inbound {
+            body_read: ClientTimeouts::default().body_read,
             app_port,
             app: ConnectTarget::local(app),
             app_authority: crate::host::authority_of(&app),
@@ -166,7 +170,7 @@ impl Inbound {
         } else {
             http::Version::HTTP_11
         };
-        let (body, body_watch) = ClientBody::new(body);
+        let (body, body_watch) = ClientBody::new(body, self.body_read);
         let request = Request::from_parts(parts, RequestBody::Stream(body));
         match self
             .upstreams
@@ -180,15 +184,12 @@ impl Inbound {
                 }
                 resp.map(|b| ResponseBody::upstream(b, Held::default(), None, None))
             }
-            Err(e) if body_watch.failed() => {
+            Err(e) if body_watch.fault().is_some() => {
                 tracing::debug!(port = self.app_port, error = %e, "request body from the caller failed");
-                self.metrics.record(400, start.elapsed());
-                local_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    "weft: the request body is malformed or incomplete\n".into(),
-                    grpc,
-                )
+                let fault = body_watch.fault().unwrap_or(BodyFault::Malformed);
+                let (status, reason) = fault.status();
+                self.metrics.record(status.as_u16(), start.elapsed());
+                local_response(status, reason, format!("weft: {e}\n"), grpc)
             }
             Err(e) => {
                 let reason = if e.is_connect() {

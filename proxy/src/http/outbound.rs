@@ -14,8 +14,9 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
-use crate::http::body::{BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
+use crate::http::body::{BodyFault, BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
+use crate::http::limits::ClientTimeouts;
 use crate::http::local_response::{local_response, overloaded};
 use crate::http::mirror::{self, MirrorTarget, Mirrors};
 use crate::http::replay::Replay;
@@ -35,11 +36,13 @@ use http::{request, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const BODY_TIMEOUT: &str = "the request body did not arrive before the request deadline";
 
 pub struct Outbound {
+    /// How long the client's body may stall (ClientTimeouts::body_read).
+    pub body_read: Duration,
     upstreams: Upstreams,
     security: SecurityCounters,
     /// Requests that match no route.
@@ -86,6 +89,7 @@ struct Hop {
 impl Outbound {
     pub fn new(mtls: Option<Arc<MeshTls>>) -> Self {
         Outbound {
+            body_read: ClientTimeouts::default().body_read,
             upstreams: Upstreams::new(mtls),
             security: SecurityCounters::new("http"),
             unrouted: RequestMetrics::new("outbound", "none", "none"),
@@ -136,8 +140,8 @@ impl Outbound {
         }
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let may_retry = rule.retry.enabled() && !upgrade;
-        let (body, body_watch) = ClientBody::new(body);
-        let mut replay = match read_body(body, rule, may_retry, deadline).await {
+        let (body, body_watch) = ClientBody::new(body, self.body_read);
+        let mut replay = match read_body(body, &body_watch, rule, may_retry, deadline).await {
             Ok(r) => r,
             Err((status, reason, e)) => {
                 rule.metrics.record(status.as_u16(), start.elapsed());
@@ -277,11 +281,12 @@ impl Outbound {
                     if let Some(limit) = over_limit(&e) {
                         return Tried::Overloaded(limit);
                     }
-                    if p.body_watch.failed() {
+                    if let Some(fault) = p.body_watch.fault() {
                         // The client's fault: no retry, no outlier record.
+                        let (status, reason) = fault.status();
                         return Tried::Failed {
-                            status: StatusCode::BAD_REQUEST,
-                            reason: "bad_request_body",
+                            status,
+                            reason,
                             detail: e.to_string(),
                         };
                     }
@@ -448,9 +453,10 @@ fn no_route(req: &Request<Incoming>, grpc: bool) -> Response<ResponseBody> {
 
 /// Reads the body as far as retries and mirrors need it. A small body is
 /// read before the first try; a client that sends it slower than the
-/// request deadline gets 408.
+/// request deadline, or stalls it, gets 408.
 async fn read_body(
     body: ClientBody,
+    watch: &BodyWatch,
     rule: &Rule,
     may_retry: bool,
     deadline: Option<Deadline>,
@@ -467,7 +473,8 @@ async fn read_body(
         if e == BODY_TIMEOUT {
             (StatusCode::REQUEST_TIMEOUT, "request_body_timeout", e)
         } else {
-            (StatusCode::BAD_REQUEST, "bad_request_body", e)
+            let (status, reason) = watch.fault().unwrap_or(BodyFault::Malformed).status();
+            (status, reason, e)
         }
     })
 }

@@ -4,8 +4,9 @@
 
 use crate::http::body::ResponseBody;
 use crate::http::headers::{is_grpc, normalize_host};
+use crate::http::idle::{Activity, Counted};
 use crate::http::inbound::{Caller, Inbound};
-use crate::http::limits::{MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
+use crate::http::limits::{ClientTimeouts, KEEPALIVE_ACK, MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
 use crate::http::local_response::local_response;
 use crate::http::outbound::Outbound;
 use crate::metrics::RequestMetrics;
@@ -37,21 +38,23 @@ impl Direction {
     }
 }
 
-/// How long a client may take to send a request head (HTTP/1.1) unless
-/// `--header-read-timeout-ms` says otherwise; HAProxy's `timeout
-/// http-request` is the same idea.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection that was asked to close (GOAWAY) may take
+/// to do so before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 enum Handler {
     Inbound(Inbound),
     Outbound(Outbound),
 }
 
+/// Client connections closed for having no request in flight for too long.
+pub const IDLE_CLOSED: &str = "weft_http_idle_connections_closed_total";
+
 /// The HTTP server of one listener direction.
 pub struct HttpServer {
     snapshot: SnapshotHolder,
     handler: Handler,
-    header_read_timeout: Duration,
+    timeouts: ClientTimeouts,
     /// Requests refused at the edge, before any route or app port.
     refused: RequestMetrics,
 }
@@ -62,7 +65,7 @@ impl HttpServer {
     pub fn outbound(snapshot: SnapshotHolder, mtls: Option<Arc<MeshTls>>) -> Self {
         HttpServer {
             snapshot,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            timeouts: ClientTimeouts::default(),
             handler: Handler::Outbound(Outbound::new(mtls)),
             refused: RequestMetrics::new("outbound", "none", "none"),
         }
@@ -72,16 +75,19 @@ impl HttpServer {
     pub fn inbound(snapshot: SnapshotHolder, service: &str, app_port: u16) -> Self {
         HttpServer {
             snapshot,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            timeouts: ClientTimeouts::default(),
             handler: Handler::Inbound(Inbound::new(service, app_port)),
             refused: RequestMetrics::new("inbound", "inbound", service),
         }
     }
 
-    /// Closes HTTP/1.1 connections whose request head takes longer than
-    /// `timeout` (slow or stalled clients).
-    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+    /// The deadlines client connections live under.
+    pub fn with_timeouts(mut self, timeouts: ClientTimeouts) -> Self {
+        self.timeouts = timeouts;
+        match &mut self.handler {
+            Handler::Inbound(h) => h.body_read = timeouts.body_read,
+            Handler::Outbound(h) => h.body_read = timeouts.body_read,
+        }
         self
     }
 
@@ -110,18 +116,30 @@ impl HttpServer {
             header: HeaderValue::from_str(&p.uri).ok(),
             peer: p,
         });
+        let t = self.timeouts;
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            .header_read_timeout(t.header_read)
             .max_buf_size(MAX_HEAD_BYTES);
-        builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(t.keepalive))
+            .keep_alive_timeout(KEEPALIVE_ACK)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES);
+        let activity = Activity::new();
         let this = self.clone();
+        let counting = activity.clone();
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();
             let caller = caller.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer, caller).await) }
+            let in_flight = counting.start();
+            async move {
+                let resp = this.handle(req, peer, caller).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, in_flight)))
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -135,6 +153,20 @@ impl HttpServer {
             () = drain_started => {
                 conn.as_mut().inner_pin_mut().graceful_shutdown();
                 conn.await
+            }
+            served = activity.idle_for(t.header_read, t.idle) => {
+                // Nothing in flight. A client that never sent a request is
+                // dropped; one that did is asked to go (HTTP/2 GOAWAY) and
+                // dropped if it does not.
+                metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
+                if served {
+                    conn.as_mut().inner_pin_mut().graceful_shutdown();
+                    tokio::time::timeout(IDLE_CLOSE_GRACE, conn)
+                        .await
+                        .unwrap_or(Ok(()))
+                } else {
+                    Ok(())
+                }
             }
         };
         if let Err(e) = result {
