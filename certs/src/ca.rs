@@ -424,7 +424,8 @@ fn read(path: &Path) -> Result<String, CaError> {
 /// The DER bodies of the CERTIFICATE blocks in `pem`, in order.
 pub fn split_pem(pem: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
-    for item in rustls_pemfile::certs(&mut pem.as_bytes()) {
+    use rustls_pki_types::pem::PemObject;
+    for item in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
         out.push(item.map_err(|e| format!("bad PEM: {e}"))?.as_ref().to_vec());
     }
     if out.is_empty() {

@@ -21,7 +21,8 @@ pub enum SvidError {
 
 /// The CERTIFICATE blocks of a PEM text, in order.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, SvidError> {
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
+    use rustls_pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     let certs = certs.map_err(|e| SvidError::Pem(e.to_string()))?;
     if certs.is_empty() {
         return Err(SvidError::Pem("no CERTIFICATE blocks".into()));
@@ -31,9 +32,11 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, SvidErr
 
 /// The first private key of a PEM text (PKCS#8, SEC1 or PKCS#1).
 pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, SvidError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| SvidError::Pem(e.to_string()))?
-        .ok_or_else(|| SvidError::Pem("no PRIVATE KEY block".into()))
+    use rustls_pki_types::pem::{self, PemObject};
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => SvidError::Pem("no PRIVATE KEY block".into()),
+        e => SvidError::Pem(e.to_string()),
+    })
 }
 
 /// The SPIFFE ID of a certificate: its one URI SAN.

@@ -26,7 +26,7 @@ const METHODS: &[&[u8]] = &[
     b"TRACE ",
 ];
 
-enum Verdict {
+pub enum Verdict {
     Known(Detected),
     NeedMore,
 }
@@ -66,7 +66,9 @@ fn classify_extension(bytes: &[u8]) -> Verdict {
     }
 }
 
-fn classify(bytes: &[u8]) -> Verdict {
+/// What the first bytes of a connection say it speaks (the sniff `detect`
+/// repeats on a peeked buffer); public for the fuzz target.
+pub fn classify(bytes: &[u8]) -> Verdict {
     let mut possible = false;
     for (candidate, result) in METHODS
         .iter()
