@@ -14,6 +14,7 @@ mod proxy_suite;
 mod push;
 mod report;
 mod scenarios;
+mod soak;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ struct Cli {
 enum Cmd {
     /// The full side-by-side proxy benchmark.
     Proxy(proxy_suite::ProxyArgs),
+    /// Valid traffic plus rotating hostile clients against a two-sidecar
+    /// mesh; prints RSS and descriptors (not part of `proxy`).
+    Soak(soak::SoakArgs),
     /// (internal) constant-rate HTTP/1.1 load with latency correction; prints JSON.
     FixedRate {
         #[arg(long)]
@@ -66,6 +70,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Proxy(args) => proxy_suite::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::FixedRate {
             addr,
             host,
