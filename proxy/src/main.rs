@@ -51,7 +51,10 @@ struct Args {
     inbound: SocketAddr,
     #[arg(long, env = "WEFT_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
-    #[arg(long, env = "WEFT_METRICS", default_value = "0.0.0.0:15090")]
+    /// Prometheus `/metrics`. Loopback by default; a pod that is scraped on
+    /// its IP sets `--metrics 0.0.0.0:15090` (the port is bounded, see
+    /// README "Ports").
+    #[arg(long, env = "WEFT_METRICS", default_value = "127.0.0.1:15090")]
     metrics: SocketAddr,
     /// How long to wait for a client's first bytes before treating the
     /// connection as opaque TCP.
@@ -432,11 +435,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_admin_endpoint_listens_on_loopback_unless_told_otherwise() {
+    fn the_admin_and_metrics_endpoints_listen_on_loopback_unless_told_otherwise() {
         let args = Args::try_parse_from(["weft-proxy", "--service", "s", "--app-port", "1"])
             .expect("defaults parse");
         assert!(args.admin.ip().is_loopback(), "{}", args.admin);
         assert_eq!(args.admin.port(), 15000);
+        assert!(args.metrics.ip().is_loopback(), "{}", args.metrics);
+        assert_eq!(args.metrics.port(), 15090);
         assert!(!args.insecure_dev, "mTLS is the default");
     }
 }
