@@ -88,13 +88,22 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     }
     // After the attacks: what the sidecars hold once their deadlines passed.
     std::thread::sleep(Duration::from_secs(15));
-    let after: Vec<(f64, usize)> = pids.iter().map(|(_, p)| usage(*p)).collect::<Result<_, _>>()?;
+    let after: Vec<(f64, usize)> = pids
+        .iter()
+        .map(|(_, p)| usage(*p))
+        .collect::<Result<_, _>>()?;
     let (ok, failed) = (
         counts.ok.load(Ordering::Relaxed),
         counts.failed.load(Ordering::Relaxed),
     );
-    println!("\nsummary ({} s, {} valid clients)", args.seconds, args.clients);
-    println!("valid requests: {ok} ok, {failed} failed; hostile connections: {}", counts.hostile.load(Ordering::Relaxed));
+    println!(
+        "\nsummary ({} s, {} valid clients)",
+        args.seconds, args.clients
+    );
+    println!(
+        "valid requests: {ok} ok, {failed} failed; hostile connections: {}",
+        counts.hostile.load(Ordering::Relaxed)
+    );
     for (i, (name, _)) in pids.iter().enumerate() {
         let rss: Vec<f64> = samples.iter().map(|s| s[i].0).collect();
         let fds: Vec<usize> = samples.iter().map(|s| s[i].1).collect();
@@ -218,7 +227,9 @@ fn header_flood(outbound: SocketAddr, _: SocketAddr) -> usize {
     let mut n = 0;
     for _ in 0..50 {
         if let Some(mut c) = connect(outbound) {
-            let _ = c.write_all(format!("GET / HTTP/1.1\r\nHost: server\r\nX-Big: {big}\r\n\r\n").as_bytes());
+            let _ = c.write_all(
+                format!("GET / HTTP/1.1\r\nHost: server\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+            );
             let mut buf = [0u8; 256];
             let _ = c.read(&mut buf);
             n += 1;
@@ -233,7 +244,9 @@ fn oversize_body(outbound: SocketAddr, _: SocketAddr) -> usize {
     let mut n = 0;
     for _ in 0..10 {
         if let Some(mut c) = connect(outbound) {
-            let _ = c.write_all(b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 1073741824\r\n\r\n");
+            let _ = c.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 1073741824\r\n\r\n",
+            );
             for _ in 0..128 {
                 if c.write_all(&chunk).is_err() {
                     break;
@@ -250,8 +263,10 @@ fn stalled_body(outbound: SocketAddr, _: SocketAddr) -> usize {
     let conns: Vec<TcpStream> = (0..50)
         .filter_map(|_| {
             let mut c = connect(outbound)?;
-            c.write_all(b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 1000\r\n\r\n0123456789")
-                .ok()?;
+            c.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 1000\r\n\r\n0123456789",
+            )
+            .ok()?;
             Some(c)
         })
         .collect();
@@ -278,7 +293,10 @@ fn resets(outbound: SocketAddr, _: SocketAddr) -> usize {
 
 /// 500 connections that never send a byte, held 5 s.
 fn idle_flood(outbound: SocketAddr, _: SocketAddr) -> usize {
-    hold((0..500).filter_map(|_| connect(outbound)).collect(), Duration::from_secs(5))
+    hold(
+        (0..500).filter_map(|_| connect(outbound)).collect(),
+        Duration::from_secs(5),
+    )
 }
 
 /// 200 connections sending the HTTP/2 preface and SETTINGS, then nothing.
@@ -296,5 +314,8 @@ fn preface_flood(outbound: SocketAddr, _: SocketAddr) -> usize {
 
 /// 200 silent connections to the metrics port, held 3 s.
 fn metrics_flood(_: SocketAddr, metrics: SocketAddr) -> usize {
-    hold((0..200).filter_map(|_| connect(metrics)).collect(), Duration::from_secs(3))
+    hold(
+        (0..200).filter_map(|_| connect(metrics)).collect(),
+        Duration::from_secs(3),
+    )
 }

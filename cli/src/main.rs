@@ -279,15 +279,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 GetWhat::Routes => "Route",
                 GetWhat::Proxies => return proxy_status(&mut client, cli.output).await,
             };
-            let resp = client
-                .get(pb::GetRequest {
-                    kind: kind.into(),
-                    namespace: namespace.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            output::objects(cli.output, kind, &resp.objects)
+            let objects = get_all(&mut client, kind, &namespace.unwrap_or_default()).await?;
+            output::objects(cli.output, kind, &objects)
         }
         Command::ProxyStatus => {
             let mut client = conn.admin().await?;
@@ -311,6 +304,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => token_create(&conn, cli.output, namespace, service_account, ttl).await,
         Command::Certs { command } => certs(&conn, cli.output, command).await,
     }
+}
+
+/// Every `kind` object, read page by page; if the config changes between
+/// pages, the listing starts over (a few times) so it is one revision.
+async fn get_all(
+    client: &mut AdminClient<tonic::transport::Channel>,
+    kind: &str,
+    namespace: &str,
+) -> anyhow::Result<Vec<pb::ConfigObject>> {
+    for _ in 0..5 {
+        let (mut objects, mut token, mut revision) = (Vec::new(), String::new(), None);
+        loop {
+            let page = client
+                .get(pb::GetRequest {
+                    kind: kind.into(),
+                    namespace: namespace.into(),
+                    page_size: 0,
+                    page_token: token,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if revision.is_some_and(|r| r != page.revision) {
+                break;
+            }
+            revision = Some(page.revision);
+            objects.extend(page.objects);
+            if page.next_page_token.is_empty() {
+                return Ok(objects);
+            }
+            token = page.next_page_token;
+        }
+    }
+    anyhow::bail!("the configuration kept changing while it was being listed; try again")
 }
 
 const EXPIRY_WARNING: i64 = 30 * 24 * 3600;

@@ -2,7 +2,7 @@
 //! sync status. Config errors come back as INVALID_ARGUMENT with the message
 //! naming file, document, object, field and reason.
 
-use crate::config::Kind;
+use crate::config::{Kind, ObjectKey};
 use crate::join_token::{JoinTokens, DEFAULT_TOKEN_TTL};
 use crate::proxy_status::ProxyRegistry;
 use crate::state::{ApplyError, ConfigState, Outcome};
@@ -186,23 +186,8 @@ impl Admin for AdminService {
             ))
         })?;
         let config = self.state.current();
-        let objects = config
-            .objects
-            .iter()
-            .filter(|(k, _)| {
-                k.kind == kind && (req.namespace.is_empty() || k.namespace == req.namespace)
-            })
-            .map(|(k, o)| pb::ConfigObject {
-                kind: k.kind.as_str().to_string(),
-                namespace: k.namespace.clone(),
-                name: k.name.clone(),
-                json: o.to_manifest().to_string(),
-            })
-            .collect();
-        Ok(Response::new(pb::GetResponse {
-            objects,
-            revision: config.revision,
-        }))
+        let page = page_of(&config, kind, &req)?;
+        Ok(Response::new(page))
     }
 
     async fn proxy_status(
@@ -217,5 +202,157 @@ impl Admin for AdminService {
             .map(|r| r.to_status())
             .collect();
         Ok(Response::new(pb::ProxyStatusResponse { proxies, revision }))
+    }
+}
+
+/// Objects per `Get` page unless the request asks for fewer.
+const DEFAULT_PAGE_SIZE: usize = 500;
+/// A page ends before its objects pass this many bytes (well under the
+/// 4 MiB gRPC message limit).
+const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
+/// One page of `kind` objects (of one namespace, or all), in key order,
+/// starting after `req.page_token` ("namespace/name" of the last object of
+/// the previous page).
+fn page_of(
+    config: &crate::config::ConfigSet,
+    kind: Kind,
+    req: &pb::GetRequest,
+) -> Result<pb::GetResponse, Status> {
+    use std::ops::Bound;
+    let start = if req.page_token.is_empty() {
+        // The smallest key of this kind.
+        Bound::Included(ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        })
+    } else {
+        let (namespace, name) = req.page_token.split_once('/').ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "page_token \"{}\" is not namespace/name",
+                req.page_token
+            ))
+        })?;
+        Bound::Excluded(ObjectKey {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    };
+    let size = match req.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n as usize).min(DEFAULT_PAGE_SIZE),
+    };
+    let mut objects = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    let matching = config
+        .objects
+        .range((start, Bound::Unbounded))
+        .take_while(|(k, _)| k.kind == kind)
+        .filter(|(k, _)| req.namespace.is_empty() || k.namespace == req.namespace);
+    for (k, o) in matching {
+        let json = o.to_manifest().to_string();
+        let cost = json.len() + k.namespace.len() + k.name.len() + 16;
+        if objects.len() == size || (!objects.is_empty() && bytes + cost > MAX_PAGE_BYTES) {
+            more = true;
+            break;
+        }
+        bytes += cost;
+        objects.push(pb::ConfigObject {
+            kind: k.kind.as_str().to_string(),
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            json,
+        });
+    }
+    let next_page_token = match objects.last() {
+        Some(last) if more => format!("{}/{}", last.namespace, last.name),
+        _ => String::new(),
+    };
+    Ok(pb::GetResponse {
+        objects,
+        revision: config.revision,
+        next_page_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_documents, ConfigSet};
+
+    fn config(services: usize) -> ConfigSet {
+        let mut yaml = String::new();
+        for i in 0..services {
+            let ns = if i % 2 == 0 { "a" } else { "b" };
+            yaml.push_str(&format!(
+                "---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: s{i:05}, namespace: {ns}}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n"
+            ));
+        }
+        // A Route sorts after every Service: it must never show up.
+        yaml.push_str("---\napiVersion: weft.dev/v1\nkind: Route\nmetadata: {name: r, namespace: a}\nspec:\n  hosts: [s00000]\n  http: [{destination: {service: s00000, port: 80}}]\n");
+        let mut set = ConfigSet {
+            revision: 7,
+            objects: Default::default(),
+        };
+        for l in parse_documents("t.yaml", &yaml).unwrap() {
+            set.objects.insert(l.object.key(), l.object);
+        }
+        set
+    }
+
+    fn read_all(set: &ConfigSet, namespace: &str, page_size: u32) -> (Vec<String>, usize) {
+        let (mut names, mut pages, mut token) = (Vec::new(), 0, String::new());
+        loop {
+            let page = page_of(
+                set,
+                Kind::Service,
+                &pb::GetRequest {
+                    kind: "Service".into(),
+                    namespace: namespace.into(),
+                    page_size,
+                    page_token: token,
+                },
+            )
+            .unwrap();
+            assert_eq!(page.revision, 7);
+            pages += 1;
+            names.extend(
+                page.objects
+                    .iter()
+                    .map(|o| format!("{}/{}", o.namespace, o.name)),
+            );
+            if page.next_page_token.is_empty() {
+                return (names, pages);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    #[test]
+    fn get_pages_through_every_object_of_the_kind_once_in_order() {
+        let set = config(1203);
+        let (names, pages) = read_all(&set, "", 0);
+        assert_eq!(names.len(), 1203);
+        assert_eq!(pages, 3, "500 per page by default");
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, names, "key order, no repeats");
+        let (b, _) = read_all(&set, "b", 100);
+        assert_eq!(b.len(), 601);
+        assert!(b.iter().all(|n| n.starts_with("b/")));
+        let bad = page_of(
+            &set,
+            Kind::Service,
+            &pb::GetRequest {
+                kind: "Service".into(),
+                page_token: "no-slash".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }

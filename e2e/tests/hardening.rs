@@ -408,3 +408,37 @@ fn silent_http2_and_idle_keep_alive_connections_are_closed() {
         "{m}"
     );
 }
+
+/// Anything that can be applied can be read back: 20,000 Services in one
+/// 3.5 MB file are accepted, and `weftctl get services` pages through them
+/// (one response used to pass gRPC's 4 MiB limit and fail with "decoded
+/// message length too large").
+#[test]
+fn a_config_near_the_message_limit_can_be_listed_back() {
+    let mesh = Mesh::start("big-get");
+    let mut yaml = String::new();
+    for i in 0..20_000 {
+        yaml.push_str(&format!(
+            "---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: service-number-{i:05}, namespace: many}}\nspec:\n  ports: [{{port: 8080, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1, sidecar: false}}]\n"
+        ));
+    }
+    assert!(yaml.len() > 3_000_000, "{} bytes", yaml.len());
+    mesh.apply("many.yaml", &yaml)
+        .expect("apply 20,000 services");
+    let out = mesh.weftctl(&["-o", "json", "get", "services", "-n", "many"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 20_000);
+    assert_eq!(names[0], "service-number-00000");
+    assert_eq!(names[19_999], "service-number-19999");
+}
