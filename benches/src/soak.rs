@@ -144,7 +144,7 @@ fn valid_client(i: usize, outbound: SocketAddr, rate: u64, stop: &AtomicBool, co
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let sent = Instant::now();
-        let reply = if n % 2 == 0 {
+        let reply = if n & 1 == 0 {
             conn.get("/", "server", &[])
         } else {
             conn.send("POST", "/echo", "server", &[], body.as_bytes())
@@ -278,7 +278,7 @@ fn resets(outbound: SocketAddr, _: SocketAddr) -> usize {
     let mut n = 0;
     for i in 0..200 {
         if let Some(mut c) = connect(outbound) {
-            let req: &[u8] = if i % 2 == 0 {
+            let req: &[u8] = if i & 1 == 0 {
                 b"POST /echo HTTP/1.1\r\nHost: server\r\nContent-Length: 100\r\n\r\nhalf"
             } else {
                 b"GET / HTTP/1.1\r\nHost: ser"
