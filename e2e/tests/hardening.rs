@@ -125,34 +125,46 @@ fn a_malformed_chunked_request_body_gets_400() {
     );
 }
 
-/// A client that starts a request head and stalls (slowloris) is cut off
-/// at `--header-read-timeout-ms` instead of holding its connection for a
-/// minute; complete requests are unaffected.
+/// A client that starts a request head and stalls (slowloris) is answered
+/// 408 and cut off at `--header-read-timeout-ms` instead of holding its
+/// connection for a minute; a kept-alive connection that is merely idle is
+/// closed without a stray 408; complete requests are unaffected.
 #[test]
-fn a_stalled_request_head_is_cut_at_the_header_read_timeout() {
+fn a_stalled_request_head_gets_408_at_the_header_read_timeout() {
     let mut mesh = Mesh::start("slow-head");
     let (client, _server) = http_pair_with(&mut mesh, "http", &["--header-read-timeout-ms", "500"]);
 
     let mut slow = TcpStream::connect(client.outbound).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: server\r\nX-Slow: ")
         .unwrap();
     let started = std::time::Instant::now();
-    let mut buf = [0u8; 256];
-    let closed = match slow.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => {
-            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
-        }
-    };
-    assert!(closed, "the stalled connection is closed");
+    let mut answer = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = slow.read_to_end(&mut answer);
     let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("request_header_timeout"), "{answer}");
     assert!(
         took >= Duration::from_millis(400) && took < Duration::from_secs(5),
         "closed after {took:?}, want about 500 ms"
     );
+
+    // Idle after a complete exchange: closed, nothing more is written.
+    let mut idle = TcpStream::connect(client.outbound).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = idle.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("408"), "an idle connection got {rest:?}");
+
     assert_eq!(
         http_request(client.outbound, "GET", "/", "server", &[], b"")
             .unwrap()

@@ -9,13 +9,15 @@
 //! `crate::lb`, `crate::route`); the helpers both directions share are
 //! `headers`, `upgrade` and `local_response`; `upstream` holds the pools and
 //! connectors, `body` the request and response bodies, `idle` when a
-//! client connection has been idle too long, `limits` its deadlines and
+//! client connection has been idle too long, `head_timeout` the 408 for a
+//! request head that did not arrive in time, `limits` its deadlines and
 //! header limits.
 //!
 //! hyper replaced a pingora-based path after both were measured side by
 //! side (1.66x the HTTP/1.1 requests/s; see benches/RESULTS.md).
 
 pub mod body;
+pub mod head_timeout;
 pub mod headers;
 pub mod idle;
 pub mod inbound;

@@ -3,6 +3,7 @@
 //! read once for it, to its direction's handler.
 
 use crate::http::body::ResponseBody;
+use crate::http::head_timeout::{is_header_timeout, LastWords, Watched, HEADER_TIMEOUTS};
 use crate::http::headers::{is_grpc, normalize_host};
 use crate::http::idle::{Activity, Counted};
 use crate::http::inbound::{Caller, Inbound};
@@ -108,7 +109,7 @@ impl HttpServer {
         peer_identity: Option<Arc<Peer>>,
         mut draining: watch::Receiver<bool>,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send + 'static,
     {
         let direction = self.direction().as_str();
         let span = tracing::debug_span!("http_connection", direction, %peer);
@@ -141,6 +142,7 @@ impl HttpServer {
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, in_flight)))
             }
         });
+        let (stream, timed_out) = Watched::new(stream);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .instrument(span);
@@ -159,6 +161,10 @@ impl HttpServer {
                 // dropped; one that did is asked to go (HTTP/2 GOAWAY) and
                 // dropped if it does not.
                 metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
+                if !served {
+                    // The first-request deadline: a partial head gets 408.
+                    timed_out.set();
+                }
                 if served {
                     conn.as_mut().inner_pin_mut().graceful_shutdown();
                     tokio::time::timeout(IDLE_CLOSE_GRACE, conn)
@@ -170,6 +176,12 @@ impl HttpServer {
             }
         };
         if let Err(e) = result {
+            if is_header_timeout(e.as_ref()) {
+                // Answered 408 when `conn` drops the stream, if a head was
+                // under way.
+                timed_out.set();
+                metrics::counter!(HEADER_TIMEOUTS, "direction" => direction).increment(1);
+            }
             tracing::debug!(direction, error = %e, "http connection ended with error");
         }
     }
