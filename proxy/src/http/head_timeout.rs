@@ -69,18 +69,6 @@ impl<I: LastWords> Watched<I> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_408_body_is_as_long_as_its_content_length_says() {
-        let text = std::str::from_utf8(RESPONSE).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-    }
-}
-
 impl<I: LastWords> Drop for Watched<I> {
     fn drop(&mut self) {
         if self.pending && self.h2 == Some(false) && self.timed_out.load(Ordering::Relaxed) {
@@ -164,5 +152,17 @@ impl<I: LastWords + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_408_body_is_as_long_as_its_content_length_says() {
+        let text = std::str::from_utf8(RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
     }
 }
