@@ -2,7 +2,7 @@
 //! local app), in order: authorize → rate-limit → caller identity → app →
 //! respond. Each phase is one call into its policy module.
 
-use crate::http::body::{BodyFault, ClientBody, Held, RequestBody, ResponseBody};
+use crate::http::body::{ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::limits::ClientTimeouts;
 use crate::http::local_response::{local_response, rate_limited};
@@ -184,14 +184,13 @@ impl Inbound {
                 }
                 resp.map(|b| ResponseBody::upstream(b, Held::default(), None, None))
             }
-            Err(e) if body_watch.fault().is_some() => {
-                tracing::debug!(port = self.app_port, error = %e, "request body from the caller failed");
-                let fault = body_watch.fault().unwrap_or(BodyFault::Malformed);
-                let (status, reason) = fault.status();
-                self.metrics.record(status.as_u16(), start.elapsed());
-                local_response(status, reason, format!("weft: {e}\n"), grpc)
-            }
             Err(e) => {
+                if let Some(fault) = body_watch.fault() {
+                    tracing::debug!(port = self.app_port, error = %e, "request body from the caller failed");
+                    let (status, reason) = fault.status();
+                    self.metrics.record(status.as_u16(), start.elapsed());
+                    return local_response(status, reason, format!("weft: {e}\n"), grpc);
+                }
                 let reason = if e.is_connect() {
                     "upstream_connect"
                 } else {

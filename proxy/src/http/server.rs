@@ -161,16 +161,14 @@ impl HttpServer {
                 // dropped; one that did is asked to go (HTTP/2 GOAWAY) and
                 // dropped if it does not.
                 metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
-                if !served {
-                    // The first-request deadline: a partial head gets 408.
-                    timed_out.set();
-                }
                 if served {
                     conn.as_mut().inner_pin_mut().graceful_shutdown();
                     tokio::time::timeout(IDLE_CLOSE_GRACE, conn)
                         .await
                         .unwrap_or(Ok(()))
                 } else {
+                    // The first-request deadline: a partial head gets 408.
+                    timed_out.set();
                     Ok(())
                 }
             }
