@@ -23,7 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Endpoint labels: a BTreeMap is half the size of an empty HashMap.
     b = b
         .btree_map(".weft.v1.Endpoint.labels")
-        .btree_map(".weft.v1.Backend.subset");
+        .btree_map(".weft.v1.Backend.subset")
+        .btree_map(".weft.v1.Instance.labels")
+        .btree_map(".weft.v1.Instance.metadata")
+        .btree_map(".weft.v1.ListInstancesRequest.labels")
+        .btree_map(".weft.v1.EndpointStatus.labels");
     b.compile_protos(
         &[
             "proto/weft/v1/discovery.proto",
@@ -31,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/weft/v1/admin.proto",
             "proto/weft/v1/identity.proto",
             "proto/weft/v1/ratelimit.proto",
+            "proto/weft/v1/registry.proto",
             "proto/weft/sample/v1/echo.proto",
             "proto/grpc/health/v1/health.proto",
         ],

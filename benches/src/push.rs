@@ -215,11 +215,7 @@ pub async fn csr_rate(
 ) -> anyhow::Result<f64> {
     use xds_proto::v1::identity_client::IdentityClient;
     let token = sim_token(cp_url, admin_auth, "csr-bench").await?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(token.spiffe_id.clone().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
+    let (csr, _key) = weft_mesh_tls::svid::csr_for(&token.spiffe_id.parse()?)?;
     let bundle = std::fs::read_to_string(ca_bundle)?;
     let bundle = std::sync::Arc::new(weft_mesh_tls::tls::TrustBundle::new(&[bundle])?);
     let channel = ControlPlane::tls_no_client_cert(bundle)

@@ -291,17 +291,8 @@ impl CertificateAuthority {
     /// (its serving certificate, the admin client certificate), with a key
     /// generated here. Returns (chain PEM, key PEM).
     pub fn issue_local(&self, id: &SpiffeId, ttl: Duration) -> Result<(Issued, String), CaError> {
-        let sign = |e: rcgen::Error| CaError::Sign(e.to_string());
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign)?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(
-            id.to_string()
-                .try_into()
-                .map_err(|e| CaError::Sign(format!("{e}")))?,
-        )];
-        let csr = p.serialize_request(&key).map_err(sign)?;
-        let csr_pem = csr.pem().map_err(sign)?;
+        let (csr_pem, key) =
+            weft_mesh_tls::svid::csr_for(id).map_err(|e| CaError::Sign(e.to_string()))?;
         let issued = self.sign(&csr_pem, id, ttl)?;
         Ok((issued, key.serialize_pem()))
     }
@@ -468,12 +459,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn csr_for(uri: &str) -> (String, KeyPair) {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(uri.to_string().try_into().unwrap())];
-        let csr = p.serialize_request(&key).unwrap();
-        (csr.pem().unwrap(), key)
+        weft_mesh_tls::svid::csr_for(&id(uri)).unwrap()
     }
 
     fn id(s: &str) -> SpiffeId {

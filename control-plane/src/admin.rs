@@ -201,7 +201,11 @@ impl Admin for AdminService {
             .iter()
             .map(|r| r.to_status())
             .collect();
-        Ok(Response::new(pb::ProxyStatusResponse { proxies, revision }))
+        Ok(Response::new(pb::ProxyStatusResponse {
+            proxies,
+            revision,
+            registry_revision: self.state.publisher().registry().revision,
+        }))
     }
 }
 

@@ -47,6 +47,38 @@ pub fn authenticate_node(
     Ok(node)
 }
 
+/// Whether `peer` may act for `service` in `namespace` (register its
+/// instances), whose workloads run as service account `account`: the admin
+/// identity may; a workload only for the service its own identity maps to
+/// (same namespace and service account, as the CA issued it). `call` names
+/// the gRPC service in the refusal's log line and metric.
+pub fn authorize_service(
+    call: &'static str,
+    peer: Option<&SpiffeId>,
+    trust_domain: &str,
+    namespace: &str,
+    service: &str,
+    account: &str,
+) -> Result<(), Status> {
+    let Some(id) = peer else {
+        // --insecure-dev: nobody to check.
+        return Ok(());
+    };
+    if *id == admin_identity(trust_domain)
+        || (id.trust_domain == trust_domain
+            && id.namespace == namespace
+            && id.service_account == account)
+    {
+        return Ok(());
+    }
+    let msg = format!(
+        "{id} may not act for service \"{service}\" in namespace \"{namespace}\": its workloads run as spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
+    );
+    tracing::warn!(call, identity = %id, %namespace, %service, "refused: identity does not map to the service");
+    metrics::counter!("weft_control_permission_denied_total", "service" => call).increment(1);
+    Err(Status::permission_denied(msg))
+}
+
 /// Admin API: only the admin identity.
 pub fn require_admin(
     trust_domain: String,
@@ -94,6 +126,26 @@ mod tests {
             namespace: namespace.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn only_the_service_account_of_a_service_or_the_admin_may_act_for_it() {
+        let td = "cluster.local";
+        let x = SpiffeId::new(td, "a", "x").unwrap();
+        assert!(authorize_service("t", Some(&x), td, "a", "x-svc", "x").is_ok());
+        let err = authorize_service("t", Some(&x), td, "a", "y", "y").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("spiffe://cluster.local/ns/a/sa/x")
+                && err.message().contains("\"y\""),
+            "{}",
+            err.message()
+        );
+        // Same account name, other namespace.
+        assert!(authorize_service("t", Some(&x), td, "b", "x", "x").is_err());
+        let admin = admin_identity(td);
+        assert!(authorize_service("t", Some(&admin), td, "b", "y", "y").is_ok());
+        assert!(authorize_service("t", None, td, "b", "y", "y").is_ok());
     }
 
     #[test]

@@ -19,10 +19,6 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use xds_proto::v1::{self as pb, discovery_server::Discovery};
 
-pub fn version_of(revision: u64) -> String {
-    format!("r{revision}")
-}
-
 pub struct DiscoveryService {
     published: watch::Receiver<Arc<Published>>,
     registry: Arc<ProxyRegistry>,
@@ -84,6 +80,16 @@ impl Discovery for DiscoveryService {
     }
 }
 
+/// A push waiting for its ACK.
+struct InFlight {
+    version: String,
+    /// When its change was committed.
+    changed_at: Instant,
+    trust_epoch: u64,
+    config_revision: u64,
+    registry_revision: u64,
+}
+
 /// One proxy's stream.
 struct Session {
     node: pb::Node,
@@ -95,8 +101,8 @@ struct Session {
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     /// What the proxy has been sent (assumed applied unless it NACKs).
     sent: ResourceSet,
-    /// nonce → (version, when its config change was committed, trust epoch)
-    in_flight: HashMap<String, (String, Instant, u64)>,
+    /// nonce → what that push carried.
+    in_flight: HashMap<String, InFlight>,
     nonce: u64,
     /// Send the full state next time (after a NACK).
     resync: bool,
@@ -149,7 +155,8 @@ impl Session {
 
     async fn push(&mut self, published: &Published, full: bool) -> Result<(), ()> {
         let trust = self.trust.borrow_and_update().clone();
-        let compiled = compile::compile_for(&published.config, &self.node, &trust);
+        let compiled =
+            compile::compile_for(&published.config, &published.registry, &self.node, &trust);
         let on_connect = full;
         let full = full || std::mem::take(&mut self.resync);
         let (resources, removed) = if full {
@@ -159,7 +166,7 @@ impl Session {
         };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let version = version_of(published.config.revision);
+        let version = published.version();
         let response = pb::DiscoveryResponse {
             version: version.clone(),
             nonce: nonce.clone(),
@@ -176,8 +183,16 @@ impl Session {
         } else {
             published.changed_at
         };
-        self.in_flight
-            .insert(nonce, (version.clone(), changed_at, trust.epoch));
+        self.in_flight.insert(
+            nonce,
+            InFlight {
+                version: version.clone(),
+                changed_at,
+                trust_epoch: trust.epoch,
+                config_revision: published.config.revision,
+                registry_revision: published.registry.revision,
+            },
+        );
         self.registry.update(&self.key, self.stream_id, |r| {
             r.sent_version = version;
             r.resources = count;
@@ -187,7 +202,7 @@ impl Session {
     }
 
     fn on_reply(&mut self, req: pb::DiscoveryRequest) {
-        let Some((version, changed_at, epoch)) = self.in_flight.remove(&req.response_nonce) else {
+        let Some(pushed) = self.in_flight.remove(&req.response_nonce) else {
             tracing::debug!(proxy = %self.key, nonce = %req.response_nonce, "reply for unknown nonce");
             return;
         };
@@ -198,15 +213,18 @@ impl Session {
         }
         if req.error.is_empty() {
             metrics::histogram!("weft_control_push_duration_seconds")
-                .record(changed_at.elapsed().as_secs_f64());
+                .record(pushed.changed_at.elapsed().as_secs_f64());
             self.registry.update(&self.key, self.stream_id, |r| {
-                r.acked_version = version;
-                r.trust_epoch_acked = r.trust_epoch_acked.max(epoch);
+                r.acked_version = pushed.version;
+                r.acked_revision = pushed.config_revision;
+                r.acked_registry_revision = pushed.registry_revision;
+                r.trust_epoch_acked = r.trust_epoch_acked.max(pushed.trust_epoch);
                 r.nacked = false;
                 r.nack_reason.clear();
             });
+            self.registry.notify_acked();
         } else {
-            tracing::warn!(proxy = %self.key, %version, reason = %req.error, "push NACKed");
+            tracing::warn!(proxy = %self.key, version = %pushed.version, reason = %req.error, "push NACKed");
             metrics::counter!("weft_control_nacks_total").increment(1);
             // The proxy kept its previous config, so our view of it is wrong:
             // the next push carries the full state.

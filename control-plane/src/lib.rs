@@ -14,6 +14,7 @@ pub mod local_certs;
 pub mod proxy_status;
 pub mod publish;
 pub mod rate_limit_quota;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod transport;

@@ -15,6 +15,7 @@ use weft_control::identity::IdentityService;
 use weft_control::join_token::JoinTokens;
 use weft_control::proxy_status::ProxyRegistry;
 use weft_control::rate_limit_quota::QuotaService;
+use weft_control::registry::{Registry, RegistryService, Settings as RegistrySettings};
 use weft_control::state::ConfigState;
 use weft_control::store::EmbeddedStore;
 use weft_control::trust::Trust;
@@ -22,14 +23,14 @@ use weft_control::{caller, local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
-    rate_limit_quota_server::RateLimitQuotaServer,
+    rate_limit_quota_server::RateLimitQuotaServer, registry_server::RegistryServer,
 };
 
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-control",
     version,
-    about = "Weft control plane: config store, discovery, admin API"
+    about = "Weft control plane: config store, discovery, service registry, admin API"
 )]
 struct Args {
     /// Directory of the embedded config store (created if missing).
@@ -62,6 +63,58 @@ struct Args {
     /// only; never the default.
     #[arg(long, env = "WEFT_INSECURE_DEV")]
     insecure_dev: bool,
+    /// Registry: the lease TTL of a registration that does not ask for one.
+    #[arg(long, env = "WEFT_REGISTRY_TTL", default_value = "10s", value_parser = xds_proto::units::parse_duration)]
+    registry_ttl: Duration,
+    /// Registry: the longest lease TTL a registration may ask for.
+    #[arg(long, env = "WEFT_REGISTRY_MAX_TTL", default_value = "1h", value_parser = xds_proto::units::parse_duration)]
+    registry_max_ttl: Duration,
+    /// Registry: how long an instance whose lease expired stays (critical)
+    /// before it is removed.
+    #[arg(long, env = "WEFT_REGISTRY_GRACE", default_value = "30s", value_parser = xds_proto::units::parse_duration)]
+    registry_grace: Duration,
+    /// Registry self-preservation: when more than this share of a service's
+    /// instances stop heartbeating at once, they are kept (warning) instead
+    /// of expired. 1.0 turns it off.
+    #[arg(long, env = "WEFT_REGISTRY_PRESERVE_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    registry_preserve_share: f64,
+    /// Registry self-preservation: the longest an instance is kept that way.
+    #[arg(long, env = "WEFT_REGISTRY_PRESERVE_MAX", default_value = "15m", value_parser = xds_proto::units::parse_duration)]
+    registry_preserve_max: Duration,
+    /// Registry: how long a Deregister waits for connected proxies to apply
+    /// the removal before it answers.
+    #[arg(long, env = "WEFT_REGISTRY_DEREGISTER_WAIT", default_value = "5s", value_parser = xds_proto::units::parse_duration)]
+    registry_deregister_wait: Duration,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("\"{s}\" is not a share between 0.0 and 1.0")),
+    }
+}
+
+impl Args {
+    fn registry_settings(&self) -> anyhow::Result<RegistrySettings> {
+        let s = RegistrySettings {
+            default_ttl: self.registry_ttl,
+            max_ttl: self.registry_max_ttl,
+            grace: self.registry_grace,
+            preserve_share: self.registry_preserve_share,
+            preserve_max: self.registry_preserve_max,
+            deregister_wait: self.registry_deregister_wait,
+            ..RegistrySettings::default()
+        };
+        if s.default_ttl < s.min_ttl || s.default_ttl > s.max_ttl {
+            anyhow::bail!(
+                "--registry-ttl {:?} must be between {:?} and --registry-max-ttl {:?}",
+                s.default_ttl,
+                s.min_ttl,
+                s.max_ttl
+            );
+        }
+        Ok(s)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,10 +130,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
-    let store = EmbeddedStore::open(&args.data_dir)?;
+    let registry_settings = args.registry_settings()?;
+    let store = Arc::new(EmbeddedStore::open(&args.data_dir)?);
     let (state, published) =
-        ConfigState::start(store, Duration::from_millis(args.push_debounce_ms))?;
+        ConfigState::start(store.clone(), Duration::from_millis(args.push_debounce_ms))?;
     tracing::info!(revision = state.current().revision, objects = state.current().objects.len(), data_dir = %args.data_dir.display(), "config loaded");
+    let service_registry = Registry::start(store, state.publisher(), registry_settings)?;
     let registry = Arc::new(ProxyRegistry::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -127,6 +182,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         trust.clone(),
         registry.clone(),
     );
+    let registry_service = RegistryService::new(
+        service_registry.clone(),
+        state.clone(),
+        registry.clone(),
+        args.trust_domain.clone(),
+    );
     let admin = AdminService::new(state, registry, tokens, trust, ca.clone());
     let mut shutdown = stop_rx.clone();
     let stop = async move {
@@ -144,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .add_service(RateLimitQuotaServer::new(quota))
                 .add_service(AdminServer::new(admin))
                 .add_service(IdentityServer::new(identity))
+                .add_service(RegistryServer::new(registry_service))
                 .serve_with_incoming_shutdown(incoming, stop),
         )
     } else {
@@ -163,6 +225,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ))
             .add_service(RateLimitQuotaServer::with_interceptor(
                 quota,
+                caller::require_workload(td.clone()),
+            ))
+            .add_service(RegistryServer::with_interceptor(
+                registry_service,
                 caller::require_workload(td.clone()),
             ))
             .add_service(AdminServer::with_interceptor(

@@ -14,6 +14,9 @@ pub struct ProxyRecord {
     pub node: pb::Node,
     pub sent_version: String,
     pub acked_version: String,
+    /// The config and registry revisions of the last ACKed push.
+    pub acked_revision: u64,
+    pub acked_registry_revision: u64,
     pub nack_reason: String,
     pub nacked: bool,
     pub connected: bool,
@@ -50,6 +53,8 @@ impl ProxyRecord {
             resources: self.resources,
             cert_not_after_unix: self.cert_not_after_unix,
             last_seen_unix_ms: xds_proto::units::unix_ms(self.last_seen),
+            acked_revision: self.acked_revision,
+            acked_registry_revision: self.acked_registry_revision,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct ProxyRegistry {
     /// "ns/node" → when its certificate was last issued (the CSR may come
     /// before the node's discovery stream).
     issued: Mutex<HashMap<String, (i64, i64)>>,
+    /// Woken on every ACK.
+    acks: tokio::sync::Notify,
 }
 
 impl ProxyRegistry {
@@ -92,6 +99,8 @@ impl ProxyRegistry {
                     node: node.clone(),
                     sent_version: String::new(),
                     acked_version: String::new(),
+                    acked_revision: 0,
+                    acked_registry_revision: 0,
                     nack_reason: String::new(),
                     nacked: false,
                     connected: true,
@@ -147,6 +156,33 @@ impl ProxyRegistry {
         self.refresh_gauge();
     }
 
+    /// Wakes whoever waits in `acked` (call after recording an ACK).
+    pub fn notify_acked(&self) {
+        self.acks.notify_waiters();
+    }
+
+    /// Resolves at the next recorded ACK (create it before checking
+    /// `registry_sync`, then await it).
+    pub fn acked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.acks.notified()
+    }
+
+    /// Connected proxies that have ACKed registry revision `revision` or
+    /// later, and those that have not.
+    pub fn registry_sync(&self, revision: u64) -> (usize, usize) {
+        let records = match self.records.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let connected = records.values().filter(|r| r.connected);
+        let synced = connected
+            .clone()
+            .filter(|r| r.acked_registry_revision >= revision)
+            .count();
+        let all = records.values().filter(|r| r.connected).count();
+        (synced, all - synced)
+    }
+
     /// Forgets proxies that have been disconnected for longer than
     /// `DISCONNECTED_RETENTION`, so churn (pods coming and going) does not
     /// grow the registry without bound.
@@ -181,6 +217,8 @@ mod tests {
             node: pb::Node::default(),
             sent_version: "r2".into(),
             acked_version: "r1".into(),
+            acked_revision: 1,
+            acked_registry_revision: 0,
             nack_reason: String::new(),
             nacked: false,
             connected: true,

@@ -4,13 +4,12 @@
 //! onto the discovery streams.
 
 use crate::config::{self, validate, ConfigError, ConfigSet, Object, ObjectKey};
-use crate::publish::{self, Published};
+use crate::publish::{Published, Publisher};
 use crate::store::{EmbeddedStore, StoreError};
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -28,38 +27,35 @@ pub struct Outcome {
 }
 
 pub struct ConfigState {
-    store: EmbeddedStore,
-    current: Arc<ArcSwap<ConfigSet>>,
+    store: Arc<EmbeddedStore>,
+    publisher: Arc<Publisher>,
     writer: tokio::sync::Mutex<()>,
-    changes: mpsc::UnboundedSender<Instant>,
 }
 
 impl ConfigState {
-    /// Loads the stored config and starts the debouncer, which publishes on
+    /// Loads the stored config and starts the publisher, which publishes on
     /// the returned watch channel at most `debounce` after a change.
     pub fn start(
-        store: EmbeddedStore,
+        store: Arc<EmbeddedStore>,
         debounce: Duration,
     ) -> Result<(Arc<Self>, watch::Receiver<Arc<Published>>), StoreError> {
         let initial = Arc::new(store.load()?);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (pub_tx, pub_rx) = watch::channel(Arc::new(Published {
-            config: initial.clone(),
-            changed_at: Instant::now(),
-        }));
-        let current = Arc::new(ArcSwap::new(initial));
+        let (publisher, published) = Publisher::start(initial, debounce);
         let state = Arc::new(ConfigState {
             store,
-            current: current.clone(),
+            publisher,
             writer: tokio::sync::Mutex::new(()),
-            changes: tx,
         });
-        tokio::spawn(publish::debounce_loop(current, rx, pub_tx, debounce));
-        Ok((state, pub_rx))
+        Ok((state, published))
     }
 
     pub fn current(&self) -> Arc<ConfigSet> {
-        self.current.load_full()
+        self.publisher.config()
+    }
+
+    /// The publisher config changes go to (the registry publishes on it too).
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.publisher.clone()
     }
 
     /// Validates and stores every object of `documents` (source, yaml), or
@@ -71,7 +67,7 @@ impl ConfigState {
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let incoming = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
-        let current = self.current.load_full();
+        let current = self.current();
         let mut next = (*current).clone();
         let mut origin = BTreeMap::new();
         let mut outcomes = Vec::new();
@@ -110,8 +106,7 @@ impl ConfigState {
         next.revision = current.revision + 1;
         self.store.commit(next.revision, &upserts, &[])?;
         let revision = next.revision;
-        self.current.store(Arc::new(next));
-        let _ = self.changes.send(Instant::now());
+        self.publisher.set_config(Arc::new(next));
         Ok((outcomes, revision))
     }
 
@@ -123,7 +118,7 @@ impl ConfigState {
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let named = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
-        let current = self.current.load_full();
+        let current = self.current();
         let mut next = (*current).clone();
         let mut keys = Vec::new();
         for l in &named {
@@ -148,8 +143,7 @@ impl ConfigState {
         next.revision = current.revision + 1;
         self.store.commit(next.revision, &[], &keys)?;
         let revision = next.revision;
-        self.current.store(Arc::new(next));
-        let _ = self.changes.send(Instant::now());
+        self.publisher.set_config(Arc::new(next));
         let outcomes = keys
             .into_iter()
             .map(|key| Outcome {
@@ -161,9 +155,6 @@ impl ConfigState {
     }
 }
 
-/// Folds bursts of changes into one publication: it publishes once no change
-/// has arrived for `debounce / 5`, and never later than `debounce` after the
-/// first change of the burst.
 /// Longest one apply's parsing may take.
 const PARSE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -212,7 +203,7 @@ mod tests {
     async fn rejected_apply_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (state, _rx) = ConfigState::start(
-            EmbeddedStore::open(dir.path()).unwrap(),
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
         .unwrap();
@@ -232,7 +223,7 @@ mod tests {
     async fn apply_reports_created_configured_unchanged_and_publishes() {
         let dir = tempfile::tempdir().unwrap();
         let (state, mut rx) = ConfigState::start(
-            EmbeddedStore::open(dir.path()).unwrap(),
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
         .unwrap();
@@ -263,7 +254,7 @@ mod tests {
     async fn deleting_a_referenced_service_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (state, _rx) = ConfigState::start(
-            EmbeddedStore::open(dir.path()).unwrap(),
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
         .unwrap();
@@ -285,7 +276,7 @@ mod tests {
     async fn duplicate_objects_in_one_apply_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let (state, _rx) = ConfigState::start(
-            EmbeddedStore::open(dir.path()).unwrap(),
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
         .unwrap();
@@ -300,7 +291,7 @@ mod tests {
     async fn a_burst_of_applies_is_folded_into_fewer_publications() {
         let dir = tempfile::tempdir().unwrap();
         let (state, mut rx) = ConfigState::start(
-            EmbeddedStore::open(dir.path()).unwrap(),
+            Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(500),
         )
         .unwrap();

@@ -85,9 +85,14 @@ pub fn compile(set: &ConfigSet, node: &pb::Node) -> Vec<pb::Resource> {
         rotate_before_unix: 0,
         epoch: 1,
     };
-    weft_control::compile::compile_for(set, node, &trust)
-        .into_values()
-        .collect()
+    weft_control::compile::compile_for(
+        set,
+        &weft_control::registry::RegistryView::default(),
+        node,
+        &trust,
+    )
+    .into_values()
+    .collect()
 }
 
 /// The first bytes of a connection on the outbound listener.
@@ -225,9 +230,5 @@ pub fn generated_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 }
 
 fn csr_pem(id: &xds_proto::spiffe::SpiffeId) -> Option<String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).ok()?;
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().ok()?)];
-    p.serialize_request(&key).ok()?.pem().ok()
+    weft_mesh_tls::svid::csr_for(id).ok().map(|(csr, _key)| csr)
 }

@@ -19,6 +19,18 @@ pub enum SvidError {
     Id(#[from] xds_proto::spiffe::SpiffeIdError),
 }
 
+/// A fresh P-256 key and a PEM certificate signing request naming `id` as
+/// its only URI SAN (no subject): the request a workload sends to be issued
+/// its SVID. Returns (CSR PEM, key).
+pub fn csr_for(id: &SpiffeId) -> Result<(String, rcgen::KeyPair), rcgen::Error> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((csr, key))
+}
+
 /// The CERTIFICATE blocks of a PEM text, in order.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, SvidError> {
     use rustls_pki_types::pem::PemObject;

@@ -166,19 +166,7 @@ impl WorkloadIdentity {
 
     /// One CSR round trip: new key, CSR, sign, install.
     async fn certify(&self) -> Result<(), IdentityError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| IdentityError::Csr(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            self.id
-                .to_string()
-                .try_into()
-                .map_err(|e| IdentityError::Csr(format!("{e}")))?,
-        )];
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
+        let (csr, key) = weft_mesh_tls::svid::csr_for(&self.id)
             .map_err(|e| IdentityError::Csr(e.to_string()))?;
         // Renewal: prove the identity with the current certificate. First
         // certificate (or an expired one): the bootstrap token.

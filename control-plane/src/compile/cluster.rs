@@ -1,9 +1,9 @@
 //! Clusters and their endpoints: a destination (service port) with the
 //! traffic policy of the Policy targeting it.
 
-use super::{cluster_name, insert, ms, proto, ResourceSet};
+use super::{cluster_name, insert, ms, proto, ResourceSet, Sources};
 use crate::config::kinds::{Destination, LbAlgorithm, PolicySpec, ServiceSpec};
-use crate::config::{resolve_service_ref, ConfigSet};
+use crate::config::resolve_service_ref;
 use xds_proto::type_url;
 use xds_proto::units::parse_duration_ms as parse_ms;
 use xds_proto::v1::{self as pb, resource::Kind as RKind};
@@ -13,11 +13,12 @@ use xds_proto::v1::{self as pb, resource::Kind as RKind};
 /// (validation prevents that for stored config).
 pub(super) fn add_cluster(
     set: &mut ResourceSet,
-    config: &ConfigSet,
+    sources: &Sources<'_>,
     trust_domain: &str,
     route_ns: &str,
     dest: &Destination,
 ) -> Option<String> {
+    let config = sources.config;
     let (name, ns) = resolve_service_ref(&dest.service, route_ns);
     let svc: &ServiceSpec = config.service(ns, name)?;
     let port = svc.ports.iter().find(|p| p.port == dest.port)?;
@@ -45,7 +46,7 @@ pub(super) fn add_cluster(
     let identity = xds_proto::spiffe::SpiffeId::new(trust_domain, ns, svc.service_account_or(name))
         .map(|id| id.to_string())
         .unwrap_or_default();
-    let endpoints = svc
+    let mut endpoints: Vec<pb::Endpoint> = svc
         .endpoints
         .iter()
         .map(|e| pb::Endpoint {
@@ -60,6 +61,14 @@ pub(super) fn add_cluster(
             labels: e.labels.clone().into_iter().collect(),
         })
         .collect();
+    let port_name = port.name.as_deref().unwrap_or("");
+    endpoints.extend(
+        sources
+            .registry
+            .instances(ns, name)
+            .iter()
+            .filter_map(|i| registered_endpoint(i, dest.port, port_name, &identity)),
+    );
     insert(
         set,
         type_url::ENDPOINTS,
@@ -70,6 +79,42 @@ pub(super) fn add_cluster(
         }),
     );
     Some(cname)
+}
+
+/// A registered instance as an endpoint of service port `port`: through its
+/// sidecar (mTLS, the service's identity) or, without one, on its own port
+/// of that number (or name). None while it is critical, or if it does not
+/// serve the port.
+fn registered_endpoint(
+    i: &pb::Instance,
+    port: i64,
+    port_name: &str,
+    identity: &str,
+) -> Option<pb::Endpoint> {
+    if i.health == pb::Health::Critical as i32 {
+        return None;
+    }
+    let (port, identity) = if i.sidecar_port != 0 {
+        (i.sidecar_port, identity.to_string())
+    } else {
+        let p = i
+            .ports
+            .iter()
+            .find(|p| i64::from(p.port) == port)
+            .or_else(|| {
+                i.ports
+                    .iter()
+                    .find(|p| !port_name.is_empty() && p.name == port_name)
+            })?;
+        (p.port, String::new())
+    };
+    Some(pb::Endpoint {
+        address: i.address.clone(),
+        port,
+        identity,
+        weight: i.weight.max(1),
+        labels: i.labels.clone(),
+    })
 }
 
 /// The caller-side parts of a Policy, onto the cluster every caller gets.

@@ -11,6 +11,7 @@ mod route;
 
 use crate::config::kinds::Protocol;
 use crate::config::ConfigSet;
+use crate::registry::RegistryView;
 use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
 use xds_proto::type_url;
@@ -67,12 +68,25 @@ pub(crate) fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: 
 }
 
 /// Compiles the resources for one proxy.
-pub fn compile_for(config: &ConfigSet, node: &pb::Node, trust: &MeshTrust) -> ResourceSet {
+pub fn compile_for(
+    config: &ConfigSet,
+    registry: &RegistryView,
+    node: &pb::Node,
+    trust: &MeshTrust,
+) -> ResourceSet {
     let mut set = ResourceSet::new();
     identity_and_policy(&mut set, config, node, trust);
     inbound_listener(&mut set, config, node);
-    outbound(&mut set, config, node, trust.trust_domain.as_str());
+    let sources = Sources { config, registry };
+    outbound(&mut set, &sources, node, trust.trust_domain.as_str());
     set
+}
+
+/// What the outbound side is compiled from: the config and the registered
+/// instances.
+pub(crate) struct Sources<'a> {
+    pub config: &'a ConfigSet,
+    pub registry: &'a RegistryView,
 }
 
 /// What every proxy gets: the trust bundle, a pending certificate
@@ -147,7 +161,8 @@ fn inbound_listener(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node) 
 
 /// The outbound side: the route table of every Route whose sources include
 /// the workload, its TCP listeners, and the clusters they reach.
-fn outbound(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node, trust_domain: &str) {
+fn outbound(set: &mut ResourceSet, sources: &Sources<'_>, node: &pb::Node, trust_domain: &str) {
+    let config = sources.config;
     let mut vhosts = Vec::new();
     for (key, route) in config.routes() {
         if !route::route_applies(key, route, node) {
@@ -156,7 +171,7 @@ fn outbound(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node, trust_do
         let route_name = format!("{}/{}", key.namespace, key.name);
         if let Some(tcp) = &route.tcp {
             let Some(cluster) =
-                cluster::add_cluster(set, config, trust_domain, &key.namespace, &tcp.destination)
+                cluster::add_cluster(set, sources, trust_domain, &key.namespace, &tcp.destination)
             else {
                 continue;
             };
@@ -184,7 +199,7 @@ fn outbound(set: &mut ResourceSet, config: &ConfigSet, node: &pb::Node, trust_do
         }
         let mut rules = Vec::new();
         for rule in &route.http {
-            if let Some(r) = route::compile_rule(set, config, trust_domain, &key.namespace, rule) {
+            if let Some(r) = route::compile_rule(set, sources, trust_domain, &key.namespace, rule) {
                 rules.push(r);
             }
         }
@@ -291,7 +306,7 @@ spec:
 
     #[test]
     fn proxy_receives_only_the_clusters_its_routes_reach() {
-        let set = compile_for(&config(MESH), &node("web"), &td());
+        let set = compile_for(&config(MESH), &RegistryView::default(), &node("web"), &td());
         let clusters: Vec<&str> = set
             .keys()
             .filter(|(t, _)| t == type_url::CLUSTER)
@@ -315,8 +330,78 @@ spec:
     }
 
     #[test]
+    fn registered_instances_join_the_static_endpoints_unless_critical() {
+        let inst = |id: &str, addr: &str, health: pb::Health, sidecar_port: u32, port: u32| {
+            std::sync::Arc::new(pb::Instance {
+                namespace: "shop".into(),
+                service: "cart".into(),
+                instance_id: id.into(),
+                address: addr.into(),
+                sidecar_port,
+                ports: vec![pb::InstancePort {
+                    name: "grpc".into(),
+                    port,
+                    protocol: pb::Protocol::Grpc as i32,
+                }],
+                health: health as i32,
+                weight: 0,
+                labels: [("version".to_string(), "v2".to_string())].into(),
+                ..Default::default()
+            })
+        };
+        let mut view = RegistryView::default();
+        view.set(
+            "shop",
+            "cart",
+            vec![
+                inst("a", "127.0.0.21", pb::Health::Passing, 15006, 9090),
+                inst("b", "127.0.0.22", pb::Health::Critical, 15006, 9090),
+                inst("c", "127.0.0.23", pb::Health::Warning, 0, 9090),
+                inst("d", "127.0.0.24", pb::Health::Passing, 0, 7777),
+            ]
+            .into(),
+        );
+        let set = compile_for(&config(MESH), &view, &node("web"), &td());
+        let Some(RKind::Endpoints(e)) = &set[&(
+            type_url::ENDPOINTS.to_string(),
+            "cart.shop:9090".to_string(),
+        )]
+            .kind
+        else {
+            panic!()
+        };
+        let got: Vec<(String, u32, bool, u32)> = e
+            .endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.port, e.identity.is_empty(), e.weight))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.2".into(), 9090, false, 1),
+                ("10.0.0.3".into(), 15006, false, 1),
+                // Through its sidecar, with the service's identity.
+                ("127.0.0.21".into(), 15006, false, 1),
+                // Warning stays; no sidecar: its own port, plaintext.
+                ("127.0.0.23".into(), 9090, true, 1),
+                // "grpc" is not a port name of the Service, and 7777 is not
+                // its port: d does not serve cart:9090.
+            ]
+        );
+        assert_eq!(
+            e.endpoints[2].labels.get("version").map(String::as_str),
+            Some("v2")
+        );
+    }
+
+    #[test]
     fn inbound_listener_describes_the_own_service_ports() {
-        let set = compile_for(&config(MESH), &node("cart"), &td());
+        let set = compile_for(
+            &config(MESH),
+            &RegistryView::default(),
+            &node("cart"),
+            &td(),
+        );
         let l = &set[&(type_url::LISTENER.to_string(), INBOUND_LISTENER.to_string())];
         let Some(RKind::Listener(l)) = &l.kind else {
             panic!()
@@ -328,11 +413,11 @@ spec:
     #[test]
     fn diff_reports_changes_and_removals_only() {
         let cfg = config(MESH);
-        let a = compile_for(&cfg, &node("web"), &td());
+        let a = compile_for(&cfg, &RegistryView::default(), &node("web"), &td());
         let mut cfg2 = cfg.clone();
         cfg2.objects
             .retain(|k, _| k.name != "cart" || k.kind != crate::config::Kind::Route);
-        let b = compile_for(&cfg2, &node("web"), &td());
+        let b = compile_for(&cfg2, &RegistryView::default(), &node("web"), &td());
         let (changed, removed) = diff(&a, &b);
         assert_eq!(changed.len(), 1, "only the route table changed");
         assert_eq!(removed.len(), 2, "cluster and endpoints of cart removed");
@@ -346,7 +431,7 @@ spec:
             "{MESH}---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: cart-policy, namespace: shop}}\nspec:\n  target: {{service: cart}}\n  rules:\n  - action: allow\n    from: {{namespaces: [shop]}}\n    to: {{paths: [{{prefix: /api}}, {{exact: /health}}], methods: [GET]}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: default, namespace: shop}}\nspec: {{default: deny}}\n---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: mesh, namespace: weft-system}}\nspec: {{default: allow}}\n"
         ));
         let policy = |service: &str| {
-            let set = compile_for(&cfg, &node(service), &td());
+            let set = compile_for(&cfg, &RegistryView::default(), &node(service), &td());
             match &set[&(
                 type_url::AUTHORIZATION_POLICY.to_string(),
                 AUTHORIZATION.to_string(),

@@ -3,10 +3,11 @@
 //! timeouts and retries.
 
 use super::cluster::add_cluster;
+use super::Sources;
 use super::{ms, ResourceSet};
 use crate::config::kinds::{Destination, HeaderOps, HttpRule, RouteSpec, StringMatch};
 use crate::config::validate::grpc_code;
-use crate::config::{resolve_service_ref, ConfigSet, ObjectKey};
+use crate::config::{resolve_service_ref, ObjectKey};
 use std::collections::BTreeMap;
 use xds_proto::units::parse_duration_ms as parse_ms;
 use xds_proto::v1::{self as pb, route_rule::Path};
@@ -126,14 +127,14 @@ fn backend(cluster: String, subset: &BTreeMap<String, String>, weight: u32) -> p
 /// destination does not resolve.
 pub(super) fn compile_rule(
     set: &mut ResourceSet,
-    config: &ConfigSet,
+    sources: &Sources<'_>,
     trust_domain: &str,
     route_ns: &str,
     rule: &HttpRule,
 ) -> Option<pb::RouteRule> {
     let mut backends = Vec::new();
     if let Some(d) = &rule.destination {
-        let c = add_cluster(set, config, trust_domain, route_ns, d)?;
+        let c = add_cluster(set, sources, trust_domain, route_ns, d)?;
         backends.push(backend(c, &d.subset, 1));
     }
     for b in &rule.backends {
@@ -142,7 +143,7 @@ pub(super) fn compile_rule(
             port: b.port,
             subset: b.subset.clone(),
         };
-        let c = add_cluster(set, config, trust_domain, route_ns, &d)?;
+        let c = add_cluster(set, sources, trust_domain, route_ns, &d)?;
         backends.push(backend(c, &b.subset, b.weight));
     }
     let mirror = match &rule.mirror {
@@ -152,7 +153,7 @@ pub(super) fn compile_rule(
                 port: m.port,
                 subset: m.subset.clone(),
             };
-            let c = add_cluster(set, config, trust_domain, route_ns, &d)?;
+            let c = add_cluster(set, sources, trust_domain, route_ns, &d)?;
             Some(Box::new(pb::Mirror {
                 backend: Some(backend(c, &m.subset, 1)),
                 percent: m.percent,

@@ -8,11 +8,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 
 pub struct EmbeddedStore {
-    db: Database,
+    pub(super) db: Database,
     path: PathBuf,
 }
 
@@ -35,7 +35,7 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    pub(super) fn err(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Backend {
             path: self.path.display().to_string(),
             message: e.to_string(),

@@ -1,7 +1,10 @@
-//! Durable storage of applied configuration. `embedded` (redb, one file under
-//! `--data-dir`) is the default; the HA issue adds an etcd backend beside it.
+//! Durable storage of applied configuration and of the service registry.
+//! `embedded` (redb, one file under `--data-dir`) is the default; the HA
+//! issue adds an etcd backend beside it. `registry` holds the registry's
+//! tables in the same file.
 
 pub mod embedded;
+pub mod registry;
 
 pub use embedded::EmbeddedStore;
 

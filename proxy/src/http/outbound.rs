@@ -38,8 +38,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BODY_TIMEOUT: &str = "the request body did not arrive before the request deadline";
-
 pub struct Outbound {
     /// How long the client's body may stall (ClientTimeouts::body_read).
     pub body_read: Duration,
@@ -464,18 +462,21 @@ async fn read_body(
     let keep = may_retry || rule.mirror.is_some();
     let read = Replay::new(body, keep, rule.retry.max_body_bytes);
     let read = match deadline {
-        Some(d) => tokio::time::timeout_at(d.at.into(), read)
-            .await
-            .unwrap_or_else(|_| Err(BODY_TIMEOUT.into())),
+        Some(d) => match tokio::time::timeout_at(d.at.into(), read).await {
+            Ok(read) => read,
+            Err(_) => {
+                return Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_body_timeout",
+                    "the request body did not arrive before the request deadline".into(),
+                ))
+            }
+        },
         None => read.await,
     };
     read.map_err(|e| {
-        if e == BODY_TIMEOUT {
-            (StatusCode::REQUEST_TIMEOUT, "request_body_timeout", e)
-        } else {
-            let (status, reason) = watch.fault().unwrap_or(BodyFault::Malformed).status();
-            (status, reason, e)
-        }
+        let (status, reason) = watch.fault().unwrap_or(BodyFault::Malformed).status();
+        (status, reason, e)
     })
 }
 

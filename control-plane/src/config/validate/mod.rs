@@ -16,7 +16,7 @@ pub use set::check_set;
 use super::kinds::{PathMatch, StringMatch};
 use super::{ConfigError, Located, Spec};
 
-fn valid_dns_label(s: &str) -> bool {
+pub(crate) fn valid_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -40,7 +40,7 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-fn check_port(v: i64) -> Result<(), String> {
+pub(crate) fn check_port(v: i64) -> Result<(), String> {
     if (1..=65535).contains(&v) {
         Ok(())
     } else {
@@ -75,7 +75,7 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
 }
 
 /// Label keys and values: 1..=63 of letters, digits, '-', '_', '.'.
-fn check_label(k: &str, v: &str) -> Result<(), String> {
+pub(crate) fn check_label(k: &str, v: &str) -> Result<(), String> {
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 63
