@@ -144,7 +144,8 @@ pub async fn apply_and_wait(
         .map_err(|e| anyhow!("apply: {}", e.message()))?
         .into_inner()
         .revision;
-    let want = format!("r{rev}");
+    // Versions are r<config>.<registry>.
+    let want = format!("r{rev}.");
     let mut got = vec![None; sims.count];
     let mut count = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -153,7 +154,7 @@ pub async fn apply_and_wait(
             .await
             .map_err(|_| anyhow!("{count}/{} proxies ACKed {want} within 60s", sims.count))?
             .ok_or_else(|| anyhow!("simulators ended"))?;
-        if version == want && got[i].is_none() {
+        if version.starts_with(&want) && got[i].is_none() {
             got[i] = Some(at.duration_since(started));
             count += 1;
         }

@@ -339,7 +339,7 @@ async fn apply_and_wait_synced(
     );
     // Ready means the proxies have ACKed the applied revision, not just
     // the empty config they got on connect.
-    let want = format!("r{}", applied.revision);
+    let want = applied.revision;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = client
@@ -350,14 +350,14 @@ async fn apply_and_wait_synced(
         let synced = status
             .proxies
             .iter()
-            .filter(|p| p.acked_version == want)
+            .filter(|p| p.acked_revision == want)
             .count();
         let all = web.len() + 1;
         if synced == all {
             break;
         }
         if Instant::now() > deadline {
-            bail!("proxies did not ACK {want} within 10s ({synced}/{all} synced)");
+            bail!("proxies did not ACK revision r{want} within 10s ({synced}/{all} synced)");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

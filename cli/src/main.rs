@@ -4,6 +4,7 @@
 
 mod demo;
 mod output;
+mod registry;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -58,12 +59,22 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
-    /// List stored objects or connected proxies.
+    /// List stored objects or connected proxies, or a service's endpoints
+    /// (`get endpoints SERVICE`: static and registered, with health).
     Get {
         what: GetWhat,
-        /// Only this namespace.
+        /// The service, for `get endpoints`.
+        name: Option<String>,
+        /// Only this namespace (`get endpoints`: the service's, default
+        /// "default").
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+    },
+    /// The service registry: registered instances, their changes, and
+    /// registering instances without a sidecar.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
     },
     /// Per-proxy sync state: SYNCED, STALE, NACKED (with reason) or DISCONNECTED.
     ProxyStatus,
@@ -165,6 +176,7 @@ enum GetWhat {
     Services,
     Routes,
     Proxies,
+    Endpoints,
 }
 
 fn main() {
@@ -195,8 +207,8 @@ fn one_line(e: &anyhow::Error) -> String {
 
 /// Where and as whom weftctl talks to the control plane.
 struct Conn {
-    url: String,
-    auth: AdminAuth,
+    pub(crate) url: String,
+    pub(crate) auth: AdminAuth,
 }
 
 impl Conn {
@@ -205,7 +217,7 @@ impl Conn {
     }
 }
 
-fn status_error(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(e: tonic::Status) -> anyhow::Error {
     anyhow!("{}", e.message())
 }
 
@@ -272,13 +284,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             output::results(cli.output, &resp.results, resp.revision, false)
         }
-        Command::Get { what, namespace } => {
-            let mut client = conn.admin().await?;
+        Command::Get {
+            what,
+            name,
+            namespace,
+        } => {
             let kind = match what {
+                GetWhat::Endpoints => {
+                    let Some(service) = name else {
+                        bail!("which service? weftctl get endpoints SERVICE [-n NAMESPACE]");
+                    };
+                    let namespace = namespace.unwrap_or_else(|| "default".into());
+                    return registry::endpoints(&conn, cli.output, namespace, service).await;
+                }
+                GetWhat::Proxies => {
+                    return proxy_status(&mut conn.admin().await?, cli.output).await
+                }
                 GetWhat::Services => "Service",
                 GetWhat::Routes => "Route",
-                GetWhat::Proxies => return proxy_status(&mut client, cli.output).await,
             };
+            let mut client = conn.admin().await?;
             let objects = get_all(&mut client, kind, &namespace.unwrap_or_default()).await?;
             output::objects(cli.output, kind, &objects)
         }
@@ -303,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => token_create(&conn, cli.output, namespace, service_account, ttl).await,
         Command::Certs { command } => certs(&conn, cli.output, command).await,
+        Command::Registry { command } => registry::run(&conn, cli.output, command).await,
     }
 }
 

@@ -12,7 +12,7 @@ pub enum Format {
     Yaml,
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header.iter().copied());
@@ -170,6 +170,8 @@ pub fn proxies(format: Format, resp: &pb::ProxyStatusResponse) -> anyhow::Result
                 "state": state_name(p.state),
                 "sentVersion": p.sent_version,
                 "ackedVersion": p.acked_version,
+                "ackedRevision": p.acked_revision,
+                "ackedRegistryRevision": p.acked_registry_revision,
                 "resources": p.resources,
                 "nackReason": p.nack_reason,
                 "connected": p.connected,
@@ -215,7 +217,7 @@ pub fn proxies(format: Format, resp: &pb::ProxyStatusResponse) -> anyhow::Result
         }
         _ => value(
             format,
-            &json!({"revision": format!("r{}", resp.revision), "proxies": rows}),
+            &json!({"revision": format!("r{}", resp.revision), "registryRevision": resp.registry_revision, "proxies": rows}),
         ),
     }
 }

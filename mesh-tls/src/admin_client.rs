@@ -63,16 +63,24 @@ pub fn control_plane(auth: &AdminAuth) -> Result<ControlPlane, AdminClientError>
     Ok(ControlPlane::mtls(cert, bundle))
 }
 
+/// A channel to the control plane at `url`, authenticated as `auth` says
+/// (for the Admin API, the registry, ...).
+pub async fn channel(
+    url: &str,
+    auth: &AdminAuth,
+) -> Result<tonic::transport::Channel, AdminClientError> {
+    control_plane(auth)?
+        .connect(url, Duration::from_secs(3))
+        .await
+        .map_err(AdminClientError::Connect)
+}
+
 /// An Admin API client for the control plane at `url`.
 pub async fn admin_client(
     url: &str,
     auth: &AdminAuth,
 ) -> Result<AdminClient<tonic::transport::Channel>, AdminClientError> {
-    let channel = control_plane(auth)?
-        .connect(url, Duration::from_secs(3))
-        .await
-        .map_err(AdminClientError::Connect)?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(channel(url, auth).await?))
 }
 
 /// `<data-dir>/admin`: where the control plane writes weftctl's certificate.

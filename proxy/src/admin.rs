@@ -27,6 +27,11 @@ impl Admin {
             (_, "/ready") => {
                 if self.drain.is_draining() {
                     telemetry::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.drain.is_requested() {
+                    telemetry::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting down: deregistering before the drain\n",
+                    )
                 } else if self.identity.as_ref().is_some_and(|i| !i.has_certificate()) {
                     telemetry::text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -73,10 +78,10 @@ impl Admin {
             }
             (Method::GET, "/certs") => self.certs(),
             (Method::POST, "/drain") => {
-                self.drain.start();
+                self.drain.request();
                 telemetry::text(
                     StatusCode::ACCEPTED,
-                    "draining: no new connections; exiting when in-flight requests finish\n",
+                    "draining: deregistering, then no new connections; exiting when in-flight requests finish\n",
                 )
             }
             (_, "/drain") => telemetry::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /drain\n"),

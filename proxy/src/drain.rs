@@ -1,6 +1,8 @@
 //! Graceful drain (POST /drain, SIGTERM): stop accepting, let in-flight
 //! connections finish, then exit. Connections hold a `ConnGuard`; the drain
-//! waits for the count to reach zero or for its deadline.
+//! waits for the count to reach zero or for its deadline. A shutdown is
+//! first *requested* (`request`): the sidecar deregisters its workload so
+//! callers stop sending, then `start`s the drain.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,9 @@ pub struct Drain {
 }
 
 struct Inner {
+    /// Shutdown requested (the drain starts once the workload is
+    /// deregistered).
+    requested: watch::Sender<bool>,
     tx: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
@@ -39,8 +44,10 @@ impl Default for Drain {
 impl Drain {
     pub fn new() -> Self {
         let (tx, _) = watch::channel(false);
+        let (requested, _) = watch::channel(false);
         Drain {
             inner: Arc::new(Inner {
+                requested,
                 tx,
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -48,7 +55,22 @@ impl Drain {
         }
     }
 
+    /// Asks for a shutdown: deregistration first, then the drain.
+    pub fn request(&self) {
+        self.inner.requested.send_replace(true);
+    }
+
+    /// Turns true when a shutdown is requested.
+    pub fn requested(&self) -> watch::Receiver<bool> {
+        self.inner.requested.subscribe()
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.inner.requested.borrow()
+    }
+
     pub fn start(&self) {
+        self.inner.requested.send_replace(true);
         self.inner.tx.send_replace(true);
     }
 

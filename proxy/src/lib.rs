@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_probe;
 pub mod clock;
 pub mod cluster;
 pub mod drain;
@@ -17,6 +18,7 @@ pub mod mtls;
 pub mod policy;
 pub mod protocol;
 pub mod rate_limit_lease;
+pub mod registration;
 pub mod resource_cache;
 pub mod route;
 pub mod snapshot;

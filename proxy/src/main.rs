@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 use weft_proxy::{
-    admin, drain, health, http, identity, listener, metrics, mtls, rate_limit_lease, snapshot,
-    xds_client,
+    admin, app_probe, drain, health, http, identity, listener, metrics, mtls, rate_limit_lease,
+    registration, snapshot, xds_client,
 };
 
 use anyhow::Context as _;
@@ -15,7 +15,7 @@ use listener::connection_cap::{self, ConnectionCap};
 use listener::explicit::ExplicitListeners;
 use listener::Context;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use weft_telemetry as telemetry;
@@ -110,6 +110,88 @@ struct Args {
     /// runtime, the fastest layout per core.
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
     workers: usize,
+    /// Register the workload in the mesh's service registry (lease,
+    /// heartbeats, readiness, deregistration before the drain).
+    /// `--register false` turns it off.
+    #[arg(long, env = "WEFT_REGISTER", default_value_t = true, action = clap::ArgAction::Set)]
+    register: bool,
+    /// The address callers reach this sidecar's inbound listener on (the
+    /// pod IP). Defaults to the --inbound address unless that is 0.0.0.0 or
+    /// ::, in which case the workload is not registered without it.
+    #[arg(long, env = "WEFT_ADVERTISE_ADDRESS")]
+    advertise_address: Option<IpAddr>,
+    /// The registered instance id (unique within the service); defaults to
+    /// --node.
+    #[arg(long, env = "WEFT_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Lease TTL to ask the registry for, e.g. 10s (default: the control
+    /// plane's).
+    #[arg(long, env = "WEFT_REGISTRY_TTL", value_parser = xds_proto::units::parse_duration)]
+    registry_ttl: Option<Duration>,
+    /// The instance's load share, 1..=10000 (default 1).
+    #[arg(long, env = "WEFT_WEIGHT")]
+    weight: Option<u32>,
+    /// Readiness probe: HTTP GET of this path on the app port (2xx/3xx is
+    /// ready). Without it, a TCP connect to the app port.
+    #[arg(long, env = "WEFT_APP_HEALTH_PATH")]
+    app_health_path: Option<String>,
+    /// How often the app's readiness is probed.
+    #[arg(long, env = "WEFT_APP_PROBE_INTERVAL", default_value = "1s", value_parser = xds_proto::units::parse_duration)]
+    app_probe_interval: Duration,
+}
+
+/// What the sidecar registers, or None (registration off, or no address
+/// callers could use).
+fn registration(
+    args: &Args,
+    control_plane: weft_mesh_tls::channel::ControlPlane,
+    snapshot: snapshot::SnapshotHolder,
+) -> Option<(registration::Registration, app_probe::AppProbe)> {
+    if !args.register {
+        return None;
+    }
+    let address = match args.advertise_address {
+        Some(a) => a,
+        None if !args.inbound.ip().is_unspecified() => args.inbound.ip(),
+        None => {
+            tracing::warn!(inbound = %args.inbound, "not registering the workload: the inbound listener binds every address; set --advertise-address (WEFT_ADVERTISE_ADDRESS, e.g. the pod IP)");
+            return None;
+        }
+    };
+    let instance = pb::Instance {
+        namespace: args.namespace.clone(),
+        service: args.service.clone(),
+        instance_id: args
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| args.node.clone()),
+        address: address.to_string(),
+        sidecar_port: u32::from(args.inbound.port()),
+        labels: args.labels.iter().cloned().collect(),
+        weight: args.weight.unwrap_or(0),
+        ..Default::default()
+    };
+    let probe = app_probe::AppProbe {
+        app: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, args.app_port)),
+        http_path: args.app_health_path.clone(),
+        interval: args.app_probe_interval,
+        timeout: args
+            .app_probe_interval
+            .clamp(Duration::from_millis(100), Duration::from_secs(2)),
+    };
+    Some((
+        registration::Registration {
+            url: args.control_plane.clone(),
+            control_plane,
+            instance,
+            ttl_ms: args
+                .registry_ttl
+                .map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32)
+                .unwrap_or(0),
+            snapshot,
+        },
+        probe,
+    ))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -313,6 +395,8 @@ fn start_control_thread(
         Some(id) => id.control_plane(),
         None => weft_mesh_tls::channel::ControlPlane::Insecure,
     };
+    let registration = registration(args, control_plane.clone(), snapshot.clone());
+    let drain = data.drain.clone();
     let leases = rate_limit_lease::lease_loop(
         snapshot.clone(),
         control_plane.clone(),
@@ -367,6 +451,19 @@ fn start_control_thread(
                 if failed {
                     return;
                 }
+                // A requested shutdown deregisters the workload (once it
+                // is registered), then starts the drain.
+                tokio::spawn(async move {
+                    let requested = drain.requested();
+                    match registration {
+                        Some((r, probe)) => r.run(probe.start(), requested).await,
+                        None => {
+                            let mut requested = requested;
+                            let _ = requested.wait_for(|r| *r).await;
+                        }
+                    }
+                    drain.start();
+                });
                 if let Some(id) = identity {
                     // Discovery needs the certificate; the data plane is
                     // already bound and refuses mTLS until it exists.
@@ -381,6 +478,9 @@ fn start_control_thread(
     ready_rx.recv().context("control thread died")??;
     Ok(())
 }
+
+/// The longest a requested shutdown waits for deregistration.
+const SHUTDOWN_BEFORE_DRAIN: Duration = Duration::from_secs(15);
 
 /// Accepts on both listeners and runs health checks until a drain
 /// (SIGTERM, Ctrl-C or POST /drain) has finished or timed out.
@@ -411,13 +511,23 @@ async fn serve_until_drained(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
             }
-            d.start();
+            d.request();
         }
     });
-    ctx.drain.started().await;
+    // Deregistration comes first (the control thread starts the drain when
+    // it is confirmed); bounded, in case that thread cannot.
+    let mut requested = ctx.drain.requested();
+    let _ = requested.wait_for(|r| *r).await;
+    if tokio::time::timeout(SHUTDOWN_BEFORE_DRAIN, ctx.drain.started())
+        .await
+        .is_err()
+    {
+        tracing::warn!("deregistration did not finish in {SHUTDOWN_BEFORE_DRAIN:?}; draining");
+        ctx.drain.start();
+    }
     let active = ctx.drain.active();
     tracing::info!(active, "draining: waiting for in-flight connections");
     if ctx.drain.wait_idle(drain_timeout).await {

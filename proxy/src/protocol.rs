@@ -26,6 +26,16 @@ impl Protocol {
         })
     }
 
+    pub(crate) fn to_pb(self) -> pb::Protocol {
+        match self {
+            Protocol::Http => pb::Protocol::Http,
+            Protocol::Http2 => pb::Protocol::Http2,
+            Protocol::Grpc => pb::Protocol::Grpc,
+            Protocol::Tcp => pb::Protocol::Tcp,
+            Protocol::Opaque => pb::Protocol::Opaque,
+        }
+    }
+
     /// HTTP/2 end to end (prior knowledge, no upgrade).
     pub fn is_h2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)

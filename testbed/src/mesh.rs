@@ -207,6 +207,13 @@ impl Mesh {
         token: String,
     ) -> ProxyAddrs {
         let addrs = ProxyAddrs::on(self.ip(last));
+        // Tests list endpoints in their Service YAML; a sidecar registers
+        // itself only where the test asks (`--register true`), so the
+        // registry never adds endpoints a test did not expect.
+        let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.contains(&"--register") {
+            extra_args.extend(["--register".to_string(), "false".to_string()]);
+        }
         let spec = ProxySpec {
             node: format!("{service}-{last}"),
             namespace: namespace.into(),
@@ -217,7 +224,7 @@ impl Mesh {
                 token,
                 ca_bundle: self.pki().ca_bundle,
             },
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            extra_args,
         };
         let args = spec.args(&self.cp_url());
         self.spawn_env(
@@ -274,9 +281,23 @@ impl Mesh {
         serde_json::from_slice(&out.stdout).expect("proxy-status JSON")
     }
 
+    /// `weftctl -o json registry list` (optionally one service).
+    pub fn registry_list(&self, namespace: &str, service: &str) -> Value {
+        let mut args = vec!["-o", "json", "registry", "list", "-n", namespace];
+        if !service.is_empty() {
+            args.extend(["-s", service]);
+        }
+        let out = self.weftctl(&args);
+        assert!(
+            out.status.success(),
+            "registry list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("registry list JSON")
+    }
+
     /// Waits until `count` proxies are SYNCED at revision `rev`.
     pub fn wait_synced(&self, rev: u64, count: usize) {
-        let want = format!("r{rev}");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let status = self.proxy_status();
@@ -284,7 +305,7 @@ impl Mesh {
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .filter(|p| p["state"] == "SYNCED" && p["ackedVersion"] == want.as_str())
+                        .filter(|p| p["state"] == "SYNCED" && p["ackedRevision"] == rev)
                         .count()
                 })
                 .unwrap_or(0);
@@ -293,7 +314,7 @@ impl Mesh {
             }
             assert!(
                 Instant::now() < deadline,
-                "{count} proxies not SYNCED at {want}: {status:#}"
+                "{count} proxies not SYNCED at config revision {rev}: {status:#}"
             );
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -77,18 +77,17 @@ fn big_config(services: usize, endpoints: usize) -> String {
 
 /// Waits until proxy `node` has ACKed revision `rev`.
 fn wait_acked(c: &Contenders, node: &str, rev: u64) -> anyhow::Result<()> {
-    let want = format!("r{rev}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let out = c.weftctl(&["-o".into(), "json".into(), "proxy-status".into()])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         if v["proxies"].as_array().is_some_and(|a| {
             a.iter()
-                .any(|p| p["name"] == node && p["ackedVersion"] == want.as_str())
+                .any(|p| p["name"] == node && p["ackedRevision"] == rev)
         }) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{node} did not ACK {want}")
+    bail!("{node} did not ACK config revision {rev}")
 }

@@ -61,14 +61,21 @@ pub(super) fn add_cluster(
             labels: e.labels.clone().into_iter().collect(),
         })
         .collect();
+    // Both sources merge; an address and port listed statically and also
+    // registered is one endpoint (the static entry).
     let port_name = port.name.as_deref().unwrap_or("");
-    endpoints.extend(
-        sources
-            .registry
-            .instances(ns, name)
-            .iter()
-            .filter_map(|i| registered_endpoint(i, dest.port, port_name, &identity)),
-    );
+    let registered: Vec<pb::Endpoint> = sources
+        .registry
+        .instances(ns, name)
+        .iter()
+        .filter_map(|i| registered_endpoint(i, dest.port, port_name, &identity))
+        .filter(|r| {
+            !endpoints
+                .iter()
+                .any(|e| e.address == r.address && e.port == r.port)
+        })
+        .collect();
+    endpoints.extend(registered);
     insert(
         set,
         type_url::ENDPOINTS,

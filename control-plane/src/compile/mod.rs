@@ -358,6 +358,8 @@ spec:
                 inst("b", "127.0.0.22", pb::Health::Critical, 15006, 9090),
                 inst("c", "127.0.0.23", pb::Health::Warning, 0, 9090),
                 inst("d", "127.0.0.24", pb::Health::Passing, 0, 7777),
+                // Also listed statically: one endpoint.
+                inst("e", "10.0.0.3", pb::Health::Passing, 15006, 9090),
             ]
             .into(),
         );
