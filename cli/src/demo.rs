@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use weft_mesh_tls::admin_client::{self, AdminAuth};
 use weft_testbed::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
-use xds_proto::v1::{self as pb, admin_client::AdminClient};
+use xds_proto::v1::{self as pb, admin_client::AdminClient, registry_client::RegistryClient};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -61,32 +61,21 @@ const FAULTY: usize = 1;
 const FAULT_AT: u64 = 4;
 const RECOVER_AT: u64 = 12;
 
-fn config(web_port: u16, greeter_port: u16, web: &[ProxyAddrs], greeter: &ProxyAddrs) -> String {
-    let endpoints: Vec<String> = web
-        .iter()
-        .zip(WEB)
-        .map(|(a, (_, _, version))| {
-            format!(
-                "{{address: \"{}\", port: {}, labels: {{version: {version}}}}}",
-                a.inbound.ip(),
-                a.inbound.port()
-            )
-        })
-        .collect();
+/// The demo's Services carry ports and policies only: their endpoints come
+/// from the registry, where each sidecar registers its workload.
+fn config(web_port: u16, greeter_port: u16) -> String {
     format!(
         r#"apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: web, namespace: demo}}
 spec:
   ports: [{{name: http, port: {web_port}, protocol: http}}]
-  endpoints: [{}]
 ---
 apiVersion: weft.dev/v1
 kind: Service
 metadata: {{name: greeter, namespace: demo}}
 spec:
   ports: [{{name: grpc, port: {greeter_port}, protocol: grpc}}]
-  endpoints: [{{address: "{}", port: {}}}]
 ---
 apiVersion: weft.dev/v1
 kind: Route
@@ -117,10 +106,7 @@ spec:
   target: {{service: web}}
   outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 2s, maxEjectionTime: 4s, maxEjectionPercent: 50}}
   retryBudget: {{percent: 50, minRetriesPerSecond: 20}}
-"#,
-        endpoints.join(", "),
-        greeter.inbound.ip(),
-        greeter.inbound.port()
+"#
     )
 }
 
@@ -255,14 +241,18 @@ async fn start_sidecars(
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
     let (cp_url, logs) = (&l.cp_url, &l.logs);
-    let sidecars: Vec<(&str, &str, u16, ProxyAddrs)> = WEB
+    // Each sidecar registers its workload (with its version label).
+    let sidecars: Vec<(&str, &str, u16, ProxyAddrs, Vec<String>)> = WEB
         .iter()
         .zip(&l.web_ports)
         .zip(&l.web)
-        .map(|(((node, _, _), port), addrs)| (*node, "web", *port, *addrs))
-        .chain([("greeter-0", "greeter", l.greeter_port, l.greeter)])
+        .map(|(((node, _, version), port), addrs)| {
+            let label = vec!["--label".to_string(), format!("version={version}")];
+            (*node, "web", *port, *addrs, label)
+        })
+        .chain([("greeter-0", "greeter", l.greeter_port, l.greeter, vec![])])
         .collect();
-    for (name, svc, port, addrs) in sidecars {
+    for (name, svc, port, addrs, extra_args) in sidecars {
         let token = client
             .create_token(pb::CreateTokenRequest {
                 namespace: "demo".into(),
@@ -283,7 +273,7 @@ async fn start_sidecars(
                 token,
                 ca_bundle: pki.ca_bundle.clone(),
             },
-            extra_args: vec![],
+            extra_args,
         };
         procs.push(Proc::spawn_env(
             &format!("proxy-{name}"),
@@ -320,7 +310,7 @@ async fn apply_and_wait_synced(
         })
         .await??;
     }
-    let yaml = config(web_ports[0], greeter_port, web, greeter);
+    let yaml = config(web_ports[0], greeter_port);
     let applied = client
         .apply(pb::ApplyRequest {
             documents: vec![pb::Document {
@@ -361,7 +351,58 @@ async fn apply_and_wait_synced(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
+    wait_registered(l, client, web.len() + 1).await
+}
+
+/// Waits until `count` instances are registered and passing, and every
+/// proxy has the registry revision that lists them.
+async fn wait_registered(
+    l: &Layout,
+    admin: &mut AdminClient<tonic::transport::Channel>,
+    count: usize,
+) -> anyhow::Result<()> {
+    let auth = AdminAuth::Certs(localmesh::Pki::of(&l.work.join("data")).admin_certs);
+    let mut registry = RegistryClient::new(admin_client::channel(&l.cp_url, &auth).await?);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let revision = loop {
+        let list = registry
+            .list(pb::ListInstancesRequest::default())
+            .await
+            .map_err(|e| anyhow!("registry list: {}", e.message()))?
+            .into_inner();
+        let passing = list
+            .instances
+            .iter()
+            .filter(|i| i.health == pb::Health::Passing as i32)
+            .count();
+        if passing == count {
+            break list.revision;
+        }
+        if Instant::now() > deadline {
+            bail!("{passing}/{count} workloads registered and passing within 15s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        let status = admin
+            .proxy_status(pb::ProxyStatusRequest {})
+            .await
+            .map_err(|e| anyhow!("proxy status: {}", e.message()))?
+            .into_inner();
+        let synced = status
+            .proxies
+            .iter()
+            .filter(|p| p.acked_registry_revision >= revision)
+            .count();
+        if synced == count {
+            println!("{count} workloads registered (registry revision {revision})");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("proxies did not ACK registry revision {revision} within 15s ({synced}/{count})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn print_intro(l: &Layout, pki: &localmesh::Pki) {
@@ -380,6 +421,10 @@ fn print_intro(l: &Layout, pki: &localmesh::Pki) {
     );
     println!(
         "     weftctl --control-plane {cp_url} --certs {} proxy-status",
+        pki.admin_certs.display()
+    );
+    println!(
+        "     weftctl --control-plane {cp_url} --certs {} registry list",
         pki.admin_certs.display()
     );
     println!("     weftctl proxy-config {}", greeter.admin);

@@ -11,6 +11,7 @@ pub const TCP_ACTIVE: &str = "weft_tcp_connections_active";
 pub const TCP_BYTES: &str = "weft_tcp_bytes_total";
 pub const TCP_CONNECTIONS: &str = "weft_tcp_connections_total";
 pub const CONFIG_VERSION: &str = "weft_config_version";
+pub const REGISTRY_VERSION: &str = "weft_registry_version";
 pub const CONFIG_UPDATES: &str = "weft_config_updates_total";
 pub const CONFIG_NACKS: &str = "weft_config_nacks_total";
 /// HTTP/1.1 upgrades (WebSocket) spliced after a 101, by how they ended,
@@ -107,13 +108,18 @@ pub fn detection(result: &'static str) {
     metrics::counter!(DETECT_RESULTS, "result" => result).increment(1);
 }
 
-/// Records an applied config version ("r<revision>").
+/// Records an applied version ("r<config revision>.<registry revision>"):
+/// the config revision and the registry revision as gauges.
 pub fn counter_config_update(version: &str) {
     metrics::counter!(CONFIG_UPDATES).increment(1);
-    if let Some(rev) = version
-        .strip_prefix('r')
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    let Some(v) = version.strip_prefix('r') else {
+        return;
+    };
+    let (config, registry) = v.split_once('.').unwrap_or((v, ""));
+    if let Ok(rev) = config.parse::<u64>() {
         metrics::gauge!(CONFIG_VERSION).set(rev as f64);
+    }
+    if let Ok(rev) = registry.parse::<u64>() {
+        metrics::gauge!(REGISTRY_VERSION).set(rev as f64);
     }
 }
