@@ -12,6 +12,7 @@ mod harness;
 mod loadgen;
 mod proxy_suite;
 mod push;
+mod registry;
 mod report;
 mod scenarios;
 mod soak;
@@ -39,6 +40,10 @@ enum Cmd {
     /// Valid traffic plus rotating hostile clients against a two-sidecar
     /// mesh; prints RSS and descriptors (not part of `proxy`).
     Soak(soak::SoakArgs),
+    /// The service registry: change → every proxy's ACK, a registration
+    /// burst, heartbeats per second with many instances (not part of
+    /// `proxy`).
+    Registry(registry::RegistryArgs),
     /// (internal) constant-rate HTTP/1.1 load with latency correction; prints JSON.
     FixedRate {
         #[arg(long)]
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Proxy(args) => proxy_suite::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Registry(args) => registry::run(args),
         Cmd::FixedRate {
             addr,
             host,

@@ -44,6 +44,19 @@ impl Drop for Sims {
 }
 
 impl Sims {
+    /// The next ACK (proxy index, version, when) before `deadline`.
+    pub async fn next_ack(&mut self, deadline: tokio::time::Instant) -> Option<AckEvent> {
+        tokio::time::timeout_at(deadline, self.acks.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Forgets the ACKs received so far.
+    pub fn clear_acks(&mut self) {
+        while self.acks.try_recv().is_ok() {}
+    }
+
     /// Connects `n` more simulated proxies of service `sim-client` in
     /// namespace `sim`; returns once each of them has ACKed its first push.
     /// Each HTTP/2 connection is mTLS with `cp`'s certificate (a real

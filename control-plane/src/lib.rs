@@ -15,6 +15,7 @@ pub mod proxy_status;
 pub mod publish;
 pub mod rate_limit_quota;
 pub mod registry;
+pub mod registry_view;
 pub mod state;
 pub mod store;
 pub mod transport;

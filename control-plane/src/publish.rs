@@ -5,7 +5,7 @@
 //! burst is never held longer than the debounce window.
 
 use crate::config::ConfigSet;
-use crate::registry::RegistryView;
+use crate::registry_view::RegistryView;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};

@@ -87,7 +87,7 @@ pub fn compile(set: &ConfigSet, node: &pb::Node) -> Vec<pb::Resource> {
     };
     weft_control::compile::compile_for(
         set,
-        &weft_control::registry::RegistryView::default(),
+        &weft_control::registry_view::RegistryView::default(),
         node,
         &trust,
     )

@@ -11,7 +11,7 @@ mod route;
 
 use crate::config::kinds::Protocol;
 use crate::config::ConfigSet;
-use crate::registry::RegistryView;
+use crate::registry_view::RegistryView;
 use crate::trust::MeshTrust;
 use std::collections::BTreeMap;
 use xds_proto::type_url;

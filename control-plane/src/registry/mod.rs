@@ -3,18 +3,17 @@
 //! workloads go away (`expiry`, with self-preservation), stored in the
 //! control plane's store (group commit: a burst of registrations is one
 //! write) and published to discovery as a `RegistryView` that `compile`
-//! merges into each service's endpoints. Watchers get every change with a
+//! merges into each service's endpoints (`registry_view`). Watchers get every change with a
 //! monotonic revision (`watch`). The gRPC surface is `service`, field rules
 //! `validate`.
 
 mod expiry;
 mod service;
 mod validate;
-mod view;
 mod watch;
 
+pub use crate::registry_view::RegistryView;
 pub use service::RegistryService;
-pub use view::RegistryView;
 
 use crate::publish::Publisher;
 use crate::store::registry::{instance_key, RegistryWrite};
