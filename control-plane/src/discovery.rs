@@ -155,12 +155,17 @@ impl Session {
 
     async fn push(&mut self, published: &Published, full: bool) -> Result<(), ()> {
         let trust = self.trust.borrow_and_update().clone();
-        let compiled =
-            compile::compile_for(&published.config, &published.registry, &self.node, &trust);
+        let compiled = compile::compile_shared(
+            &published.config,
+            &published.registry,
+            &published.shared,
+            &self.node,
+            &trust,
+        );
         let on_connect = full;
         let full = full || std::mem::take(&mut self.resync);
         let (resources, removed) = if full {
-            (compiled.values().cloned().collect(), vec![])
+            (compiled.values().map(|r| (**r).clone()).collect(), vec![])
         } else {
             compile::diff(&self.sent, &compiled)
         };

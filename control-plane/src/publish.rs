@@ -4,6 +4,7 @@
 //! coming and going) into one publication, bounded so the first change of a
 //! burst is never held longer than the debounce window.
 
+use crate::compile::Shared;
 use crate::config::ConfigSet;
 use crate::registry_view::RegistryView;
 use arc_swap::ArcSwap;
@@ -20,6 +21,9 @@ pub struct Published {
     /// When the first change folded into this publication was committed; the
     /// push-duration histogram measures from here to each proxy's ACK.
     pub changed_at: Instant,
+    /// Clusters and endpoints built for this publication, shared by every
+    /// proxy's compilation.
+    pub shared: Shared,
 }
 
 impl Published {
@@ -49,6 +53,7 @@ impl Publisher {
             config: config.clone(),
             registry: registry.clone(),
             changed_at: Instant::now(),
+            shared: Shared::default(),
         }));
         let publisher = Arc::new(Publisher {
             config: ArcSwap::new(config),
@@ -109,10 +114,12 @@ async fn debounce_loop(
         let Some(publisher) = publisher.upgrade() else {
             return;
         };
+        let shared = Shared::following(&tx.borrow().shared);
         let published = Arc::new(Published {
             config: publisher.config(),
             registry: publisher.registry(),
             changed_at: first,
+            shared,
         });
         tracing::debug!(version = %published.version(), "publishing");
         metrics::histogram!("weft_control_debounce_seconds").record(first.elapsed().as_secs_f64());

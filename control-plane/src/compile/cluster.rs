@@ -1,9 +1,10 @@
 //! Clusters and their endpoints: a destination (service port) with the
 //! traffic policy of the Policy targeting it.
 
-use super::{cluster_name, insert, ms, proto, ResourceSet, Sources};
+use super::{cluster_name, ms, proto, resource, ResourceSet, Sources};
 use crate::config::kinds::{Destination, LbAlgorithm, PolicySpec, ServiceSpec};
 use crate::config::resolve_service_ref;
+use std::sync::Arc;
 use xds_proto::type_url;
 use xds_proto::units::parse_duration_ms as parse_ms;
 use xds_proto::v1::{self as pb, resource::Kind as RKind};
@@ -23,20 +24,43 @@ pub(super) fn add_cluster(
     let svc: &ServiceSpec = config.service(ns, name)?;
     let port = svc.ports.iter().find(|p| p.port == dest.port)?;
     let cname = cluster_name(name, ns, dest.port);
+    let (cluster, endpoints) = match sources.shared.get(&cname) {
+        Some(built) => built,
+        None => {
+            let built = build(sources, trust_domain, (name, ns), svc, port, dest.port);
+            sources.shared.put(cname.clone(), built)
+        }
+    };
+    set.insert((type_url::CLUSTER.to_string(), cname.clone()), cluster);
+    set.insert((type_url::ENDPOINTS.to_string(), cname.clone()), endpoints);
+    Some(cname)
+}
+
+/// The cluster of service `name` in `ns`, port `dest_port`, and its
+/// endpoints.
+fn build(
+    sources: &Sources<'_>,
+    trust_domain: &str,
+    (name, ns): (&str, &str),
+    svc: &ServiceSpec,
+    port: &crate::config::kinds::ServicePort,
+    dest_port: i64,
+) -> (Arc<pb::Resource>, Arc<pb::Resource>) {
+    let config = sources.config;
+    let cname = cluster_name(name, ns, dest_port);
     let mut cluster = pb::Cluster {
         name: cname.clone(),
         service: name.to_string(),
         namespace: ns.to_string(),
-        port: dest.port as u32,
+        port: dest_port as u32,
         protocol: proto(port.protocol),
         addresses: svc.addresses.clone(),
         ..Default::default()
     };
-    if let Some((_, policy)) = config.policy_for(ns, name, dest.port) {
+    if let Some((_, policy)) = config.policy_for(ns, name, dest_port) {
         apply_cluster_policy(&mut cluster, policy);
     }
-    insert(
-        set,
+    let cluster = resource(
         type_url::CLUSTER,
         cname.clone(),
         RKind::Cluster(Box::new(cluster)),
@@ -51,7 +75,7 @@ pub(super) fn add_cluster(
         .iter()
         .map(|e| pb::Endpoint {
             address: e.address.clone(),
-            port: e.port.unwrap_or(dest.port) as u32,
+            port: e.port.unwrap_or(dest_port) as u32,
             identity: if e.sidecar.unwrap_or(true) {
                 identity.clone()
             } else {
@@ -68,7 +92,7 @@ pub(super) fn add_cluster(
         .registry
         .instances(ns, name)
         .iter()
-        .filter_map(|i| registered_endpoint(i, dest.port, port_name, &identity))
+        .filter_map(|i| registered_endpoint(i, dest_port, port_name, &identity))
         .filter(|r| {
             !endpoints
                 .iter()
@@ -76,8 +100,7 @@ pub(super) fn add_cluster(
         })
         .collect();
     endpoints.extend(registered);
-    insert(
-        set,
+    let endpoints = resource(
         type_url::ENDPOINTS,
         cname.clone(),
         RKind::Endpoints(pb::Endpoints {
@@ -85,7 +108,7 @@ pub(super) fn add_cluster(
             endpoints,
         }),
     );
-    Some(cname)
+    (cluster, endpoints)
 }
 
 /// A registered instance as an endpoint of service port `port`: through its

@@ -13,13 +13,70 @@ use crate::config::kinds::Protocol;
 use crate::config::ConfigSet;
 use crate::registry_view::RegistryView;
 use crate::trust::MeshTrust;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use xds_proto::type_url;
 use xds_proto::units::parse_duration_ms as parse_ms;
 use xds_proto::v1::{self as pb, resource::Kind as RKind};
 
-/// Resources keyed by (type URL, name), ordered for stable output.
-pub type ResourceSet = BTreeMap<(String, String), pb::Resource>;
+/// Resources keyed by (type URL, name), ordered for stable output. Shared:
+/// a cluster and its endpoints are the same for every proxy that reaches
+/// them, so one publication builds them once (`Shared`) and every proxy's
+/// set points at the same copy.
+pub type ResourceSet = BTreeMap<(String, String), Arc<pb::Resource>>;
+
+/// The clusters (and their endpoints) one publication has built so far,
+/// by cluster name, for every proxy's compilation to share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    clusters: Mutex<HashMap<String, Built>>,
+    /// What the previous publication built: an unchanged cluster keeps its
+    /// copy, so proxies' sets keep sharing it and diffs compare pointers.
+    previous: HashMap<String, Built>,
+}
+
+/// A cluster and its endpoints.
+type Built = (Arc<pb::Resource>, Arc<pb::Resource>);
+
+impl Shared {
+    /// An empty cache for the publication after the one `previous` served.
+    pub fn following(previous: &Shared) -> Shared {
+        Shared {
+            clusters: Mutex::default(),
+            previous: previous.lock().clone(),
+        }
+    }
+
+    fn get(&self, cluster: &str) -> Option<Built> {
+        self.lock().get(cluster).cloned()
+    }
+
+    /// Keeps `built` (or the previous publication's equal copy) and returns
+    /// what was kept.
+    fn put(&self, cluster: String, built: Built) -> Built {
+        let kept = match self.previous.get(&cluster) {
+            Some(prev) => (
+                if *prev.0 == *built.0 {
+                    prev.0.clone()
+                } else {
+                    built.0
+                },
+                if *prev.1 == *built.1 {
+                    prev.1.clone()
+                } else {
+                    built.1
+                },
+            ),
+            None => built,
+        };
+        self.lock().insert(cluster, kept.clone());
+        kept
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Built>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 pub const INBOUND_LISTENER: &str = "inbound";
 
@@ -56,14 +113,18 @@ pub(crate) fn ms(v: &Option<String>) -> u64 {
     v.as_deref().and_then(|v| parse_ms(v).ok()).unwrap_or(0)
 }
 
+pub(crate) fn resource(type_url: &str, name: String, kind: RKind) -> Arc<pb::Resource> {
+    Arc::new(pb::Resource {
+        name,
+        type_url: type_url.to_string(),
+        kind: Some(kind),
+    })
+}
+
 pub(crate) fn insert(set: &mut ResourceSet, type_url: &str, name: String, kind: RKind) {
     set.insert(
         (type_url.to_string(), name.clone()),
-        pb::Resource {
-            name,
-            type_url: type_url.to_string(),
-            kind: Some(kind),
-        },
+        resource(type_url, name, kind),
     );
 }
 
@@ -74,19 +135,36 @@ pub fn compile_for(
     node: &pb::Node,
     trust: &MeshTrust,
 ) -> ResourceSet {
+    compile_shared(config, registry, &Shared::default(), node, trust)
+}
+
+/// `compile_for`, reusing (and adding to) the clusters `shared` holds for
+/// this config and registry revision.
+pub fn compile_shared(
+    config: &ConfigSet,
+    registry: &RegistryView,
+    shared: &Shared,
+    node: &pb::Node,
+    trust: &MeshTrust,
+) -> ResourceSet {
     let mut set = ResourceSet::new();
     identity_and_policy(&mut set, config, node, trust);
     inbound_listener(&mut set, config, node);
-    let sources = Sources { config, registry };
+    let sources = Sources {
+        config,
+        registry,
+        shared,
+    };
     outbound(&mut set, &sources, node, trust.trust_domain.as_str());
     set
 }
 
-/// What the outbound side is compiled from: the config and the registered
-/// instances.
+/// What the outbound side is compiled from: the config, the registered
+/// instances, and the clusters already built from them.
 pub(crate) struct Sources<'a> {
     pub config: &'a ConfigSet,
     pub registry: &'a RegistryView,
+    pub shared: &'a Shared,
 }
 
 /// What every proxy gets: the trust bundle, a pending certificate
@@ -226,8 +304,11 @@ fn outbound(set: &mut ResourceSet, sources: &Sources<'_>, node: &pb::Node, trust
 pub fn diff(old: &ResourceSet, new: &ResourceSet) -> (Vec<pb::Resource>, Vec<pb::ResourceRef>) {
     let changed = new
         .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(_, v)| v.clone())
+        .filter(|(k, v)| match old.get(*k) {
+            Some(o) => !Arc::ptr_eq(o, v) && o != *v,
+            None => true,
+        })
+        .map(|(_, v)| (**v).clone())
         .collect();
     let removed = old
         .keys()
@@ -394,6 +475,46 @@ spec:
             e.endpoints[2].labels.get("version").map(String::as_str),
             Some("v2")
         );
+    }
+
+    #[test]
+    fn proxies_of_one_publication_share_a_cluster_and_the_next_publication_keeps_it_if_unchanged() {
+        let cfg = config(MESH);
+        let view = RegistryView::default();
+        let shared = Shared::default();
+        let key = (
+            type_url::ENDPOINTS.to_string(),
+            "cart.shop:9090".to_string(),
+        );
+        let mut web1 = node("web");
+        web1.name = "web-1".into();
+        let a = compile_shared(&cfg, &view, &shared, &node("web"), &td());
+        let b = compile_shared(&cfg, &view, &shared, &web1, &td());
+        assert!(Arc::ptr_eq(&a[&key], &b[&key]));
+        // Same config: the next publication hands out the same copy, and
+        // the diff sees nothing without comparing contents.
+        let next = Shared::following(&shared);
+        let c = compile_shared(&cfg, &view, &next, &node("web"), &td());
+        assert!(Arc::ptr_eq(&a[&key], &c[&key]));
+        assert_eq!(diff(&a, &c), (vec![], vec![]));
+        // A changed endpoint list is a new copy.
+        let mut changed = view.clone();
+        changed.set(
+            "shop",
+            "cart",
+            vec![Arc::new(pb::Instance {
+                address: "127.0.0.9".into(),
+                sidecar_port: 15006,
+                health: pb::Health::Passing as i32,
+                ..Default::default()
+            })]
+            .into(),
+        );
+        let after = Shared::following(&next);
+        let d = compile_shared(&cfg, &changed, &after, &node("web"), &td());
+        assert!(!Arc::ptr_eq(&a[&key], &d[&key]));
+        let (resources, removed) = diff(&c, &d);
+        assert_eq!((resources.len(), removed.len()), (1, 0));
     }
 
     #[test]
