@@ -92,6 +92,7 @@ pub fn compile(set: &ConfigSet, node: &pb::Node) -> Vec<pb::Resource> {
         &trust,
     )
     .into_values()
+    .map(|r| (*r).clone())
     .collect()
 }
 

@@ -520,6 +520,7 @@ impl Registry {
         service: &str,
         labels: &BTreeMap<String, String>,
     ) -> (Vec<pb::Instance>, u64) {
+        let now = now_ms();
         let inner = self.lock();
         let out = inner
             .entries
@@ -532,7 +533,13 @@ impl Registry {
                     .iter()
                     .all(|(k, v)| e.instance.labels.get(k) == Some(v))
             })
-            .map(|(_, e)| (*e.instance).clone())
+            .map(|(_, e)| {
+                let mut i = (*e.instance).clone();
+                // Heartbeats renew the lease in memory only; the time of
+                // the last one is filled in here.
+                i.last_heartbeat_unix_ms = now - e.last_beat.elapsed().as_millis() as i64;
+                i
+            })
             .collect();
         (out, inner.revision)
     }

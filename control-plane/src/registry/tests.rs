@@ -92,8 +92,12 @@ fn a_registered_instance_is_stored_published_and_survives_a_restart_with_a_fresh
         let (list, revision) = again.registry.list("", "", &BTreeMap::new());
         assert_eq!((list.len(), revision), (1, 1));
         assert_eq!(list[0].lease_id, lease);
-        // The old lease still renews.
+        // The old lease still renews, and the listing shows when.
+        let before = list[0].last_heartbeat_unix_ms;
+        std::thread::sleep(Duration::from_millis(20));
         assert!(again.registry.heartbeat(&lease, None, Some(OWNER)).is_ok());
+        let after = again.registry.list("", "", &BTreeMap::new()).0[0].last_heartbeat_unix_ms;
+        assert!(after >= before + 15, "{before} → {after}");
     });
 }
 

@@ -349,3 +349,57 @@ fn get_endpoints_shows_static_and_registered_endpoints_with_their_source_and_hea
         "{text}"
     );
 }
+
+#[test]
+fn weftctl_registry_watch_prints_a_snapshot_then_each_change_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let f = Fleet::start("registry-cli-watch");
+    let mut child = std::process::Command::new(binaries().path(localmesh::WEFTCTL))
+        .args(["--control-plane", &f.mesh.cp_url(), "--certs"])
+        .arg(f.mesh.pki().admin_certs)
+        .args(["-o", "json", "registry", "watch", "-s", "server", "-n", NS])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("weftctl registry watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the watch a moment to open, then change the registry.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = f.mesh.weftctl(&[
+        "registry",
+        "register",
+        "-s",
+        "server",
+        "-n",
+        NS,
+        "--address",
+        "127.0.0.90",
+        "--port",
+        "8080",
+        "--instance-id",
+        "ext-1",
+        "--detach",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("an event line within 5 s");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(v["type"], "ADDED", "{v:#}");
+    assert_eq!(v["instance"]["instanceId"], "ext-1");
+    assert_eq!(v["instance"]["address"], "127.0.0.90");
+    assert!(v["revision"].as_u64().unwrap_or(0) >= 1);
+}
