@@ -403,3 +403,19 @@ fn weftctl_registry_watch_prints_a_snapshot_then_each_change_as_json_lines() {
     assert_eq!(v["instance"]["address"], "127.0.0.90");
     assert!(v["revision"].as_u64().unwrap_or(0) >= 1);
 }
+
+#[test]
+fn a_route_split_by_version_subset_follows_the_labels_instances_registered_with() {
+    let mut f = Fleet::start("registry-subset");
+    f.instance("v1a", 10, &["--label", "version=v1"]);
+    f.instance("v2a", 11, &["--label", "version=v2"]);
+    f.wait_passing(2);
+    let yaml = format!(
+        "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: server, namespace: {NS}}}\nspec:\n  sources: [client]\n  hosts: [server]\n  http:\n  - backends:\n    - {{service: server, port: {PORT}, subset: {{version: v2}}, weight: 100}}\n"
+    );
+    let rev = f.mesh.apply("subset.yaml", &yaml).expect("apply");
+    f.mesh.wait_synced(rev, 3);
+    let (names, failures) = calls(&f, 20);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(names.iter().all(|n| n == "v2a"), "{names:?}");
+}
