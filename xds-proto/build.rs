@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/weft/v1/identity.proto",
             "proto/weft/v1/ratelimit.proto",
             "proto/weft/v1/registry.proto",
+            "proto/etcd/v3.proto",
             "proto/weft/sample/v1/echo.proto",
             "proto/grpc/health/v1/health.proto",
         ],

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ca_store;
 pub mod caller;
 pub mod compile;
 pub mod config;

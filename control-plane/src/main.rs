@@ -17,9 +17,9 @@ use weft_control::proxy_status::ProxyRegistry;
 use weft_control::rate_limit_quota::QuotaService;
 use weft_control::registry::{Registry, RegistryService, Settings as RegistrySettings};
 use weft_control::state::ConfigState;
-use weft_control::store::EmbeddedStore;
+use weft_control::store::{ConfigStore, EmbeddedStore, EtcdOptions, EtcdStore};
 use weft_control::trust::Trust;
-use weft_control::{caller, local_certs, transport};
+use weft_control::{ca_store, caller, local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
@@ -33,9 +33,30 @@ use xds_proto::v1::{
     about = "Weft control plane: config store, discovery, service registry, admin API"
 )]
 struct Args {
-    /// Directory of the embedded config store (created if missing).
+    /// Directory of the embedded store, the CA and the files the control
+    /// plane writes (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     data_dir: PathBuf,
+    /// Where applied config lives: `embedded` (a redb file in --data-dir) or
+    /// `etcd://host:2379,host:2379[/prefix]`, shared by several replicas
+    /// (see README "High availability").
+    #[arg(long, env = "WEFT_STORE", default_value = "embedded", value_parser = parse_store)]
+    store: StoreKind,
+    /// etcd: CA bundle (PEM) to verify the members with; without it etcd is
+    /// spoken in plaintext (loopback only).
+    #[arg(long, env = "WEFT_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// etcd: client certificate (PEM) for etcd's client-certificate auth.
+    #[arg(long, env = "WEFT_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, env = "WEFT_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd: user for etcd's authentication; the password comes from
+    /// WEFT_ETCD_PASSWORD or --etcd-password-file.
+    #[arg(long, env = "WEFT_ETCD_USER")]
+    etcd_user: Option<String>,
+    #[arg(long, env = "WEFT_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// gRPC address: discovery and admin.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
@@ -87,6 +108,52 @@ struct Args {
     registry_deregister_wait: Duration,
 }
 
+#[derive(Debug, Clone)]
+enum StoreKind {
+    Embedded,
+    Etcd(EtcdOptions),
+}
+
+fn parse_store(s: &str) -> Result<StoreKind, String> {
+    if s == "embedded" {
+        Ok(StoreKind::Embedded)
+    } else {
+        EtcdOptions::parse(s).map(StoreKind::Etcd)
+    }
+}
+
+/// Connects to etcd with the TLS and auth the flags give.
+async fn etcd_store(options: &EtcdOptions, args: &Args) -> anyhow::Result<EtcdStore> {
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let mut o = options.clone();
+    if let Some(ca) = &args.etcd_ca {
+        o.ca_pem = Some(read(ca, "--etcd-ca")?);
+    }
+    if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
+        o.client_cert = Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?));
+    }
+    if let Some(user) = &args.etcd_user {
+        let password = match (
+            &args.etcd_password_file,
+            std::env::var("WEFT_ETCD_PASSWORD"),
+        ) {
+            (Some(f), _) => read(f, "--etcd-password-file")?.trim_end().to_string(),
+            (None, Ok(p)) => p,
+            (None, Err(_)) => anyhow::bail!(
+                "--etcd-user needs a password: WEFT_ETCD_PASSWORD or --etcd-password-file"
+            ),
+        };
+        o.user = Some((user.clone(), password));
+    }
+    let store = EtcdStore::connect(&o)
+        .await
+        .with_context(|| format!("cannot use the etcd store {}", o.endpoints.join(",")))?;
+    tracing::info!(store = %store.describe(), prefix = %o.prefix, "config store: etcd");
+    Ok(store)
+}
+
 fn parse_share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -132,8 +199,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let registry_settings = args.registry_settings()?;
     let store = Arc::new(EmbeddedStore::open(&args.data_dir)?);
+    let ca_dir = args.data_dir.join("ca");
+    let config_store: Arc<dyn ConfigStore> = match &args.store {
+        StoreKind::Embedded => store.clone(),
+        StoreKind::Etcd(options) => {
+            let etcd = etcd_store(options, &args).await?;
+            // Every replica signs with, and trusts, the same CA.
+            ca_store::share(&etcd, &ca_dir, &args.trust_domain, args.ca_cert.is_some()).await?;
+            Arc::new(etcd)
+        }
+    };
     let (state, published) =
-        ConfigState::start(store.clone(), Duration::from_millis(args.push_debounce_ms))?;
+        ConfigState::start(config_store, Duration::from_millis(args.push_debounce_ms)).await?;
     tracing::info!(revision = state.current().revision, objects = state.current().objects.len(), data_dir = %args.data_dir.display(), "config loaded");
     let service_registry = Registry::start(store, state.publisher(), registry_settings)?;
     let registry = Arc::new(ProxyRegistry::default());
@@ -158,7 +235,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    let ca_dir = args.data_dir.join("ca");
     let ca = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => CertificateAuthority::from_files(cert, key, &args.trust_domain)?,
         _ => CertificateAuthority::load_or_create(&ca_dir, &args.trust_domain)?,

@@ -5,7 +5,7 @@
 
 use crate::config::{self, validate, ConfigError, ConfigSet, Object, ObjectKey};
 use crate::publish::{Published, Publisher};
-use crate::store::{EmbeddedStore, StoreError};
+use crate::store::{ConfigStore, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct Outcome {
 }
 
 pub struct ConfigState {
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn ConfigStore>,
     publisher: Arc<Publisher>,
     writer: tokio::sync::Mutex<()>,
 }
@@ -35,17 +35,22 @@ pub struct ConfigState {
 impl ConfigState {
     /// Loads the stored config and starts the publisher, which publishes on
     /// the returned watch channel at most `debounce` after a change.
-    pub fn start(
-        store: Arc<EmbeddedStore>,
+    /// Other replicas' commits are followed through the store's watch.
+    pub async fn start(
+        store: Arc<dyn ConfigStore>,
         debounce: Duration,
     ) -> Result<(Arc<Self>, watch::Receiver<Arc<Published>>), StoreError> {
-        let initial = Arc::new(store.load()?);
+        let initial = Arc::new(store.load().await?);
         let (publisher, published) = Publisher::start(initial, debounce);
+        let changes = store.watch();
         let state = Arc::new(ConfigState {
             store,
             publisher,
             writer: tokio::sync::Mutex::new(()),
         });
+        if let Some(changes) = changes {
+            tokio::spawn(state.clone().follow(changes));
+        }
         Ok((state, published))
     }
 
@@ -59,7 +64,8 @@ impl ConfigState {
     }
 
     /// Validates and stores every object of `documents` (source, yaml), or
-    /// nothing. `dry_run` validates only.
+    /// nothing. `dry_run` validates only. If another replica changed the
+    /// config meanwhile, the apply is planned again on its revision.
     pub async fn apply(
         &self,
         documents: &[(String, String)],
@@ -67,47 +73,27 @@ impl ConfigState {
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let incoming = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
-        let current = self.current();
-        let mut next = (*current).clone();
-        let mut origin = BTreeMap::new();
-        let mut outcomes = Vec::new();
-        for l in &incoming {
-            let key = l.object.key();
-            if let Some((src, doc)) = origin.get(&key) {
-                return Err(l
-                    .error(
-                        "metadata.name",
-                        format!("duplicate: {key} is also defined in {src} document {doc}"),
-                    )
-                    .into());
+        let mut attempt = 0;
+        loop {
+            let current = self.current();
+            let (next, outcomes) = plan_apply(&current, &incoming)?;
+            let upserts: Vec<&Object> = incoming
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| o.action != "unchanged")
+                .map(|(l, _)| &l.object)
+                .collect();
+            if dry_run || upserts.is_empty() {
+                return Ok((outcomes, current.revision));
             }
-            origin.insert(key.clone(), (l.source_name.clone(), l.document));
-            let action = match current.objects.get(&key) {
-                None => "created",
-                Some(old) if *old == l.object => "unchanged",
-                Some(_) => "configured",
-            };
-            outcomes.push(Outcome {
-                key: key.clone(),
-                action,
-            });
-            next.objects.insert(key, l.object.clone());
+            match self
+                .commit(&current, next, &upserts, &[], &mut attempt)
+                .await?
+            {
+                Some(revision) => return Ok((outcomes, revision)),
+                None => continue,
+            }
         }
-        validate::check_set(&next, &origin)?;
-        let upserts: Vec<&Object> = incoming
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.action != "unchanged")
-            .map(|(l, _)| &l.object)
-            .collect();
-        if dry_run || upserts.is_empty() {
-            return Ok((outcomes, current.revision));
-        }
-        next.revision = current.revision + 1;
-        self.store.commit(next.revision, &upserts, &[])?;
-        let revision = next.revision;
-        self.publisher.set_config(Arc::new(next));
-        Ok((outcomes, revision))
     }
 
     /// Deletes the objects named in `documents`, or nothing if any is missing
@@ -118,41 +104,151 @@ impl ConfigState {
     ) -> Result<(Vec<Outcome>, u64), ApplyError> {
         let named = parse_off_runtime(documents).await?;
         let _guard = self.writer.lock().await;
-        let current = self.current();
-        let mut next = (*current).clone();
-        let mut keys = Vec::new();
-        for l in &named {
-            let key = l.object.key();
-            if next.objects.remove(&key).is_none() && !keys.contains(&key) {
-                return Err(l.error("metadata.name", format!("{key} not found")).into());
+        let mut attempt = 0;
+        loop {
+            let current = self.current();
+            let (next, keys) = plan_delete(&current, &named)?;
+            if keys.is_empty() {
+                return Ok((vec![], current.revision));
             }
-            keys.push(key);
+            if let Some(revision) = self
+                .commit(&current, next, &[], &keys, &mut attempt)
+                .await?
+            {
+                let outcomes = keys
+                    .into_iter()
+                    .map(|key| Outcome {
+                        key,
+                        action: "deleted",
+                    })
+                    .collect();
+                return Ok((outcomes, revision));
+            }
         }
-        keys.sort();
-        keys.dedup();
-        validate::check_set(&next, &BTreeMap::new()).map_err(|mut e| {
-            e.reason = format!(
-                "{} (it is still referenced; delete or change the referencing object first)",
-                e.reason
-            );
-            e
-        })?;
-        if keys.is_empty() {
-            return Ok((vec![], current.revision));
-        }
-        next.revision = current.revision + 1;
-        self.store.commit(next.revision, &[], &keys)?;
-        let revision = next.revision;
-        self.publisher.set_config(Arc::new(next));
-        let outcomes = keys
-            .into_iter()
-            .map(|key| Outcome {
-                key,
-                action: "deleted",
-            })
-            .collect();
-        Ok((outcomes, revision))
     }
+
+    /// Stores `next` as the revision after `current`'s. Some(revision) when
+    /// stored; None when another writer got there first and the caller
+    /// should plan again on what is stored now (at most `CONFLICT_RETRIES`
+    /// times, then the conflict is the error).
+    async fn commit(
+        &self,
+        current: &ConfigSet,
+        mut next: ConfigSet,
+        upserts: &[&Object],
+        deletes: &[ObjectKey],
+        attempt: &mut u32,
+    ) -> Result<Option<u64>, ApplyError> {
+        next.revision = current.revision + 1;
+        match self
+            .store
+            .commit(current.revision, next.revision, upserts, deletes)
+            .await
+        {
+            Ok(()) => {
+                let revision = next.revision;
+                self.publisher.set_config(Arc::new(next));
+                Ok(Some(revision))
+            }
+            Err(StoreError::Conflict { .. }) if *attempt < CONFLICT_RETRIES => {
+                *attempt += 1;
+                metrics::counter!("weft_control_apply_conflicts_total").increment(1);
+                self.reload().await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Loads what the store holds now, if it is newer than what is live.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let stored = self.store.load().await?;
+        if stored.revision > self.current().revision {
+            tracing::info!(revision = stored.revision, store = %self.store.describe(), "config changed by another replica");
+            self.publisher.set_config(Arc::new(stored));
+        }
+        Ok(())
+    }
+
+    /// Follows revisions other replicas commit (the store's watch).
+    async fn follow(self: Arc<Self>, mut revisions: tokio::sync::mpsc::Receiver<u64>) {
+        while let Some(revision) = revisions.recv().await {
+            if revision <= self.current().revision {
+                continue;
+            }
+            let _guard = self.writer.lock().await;
+            if revision <= self.current().revision {
+                continue;
+            }
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, revision, "cannot load the config another replica stored");
+            }
+        }
+    }
+}
+
+/// Times an apply is planned again after another replica's commit.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// The config after applying `incoming` to `current`, and what happened to
+/// each object.
+fn plan_apply(
+    current: &ConfigSet,
+    incoming: &[config::Located],
+) -> Result<(ConfigSet, Vec<Outcome>), ApplyError> {
+    let mut next = current.clone();
+    let mut origin = BTreeMap::new();
+    let mut outcomes = Vec::new();
+    for l in incoming {
+        let key = l.object.key();
+        if let Some((src, doc)) = origin.get(&key) {
+            return Err(l
+                .error(
+                    "metadata.name",
+                    format!("duplicate: {key} is also defined in {src} document {doc}"),
+                )
+                .into());
+        }
+        origin.insert(key.clone(), (l.source_name.clone(), l.document));
+        let action = match current.objects.get(&key) {
+            None => "created",
+            Some(old) if *old == l.object => "unchanged",
+            Some(_) => "configured",
+        };
+        outcomes.push(Outcome {
+            key: key.clone(),
+            action,
+        });
+        next.objects.insert(key, l.object.clone());
+    }
+    validate::check_set(&next, &origin)?;
+    Ok((next, outcomes))
+}
+
+/// The config without the objects `named`, and their keys.
+fn plan_delete(
+    current: &ConfigSet,
+    named: &[config::Located],
+) -> Result<(ConfigSet, Vec<ObjectKey>), ApplyError> {
+    let mut next = current.clone();
+    let mut keys = Vec::new();
+    for l in named {
+        let key = l.object.key();
+        if next.objects.remove(&key).is_none() && !keys.contains(&key) {
+            return Err(l.error("metadata.name", format!("{key} not found")).into());
+        }
+        keys.push(key);
+    }
+    keys.sort();
+    keys.dedup();
+    validate::check_set(&next, &BTreeMap::new()).map_err(|mut e| {
+        e.reason = format!(
+            "{} (it is still referenced; delete or change the referencing object first)",
+            e.reason
+        );
+        e
+    })?;
+    Ok((next, keys))
 }
 
 /// Longest one apply's parsing may take.
@@ -191,6 +287,7 @@ async fn parse_off_runtime(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EmbeddedStore;
 
     const SVC: &str = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 80, protocol: http}]}\n";
     const ROUTE: &str = "apiVersion: weft.dev/v1\nkind: Route\nmetadata: {name: r}\nspec: {hosts: [api], http: [{destination: {service: api, port: 80}}]}\n";
@@ -206,6 +303,7 @@ mod tests {
             Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
+        .await
         .unwrap();
         // The route is valid on its own, but the second document is broken:
         // neither may land.
@@ -226,6 +324,7 @@ mod tests {
             Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
+        .await
         .unwrap();
         let (o, rev) = state
             .apply(&docs(&format!("{SVC}---\n{ROUTE}")), false)
@@ -257,6 +356,7 @@ mod tests {
             Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
+        .await
         .unwrap();
         state
             .apply(&docs(&format!("{SVC}---\n{ROUTE}")), false)
@@ -279,6 +379,7 @@ mod tests {
             Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(5),
         )
+        .await
         .unwrap();
         let err = state
             .apply(&docs(&format!("{SVC}---\n{SVC}")), false)
@@ -294,6 +395,7 @@ mod tests {
             Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Duration::from_millis(500),
         )
+        .await
         .unwrap();
         for port in 1..=5 {
             let yaml = SVC.replace("port: 80", &format!("port: {port}"));

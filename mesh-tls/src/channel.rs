@@ -85,10 +85,35 @@ impl ControlPlane {
         ControlPlane::Tls { cert: None, bundle }
     }
 
-    /// Connects now (fails fast when the control plane is unreachable or
-    /// its certificate is not trusted). HTTP/2 keepalives detect a dead
-    /// control plane within ~15 s.
-    pub async fn connect(&self, addr: &str, timeout: Duration) -> Result<Channel, ChannelError> {
+    /// Connects now to one of `addrs`: a comma-separated list of replicas,
+    /// each `host:port` (a name resolving to several addresses counts as
+    /// several), tried from a random one on so clients spread over the
+    /// replicas, and past those that do not answer. Fails fast when none is
+    /// reachable or trusted. HTTP/2 keepalives detect a dead control plane
+    /// within ~15 s; the caller then connects again (to another replica).
+    pub async fn connect(&self, addrs: &str, timeout: Duration) -> Result<Channel, ChannelError> {
+        let candidates = candidates(addrs).await;
+        if candidates.len() <= 1 {
+            return self.connect_one(addrs.trim(), timeout).await;
+        }
+        let start = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish() as usize
+        };
+        let mut last = None;
+        for i in 0..candidates.len() {
+            let a = &candidates[(start + i) % candidates.len()];
+            match self.connect_one(a, timeout).await {
+                Ok(ch) => return Ok(ch),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ChannelError::Address(addrs.to_string())))
+    }
+
+    async fn connect_one(&self, addr: &str, timeout: Duration) -> Result<Channel, ChannelError> {
         let ep = endpoint(addr)?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
@@ -108,9 +133,88 @@ impl ControlPlane {
     }
 }
 
+/// The addresses `addrs` names: each comma-separated entry, and each
+/// address a host name in it resolves to.
+async fn candidates(addrs: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let bare = entry
+            .strip_prefix("https://")
+            .or_else(|| entry.strip_prefix("http://"))
+            .unwrap_or(entry)
+            .trim_end_matches('/');
+        let is_ip = bare.rsplit_once(':').is_some_and(|(h, _)| {
+            h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        });
+        if is_ip {
+            out.push(entry.to_string());
+            continue;
+        }
+        match tokio::net::lookup_host(bare).await {
+            Ok(resolved) => {
+                let before = out.len();
+                out.extend(resolved.map(|a| a.to_string()));
+                if out.len() == before {
+                    out.push(entry.to_string());
+                }
+            }
+            Err(_) => out.push(entry.to_string()),
+        }
+    }
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_list_of_replicas_and_names_expand_to_every_address() {
+        assert_eq!(
+            candidates("https://127.0.0.1:1, 127.0.0.2:2,").await,
+            vec!["https://127.0.0.1:1", "127.0.0.2:2"]
+        );
+        let local = candidates("localhost:15012").await;
+        assert!(
+            local
+                .iter()
+                .any(|a| a == "127.0.0.1:15012" || a == "[::1]:15012"),
+            "{local:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connecting_skips_replicas_that_do_not_answer() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Accept and hold: enough for an HTTP/2 client to see a peer.
+            let mut held = Vec::new();
+            while let Ok((s, _)) = live.accept().await {
+                held.push(s);
+            }
+        });
+        let both = format!("{dead_addr},{live_addr}");
+        // Whichever it starts at, it ends on the live one (or fails only
+        // because the held socket never speaks HTTP/2; not because of the
+        // dead one).
+        for _ in 0..4 {
+            match ControlPlane::Insecure
+                .connect(&both, Duration::from_millis(500))
+                .await
+            {
+                Ok(_) => {}
+                Err(ChannelError::Connect { addr, .. }) => assert_ne!(addr, dead_addr.to_string()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 
     #[test]
     fn addresses_with_or_without_a_scheme_are_accepted() {

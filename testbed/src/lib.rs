@@ -9,6 +9,7 @@
 //!   clients (curl, raw HTTP/1.1, keep-alive) and metric readers.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod localmesh;
 pub mod mesh;
 

@@ -35,6 +35,9 @@ pub struct Mesh {
     pub control: Option<Proc>,
     /// Extra weft-control flags (kept across restarts).
     pub control_extra: Vec<String>,
+    /// When set, the control-plane address(es) proxies and weftctl are
+    /// given instead of the one control plane's (e.g. several replicas).
+    pub control_urls: Option<String>,
     pub procs: Vec<Proc>,
 }
 
@@ -46,6 +49,14 @@ impl Mesh {
 
     /// `start`, with extra weft-control flags (e.g. a short --cert-ttl).
     pub fn start_with(name: &str, control_extra: &[&str]) -> Mesh {
+        let mut mesh = Self::prepare(name, control_extra);
+        mesh.start_control();
+        mesh
+    }
+
+    /// A mesh whose control plane is not started yet (`start_control`),
+    /// e.g. to start its store first on the mesh's addresses.
+    pub fn prepare(name: &str, control_extra: &[&str]) -> Mesh {
         let n = std::process::id()
             .wrapping_mul(64)
             .wrapping_add(NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
@@ -53,7 +64,7 @@ impl Mesh {
         let dir = std::env::temp_dir().join(format!("weft-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let ip = IpAddr::V4(Ipv4Addr::new(127, block.0, block.1, 1));
-        let mut mesh = Mesh {
+        let mesh = Mesh {
             name: name.to_string(),
             dir,
             block,
@@ -61,9 +72,9 @@ impl Mesh {
             control_admin: SocketAddr::new(ip, 15014),
             control: None,
             control_extra: control_extra.iter().map(|s| s.to_string()).collect(),
+            control_urls: None,
             procs: vec![],
         };
-        mesh.start_control();
         mesh
     }
 
@@ -72,7 +83,24 @@ impl Mesh {
     }
 
     pub fn cp_url(&self) -> String {
-        format!("https://{}", self.control_grpc)
+        self.control_urls
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.control_grpc))
+    }
+
+    /// Starts another weft-control on 127.A.B.`last` (its own data dir,
+    /// the same extra flags, e.g. the same etcd store); returns its gRPC
+    /// and admin addresses. Stopped with the mesh.
+    pub fn start_replica(&mut self, last: u8) -> (SocketAddr, SocketAddr) {
+        let (grpc, admin) = (
+            SocketAddr::new(self.ip(last), 15012),
+            SocketAddr::new(self.ip(last), 15014),
+        );
+        let mut args = localmesh::control_args(&self.dir.join(format!("data-{last}")), grpc, admin);
+        args.extend(self.control_extra.iter().cloned());
+        self.spawn(&format!("weft-control-{last}"), localmesh::CONTROL, args);
+        localmesh::wait_listening(grpc, Duration::from_secs(15)).expect("replica listening");
+        (grpc, admin)
     }
 
     /// The admin certificate and CA bundle the control plane wrote.
@@ -131,7 +159,7 @@ impl Mesh {
         }
     }
 
-    fn spawn(&mut self, name: &str, bin: &str, args: Vec<String>) -> &mut Proc {
+    pub fn spawn(&mut self, name: &str, bin: &str, args: Vec<String>) -> &mut Proc {
         self.spawn_env(name, bin, args, vec![])
     }
 

@@ -8,6 +8,12 @@ pub mod v1 {
     tonic::include_proto!("weft.v1");
 }
 
+/// etcd's v3 API, as far as the control plane's etcd store uses it
+/// (`proto/etcd/v3.proto`).
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 pub mod spiffe;
 pub mod units;
 

@@ -68,15 +68,34 @@ impl EmbeddedStore {
         Ok(set)
     }
 
-    /// Writes `upserts`, removes `deletes` and sets the revision, atomically.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `upserts`, removes `deletes` and sets the revision, atomically,
+    /// if the stored revision is still `expected`.
     pub fn commit(
         &self,
+        expected: u64,
         revision: u64,
         upserts: &[&Object],
         deletes: &[ObjectKey],
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
+            let stored = txn
+                .open_table(META)
+                .map_err(|e| self.err(e))?
+                .get(REVISION)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if stored != expected {
+                return Err(StoreError::Conflict {
+                    expected,
+                    found: stored,
+                });
+            }
             let mut table = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
             for o in upserts {
                 let bytes = serde_json::to_vec(o).map_err(|e| self.err(e))?;
@@ -107,7 +126,7 @@ mod tests {
         let objs = parse_documents("t", "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, protocol: http}]}\n").unwrap();
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
-            store.commit(7, &[&objs[0].object], &[]).unwrap();
+            store.commit(0, 7, &[&objs[0].object], &[]).unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let set = store.load().unwrap();
@@ -116,7 +135,20 @@ mod tests {
             set.objects.get(&objs[0].object.key()),
             Some(&objs[0].object)
         );
-        store.commit(8, &[], &[objs[0].object.key()]).unwrap();
+        let e = store
+            .commit(6, 8, &[], &[objs[0].object.key()])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Conflict {
+                    expected: 6,
+                    found: 7
+                }
+            ),
+            "{e}"
+        );
+        store.commit(7, 8, &[], &[objs[0].object.key()]).unwrap();
         assert!(store.load().unwrap().objects.is_empty());
     }
 }

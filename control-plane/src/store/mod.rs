@@ -1,12 +1,17 @@
-//! Durable storage of applied configuration and of the service registry.
-//! `embedded` (redb, one file under `--data-dir`) is the default; the HA
-//! issue adds an etcd backend beside it. `registry` holds the registry's
-//! tables in the same file.
+//! Durable storage. Applied configuration goes through `ConfigStore`, with
+//! two backends: `embedded` (redb, one file under `--data-dir`, the
+//! default) and `etcd` (shared by several control-plane replicas). The
+//! registry's tables (`registry`) live in the embedded file.
 
 pub mod embedded;
+pub mod etcd;
 pub mod registry;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdOptions, EtcdStore};
+
+use crate::config::{ConfigSet, Object, ObjectKey};
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -14,4 +19,77 @@ pub enum StoreError {
     Backend { path: String, message: String },
     #[error("stored object {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    #[error(
+        "the configuration changed meanwhile (expected revision {expected}, the store has {found})"
+    )]
+    Conflict { expected: u64, found: u64 },
+}
+
+/// Where applied configuration lives. A commit writes revision `revision`
+/// only if the stored revision is still `expected` (compare-and-swap), all
+/// of it or none of it.
+#[tonic::async_trait]
+pub trait ConfigStore: Send + Sync {
+    fn describe(&self) -> String;
+    async fn load(&self) -> Result<ConfigSet, StoreError>;
+    async fn commit(
+        &self,
+        expected: u64,
+        revision: u64,
+        upserts: &[&Object],
+        deletes: &[ObjectKey],
+    ) -> Result<(), StoreError>;
+    /// Revisions other writers (other replicas) commit, as they happen;
+    /// None where nothing else writes.
+    fn watch(&self) -> Option<mpsc::Receiver<u64>>;
+}
+
+#[tonic::async_trait]
+impl ConfigStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    async fn load(&self) -> Result<ConfigSet, StoreError> {
+        EmbeddedStore::load(self)
+    }
+
+    async fn commit(
+        &self,
+        expected: u64,
+        revision: u64,
+        upserts: &[&Object],
+        deletes: &[ObjectKey],
+    ) -> Result<(), StoreError> {
+        EmbeddedStore::commit(self, expected, revision, upserts, deletes)
+    }
+
+    fn watch(&self) -> Option<mpsc::Receiver<u64>> {
+        None
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigStore for EtcdStore {
+    fn describe(&self) -> String {
+        EtcdStore::describe(self).to_string()
+    }
+
+    async fn load(&self) -> Result<ConfigSet, StoreError> {
+        EtcdStore::load(self).await
+    }
+
+    async fn commit(
+        &self,
+        expected: u64,
+        revision: u64,
+        upserts: &[&Object],
+        deletes: &[ObjectKey],
+    ) -> Result<(), StoreError> {
+        EtcdStore::commit(self, expected, revision, upserts, deletes).await
+    }
+
+    fn watch(&self) -> Option<mpsc::Receiver<u64>> {
+        Some(self.watch_config())
+    }
 }

@@ -1,0 +1,245 @@
+//! End-to-end: a highly available control plane. A real 3-member etcd
+//! cluster (Debian's etcd, started here on loopback) and three weft-control
+//! replicas on it; proxies and weftctl are given all three addresses.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use weft_testbed::etcd::EtcdCluster;
+use weft_testbed::*;
+
+/// The mesh with its three replicas (.1, .5, .6) on a 3-member etcd
+/// (.211-.213); returns the etcd cluster and each replica's URL.
+fn ha_mesh(name: &str) -> (Mesh, EtcdCluster, Vec<String>) {
+    let mut mesh = Mesh::prepare(name, &[]);
+    std::fs::create_dir_all(mesh.logs()).expect("logs dir");
+    let etcd = EtcdCluster::start(
+        &[mesh.ip(211), mesh.ip(212), mesh.ip(213)],
+        &mesh.dir,
+        &mesh.logs(),
+    )
+    .expect("etcd cluster");
+    mesh.control_extra = vec!["--store".into(), etcd.url()];
+    mesh.start_control();
+    let (b, _) = mesh.start_replica(5);
+    let (c, _) = mesh.start_replica(6);
+    let urls = vec![
+        format!("https://{}", mesh.control_grpc),
+        format!("https://{b}"),
+        format!("https://{c}"),
+    ];
+    mesh.control_urls = Some(urls.join(","));
+    (mesh, etcd, urls)
+}
+
+fn weftctl_at(mesh: &Mesh, url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binaries().path(localmesh::WEFTCTL))
+        .args(["--control-plane", url, "--certs"])
+        .arg(mesh.pki().admin_certs)
+        .args(args)
+        .output()
+        .expect("run weftctl")
+}
+
+fn apply_at(mesh: &Mesh, url: &str, file: &str, yaml: &str) -> Result<u64, String> {
+    let path = mesh.dir.join(file);
+    std::fs::write(&path, yaml).expect("write config");
+    let out = weftctl_at(
+        mesh,
+        url,
+        &["-o", "json", "apply", "-f", &path.display().to_string()],
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    v["revision"]
+        .as_u64()
+        .ok_or_else(|| format!("no revision in {v}"))
+}
+
+/// The config revision a proxy has applied (its `weft_config_version`).
+fn applied(metrics: SocketAddr) -> u64 {
+    http_request(metrics, "GET", "/metrics", "localhost", &[], b"")
+        .ok()
+        .and_then(|(_, m)| metric(&m, "weft_config_version", ""))
+        .unwrap_or(0.0) as u64
+}
+
+fn wait_applied(proxies: &[&ProxyAddrs], rev: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while !proxies.iter().all(|p| applied(p.metrics) >= rev) {
+        assert!(
+            started.elapsed() < timeout,
+            "proxies not at revision {rev} within {timeout:?}: {:?}",
+            proxies
+                .iter()
+                .map(|p| applied(p.metrics))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Connected proxies of one replica.
+fn connected_at(mesh: &Mesh, url: &str) -> usize {
+    let out = weftctl_at(mesh, url, &["-o", "json", "proxy-status"]);
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| {
+            v["proxies"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["connected"] == true).count())
+        })
+        .unwrap_or(0)
+}
+
+fn mesh_yaml(client: &ProxyAddrs, server: &ProxyAddrs, app: u16, round: u32) -> String {
+    format!(
+        "{}---\n{}---\napiVersion: weft.dev/v1\nkind: Route\nmetadata: {{name: server, namespace: e2e}}\nspec:\n  sources: [client]\n  hosts: [server]\n  http:\n  - destination: {{service: server, port: {app}}}\n    responseHeaders: {{set: {{x-round: \"{round}\"}}}}\n",
+        service_yaml("client", "e2e", 1, "http", client.inbound),
+        service_yaml("server", "e2e", app, "http", server.inbound),
+    )
+}
+
+#[test]
+fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_loses_no_apply() {
+    let (mut mesh, _etcd, urls) = ha_mesh("ha-failover");
+    let app = mesh.http_app("server");
+    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    // Applied through replica 0; both proxies get it, wherever they are.
+    let first = apply_at(
+        &mesh,
+        &urls[0],
+        "mesh.yaml",
+        &mesh_yaml(&client, &server, app, 0),
+    )
+    .expect("apply");
+    wait_applied(&[&client, &server], first, Duration::from_secs(15));
+    let load = BackgroundLoad::http_get(client.outbound, "server");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let counts: Vec<usize> = urls.iter().map(|u| connected_at(&mesh, u)).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 2, "{counts:?}");
+    let victim = (0..3).max_by_key(|i| counts[*i]).unwrap_or(0);
+    match victim {
+        0 => mesh.kill_control(),
+        1 => mesh.proc_mut("weft-control-5").kill(),
+        _ => mesh.proc_mut("weft-control-6").kill(),
+    }
+    let survivors: Vec<&String> = (0..3).filter(|i| *i != victim).map(|i| &urls[i]).collect();
+    // Config changes through the survivors while the proxies fail over.
+    let mut last = first;
+    for round in 1..=5u32 {
+        let url = survivors[round as usize % 2];
+        last = apply_at(
+            &mesh,
+            url,
+            &format!("round-{round}.yaml"),
+            &mesh_yaml(&client, &server, app, round),
+        )
+        .unwrap_or_else(|e| panic!("apply {round} through {url}: {e}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(last, first + 5, "every apply is one revision");
+    let took = wait_applied(&[&client, &server], last, Duration::from_secs(2));
+    eprintln!(
+        "both proxies at revision {last} {took:?} after the last apply (replica {victim} killed)"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)");
+    assert!(ok > 100, "{ok}");
+    // The last apply is what the proxies serve and what the store holds.
+    let (status, body, headers) = {
+        let mut k = KeepAlive::new(client.outbound);
+        let r = k.get("/", "server", &[]).expect("request");
+        (
+            r.status,
+            r.body.clone(),
+            r.header("x-round").map(str::to_string),
+        )
+    };
+    assert_eq!((status, headers.as_deref()), (200, Some("5")), "{body}");
+    let dead_first = format!(
+        "{},{}",
+        urls[victim],
+        survivors
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let out = weftctl_at(&mesh, &dead_first, &["-o", "json", "get", "routes"]);
+    assert!(
+        out.status.success(),
+        "weftctl with a dead first address: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let routes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        routes.contains("x-round") && routes.contains("\"5\""),
+        "{routes}"
+    );
+    // Every replica that is left reports the same revision.
+    for url in &survivors {
+        let out = weftctl_at(&mesh, url, &["-o", "json", "proxy-status"]);
+        let v: Value = serde_json::from_slice(&out.stdout).expect("proxy-status JSON");
+        assert_eq!(v["revision"], format!("r{last}"), "{url}: {v}");
+    }
+}
+
+#[test]
+fn two_replicas_applying_at_once_both_land_in_order_and_the_store_is_never_half_applied() {
+    let (mesh, _etcd, urls) = ha_mesh("ha-conflict");
+    let yaml = |port: u16| {
+        format!(
+            "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: x, namespace: e2e}}\nspec:\n  ports: [{{port: {port}, protocol: http}}]\n---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: y, namespace: e2e}}\nspec:\n  ports: [{{port: {port}, protocol: http}}]\n"
+        )
+    };
+    let base = apply_at(&mesh, &urls[0], "base.yaml", &yaml(1000)).expect("apply");
+    for round in 0..5u16 {
+        let (a, b) = (yaml(2000 + round), yaml(3000 + round));
+        let results: Vec<Result<u64, String>> = std::thread::scope(|s| {
+            let ta = s.spawn(|| apply_at(&mesh, &urls[0], &format!("a{round}.yaml"), &a));
+            let tb = s.spawn(|| apply_at(&mesh, &urls[1], &format!("b{round}.yaml"), &b));
+            vec![ta.join().expect("thread"), tb.join().expect("thread")]
+        });
+        for r in &results {
+            if let Err(e) = r {
+                assert!(e.contains("changed meanwhile"), "an unclear failure: {e}");
+            }
+        }
+        let out = weftctl_at(&mesh, &urls[2], &["-o", "json", "get", "services"]);
+        let v: Value = serde_json::from_slice(&out.stdout).expect("services JSON");
+        let text = v.to_string();
+        let x_port = ports_of(&v, "x");
+        let y_port = ports_of(&v, "y");
+        assert_eq!(x_port, y_port, "half-applied: {text}");
+        assert!(
+            x_port == Some(2000 + round as u64) || x_port == Some(3000 + round as u64),
+            "{text}"
+        );
+    }
+    let out = weftctl_at(&mesh, &urls[2], &["-o", "json", "proxy-status"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rev: u64 = v["revision"]
+        .as_str()
+        .and_then(|r| r.trim_start_matches('r').parse().ok())
+        .unwrap_or(0);
+    assert!(
+        rev > base && rev <= base + 10,
+        "revision {rev} after base {base}"
+    );
+}
+
+fn ports_of(services: &Value, name: &str) -> Option<u64> {
+    services
+        .as_array()
+        .or_else(|| services["objects"].as_array())?
+        .iter()
+        .find(|o| o["metadata"]["name"] == name || o["name"] == name)
+        .and_then(|o| o["spec"]["ports"][0]["port"].as_u64())
+}

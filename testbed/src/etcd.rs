@@ -1,0 +1,165 @@
+//! A real etcd cluster for tests: Debian's `etcd` binary, one member per
+//! loopback address of the test's block, client port 2379 and peer port
+//! 2380 on each; data under the test's directory; killed when dropped.
+
+use crate::localmesh::Proc;
+use crate::mesh::http_request;
+use anyhow::{bail, Context};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct EtcdCluster {
+    pub members: Vec<IpAddr>,
+    pub procs: Vec<Proc>,
+    args: Vec<Vec<String>>,
+    logs: std::path::PathBuf,
+}
+
+/// Where the `etcd` binary is (Debian's etcd-server puts it in /usr/bin).
+pub fn etcd_binary() -> Option<std::path::PathBuf> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// The etcd binary, installing Debian's etcd-server first if it is missing
+/// (once per test process; needs root or password-less sudo).
+pub fn ensure_etcd() -> anyhow::Result<std::path::PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(bin) = etcd_binary() {
+        return Ok(bin);
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| {
+        let mut c = if root {
+            std::process::Command::new("apt-get")
+        } else {
+            let mut c = std::process::Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !apt(&["install", "-y", "-qq", "etcd-server"]) {
+        let _ = apt(&["update", "-qq"]);
+        apt(&["install", "-y", "-qq", "etcd-server"]);
+    }
+    etcd_binary().context(
+        "etcd is not installed and could not be installed (apt-get install etcd-server as root)",
+    )
+}
+
+impl EtcdCluster {
+    /// Starts one member per address and waits until every member answers
+    /// /health.
+    pub fn start(members: &[IpAddr], dir: &Path, logs: &Path) -> anyhow::Result<EtcdCluster> {
+        let bin = ensure_etcd()?;
+        let token = format!("weft-{}-{}", std::process::id(), dir.display()).replace('/', "-");
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("m{i}=http://{ip}:2380"))
+            .collect();
+        let mut cluster = EtcdCluster {
+            members: members.to_vec(),
+            procs: vec![],
+            args: vec![],
+            logs: logs.to_path_buf(),
+        };
+        for (i, ip) in members.iter().enumerate() {
+            let args: Vec<String> = [
+                "--name".to_string(),
+                format!("m{i}"),
+                "--data-dir".into(),
+                dir.join(format!("etcd-m{i}")).display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://{ip}:2379"),
+                "--advertise-client-urls".into(),
+                format!("http://{ip}:2379"),
+                "--listen-peer-urls".into(),
+                format!("http://{ip}:2380"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://{ip}:2380"),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-token".into(),
+                token.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                // Large applies fit one transaction.
+                "--max-txn-ops".into(),
+                "10000".into(),
+                "--max-request-bytes".into(),
+                "10485760".into(),
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+            ]
+            .into();
+            cluster.args.push(args);
+        }
+        for i in 0..members.len() {
+            let p = Proc::spawn(&format!("etcd-m{i}"), &bin, &cluster.args[i], logs)?;
+            cluster.procs.push(p);
+        }
+        cluster.wait_healthy(Duration::from_secs(30))?;
+        let _ = &cluster.logs;
+        Ok(cluster)
+    }
+
+    /// `etcd://m0:2379,m1:2379,...`
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.members.iter().map(|ip| format!("{ip}:2379")).collect();
+        format!("etcd://{}", hosts.join(","))
+    }
+
+    /// Waits until every running member reports healthy.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (i, ip) in self.members.clone().iter().enumerate() {
+            if !self.procs[i].is_running() {
+                continue;
+            }
+            loop {
+                let ok = http_request((*ip, 2379).into(), "GET", "/health", "etcd", &[], b"")
+                    .map(|(code, body)| code == 200 && body.contains("true"))
+                    .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "etcd member m{i} not healthy within {timeout:?}: {}",
+                        self.procs[i].log_tail(20)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL member `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.procs[i].kill();
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = etcd_binary().context("etcd is not installed")?;
+        self.procs[i] = Proc::spawn(&format!("etcd-m{i}"), &bin, &self.args[i], &self.logs)?;
+        Ok(())
+    }
+}
