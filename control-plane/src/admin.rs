@@ -68,6 +68,9 @@ impl AdminService {
 fn to_status(e: ApplyError) -> Status {
     match e {
         ApplyError::Config(e) => Status::invalid_argument(e.to_string()),
+        ApplyError::Store(e @ crate::store::StoreError::Conflict { .. }) => {
+            Status::aborted(format!("{e}; apply again"))
+        }
         ApplyError::Store(e) => Status::unavailable(e.to_string()),
     }
 }

@@ -206,11 +206,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let etcd = etcd_store(options, &args).await?;
             // Every replica signs with, and trusts, the same CA.
             ca_store::share(&etcd, &ca_dir, &args.trust_domain, args.ca_cert.is_some()).await?;
+            etcd.probe_forever();
             Arc::new(etcd)
         }
     };
-    let (state, published) =
-        ConfigState::start(config_store, Duration::from_millis(args.push_debounce_ms)).await?;
+    let (state, published) = ConfigState::start(
+        config_store.clone(),
+        Duration::from_millis(args.push_debounce_ms),
+    )
+    .await?;
     tracing::info!(revision = state.current().revision, objects = state.current().objects.len(), data_dir = %args.data_dir.display(), "config loaded");
     let service_registry = Registry::start(store, state.publisher(), registry_settings)?;
     let registry = Arc::new(ProxyRegistry::default());
@@ -220,10 +224,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.admin_listen,
         move |req| {
             let metrics = metrics.clone();
+            let store = config_store.clone();
             async move {
                 match req.path.as_str() {
                     "/metrics" => telemetry::text(StatusCode::OK, metrics.render()),
-                    "/ready" | "/live" => telemetry::text(StatusCode::OK, "ready\n"),
+                    "/live" => telemetry::text(StatusCode::OK, "live\n"),
+                    // Discovery keeps serving without the store; /ready
+                    // says writes cannot be stored.
+                    "/ready" => match store.available() {
+                        Ok(()) => telemetry::text(StatusCode::OK, "ready\n"),
+                        Err(why) => telemetry::text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready for writes: store unavailable: {why}\n"),
+                        ),
+                    },
                     _ => telemetry::text(
                         StatusCode::NOT_FOUND,
                         "not found: try /metrics or /ready\n",

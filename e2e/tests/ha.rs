@@ -243,3 +243,82 @@ fn ports_of(services: &Value, name: &str) -> Option<u64> {
         .find(|o| o["metadata"]["name"] == name || o["name"] == name)
         .and_then(|o| o["spec"]["ports"][0]["port"].as_u64())
 }
+
+#[test]
+fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_until_it_returns() {
+    let (mut mesh, mut etcd, urls) = ha_mesh("ha-etcd-down");
+    let app = mesh.http_app("server");
+    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
+    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    let first = apply_at(
+        &mesh,
+        &urls[0],
+        "mesh.yaml",
+        &mesh_yaml(&client, &server, app, 0),
+    )
+    .expect("apply");
+    wait_applied(&[&client, &server], first, Duration::from_secs(15));
+    let load = BackgroundLoad::http_get(client.outbound, "server");
+    let ready = |mesh: &Mesh| {
+        http_request(mesh.control_admin, "GET", "/ready", "localhost", &[], b"").expect("/ready")
+    };
+    // One member of three: nothing to see.
+    etcd.kill(0);
+    let r1 = apply_at(
+        &mesh,
+        &urls[0],
+        "one-down.yaml",
+        &mesh_yaml(&client, &server, app, 1),
+    )
+    .expect("apply with one etcd member down");
+    assert_eq!(r1, first + 1);
+    wait_applied(&[&client, &server], r1, Duration::from_secs(2));
+    assert_eq!(ready(&mesh).0, 200);
+    // All of them: proxies keep serving the last config; writes are refused.
+    etcd.kill(1);
+    etcd.kill(2);
+    let err = apply_at(
+        &mesh,
+        &urls[0],
+        "all-down.yaml",
+        &mesh_yaml(&client, &server, app, 2),
+    )
+    .expect_err("an apply without etcd");
+    assert!(err.contains("store unavailable"), "{err}");
+    wait_until_ok("/ready reports the store", Duration::from_secs(5), || {
+        let (code, body) = ready(&mesh);
+        code == 503 && body.contains("store unavailable")
+    });
+    let (live, _) =
+        http_request(mesh.control_admin, "GET", "/live", "localhost", &[], b"").expect("/live");
+    assert_eq!(live, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    // Back: writes resume where they were.
+    for i in 0..3 {
+        etcd.restart(i).expect("restart etcd");
+    }
+    etcd.wait_healthy(Duration::from_secs(30))
+        .expect("etcd back");
+    wait_until_ok("/ready again", Duration::from_secs(10), || {
+        ready(&mesh).0 == 200
+    });
+    let r2 = apply_at(
+        &mesh,
+        &urls[1],
+        "back.yaml",
+        &mesh_yaml(&client, &server, app, 3),
+    )
+    .expect("apply after etcd returned");
+    assert_eq!(r2, r1 + 1, "nothing lost, nothing skipped");
+    wait_applied(&[&client, &server], r2, Duration::from_secs(2));
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)");
+}
+
+fn wait_until_ok(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -83,6 +83,9 @@ pub struct EtcdStore {
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// For error messages.
     describe: String,
+    /// Why no member answered the last call (None: the last call was
+    /// answered).
+    down: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 const OBJECTS: &str = "config/objects/";
@@ -142,6 +145,7 @@ impl EtcdStore {
             prefix: o.prefix.clone(),
             token: None,
             describe: describe.clone(),
+            down: Arc::default(),
         };
         if let Some((user, password)) = &o.user {
             let req = pb::AuthenticateRequest {
@@ -182,6 +186,7 @@ impl EtcdStore {
                     if i > 0 {
                         self.current.store(at, Ordering::Relaxed);
                     }
+                    self.set_down(None);
                     return Ok(r.into_inner());
                 }
                 Err(s) if member_down(&s) => last = Some(s),
@@ -189,7 +194,52 @@ impl EtcdStore {
             }
         }
         metrics::counter!("weft_control_store_errors_total").increment(1);
-        Err(self.status(last.unwrap_or_else(|| tonic::Status::unavailable("no etcd member"))))
+        let reason = last
+            .map(|s| format!("{}: {}", code_name(s.code()), s.message()))
+            .unwrap_or_else(|| "no etcd member".into());
+        self.set_down(Some(reason.clone()));
+        Err(StoreError::Unavailable {
+            store: self.describe.clone(),
+            reason,
+        })
+    }
+
+    fn set_down(&self, why: Option<String>) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_some() != why.is_some() {
+            match &why {
+                Some(w) => {
+                    tracing::error!(store = %self.describe, reason = %w, "etcd unavailable: refusing writes, serving the last config")
+                }
+                None => tracing::info!(store = %self.describe, "etcd reachable again"),
+            }
+            metrics::gauge!("weft_control_store_up").set(if why.is_some() { 0.0 } else { 1.0 });
+        }
+        *down = why;
+    }
+
+    /// Ok while the last call was answered; else why not.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.down.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(format!("{}: {why}", self.describe)),
+        }
+    }
+
+    /// Checks every second that etcd answers (so `/ready` knows without
+    /// waiting for a write), until the store is dropped.
+    pub fn probe_forever(&self) {
+        let store = self.clone();
+        metrics::gauge!("weft_control_store_up").set(1.0);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if Arc::strong_count(&store.down) <= 1 {
+                    return;
+                }
+                let _ = store.get(REVISION).await;
+            }
+        });
     }
 
     pub fn describe(&self) -> &str {

@@ -23,6 +23,8 @@ pub enum StoreError {
         "the configuration changed meanwhile (expected revision {expected}, the store has {found})"
     )]
     Conflict { expected: u64, found: u64 },
+    #[error("store unavailable: {store}: {reason} (writes resume when it is back; discovery keeps serving the last config)")]
+    Unavailable { store: String, reason: String },
 }
 
 /// Where applied configuration lives. A commit writes revision `revision`
@@ -42,6 +44,8 @@ pub trait ConfigStore: Send + Sync {
     /// Revisions other writers (other replicas) commit, as they happen;
     /// None where nothing else writes.
     fn watch(&self) -> Option<mpsc::Receiver<u64>>;
+    /// Whether writes can be stored now, and why not.
+    fn available(&self) -> Result<(), String>;
 }
 
 #[tonic::async_trait]
@@ -67,6 +71,10 @@ impl ConfigStore for EmbeddedStore {
     fn watch(&self) -> Option<mpsc::Receiver<u64>> {
         None
     }
+
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -91,5 +99,9 @@ impl ConfigStore for EtcdStore {
 
     fn watch(&self) -> Option<mpsc::Receiver<u64>> {
         Some(self.watch_config())
+    }
+
+    fn available(&self) -> Result<(), String> {
+        self.health()
     }
 }
