@@ -177,6 +177,8 @@ enum GetWhat {
     Routes,
     Proxies,
     Endpoints,
+    /// The control-plane replicas sharing one store, and the leader.
+    ControlPlanes,
 }
 
 fn main() {
@@ -299,6 +301,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 GetWhat::Proxies => {
                     return proxy_status(&mut conn.admin().await?, cli.output).await
+                }
+                GetWhat::ControlPlanes => {
+                    let resp = conn
+                        .admin()
+                        .await?
+                        .list_control_planes(pb::ListControlPlanesRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    return output::control_planes(cli.output, &resp);
                 }
                 GetWhat::Services => "Service",
                 GetWhat::Routes => "Route",

@@ -221,3 +221,45 @@ pub fn proxies(format: Format, resp: &pb::ProxyStatusResponse) -> anyhow::Result
         ),
     }
 }
+
+pub fn control_planes(format: Format, resp: &pb::ListControlPlanesResponse) -> anyhow::Result<()> {
+    let now = xds_proto::units::unix_ms(std::time::SystemTime::now()) as i64;
+    let rows: Vec<Value> = resp
+        .control_planes
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "address": c.address,
+                "version": c.version,
+                "connectedProxies": c.connected_proxies,
+                "leader": c.leader,
+                "startedUnixMs": c.started_unix_ms,
+                "uptimeSeconds": (now - c.started_unix_ms).max(0) / 1000,
+            })
+        })
+        .collect();
+    match format {
+        Format::Table => {
+            let mut t = table(&["ID", "ADDRESS", "VERSION", "PROXIES", "LEADER", "UPTIME"]);
+            for c in &resp.control_planes {
+                t.add_row(vec![
+                    c.id.clone(),
+                    c.address.clone(),
+                    c.version.clone(),
+                    c.connected_proxies.to_string(),
+                    if c.leader {
+                        "yes".into()
+                    } else {
+                        String::new()
+                    },
+                    format!("{}s", (now - c.started_unix_ms).max(0) / 1000),
+                ]);
+            }
+            outln!("{t}");
+            outln!("store {}", resp.store);
+            Ok(())
+        }
+        _ => value(format, &json!({"store": resp.store, "controlPlanes": rows})),
+    }
+}

@@ -21,9 +21,21 @@ pub struct AdminService {
     trust_domain: String,
     trust: Arc<Trust>,
     ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
+    replicas: Option<(Arc<crate::replicas::Replicas>, String)>,
 }
 
 impl AdminService {
+    /// The replicas of this control plane and the store they share, for
+    /// `ListControlPlanes`.
+    pub fn with_replicas(
+        mut self,
+        replicas: Arc<crate::replicas::Replicas>,
+        store: String,
+    ) -> Self {
+        self.replicas = Some((replicas, store));
+        self
+    }
+
     pub fn new(
         state: Arc<ConfigState>,
         registry: Arc<ProxyRegistry>,
@@ -38,6 +50,7 @@ impl AdminService {
             trust_domain: trust.current().trust_domain.clone(),
             trust,
             ca,
+            replicas: None,
         }
     }
 
@@ -93,6 +106,21 @@ fn documents(docs: Vec<pb::Document>) -> Vec<(String, String)> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn list_control_planes(
+        &self,
+        _req: Request<pb::ListControlPlanesRequest>,
+    ) -> Result<Response<pb::ListControlPlanesResponse>, Status> {
+        let Some((replicas, store)) = &self.replicas else {
+            return Err(Status::unimplemented(
+                "this control plane does not track replicas",
+            ));
+        };
+        Ok(Response::new(pb::ListControlPlanesResponse {
+            control_planes: replicas.list().await,
+            store: store.clone(),
+        }))
+    }
+
     async fn rotate_ca(
         &self,
         _req: Request<pb::RotateCaRequest>,

@@ -17,6 +17,7 @@ pub mod publish;
 pub mod rate_limit_quota;
 pub mod registry;
 pub mod registry_view;
+pub mod replicas;
 pub mod state;
 pub mod store;
 pub mod transport;

@@ -16,6 +16,7 @@ use weft_control::join_token::JoinTokens;
 use weft_control::proxy_status::ProxyRegistry;
 use weft_control::rate_limit_quota::QuotaService;
 use weft_control::registry::{Registry, RegistryService, Settings as RegistrySettings};
+use weft_control::replicas::Replicas;
 use weft_control::state::ConfigState;
 use weft_control::store::{ConfigStore, EmbeddedStore, EtcdOptions, EtcdStore};
 use weft_control::trust::Trust;
@@ -57,6 +58,14 @@ struct Args {
     etcd_user: Option<String>,
     #[arg(long, env = "WEFT_ETCD_PASSWORD_FILE")]
     etcd_password_file: Option<PathBuf>,
+    /// This replica's name among those sharing the store (default: its
+    /// --listen address).
+    #[arg(long, env = "WEFT_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// The address other components reach this replica's gRPC port on, as
+    /// `weftctl get control-planes` shows it (default https://<--listen>).
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    advertise: Option<String>,
     /// gRPC address: discovery and admin.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
@@ -200,14 +209,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let registry_settings = args.registry_settings()?;
     let store = Arc::new(EmbeddedStore::open(&args.data_dir)?);
     let ca_dir = args.data_dir.join("ca");
-    let config_store: Arc<dyn ConfigStore> = match &args.store {
-        StoreKind::Embedded => store.clone(),
+    let (config_store, etcd): (Arc<dyn ConfigStore>, Option<EtcdStore>) = match &args.store {
+        StoreKind::Embedded => (store.clone(), None),
         StoreKind::Etcd(options) => {
             let etcd = etcd_store(options, &args).await?;
             // Every replica signs with, and trusts, the same CA.
             ca_store::share(&etcd, &ca_dir, &args.trust_domain, args.ca_cert.is_some()).await?;
             etcd.probe_forever();
-            Arc::new(etcd)
+            (Arc::new(etcd.clone()), Some(etcd))
         }
     };
     let (state, published) = ConfigState::start(
@@ -220,11 +229,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let registry = Arc::new(ProxyRegistry::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
+    let store_name = config_store.describe();
+    let ready_store = config_store.clone();
     let admin_addr = telemetry::serve(
         args.admin_listen,
         move |req| {
             let metrics = metrics.clone();
-            let store = config_store.clone();
+            let store = ready_store.clone();
             async move {
                 match req.path.as_str() {
                     "/metrics" => telemetry::text(StatusCode::OK, metrics.render()),
@@ -278,7 +289,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry.clone(),
         args.trust_domain.clone(),
     );
-    let admin = AdminService::new(state, registry, tokens, trust, ca.clone());
+    let replicas = Replicas::start(
+        args.replica_id
+            .clone()
+            .unwrap_or_else(|| args.listen.to_string()),
+        args.advertise
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", args.listen)),
+        registry.clone(),
+        etcd,
+    );
+    let admin = AdminService::new(state, registry, tokens, trust, ca.clone())
+        .with_replicas(replicas, store_name);
     let mut shutdown = stop_rx.clone();
     let stop = async move {
         let _ = shutdown.changed().await;

@@ -198,6 +198,14 @@ impl ProxyRegistry {
         }
     }
 
+    /// Proxies with a live discovery stream.
+    pub fn connected(&self) -> usize {
+        self.records
+            .lock()
+            .map(|r| r.values().filter(|r| r.connected).count())
+            .unwrap_or(0)
+    }
+
     fn refresh_gauge(&self) {
         let connected = self
             .records

@@ -322,3 +322,62 @@ fn wait_until_ok(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn control_planes(mesh: &Mesh, url: &str) -> Vec<Value> {
+    let out = weftctl_at(mesh, url, &["-o", "json", "get", "control-planes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("control-planes JSON");
+    v["controlPlanes"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn weftctl_lists_the_replicas_and_one_leader_and_leadership_moves_when_the_leader_dies() {
+    let (mut mesh, _etcd, urls) = ha_mesh("ha-leader");
+    let leaders = |mesh: &Mesh, url: &str| -> (usize, Vec<String>) {
+        let cps = control_planes(mesh, url);
+        let leaders: Vec<String> = cps
+            .iter()
+            .filter(|c| c["leader"] == true)
+            .map(|c| c["address"].as_str().unwrap_or("").to_string())
+            .collect();
+        (cps.len(), leaders)
+    };
+    wait_until_ok(
+        "three replicas, one leader",
+        Duration::from_secs(10),
+        || {
+            let (n, l) = leaders(&mesh, &urls[0]);
+            n == 3 && l.len() == 1
+        },
+    );
+    let (_, l) = leaders(&mesh, &urls[0]);
+    let leader = l[0].clone();
+    let victim = urls
+        .iter()
+        .position(|u| *u == leader)
+        .expect("the leader is a replica");
+    let killed_at = Instant::now();
+    match victim {
+        0 => mesh.kill_control(),
+        1 => mesh.proc_mut("weft-control-5").kill(),
+        _ => mesh.proc_mut("weft-control-6").kill(),
+    }
+    let survivor = &urls[(victim + 1) % 3];
+    wait_until_ok("a new leader", Duration::from_secs(10), || {
+        let (_, l) = leaders(&mesh, survivor);
+        l.len() == 1 && l[0] != leader
+    });
+    eprintln!(
+        "leadership moved {:?} after the leader was killed",
+        killed_at.elapsed()
+    );
+    wait_until_ok(
+        "the dead replica gone from the list",
+        Duration::from_secs(10),
+        || leaders(&mesh, survivor).0 == 2,
+    );
+}

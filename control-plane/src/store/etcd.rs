@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 use xds_proto::etcd::{
-    self as pb, auth_client::AuthClient, compare, kv_client::KvClient, request_op,
-    watch_client::WatchClient, watch_request,
+    self as pb, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    request_op, watch_client::WatchClient, watch_request,
 };
 
 /// How to reach etcd.
@@ -517,6 +517,139 @@ impl EtcdStore {
                 }
             }
         }
+    }
+
+    /// A lease of `ttl_secs`; its id.
+    pub async fn grant_lease(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        let req = pb::LeaseGrantRequest {
+            ttl: ttl_secs,
+            id: 0,
+        };
+        let r = self
+            .call(|ch| {
+                let req = self.request(req.clone());
+                async move { LeaseClient::new(ch).lease_grant(req).await }
+            })
+            .await?;
+        if !r.error.is_empty() {
+            return Err(StoreError::Backend {
+                path: self.describe.clone(),
+                message: format!("lease grant: {}", r.error),
+            });
+        }
+        Ok(r.id)
+    }
+
+    /// Renews `lease` once; false if etcd no longer has it.
+    pub async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
+        let member =
+            self.members[self.current.load(Ordering::Relaxed) % self.members.len()].clone();
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
+        let reply = async {
+            let mut s = LeaseClient::new(member)
+                .lease_keep_alive(self.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await?
+                .into_inner();
+            s.message().await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), reply).await {
+            Ok(Ok(Some(r))) => Ok(r.ttl > 0),
+            Ok(Ok(None)) => Ok(false),
+            Ok(Err(s)) => {
+                self.current.fetch_add(1, Ordering::Relaxed);
+                Err(self.status(s))
+            }
+            Err(_) => {
+                self.current.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Unavailable {
+                    store: self.describe.clone(),
+                    reason: "lease keep-alive timed out".into(),
+                })
+            }
+        }
+    }
+
+    /// Puts `key` = `value`, attached to `lease` (0: none).
+    pub async fn put(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        let req = pb::PutRequest {
+            key: self.key(key),
+            value,
+            lease,
+            ..Default::default()
+        };
+        self.call(|ch| {
+            let req = self.request(req.clone());
+            async move { KvClient::new(ch).put(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Creates `key` = `value` on `lease` unless it exists; the value
+    /// stored afterwards.
+    pub async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let k = self.key(key);
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Version as i32,
+                key: k.clone(),
+                target_union: Some(compare::TargetUnion::Version(0)),
+                ..Default::default()
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                    key: k.clone(),
+                    value: value.clone(),
+                    lease,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                    key: k,
+                    ..Default::default()
+                })),
+            }],
+        };
+        let r = self.call(|ch| self.txn(ch, txn.clone())).await?;
+        if r.succeeded {
+            return Ok(value);
+        }
+        Ok(r.responses
+            .into_iter()
+            .find_map(|op| match op.response {
+                Some(pb::response_op::Response::ResponseRange(r)) => {
+                    r.kvs.into_iter().next().map(|kv| kv.value)
+                }
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
+    /// Every key under `prefix` (below the store's prefix) and its value.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let key = self.key(prefix);
+        let req = pb::RangeRequest {
+            range_end: prefix_end(&key),
+            key,
+            ..Default::default()
+        };
+        let r = self.call(|ch| self.range(ch, req.clone())).await?;
+        let strip = self.prefix.len();
+        Ok(r.kvs
+            .into_iter()
+            .map(|kv| {
+                let k = String::from_utf8_lossy(&kv.key);
+                (k.get(strip..).unwrap_or("").to_string(), kv.value)
+            })
+            .collect())
     }
 
     /// The CA directory's files as the first replica stored them, or None.

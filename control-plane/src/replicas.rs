@@ -1,0 +1,177 @@
+//! The control-plane replicas sharing one store, and which of them leads.
+//!
+//! With the etcd store every replica keeps an etcd lease alive (TTL
+//! `LEASE_TTL`) and, on it, `replicas/<id>` (its address, version and
+//! connected proxies, refreshed every second). The leader is whoever holds
+//! `leader` (created on its lease when absent): it goes away with the
+//! leader's lease, within `LEASE_TTL` of the leader's death, and the next
+//! replica to try takes it. A replica counts itself leader only while its
+//! last lease renewal is younger than the TTL less a margin, so a stale
+//! leader (cut off from etcd) stops before another can start: work that
+//! must happen once checks `is_leader` right before acting.
+//! With the embedded store there is one replica and it leads.
+
+use crate::proxy_status::ProxyRegistry;
+use crate::store::EtcdStore;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use xds_proto::v1 as pb;
+
+const LEASE_TTL: Duration = Duration::from_secs(5);
+/// A leader stops acting this long before its lease could have run out.
+const FENCE_MARGIN: Duration = Duration::from_millis(1500);
+const LEADER: &str = "leader";
+const PREFIX: &str = "replicas/";
+
+pub struct Replicas {
+    me: pb::ControlPlaneInfo,
+    proxies: Arc<ProxyRegistry>,
+    etcd: Option<EtcdStore>,
+    /// Until when this replica may act as leader.
+    leader_until: Mutex<Option<Instant>>,
+}
+
+fn now_ms() -> i64 {
+    xds_proto::units::unix_ms(SystemTime::now()) as i64
+}
+
+impl Replicas {
+    /// `etcd`: the shared store (None: embedded, a single replica).
+    pub fn start(
+        id: String,
+        address: String,
+        proxies: Arc<ProxyRegistry>,
+        etcd: Option<EtcdStore>,
+    ) -> Arc<Replicas> {
+        let r = Arc::new(Replicas {
+            me: pb::ControlPlaneInfo {
+                id,
+                address,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_unix_ms: now_ms(),
+                ..Default::default()
+            },
+            proxies,
+            leader_until: Mutex::new(None),
+            etcd,
+        });
+        if r.etcd.is_some() {
+            tokio::spawn(r.clone().run());
+        }
+        r
+    }
+
+    /// Whether this replica may do the work only one replica does, now.
+    pub fn is_leader(&self) -> bool {
+        if self.etcd.is_none() {
+            return true;
+        }
+        self.leader_until
+            .lock()
+            .map(|u| u.is_some_and(|u| Instant::now() < u))
+            .unwrap_or(false)
+    }
+
+    fn info(&self) -> pb::ControlPlaneInfo {
+        let mut me = self.me.clone();
+        me.connected_proxies = self.proxies.connected() as u32;
+        me.leader = self.is_leader();
+        me.seen_unix_ms = now_ms();
+        me
+    }
+
+    /// Every replica that is alive (this one alone with the embedded store).
+    pub async fn list(&self) -> Vec<pb::ControlPlaneInfo> {
+        let Some(etcd) = &self.etcd else {
+            return vec![self.info()];
+        };
+        let leader = etcd
+            .get(LEADER)
+            .await
+            .ok()
+            .flatten()
+            .map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+        let mut out: Vec<pb::ControlPlaneInfo> = etcd
+            .list(PREFIX)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, v)| prost::Message::decode(v.as_slice()).ok())
+            .map(|mut i: pb::ControlPlaneInfo| {
+                i.leader = leader.as_deref() == Some(i.id.as_str());
+                i
+            })
+            .collect();
+        if !out.iter().any(|i| i.id == self.me.id) {
+            out.push(self.info());
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Keeps this replica's lease, presence and (when it can) leadership.
+    async fn run(self: Arc<Self>) {
+        let Some(etcd) = self.etcd.clone() else {
+            return;
+        };
+        loop {
+            let lease = match etcd.grant_lease(LEASE_TTL.as_secs() as i64).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take a replica lease; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tracing::info!(replica = %self.me.id, lease, "replica lease taken");
+            loop {
+                let renewed_at = Instant::now();
+                match etcd.renew_lease(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(replica = %self.me.id, "replica lease lost; taking a new one");
+                        self.step_down();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the replica lease");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+                let key = format!("{PREFIX}{}", self.me.id);
+                let _ = etcd
+                    .put(&key, prost::Message::encode_to_vec(&self.info()), lease)
+                    .await;
+                match etcd
+                    .create(LEADER, self.me.id.clone().into_bytes(), lease)
+                    .await
+                {
+                    Ok(holder) if holder == self.me.id.as_bytes() => {
+                        let was = self.is_leader();
+                        if let Ok(mut u) = self.leader_until.lock() {
+                            *u = Some(renewed_at + LEASE_TTL - FENCE_MARGIN);
+                        }
+                        if !was {
+                            tracing::info!(replica = %self.me.id, "this replica leads");
+                            metrics::counter!("weft_control_leader_changes_total").increment(1);
+                        }
+                        metrics::gauge!("weft_control_leader").set(1.0);
+                    }
+                    Ok(_) => self.step_down(),
+                    Err(e) => tracing::debug!(error = %e, "leader check failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    fn step_down(&self) {
+        if let Ok(mut u) = self.leader_until.lock() {
+            if u.take().is_some() {
+                tracing::info!(replica = %self.me.id, "this replica no longer leads");
+            }
+        }
+        metrics::gauge!("weft_control_leader").set(0.0);
+    }
+}
