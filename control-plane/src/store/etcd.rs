@@ -527,7 +527,7 @@ impl EtcdStore {
         };
         let r = self
             .call(|ch| {
-                let req = self.request(req.clone());
+                let req = self.request(req);
                 async move { LeaseClient::new(ch).lease_grant(req).await }
             })
             .await?;
