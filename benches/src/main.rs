@@ -8,6 +8,7 @@
 
 mod contenders;
 mod envoy;
+mod ha;
 mod harness;
 mod loadgen;
 mod proxy_suite;
@@ -44,6 +45,9 @@ enum Cmd {
     /// burst, heartbeats per second with many instances (not part of
     /// `proxy`).
     Registry(registry::RegistryArgs),
+    /// Config push with three control-plane replicas on etcd against one on
+    /// the embedded store (not part of `proxy`).
+    Ha(ha::HaArgs),
     /// (internal) constant-rate HTTP/1.1 load with latency correction; prints JSON.
     FixedRate {
         #[arg(long)]
@@ -77,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Proxy(args) => proxy_suite::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Registry(args) => registry::run(args),
+        Cmd::Ha(args) => ha::run(args),
         Cmd::FixedRate {
             addr,
             host,
