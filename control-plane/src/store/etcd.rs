@@ -12,6 +12,7 @@
 //! (compare-and-swap): two replicas applying at once cannot both win.
 //! Every replica watches `config/revision` and reloads on a change.
 
+use super::etcd_tls::{tls_config, tls_connector};
 use super::StoreError;
 use crate::config::{ConfigSet, Object, ObjectKey};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use xds_proto::etcd::{
     self as pb, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
     request_op, watch_client::WatchClient, watch_request,
@@ -508,6 +509,14 @@ impl EtcdStore {
                     message: format!("watch canceled: {}", m.cancel_reason),
                 });
             }
+            if m.created {
+                // Whatever was committed before the watch existed.
+                if let Ok(rev) = self.config_revision().await {
+                    if tx.send(rev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
             for e in m.events {
                 if let Some(rev) = e.kv.and_then(|kv| parse_revision(&kv.value)) {
                     if tx.send(rev).await.is_err() {
@@ -700,69 +709,6 @@ impl EtcdStore {
                 message: "the CA files vanished while being created".into(),
             })
     }
-}
-
-/// rustls (ring) verifying the members against `ca_pem` by DNS name or IP,
-/// presenting `client` (cert, key PEM) when given.
-fn tls_config(
-    ca_pem: &str,
-    client: Option<&(String, String)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let c = c.map_err(|e| format!("--etcd-ca: {e}"))?;
-        roots.add(c).map_err(|e| format!("--etcd-ca: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let mut config = match client {
-        Some((cert, key)) => {
-            let chain: Result<Vec<_>, _> =
-                CertificateDer::pem_slice_iter(cert.as_bytes()).collect();
-            let chain = chain.map_err(|e| format!("--etcd-cert: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| format!("--etcd-key: {e}"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("--etcd-cert/--etcd-key: {e}"))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// TCP, then TLS to the member named in the URI.
-fn tls_connector(
-    config: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<
-    Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |uri: Uri| {
-        let config = config.clone();
-        async move {
-            let host = uri.host().unwrap_or("127.0.0.1").to_string();
-            let port = uri.port_u16().unwrap_or(2379);
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    })
 }
 
 fn parse_revision(v: &[u8]) -> Option<u64> {

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod etcd;
+mod etcd_tls;
 pub mod registry;
 
 pub use embedded::EmbeddedStore;
