@@ -226,12 +226,16 @@ impl Admin for AdminService {
         _req: Request<pb::ProxyStatusRequest>,
     ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
         let revision = self.state.current().revision;
-        let proxies = self
-            .registry
-            .snapshot()
-            .iter()
-            .map(|r| r.to_status())
-            .collect();
+        let proxies = match &self.replicas {
+            // Every replica's proxies, not only this one's.
+            Some((replicas, _)) => replicas.proxy_status().await,
+            None => self
+                .registry
+                .snapshot()
+                .iter()
+                .map(|r| r.to_status())
+                .collect(),
+        };
         Ok(Response::new(pb::ProxyStatusResponse {
             proxies,
             revision,

@@ -22,6 +22,8 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 const FENCE_MARGIN: Duration = Duration::from_millis(1500);
 const LEADER: &str = "leader";
 const PREFIX: &str = "replicas/";
+/// Each replica's proxies' sync status, on its lease.
+const PROXIES: &str = "proxies/";
 
 pub struct Replicas {
     me: pb::ControlPlaneInfo,
@@ -109,6 +111,43 @@ impl Replicas {
         out
     }
 
+    /// Every proxy's sync status: this replica's own, live, and what every
+    /// other replica published in the last second (a proxy seen by several,
+    /// e.g. after it moved, counts where it is connected).
+    pub async fn proxy_status(&self) -> Vec<pb::ProxyStatus> {
+        let mut by_node: std::collections::BTreeMap<String, pb::ProxyStatus> = Default::default();
+        let mut add = |p: pb::ProxyStatus| {
+            let node = p.node.clone().unwrap_or_default();
+            let key = format!("{}/{}", node.namespace, node.name);
+            let keep = match by_node.get(&key) {
+                None => true,
+                Some(old) => {
+                    (p.connected, p.last_seen_unix_ms) > (old.connected, old.last_seen_unix_ms)
+                }
+            };
+            if keep {
+                by_node.insert(key, p);
+            }
+        };
+        if let Some(etcd) = &self.etcd {
+            for (key, value) in etcd.list(PROXIES).await.unwrap_or_default() {
+                if key == format!("{PROXIES}{}", self.me.id) {
+                    continue;
+                }
+                if let Ok(r) = <pb::ProxyStatusResponse as prost::Message>::decode(value.as_slice())
+                {
+                    r.proxies.into_iter().for_each(&mut add);
+                }
+            }
+        }
+        self.proxies
+            .snapshot()
+            .iter()
+            .map(|r| r.to_status())
+            .for_each(add);
+        by_node.into_values().collect()
+    }
+
     /// Keeps this replica's lease, presence and (when it can) leadership.
     async fn run(self: Arc<Self>) {
         let Some(etcd) = self.etcd.clone() else {
@@ -142,6 +181,22 @@ impl Replicas {
                 let key = format!("{PREFIX}{}", self.me.id);
                 let _ = etcd
                     .put(&key, prost::Message::encode_to_vec(&self.info()), lease)
+                    .await;
+                let mine = pb::ProxyStatusResponse {
+                    proxies: self
+                        .proxies
+                        .snapshot()
+                        .iter()
+                        .map(|r| r.to_status())
+                        .collect(),
+                    ..Default::default()
+                };
+                let _ = etcd
+                    .put(
+                        &format!("{PROXIES}{}", self.me.id),
+                        prost::Message::encode_to_vec(&mine),
+                        lease,
+                    )
                     .await;
                 match etcd
                     .create(LEADER, self.me.id.clone().into_bytes(), lease)

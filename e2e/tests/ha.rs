@@ -82,17 +82,18 @@ fn wait_applied(proxies: &[&ProxyAddrs], rev: u64, timeout: Duration) -> Duratio
     started.elapsed()
 }
 
-/// Connected proxies of one replica.
-fn connected_at(mesh: &Mesh, url: &str) -> usize {
-    let out = weftctl_at(mesh, url, &["-o", "json", "proxy-status"]);
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| {
-            v["proxies"]
-                .as_array()
-                .map(|a| a.iter().filter(|p| p["connected"] == true).count())
+/// Proxies connected to each replica (`weftctl get control-planes`), in the
+/// order of `urls`.
+fn connected_per_replica(mesh: &Mesh, urls: &[String]) -> Vec<usize> {
+    let cps = control_planes(mesh, &urls.join(","));
+    urls.iter()
+        .map(|u| {
+            cps.iter()
+                .find(|c| c["address"] == u.as_str())
+                .and_then(|c| c["connectedProxies"].as_u64())
+                .unwrap_or(0) as usize
         })
-        .unwrap_or(0)
+        .collect()
 }
 
 fn mesh_yaml(client: &ProxyAddrs, server: &ProxyAddrs, app: u16, round: u32) -> String {
@@ -121,8 +122,11 @@ fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_lo
     let load = BackgroundLoad::http_get(client.outbound, "server");
     std::thread::sleep(Duration::from_millis(300));
 
-    let counts: Vec<usize> = urls.iter().map(|u| connected_at(&mesh, u)).collect();
-    assert_eq!(counts.iter().sum::<usize>(), 2, "{counts:?}");
+    // Presence is refreshed every second: wait until it shows both proxies.
+    wait_until_ok("both proxies counted", Duration::from_secs(5), || {
+        connected_per_replica(&mesh, &urls).iter().sum::<usize>() == 2
+    });
+    let counts = connected_per_replica(&mesh, &urls);
     let victim = (0..3).max_by_key(|i| counts[*i]).unwrap_or(0);
     match victim {
         0 => mesh.kill_control(),
@@ -183,11 +187,26 @@ fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_lo
         routes.contains("x-round") && routes.contains("\"5\""),
         "{routes}"
     );
-    // Every replica that is left reports the same revision.
+    // Every replica that is left reports the same revision, and every
+    // proxy SYNCED on it, whichever replica it is connected to.
     for url in &survivors {
-        let out = weftctl_at(&mesh, url, &["-o", "json", "proxy-status"]);
-        let v: Value = serde_json::from_slice(&out.stdout).expect("proxy-status JSON");
-        assert_eq!(v["revision"], format!("r{last}"), "{url}: {v}");
+        wait_until_ok(
+            "proxy-status across replicas",
+            Duration::from_secs(5),
+            || {
+                let out = weftctl_at(&mesh, url, &["-o", "json", "proxy-status"]);
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let synced = v["proxies"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|p| p["state"] == "SYNCED" && p["ackedRevision"] == last)
+                            .count()
+                    })
+                    .unwrap_or(0);
+                v["revision"] == format!("r{last}") && synced == 2
+            },
+        );
     }
 }
 
