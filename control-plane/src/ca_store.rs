@@ -5,9 +5,11 @@
 //! its `<data-dir>/ca/` before the CA is loaded. Certificates and join
 //! tokens from any replica then verify at every replica.
 //!
-//! The private keys are stored as they are in the CA directory: protect
-//! them with etcd's TLS, authentication and encryption at rest (README,
-//! "High availability").
+//! With `--ca-key-encryption-key-file` (32 random bytes, the same file on
+//! every replica) the stored files are sealed with AES-256-GCM; without it
+//! they are stored as they are in the CA directory, and etcd's TLS,
+//! authentication and encryption at rest protect them (README, "High
+//! availability").
 
 use crate::join_token::JoinTokens;
 use crate::store::EtcdStore;
@@ -34,6 +36,7 @@ pub async fn share(
     ca_dir: &Path,
     trust_domain: &str,
     own_ca: bool,
+    seal: Option<&Seal>,
 ) -> anyhow::Result<()> {
     let stored = match store.ca_files().await? {
         Some(blob) => blob,
@@ -42,15 +45,106 @@ pub async fn share(
                 CertificateAuthority::load_or_create(ca_dir, trust_domain)?;
             }
             JoinTokens::load_or_create(ca_dir)?;
-            let blob = pack(ca_dir)?;
+            let blob = match seal {
+                Some(s) => s.seal(&pack(ca_dir)?)?,
+                None => pack(ca_dir)?,
+            };
             let stored = store.create_ca_files(blob.clone()).await?;
             if stored == blob {
-                tracing::info!(store = %store.describe(), "stored this replica's CA for the other replicas");
+                tracing::info!(store = %store.describe(), sealed = seal.is_some(), "stored this replica's CA for the other replicas");
             }
             stored
         }
     };
-    unpack(&stored, ca_dir)
+    let plain = match (stored.strip_prefix(SEALED), seal) {
+        (Some(sealed), Some(s)) => s.open(sealed)?,
+        (Some(_), None) => anyhow::bail!(
+            "the CA files in the store are encrypted: give every replica the same --ca-key-encryption-key-file"
+        ),
+        (None, _) => stored,
+    };
+    unpack(&plain, ca_dir)
+}
+
+/// Marks a sealed blob: the rest is nonce (12 bytes) and AES-256-GCM
+/// ciphertext with its tag.
+const SEALED: &[u8] = b"weft-sealed-v1:";
+
+/// The key the stored CA files are sealed with.
+pub struct Seal {
+    key: ring::aead::LessSafeKey,
+}
+
+impl Seal {
+    /// Reads a key file: 32 bytes, raw or as 64 hex digits.
+    pub fn from_file(path: &Path) -> anyhow::Result<Seal> {
+        let raw = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read --ca-key-encryption-key-file {}",
+                path.display()
+            )
+        })?;
+        let text = String::from_utf8_lossy(&raw);
+        let hex = text.trim();
+        let bytes: Vec<u8> = if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+                .collect()
+        } else {
+            raw.clone()
+        };
+        if bytes.len() != 32 {
+            anyhow::bail!(
+                "--ca-key-encryption-key-file {} must hold 32 bytes (or 64 hex digits), not {}: e.g. `head -c 32 /dev/urandom > key`",
+                path.display(),
+                bytes.len()
+            );
+        }
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &bytes)
+            .map_err(|_| anyhow::anyhow!("not an AES-256 key"))?;
+        Ok(Seal {
+            key: ring::aead::LessSafeKey::new(key),
+        })
+    }
+
+    fn seal(&self, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; 12];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("no randomness for the nonce"))?;
+        let mut data = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(SEALED),
+                &mut data,
+            )
+            .map_err(|_| anyhow::anyhow!("cannot seal the CA files"))?;
+        let mut out = SEALED.to_vec();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    fn open(&self, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let wrong = || {
+            anyhow::anyhow!(
+                "cannot decrypt the CA files in the store: is --ca-key-encryption-key-file the file the other replicas use?"
+            )
+        };
+        if sealed.len() < 12 + 16 {
+            return Err(wrong());
+        }
+        let (nonce, data) = sealed.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
+        let mut data = data.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::from(SEALED), &mut data)
+            .map_err(|_| wrong())?;
+        Ok(plain.to_vec())
+    }
 }
 
 fn pack(ca_dir: &Path) -> anyhow::Result<Vec<u8>> {
@@ -134,5 +228,26 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         assert!(unpack(br#"{"../x": ""}"#, b.path()).is_err());
+    }
+
+    #[test]
+    fn sealed_ca_files_open_only_with_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "00".repeat(32)).unwrap();
+        let seal = Seal::from_file(&key).unwrap();
+        let sealed = seal.seal(b"root-key").unwrap();
+        assert!(sealed.starts_with(SEALED));
+        assert!(!sealed.windows(8).any(|w| w == b"root-key"));
+        assert_eq!(seal.open(&sealed[SEALED.len()..]).unwrap(), b"root-key");
+        std::fs::write(&key, "11".repeat(32)).unwrap();
+        let other = Seal::from_file(&key).unwrap();
+        let e = other.open(&sealed[SEALED.len()..]).unwrap_err();
+        assert!(
+            e.to_string().contains("--ca-key-encryption-key-file"),
+            "{e}"
+        );
+        std::fs::write(&key, "short").unwrap();
+        assert!(Seal::from_file(&key).is_err());
     }
 }

@@ -58,6 +58,10 @@ struct Args {
     etcd_user: Option<String>,
     #[arg(long, env = "WEFT_ETCD_PASSWORD_FILE")]
     etcd_password_file: Option<PathBuf>,
+    /// etcd: seal the CA's private keys stored in etcd with this key (32
+    /// bytes, raw or hex; the same file on every replica).
+    #[arg(long, env = "WEFT_CA_KEY_ENCRYPTION_KEY_FILE")]
+    ca_key_encryption_key_file: Option<PathBuf>,
     /// This replica's name among those sharing the store (default: its
     /// --listen address).
     #[arg(long, env = "WEFT_REPLICA_ID")]
@@ -214,7 +218,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         StoreKind::Etcd(options) => {
             let etcd = etcd_store(options, &args).await?;
             // Every replica signs with, and trusts, the same CA.
-            ca_store::share(&etcd, &ca_dir, &args.trust_domain, args.ca_cert.is_some()).await?;
+            let seal = args
+                .ca_key_encryption_key_file
+                .as_deref()
+                .map(ca_store::Seal::from_file)
+                .transpose()?;
+            ca_store::share(
+                &etcd,
+                &ca_dir,
+                &args.trust_domain,
+                args.ca_cert.is_some(),
+                seal.as_ref(),
+            )
+            .await?;
             etcd.probe_forever();
             (Arc::new(etcd.clone()), Some(etcd))
         }

@@ -19,7 +19,15 @@ fn ha_mesh(name: &str) -> (Mesh, EtcdCluster, Vec<String>) {
         &mesh.logs(),
     )
     .expect("etcd cluster");
-    mesh.control_extra = vec!["--store".into(), etcd.url()];
+    // The CA's keys in etcd are sealed with a key every replica is given.
+    let seal = mesh.dir.join("ca-seal.key");
+    std::fs::write(&seal, "5e".repeat(32)).expect("seal key");
+    mesh.control_extra = vec![
+        "--store".into(),
+        etcd.url(),
+        "--ca-key-encryption-key-file".into(),
+        seal.display().to_string(),
+    ];
     mesh.start_control();
     let (b, _) = mesh.start_replica(5);
     let (c, _) = mesh.start_replica(6);
@@ -398,5 +406,27 @@ fn weftctl_lists_the_replicas_and_one_leader_and_leadership_moves_when_the_leade
         "the dead replica gone from the list",
         Duration::from_secs(10),
         || leaders(&mesh, survivor).0 == 2,
+    );
+}
+
+#[test]
+fn a_replica_without_the_seal_key_refuses_to_start_and_says_why() {
+    let (mut mesh, etcd, _urls) = ha_mesh("ha-seal");
+    let args = {
+        let mut a = localmesh::control_args(
+            &mesh.dir.join("data-9"),
+            SocketAddr::new(mesh.ip(9), 15012),
+            SocketAddr::new(mesh.ip(9), 15014),
+        );
+        a.extend(["--store".to_string(), etcd.url()]);
+        a
+    };
+    let p = mesh.spawn("weft-control-9", localmesh::CONTROL, args);
+    let code = p.wait_exit(Duration::from_secs(15)).expect("it exits");
+    assert_ne!(code, Some(0));
+    let log = p.log_tail(400);
+    assert!(
+        log.contains("encrypted") && log.contains("--ca-key-encryption-key-file"),
+        "{log}"
     );
 }
