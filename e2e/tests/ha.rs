@@ -430,3 +430,48 @@ fn a_replica_without_the_seal_key_refuses_to_start_and_says_why() {
         "{log}"
     );
 }
+
+#[test]
+fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
+    use weft_testbed::etcd::EtcdTls;
+    let mut mesh = Mesh::prepare("ha-etcd-tls", &[]);
+    std::fs::create_dir_all(mesh.logs()).expect("logs dir");
+    let member = mesh.ip(211);
+    let tls = EtcdTls::generate(&mesh.dir.join("etcd-tls"), &[member]).expect("certificates");
+    let etcd = EtcdCluster::start_with(&[member], &mesh.dir, &mesh.logs(), Some(tls.clone()))
+        .expect("etcd with TLS");
+    let mut extra = vec!["--store".to_string(), etcd.url()];
+    extra.extend(tls.control_flags());
+    mesh.control_extra = extra;
+    mesh.start_control();
+    let (b, _) = mesh.start_replica(5);
+    let a = format!("https://{}", mesh.control_grpc);
+    let b = format!("https://{b}");
+    let yaml = "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: tls, namespace: e2e}\nspec:\n  ports: [{port: 80, protocol: http}]\n";
+    let rev = apply_at(&mesh, &a, "tls.yaml", yaml).expect("apply over TLS");
+    // The other replica sees it through its own TLS watch.
+    wait_until_ok("the other replica has it", Duration::from_secs(5), || {
+        let out = weftctl_at(&mesh, &b, &["-o", "json", "proxy-status"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .map(|v| v["revision"] == format!("r{rev}"))
+            .unwrap_or(false)
+    });
+    // Without a client certificate etcd refuses: the replica says so.
+    let mut no_cert = vec![
+        "--store".to_string(),
+        etcd.url(),
+        "--etcd-ca".into(),
+        tls.ca.display().to_string(),
+    ];
+    let mut args = localmesh::control_args(
+        &mesh.dir.join("data-9"),
+        SocketAddr::new(mesh.ip(9), 15012),
+        SocketAddr::new(mesh.ip(9), 15014),
+    );
+    args.append(&mut no_cert);
+    let p = mesh.spawn("weft-control-9", localmesh::CONTROL, args);
+    let code = p.wait_exit(Duration::from_secs(20)).expect("it exits");
+    assert_ne!(code, Some(0));
+    let log = p.log_tail(400);
+    assert!(log.contains("cannot use the etcd store"), "{log}");
+}

@@ -14,6 +14,78 @@ pub struct EtcdCluster {
     pub procs: Vec<Proc>,
     args: Vec<Vec<String>>,
     logs: std::path::PathBuf,
+    tls: Option<EtcdTls>,
+}
+
+/// Certificates for an etcd cluster that speaks TLS to its clients and
+/// requires their certificates: a CA, a server certificate for the members'
+/// addresses, a client certificate. PEM files in a directory.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
+impl EtcdTls {
+    pub fn generate(dir: &Path, members: &[IpAddr]) -> anyhow::Result<EtcdTls> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "weft test etcd CA");
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |sans: Vec<SanType>,
+                    usage: ExtendedKeyUsagePurpose|
+         -> anyhow::Result<(String, String)> {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = sans;
+            p.extended_key_usages = vec![usage];
+            p.distinguished_name.push(DnType::CommonName, "weft test");
+            let key = KeyPair::generate()?;
+            let cert = p.signed_by(&key, &issuer)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server, server_key) = leaf(
+            members.iter().map(|ip| SanType::IpAddress(*ip)).collect(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client, client_key) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let tls = EtcdTls {
+            ca: dir.join("etcd-ca.pem"),
+            server_cert: dir.join("etcd-server.pem"),
+            server_key: dir.join("etcd-server-key.pem"),
+            client_cert: dir.join("etcd-client.pem"),
+            client_key: dir.join("etcd-client-key.pem"),
+        };
+        std::fs::write(&tls.ca, ca_cert.pem())?;
+        std::fs::write(&tls.server_cert, server)?;
+        std::fs::write(&tls.server_key, server_key)?;
+        std::fs::write(&tls.client_cert, client)?;
+        std::fs::write(&tls.client_key, client_key)?;
+        Ok(tls)
+    }
+
+    /// weft-control flags that use these certificates.
+    pub fn control_flags(&self) -> Vec<String> {
+        vec![
+            "--etcd-ca".into(),
+            self.ca.display().to_string(),
+            "--etcd-cert".into(),
+            self.client_cert.display().to_string(),
+            "--etcd-key".into(),
+            self.client_key.display().to_string(),
+        ]
+    }
 }
 
 /// Where the `etcd` binary is (Debian's etcd-server puts it in /usr/bin).
@@ -64,7 +136,18 @@ impl EtcdCluster {
     /// Starts one member per address and waits until every member answers
     /// /health.
     pub fn start(members: &[IpAddr], dir: &Path, logs: &Path) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(members, dir, logs, None)
+    }
+
+    /// `start`, with clients on TLS and client certificates required.
+    pub fn start_with(
+        members: &[IpAddr],
+        dir: &Path,
+        logs: &Path,
+        tls: Option<EtcdTls>,
+    ) -> anyhow::Result<EtcdCluster> {
         let bin = ensure_etcd()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let token = format!("weft-{}-{}", std::process::id(), dir.display()).replace('/', "-");
         let initial: Vec<String> = members
             .iter()
@@ -76,17 +159,18 @@ impl EtcdCluster {
             procs: vec![],
             args: vec![],
             logs: logs.to_path_buf(),
+            tls: tls.clone(),
         };
         for (i, ip) in members.iter().enumerate() {
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--name".to_string(),
                 format!("m{i}"),
                 "--data-dir".into(),
                 dir.join(format!("etcd-m{i}")).display().to_string(),
                 "--listen-client-urls".into(),
-                format!("http://{ip}:2379"),
+                format!("{scheme}://{ip}:2379"),
                 "--advertise-client-urls".into(),
-                format!("http://{ip}:2379"),
+                format!("{scheme}://{ip}:2379"),
                 "--listen-peer-urls".into(),
                 format!("http://{ip}:2380"),
                 "--initial-advertise-peer-urls".into(),
@@ -108,6 +192,17 @@ impl EtcdCluster {
                 "500".into(),
             ]
             .into();
+            if let Some(t) = &tls {
+                args.extend([
+                    "--cert-file".to_string(),
+                    t.server_cert.display().to_string(),
+                    "--key-file".into(),
+                    t.server_key.display().to_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.display().to_string(),
+                    "--client-cert-auth".into(),
+                ]);
+            }
             cluster.args.push(args);
         }
         for i in 0..members.len() {
@@ -133,9 +228,25 @@ impl EtcdCluster {
                 continue;
             }
             loop {
-                let ok = http_request((*ip, 2379).into(), "GET", "/health", "etcd", &[], b"")
-                    .map(|(code, body)| code == 200 && body.contains("true"))
-                    .unwrap_or(false);
+                let ok = match &self.tls {
+                    None => http_request((*ip, 2379).into(), "GET", "/health", "etcd", &[], b"")
+                        .map(|(code, body)| code == 200 && body.contains("true"))
+                        .unwrap_or(false),
+                    Some(t) => {
+                        let (code, body) = crate::mesh::curl(
+                            &[
+                                "--cacert",
+                                &t.ca.display().to_string(),
+                                "--cert",
+                                &t.client_cert.display().to_string(),
+                                "--key",
+                                &t.client_key.display().to_string(),
+                            ],
+                            &format!("https://{ip}:2379/health"),
+                        );
+                        code == 200 && String::from_utf8_lossy(&body).contains("true")
+                    }
+                };
                 if ok {
                     break;
                 }
