@@ -125,6 +125,16 @@ impl Admin for AdminService {
         &self,
         _req: Request<pb::RotateCaRequest>,
     ) -> Result<Response<pb::CaStatus>, Status> {
+        // The rotation's state lives in this replica's CA directory; other
+        // replicas would keep the old CA and their proxies would stop
+        // trusting this one's. Refuse until rotation goes through the store.
+        if let Some((_, store)) = &self.replicas {
+            if store.starts_with("etcd://") {
+                return Err(Status::failed_precondition(format!(
+                    "CA rotation is not supported yet with a shared store ({store}): the rotation would reach only this replica's proxies. Rotate with a single replica on the embedded store, or give every replica the same new --ca-cert/--ca-key and restart them one by one"
+                )));
+            }
+        }
         self.trust
             .start_rotation(self.registry.clone())
             .map_err(Status::failed_precondition)?;
