@@ -342,6 +342,21 @@ fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_u
     assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)");
 }
 
+/// Starts a replica on .9 with only `flags` (besides its addresses and
+/// data dir), expects it to exit with an error, and returns its log.
+fn replica_that_fails(mesh: &mut Mesh, flags: Vec<String>) -> String {
+    let mut args = localmesh::control_args(
+        &mesh.dir.join("data-9"),
+        SocketAddr::new(mesh.ip(9), 15012),
+        SocketAddr::new(mesh.ip(9), 15014),
+    );
+    args.extend(flags);
+    let p = mesh.spawn("weft-control-9", localmesh::CONTROL, args);
+    let code = p.wait_exit(Duration::from_secs(20)).expect("it exits");
+    assert_ne!(code, Some(0), "the replica started");
+    p.log_tail(400)
+}
+
 fn wait_until_ok(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -412,19 +427,7 @@ fn weftctl_lists_the_replicas_and_one_leader_and_leadership_moves_when_the_leade
 #[test]
 fn a_replica_without_the_seal_key_refuses_to_start_and_says_why() {
     let (mut mesh, etcd, _urls) = ha_mesh("ha-seal");
-    let args = {
-        let mut a = localmesh::control_args(
-            &mesh.dir.join("data-9"),
-            SocketAddr::new(mesh.ip(9), 15012),
-            SocketAddr::new(mesh.ip(9), 15014),
-        );
-        a.extend(["--store".to_string(), etcd.url()]);
-        a
-    };
-    let p = mesh.spawn("weft-control-9", localmesh::CONTROL, args);
-    let code = p.wait_exit(Duration::from_secs(15)).expect("it exits");
-    assert_ne!(code, Some(0));
-    let log = p.log_tail(400);
+    let log = replica_that_fails(&mut mesh, vec!["--store".to_string(), etcd.url()]);
     assert!(
         log.contains("encrypted") && log.contains("--ca-key-encryption-key-file"),
         "{log}"
@@ -457,21 +460,14 @@ fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
             .unwrap_or(false)
     });
     // Without a client certificate etcd refuses: the replica says so.
-    let mut no_cert = vec![
-        "--store".to_string(),
-        etcd.url(),
-        "--etcd-ca".into(),
-        tls.ca.display().to_string(),
-    ];
-    let mut args = localmesh::control_args(
-        &mesh.dir.join("data-9"),
-        SocketAddr::new(mesh.ip(9), 15012),
-        SocketAddr::new(mesh.ip(9), 15014),
+    let log = replica_that_fails(
+        &mut mesh,
+        vec![
+            "--store".to_string(),
+            etcd.url(),
+            "--etcd-ca".into(),
+            tls.ca.display().to_string(),
+        ],
     );
-    args.append(&mut no_cert);
-    let p = mesh.spawn("weft-control-9", localmesh::CONTROL, args);
-    let code = p.wait_exit(Duration::from_secs(20)).expect("it exits");
-    assert_ne!(code, Some(0));
-    let log = p.log_tail(400);
     assert!(log.contains("cannot use the etcd store"), "{log}");
 }

@@ -36,8 +36,22 @@ fn endpoint(addr: &str) -> Result<Endpoint, ChannelError> {
         .map_err(|_| ChannelError::Address(addr.to_string()))
 }
 
-fn connector(
+/// The name a TLS connection asks the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerNameFrom {
+    /// The mesh's fixed name: mesh peers are verified by SPIFFE ID.
+    Mesh,
+    /// The host in the URI (DNS name or IP), verified the WebPKI way: etcd
+    /// members and other servers outside the mesh.
+    UriHost,
+}
+
+/// A tonic connector: TCP to the URI's host and port (`default_port` when
+/// it has none), then TLS with `config`, asking for the name `name` says.
+pub fn tls_connector(
     config: Arc<ClientConfig>,
+    name: ServerNameFrom,
+    default_port: u16,
 ) -> impl tower::Service<
     Uri,
     Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
@@ -50,11 +64,18 @@ fn connector(
         let config = config.clone();
         async move {
             let host = uri.host().unwrap_or("127.0.0.1").to_string();
-            let port = uri.port_u16().unwrap_or(15012);
+            let port = uri.port_u16().unwrap_or(default_port);
+            let server_name = match name {
+                ServerNameFrom::Mesh => crate::tls::mesh_server_name(),
+                ServerNameFrom::UriHost => rustls_pki_types::ServerName::try_from(
+                    host.trim_matches(['[', ']']).to_string(),
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            };
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             let _ = tcp.set_nodelay(true);
             let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(crate::tls::mesh_server_name(), tcp)
+                .connect(server_name, tcp)
                 .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
@@ -123,7 +144,8 @@ impl ControlPlane {
             ControlPlane::Insecure => ep.connect().await,
             ControlPlane::Tls { cert, bundle } => {
                 let config = client_config(cert.clone(), bundle.clone(), &[ALPN_H2])?;
-                ep.connect_with_connector(connector(config)).await
+                ep.connect_with_connector(tls_connector(config, ServerNameFrom::Mesh, 15012))
+                    .await
             }
         };
         connected.map_err(|source| ChannelError::Connect {

@@ -12,7 +12,7 @@
 //! (compare-and-swap): two replicas applying at once cannot both win.
 //! Every replica watches `config/revision` and reloads on a change.
 
-use super::etcd_tls::{tls_config, tls_connector};
+use super::etcd_tls::tls_config;
 use super::StoreError;
 use crate::config::{ConfigSet, Object, ObjectKey};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+use weft_mesh_tls::channel::{tls_connector, ServerNameFrom};
 use xds_proto::etcd::{
     self as pb, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
     request_op, watch_client::WatchClient, watch_request,
@@ -136,7 +137,11 @@ impl EtcdStore {
                 .keep_alive_timeout(Duration::from_secs(3))
                 .keep_alive_while_idle(true);
             members.push(match &tls {
-                Some(config) => ep.connect_with_connector_lazy(tls_connector(config.clone())),
+                Some(config) => ep.connect_with_connector_lazy(tls_connector(
+                    config.clone(),
+                    ServerNameFrom::UriHost,
+                    2379,
+                )),
                 None => ep.connect_lazy(),
             });
         }

@@ -3,7 +3,6 @@
 //! DNS name or IP, an optional client certificate.
 
 use std::sync::Arc;
-use tonic::transport::Uri;
 
 /// rustls (ring) verifying the members against `ca_pem` by DNS name or IP,
 /// presenting `client` (cert, key PEM) when given.
@@ -38,32 +37,4 @@ pub(super) fn tls_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// TCP, then TLS to the member named in the URI.
-pub(super) fn tls_connector(
-    config: Arc<rustls::ClientConfig>,
-) -> impl tower::Service<
-    Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |uri: Uri| {
-        let config = config.clone();
-        async move {
-            let host = uri.host().unwrap_or("127.0.0.1").to_string();
-            let port = uri.port_u16().unwrap_or(2379);
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    })
 }
