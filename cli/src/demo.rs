@@ -330,27 +330,15 @@ async fn apply_and_wait_synced(
     // Ready means the proxies have ACKed the applied revision, not just
     // the empty config they got on connect.
     let want = applied.revision;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = client
-            .proxy_status(pb::ProxyStatusRequest {})
-            .await
-            .map_err(|e| anyhow!("proxy status: {}", e.message()))?
-            .into_inner();
-        let synced = status
-            .proxies
-            .iter()
-            .filter(|p| p.acked_revision == want)
-            .count();
-        let all = web.len() + 1;
-        if synced == all {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("proxies did not ACK revision r{want} within 10s ({synced}/{all} synced)");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let all = web.len() + 1;
+    wait_proxies(
+        client,
+        all,
+        Duration::from_secs(10),
+        &format!("revision r{want}"),
+        |p| p.acked_revision == want,
+    )
+    .await?;
     wait_registered(l, client, web.len() + 1).await
 }
 
@@ -383,23 +371,39 @@ async fn wait_registered(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    wait_proxies(
+        admin,
+        count,
+        deadline.saturating_duration_since(Instant::now()),
+        &format!("registry revision {revision}"),
+        |p| p.acked_registry_revision >= revision,
+    )
+    .await?;
+    println!("{count} workloads registered (registry revision {revision})");
+    Ok(())
+}
+
+/// Waits until `count` proxies satisfy `acked` (have ACKed `what`).
+async fn wait_proxies(
+    admin: &mut AdminClient<tonic::transport::Channel>,
+    count: usize,
+    within: Duration,
+    what: &str,
+    acked: impl Fn(&pb::ProxyStatus) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         let status = admin
             .proxy_status(pb::ProxyStatusRequest {})
             .await
             .map_err(|e| anyhow!("proxy status: {}", e.message()))?
             .into_inner();
-        let synced = status
-            .proxies
-            .iter()
-            .filter(|p| p.acked_registry_revision >= revision)
-            .count();
+        let synced = status.proxies.iter().filter(|p| acked(p)).count();
         if synced == count {
-            println!("{count} workloads registered (registry revision {revision})");
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("proxies did not ACK registry revision {revision} within 15s ({synced}/{count})");
+            bail!("proxies did not ACK {what} within {within:?} ({synced}/{count} synced)");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -174,12 +174,13 @@ impl ProxyRegistry {
             Ok(r) => r,
             Err(p) => p.into_inner(),
         };
-        let connected = records.values().filter(|r| r.connected);
-        let synced = connected
-            .clone()
-            .filter(|r| r.acked_registry_revision >= revision)
-            .count();
-        let all = records.values().filter(|r| r.connected).count();
+        let (mut synced, mut all) = (0, 0);
+        for r in records.values().filter(|r| r.connected) {
+            all += 1;
+            if r.acked_registry_revision >= revision {
+                synced += 1;
+            }
+        }
         (synced, all - synced)
     }
 
@@ -207,12 +208,7 @@ impl ProxyRegistry {
     }
 
     fn refresh_gauge(&self) {
-        let connected = self
-            .records
-            .lock()
-            .map(|r| r.values().filter(|r| r.connected).count())
-            .unwrap_or(0);
-        metrics::gauge!("weft_control_connected_proxies").set(connected as f64);
+        metrics::gauge!("weft_control_connected_proxies").set(self.connected() as f64);
     }
 }
 

@@ -112,21 +112,28 @@ fn mesh_yaml(client: &ProxyAddrs, server: &ProxyAddrs, app: u16, round: u32) -> 
     )
 }
 
-#[test]
-fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_loses_no_apply() {
-    let (mut mesh, _etcd, urls) = ha_mesh("ha-failover");
+/// A client sidecar and a server sidecar (app "server"), the config that
+/// joins them applied through replica 0 and applied by both proxies
+/// (wherever they are connected): (client, server, app port, revision).
+fn client_and_server(mesh: &mut Mesh, urls: &[String]) -> (ProxyAddrs, ProxyAddrs, u16, u64) {
     let app = mesh.http_app("server");
     let client = mesh.proxy("client", "e2e", 1, 2, &[]);
     let server = mesh.proxy("server", "e2e", app, 3, &[]);
-    // Applied through replica 0; both proxies get it, wherever they are.
     let first = apply_at(
-        &mesh,
+        mesh,
         &urls[0],
         "mesh.yaml",
         &mesh_yaml(&client, &server, app, 0),
     )
     .expect("apply");
     wait_applied(&[&client, &server], first, Duration::from_secs(15));
+    (client, server, app, first)
+}
+
+#[test]
+fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_loses_no_apply() {
+    let (mut mesh, _etcd, urls) = ha_mesh("ha-failover");
+    let (client, server, app, first) = client_and_server(&mut mesh, &urls);
     let load = BackgroundLoad::http_get(client.outbound, "server");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -274,17 +281,7 @@ fn ports_of(services: &Value, name: &str) -> Option<u64> {
 #[test]
 fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_until_it_returns() {
     let (mut mesh, mut etcd, urls) = ha_mesh("ha-etcd-down");
-    let app = mesh.http_app("server");
-    let client = mesh.proxy("client", "e2e", 1, 2, &[]);
-    let server = mesh.proxy("server", "e2e", app, 3, &[]);
-    let first = apply_at(
-        &mesh,
-        &urls[0],
-        "mesh.yaml",
-        &mesh_yaml(&client, &server, app, 0),
-    )
-    .expect("apply");
-    wait_applied(&[&client, &server], first, Duration::from_secs(15));
+    let (client, server, app, first) = client_and_server(&mut mesh, &urls);
     let load = BackgroundLoad::http_get(client.outbound, "server");
     let ready = |mesh: &Mesh| {
         http_request(mesh.control_admin, "GET", "/ready", "localhost", &[], b"").expect("/ready")

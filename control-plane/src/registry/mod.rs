@@ -574,11 +574,6 @@ impl Registry {
     pub(crate) fn store(&self) -> &Arc<EmbeddedStore> {
         &self.store
     }
-
-    /// The matching instances as one snapshot, and the revision it is at.
-    pub(crate) fn snapshot(&self, namespace: &str, service: &str) -> (Vec<pb::Instance>, u64) {
-        self.list(namespace, service, &BTreeMap::new())
-    }
 }
 
 fn check_owner(

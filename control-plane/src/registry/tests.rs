@@ -24,6 +24,11 @@ fn passing() -> (pb::Health, String) {
     (pb::Health::Passing, String::new())
 }
 
+/// Registers `i` for OWNER, passing, with `ttl`.
+async fn register(f: &Fixture, i: pb::Instance, ttl: Duration) -> Registered {
+    f.registry.register(i, ttl, passing(), OWNER).await.unwrap()
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     store: Arc<EmbeddedStore>,
@@ -70,16 +75,7 @@ fn run<T>(f: impl std::future::Future<Output = T>) -> T {
 fn a_registered_instance_is_stored_published_and_survives_a_restart_with_a_fresh_lease() {
     let (dir, lease) = run(async {
         let f = start(Settings::default());
-        let r = f
-            .registry
-            .register(
-                instance("cart-0", "127.0.0.7"),
-                Duration::from_secs(5),
-                passing(),
-                OWNER,
-            )
-            .await
-            .unwrap();
+        let r = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(5)).await;
         assert_eq!((r.action, r.revision), ("created", 1));
         // Published once stored.
         let view = f.publisher.registry();
@@ -104,16 +100,7 @@ fn a_registered_instance_is_stored_published_and_survives_a_restart_with_a_fresh
 #[tokio::test]
 async fn only_the_owner_renews_or_deregisters_a_lease_and_unknown_leases_are_named() {
     let f = start(Settings::default());
-    let r = f
-        .registry
-        .register(
-            instance("cart-0", "127.0.0.7"),
-            Duration::from_secs(5),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    let r = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(5)).await;
     let other = "spiffe://cluster.local/ns/shop/sa/web";
     let e = f
         .registry
@@ -137,16 +124,7 @@ async fn only_the_owner_renews_or_deregisters_a_lease_and_unknown_leases_are_nam
 #[tokio::test]
 async fn a_live_instance_id_cannot_be_taken_by_another_workload_but_its_own_restart_replaces_it() {
     let f = start(Settings::default());
-    let first = f
-        .registry
-        .register(
-            instance("cart-0", "127.0.0.7"),
-            Duration::from_secs(5),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    let first = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(5)).await;
     let e = f
         .registry
         .register(
@@ -162,16 +140,7 @@ async fn a_live_instance_id_cannot_be_taken_by_another_workload_but_its_own_rest
         "{e}"
     );
     let before = f.registry.revision();
-    let same = f
-        .registry
-        .register(
-            instance("cart-0", "127.0.0.7"),
-            Duration::from_secs(5),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    let same = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(5)).await;
     assert_eq!(same.action, "unchanged");
     assert_ne!(same.lease_id, first.lease_id, "a restart gets a new lease");
     assert!(matches!(
@@ -198,20 +167,10 @@ async fn a_silent_instance_goes_critical_after_its_ttl_and_is_removed_after_the_
         ..Settings::default()
     });
     let ttl = Duration::from_secs(1);
-    let quiet = f
-        .registry
-        .register(instance("cart-0", "127.0.0.7"), ttl, passing(), OWNER)
-        .await
-        .unwrap();
+    let quiet = register(&f, instance("cart-0", "127.0.0.7"), ttl).await;
     let mut live = Vec::new();
     for (id, a) in [("cart-1", "127.0.0.8"), ("cart-2", "127.0.0.9")] {
-        live.push(
-            f.registry
-                .register(instance(id, a), ttl, passing(), OWNER)
-                .await
-                .unwrap()
-                .lease_id,
-        );
+        live.push(register(&f, instance(id, a), ttl).await.lease_id);
     }
     let beat = |f: &Fixture| {
         for l in &live {
@@ -244,16 +203,7 @@ async fn a_silent_instance_goes_critical_after_its_ttl_and_is_removed_after_the_
 fn a_reported_health_change_is_an_event_and_survives_a_restart() {
     let dir = run(async {
         let f = start(Settings::default());
-        let r = f
-            .registry
-            .register(
-                instance("cart-0", "127.0.0.7"),
-                Duration::from_secs(5),
-                passing(),
-                OWNER,
-            )
-            .await
-            .unwrap();
+        let r = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(5)).await;
         let mut events = f.registry.subscribe();
         f.registry
             .heartbeat(
@@ -298,16 +248,7 @@ use tonic::Status;
 #[tokio::test]
 async fn a_watcher_resuming_from_its_revision_gets_exactly_the_changes_it_missed() {
     let f = start(Settings::default());
-    let first = f
-        .registry
-        .register(
-            instance("cart-0", "127.0.0.7"),
-            Duration::from_secs(30),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    let first = register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(30)).await;
     let from = first.revision;
     let mut leases = Vec::new();
     for n in 1..=25 {
@@ -344,15 +285,12 @@ async fn a_watcher_resuming_from_its_revision_gets_exactly_the_changes_it_missed
     let revs: Vec<u64> = got.iter().map(|e| e.revision).collect();
     assert_eq!(revs, (from + 1..=from + 50).collect::<Vec<_>>());
     // Then live, without repeats.
-    f.registry
-        .register(
-            instance("cart-99", "127.0.2.1"),
-            Duration::from_secs(30),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    register(
+        &f,
+        instance("cart-99", "127.0.2.1"),
+        Duration::from_secs(30),
+    )
+    .await;
     let m = next(&mut rx).await;
     assert_eq!(m.events.len(), 1);
     assert_eq!(m.events[0].revision, from + 51);
@@ -362,15 +300,7 @@ async fn a_watcher_resuming_from_its_revision_gets_exactly_the_changes_it_missed
 #[tokio::test]
 async fn a_new_watcher_gets_a_snapshot_of_the_matching_instances() {
     let f = start(Settings::default());
-    f.registry
-        .register(
-            instance("cart-0", "127.0.0.7"),
-            Duration::from_secs(30),
-            passing(),
-            OWNER,
-        )
-        .await
-        .unwrap();
+    register(&f, instance("cart-0", "127.0.0.7"), Duration::from_secs(30)).await;
     let mut other = instance("web-0", "127.0.0.8");
     other.service = "web".into();
     f.registry

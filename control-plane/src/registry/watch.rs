@@ -103,7 +103,9 @@ impl Watcher {
     }
 
     async fn snapshot(&mut self) -> Result<(), ()> {
-        let (instances, revision) = self.registry.snapshot(&self.namespace, &self.service);
+        let (instances, revision) =
+            self.registry
+                .list(&self.namespace, &self.service, &Default::default());
         self.last = revision;
         let events = instances
             .into_iter()
