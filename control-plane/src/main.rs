@@ -241,8 +241,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(revision = state.current().revision, objects = state.current().objects.len(), data_dir = %args.data_dir.display(), "config loaded");
-    let service_registry = Registry::start(store, state.publisher(), registry_settings)?;
     let registry = Arc::new(ProxyRegistry::default());
+    let replicas = Replicas::start(
+        args.replica_id
+            .clone()
+            .unwrap_or_else(|| args.listen.to_string()),
+        args.advertise
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", args.listen)),
+        registry.clone(),
+        etcd.clone(),
+    );
+    let service_registry = match etcd {
+        // The registry goes where the config goes: shared by the replicas.
+        Some(etcd) => {
+            let leader = replicas.clone();
+            Registry::start_shared(
+                etcd,
+                Arc::new(move || leader.is_leader()),
+                state.publisher(),
+                registry_settings,
+            )
+            .await
+            .context("cannot load the service registry from etcd")?
+        }
+        None => Registry::start(store, state.publisher(), registry_settings)?,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let store_name = config_store.describe();
@@ -304,16 +328,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state.clone(),
         registry.clone(),
         args.trust_domain.clone(),
-    );
-    let replicas = Replicas::start(
-        args.replica_id
-            .clone()
-            .unwrap_or_else(|| args.listen.to_string()),
-        args.advertise
-            .clone()
-            .unwrap_or_else(|| format!("https://{}", args.listen)),
-        registry.clone(),
-        etcd,
     );
     let admin = AdminService::new(state, registry, tokens, trust, ca.clone())
         .with_replicas(replicas, store_name);

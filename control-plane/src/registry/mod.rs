@@ -9,6 +9,7 @@
 
 mod expiry;
 mod service;
+mod shared;
 mod upkeep;
 mod validate;
 mod watch;
@@ -85,6 +86,8 @@ struct Entry {
     reported: (pb::Health, String),
     lease: Lease,
     last_beat: Instant,
+    /// Shared (etcd) store only: what the mirror knows of the stored key.
+    shared: shared::EntryState,
 }
 
 impl Entry {
@@ -117,6 +120,7 @@ impl Entry {
             instance: Some((*self.instance).clone()),
             reported_health: self.reported.0 as i32,
             reported_reason: self.reported.1.clone(),
+            ..Default::default()
         }
     }
 }
@@ -132,6 +136,8 @@ struct Inner {
     dirty: BTreeSet<(String, String)>,
     /// A write failed; renew every lease once the store is back.
     store_down: bool,
+    /// Shared (etcd) store only: the lease ids whose liveness key exists.
+    alive: std::collections::HashSet<String>,
 }
 
 impl Inner {
@@ -198,9 +204,19 @@ impl Inner {
     }
 }
 
+/// Where the registry keeps its instances.
+enum Backend {
+    /// This replica's redb file: the registry in memory is the truth, and
+    /// the writer stores its changes.
+    Embedded(Arc<EmbeddedStore>),
+    /// etcd, shared by the replicas: each mirrors the stored keys and
+    /// writes through transactions (`shared`).
+    Shared(Box<shared::Shared>),
+}
+
 pub struct Registry {
     inner: Mutex<Inner>,
-    store: Arc<EmbeddedStore>,
+    backend: Backend,
     publisher: Arc<Publisher>,
     settings: Settings,
     /// Batches of events, after they are stored.
@@ -239,6 +255,10 @@ pub enum RegistryError {
     Full(usize),
     #[error("the store did not confirm the change within {0:?}: {1}")]
     NotStored(Duration, String),
+    #[error("{0}")]
+    Store(String),
+    #[error("{0} kept changing on other replicas while this one tried to write it; try again")]
+    Contended(String),
 }
 
 /// What a registration did.
@@ -266,26 +286,7 @@ impl Registry {
             ..Default::default()
         };
         for s in stored.instances {
-            let Some(instance) = s.instance else { continue };
-            let key = (
-                instance.namespace.clone(),
-                instance.service.clone(),
-                instance.instance_id.clone(),
-            );
-            inner.leases.insert(instance.lease_id.clone(), key.clone());
-            inner.dirty.insert((key.0.clone(), key.1.clone()));
-            inner.entries.insert(
-                key,
-                Entry {
-                    instance: Arc::new(instance),
-                    reported: (
-                        pb::Health::try_from(s.reported_health).unwrap_or(pb::Health::Passing),
-                        s.reported_reason,
-                    ),
-                    lease: Lease::Live,
-                    last_beat: now,
-                },
-            );
+            inner.put(s, now);
         }
         // An instance shown critical for an expired lease is live again
         // (fresh TTL); tell watchers.
@@ -298,21 +299,30 @@ impl Registry {
             renewed,
             "registry loaded; every lease renewed"
         );
-        let committed = stored.revision;
-        let registry = Arc::new(Registry {
-            inner: Mutex::new(inner),
-            store,
-            publisher,
-            settings,
-            events: broadcast::channel(1024).0,
-            committed: tokio::sync::watch::channel(committed).0,
-            flush: Notify::new(),
-        });
+        let registry = Registry::new(inner, Backend::Embedded(store), publisher, settings);
         registry.publish_view();
         tokio::spawn(upkeep::writer(registry.clone()));
         tokio::spawn(upkeep::sweeper(Arc::downgrade(&registry)));
         registry.flush.notify_one();
         Ok(registry)
+    }
+
+    fn new(
+        inner: Inner,
+        backend: Backend,
+        publisher: Arc<Publisher>,
+        settings: Settings,
+    ) -> Arc<Self> {
+        let committed = inner.revision;
+        Arc::new(Registry {
+            inner: Mutex::new(inner),
+            backend,
+            publisher,
+            settings,
+            events: broadcast::channel(1024).0,
+            committed: tokio::sync::watch::channel(committed).0,
+            flush: Notify::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -339,71 +349,17 @@ impl Registry {
         health: (pb::Health, String),
         owner: &str,
     ) -> Result<Registered, RegistryError> {
+        if let Backend::Shared(shared) = &self.backend {
+            return self
+                .register_shared(shared, instance, ttl, health, owner)
+                .await;
+        }
         let (revision, registered) = {
             let mut inner = self.lock();
-            let key: Key = (
-                instance.namespace.clone(),
-                instance.service.clone(),
-                instance.instance_id.clone(),
-            );
+            let key = key_of(&instance);
             let now = Instant::now();
-            let ms = now_ms();
             let lease_id = new_lease_id();
-            let previous = inner.entries.get(&key);
-            if let Some(p) = previous {
-                let same_workload =
-                    p.instance.registered_by == owner && p.instance.address == instance.address;
-                // Another workload may take over the id only once the
-                // holder's lease has run out.
-                if !same_workload && !matches!(p.lease, Lease::Expired { .. }) {
-                    return Err(RegistryError::Duplicate {
-                        id: key.2.clone(),
-                        namespace: key.0.clone(),
-                        service: key.1.clone(),
-                        address: p.instance.address.clone(),
-                        owner: p.instance.registered_by.clone(),
-                    });
-                }
-            } else if inner.entries.len() >= self.settings.max_instances {
-                return Err(RegistryError::Full(self.settings.max_instances));
-            }
-            instance.lease_id = lease_id.clone();
-            instance.ttl_ms = ttl.as_millis().min(u128::from(u32::MAX)) as u32;
-            instance.registered_by = owner.to_string();
-            instance.last_heartbeat_unix_ms = ms;
-            instance.health = health.0 as i32;
-            instance.health_reason = health.1.clone();
-            let (ty, action) = match previous {
-                None => {
-                    instance.registered_unix_ms = ms;
-                    instance.health_changed_unix_ms = ms;
-                    (pb::EventType::Added, "created")
-                }
-                Some(p) => {
-                    instance.registered_unix_ms = p.instance.registered_unix_ms;
-                    instance.health_changed_unix_ms = if p.instance.health == instance.health {
-                        p.instance.health_changed_unix_ms
-                    } else {
-                        ms
-                    };
-                    let same = {
-                        let mut a = (*p.instance).clone();
-                        let mut b = instance.clone();
-                        for i in [&mut a, &mut b] {
-                            i.lease_id.clear();
-                            i.last_heartbeat_unix_ms = 0;
-                            i.revision = 0;
-                        }
-                        a == b
-                    };
-                    if same {
-                        // Only the lease changed: stored, not an event.
-                        (pb::EventType::Unspecified, "unchanged")
-                    } else {
-                        (pb::EventType::Modified, "replaced")
-                    }
-                }
-            };
+            let (ty, action) = self.admit(&inner, &mut instance, ttl, &health, owner, &lease_id)?;
             if let Some(old) = inner.entries.get(&key).map(|p| p.instance.lease_id.clone()) {
                 inner.leases.remove(&old);
             }
@@ -415,6 +371,7 @@ impl Registry {
                     reported: health,
                     lease: Lease::Live,
                     last_beat: now,
+                    shared: Default::default(),
                 },
             );
             let revision = inner.changed(&key, ty, None);
@@ -434,6 +391,77 @@ impl Registry {
         Ok(registered)
     }
 
+    /// Checks a registration of `instance` against what is registered (a
+    /// duplicate id, a full registry) and fills in the fields the control
+    /// plane owns; the event it makes and what it did.
+    fn admit(
+        &self,
+        inner: &Inner,
+        instance: &mut pb::Instance,
+        ttl: Duration,
+        health: &(pb::Health, String),
+        owner: &str,
+        lease_id: &str,
+    ) -> Result<(pb::EventType, &'static str), RegistryError> {
+        let key = key_of(instance);
+        let ms = now_ms();
+        let previous = inner.entries.get(&key);
+        if let Some(p) = previous {
+            let same_workload =
+                p.instance.registered_by == owner && p.instance.address == instance.address;
+            // Another workload may take over the id only once the holder's
+            // lease has run out.
+            if !same_workload && !matches!(p.lease, Lease::Expired { .. }) {
+                return Err(RegistryError::Duplicate {
+                    id: key.2.clone(),
+                    namespace: key.0.clone(),
+                    service: key.1.clone(),
+                    address: p.instance.address.clone(),
+                    owner: p.instance.registered_by.clone(),
+                });
+            }
+        } else if inner.entries.len() >= self.settings.max_instances {
+            return Err(RegistryError::Full(self.settings.max_instances));
+        }
+        instance.lease_id = lease_id.to_string();
+        instance.ttl_ms = ttl.as_millis().min(u128::from(u32::MAX)) as u32;
+        instance.registered_by = owner.to_string();
+        instance.last_heartbeat_unix_ms = ms;
+        instance.health = health.0 as i32;
+        instance.health_reason = health.1.clone();
+        Ok(match previous {
+            None => {
+                instance.registered_unix_ms = ms;
+                instance.health_changed_unix_ms = ms;
+                (pb::EventType::Added, "created")
+            }
+            Some(p) => {
+                instance.registered_unix_ms = p.instance.registered_unix_ms;
+                instance.health_changed_unix_ms = if p.instance.health == instance.health {
+                    p.instance.health_changed_unix_ms
+                } else {
+                    ms
+                };
+                let same = {
+                    let mut a = (*p.instance).clone();
+                    let mut b = instance.clone();
+                    for i in [&mut a, &mut b] {
+                        i.lease_id.clear();
+                        i.last_heartbeat_unix_ms = 0;
+                        i.revision = 0;
+                    }
+                    a == b
+                };
+                if same {
+                    // Only the lease changed: stored, not an event.
+                    (pb::EventType::Unspecified, "unchanged")
+                } else {
+                    (pb::EventType::Modified, "replaced")
+                }
+            }
+        })
+    }
+
     /// Renews a lease (and records a reported health change). `caller`:
     /// the SPIFFE ID of the caller, None for the admin identity (or an
     /// unauthenticated --insecure-dev caller), who may renew any lease.
@@ -443,6 +471,9 @@ impl Registry {
         health: Option<(pb::Health, String)>,
         caller: Option<&str>,
     ) -> Result<(Duration, u64), RegistryError> {
+        if let Backend::Shared(shared) = &self.backend {
+            return self.heartbeat_shared(shared, lease_id, health, caller);
+        }
         let changed;
         let result = {
             let mut inner = self.lock();
@@ -493,6 +524,9 @@ impl Registry {
         lease_id: &str,
         caller: Option<&str>,
     ) -> Result<u64, RegistryError> {
+        if let Backend::Shared(shared) = &self.backend {
+            return self.deregister_shared(shared, lease_id, caller).await;
+        }
         let revision = {
             let mut inner = self.lock();
             let key = inner
@@ -571,8 +605,62 @@ impl Registry {
         *self.committed.borrow()
     }
 
-    pub(crate) fn store(&self) -> &Arc<EmbeddedStore> {
-        &self.store
+    /// The stored events after `after` (at most about `limit`), and
+    /// whether they are all there is (false: that history is gone).
+    pub(crate) async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<pb::InstanceEvent>, bool), StoreError> {
+        match &self.backend {
+            Backend::Embedded(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.registry_events_after(after, limit))
+                    .await
+                    .map_err(|e| StoreError::Backend {
+                        path: "registry log".into(),
+                        message: e.to_string(),
+                    })?
+            }
+            Backend::Shared(shared) => Ok(shared.events_after(after, limit)),
+        }
+    }
+}
+
+fn key_of(i: &pb::Instance) -> Key {
+    (
+        i.namespace.clone(),
+        i.service.clone(),
+        i.instance_id.clone(),
+    )
+}
+
+impl Inner {
+    /// Holds a stored instance (loaded, or learned from the shared store)
+    /// as live from `now`; the key it is under.
+    fn put(&mut self, s: pb::StoredInstance, now: Instant) -> Option<Key> {
+        let instance = s.instance?;
+        let key = key_of(&instance);
+        let lease_id = instance.lease_id.clone();
+        if let Some(old) = self.entries.get(&key) {
+            if old.instance.lease_id != lease_id {
+                self.leases.remove(&old.instance.lease_id);
+            }
+        }
+        self.leases.insert(lease_id, key.clone());
+        self.dirty.insert((key.0.clone(), key.1.clone()));
+        let entry = Entry {
+            instance: Arc::new(instance),
+            reported: (
+                pb::Health::try_from(s.reported_health).unwrap_or(pb::Health::Passing),
+                s.reported_reason,
+            ),
+            lease: Lease::Live,
+            last_beat: now,
+            shared: Default::default(),
+        };
+        self.entries.insert(key.clone(), entry);
+        Some(key)
     }
 }
 

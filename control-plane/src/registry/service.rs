@@ -56,7 +56,8 @@ impl From<RegistryError> for Status {
             RegistryError::NotYours { .. } => Status::permission_denied(msg),
             RegistryError::Duplicate { .. } => Status::already_exists(msg),
             RegistryError::Full(_) => Status::resource_exhausted(msg),
-            RegistryError::NotStored(..) => Status::unavailable(msg),
+            RegistryError::NotStored(..) | RegistryError::Store(_) => Status::unavailable(msg),
+            RegistryError::Contended(_) => Status::aborted(msg),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! renewal after a gap).
 
 use super::expiry::{self, Action, LeaseView};
-use super::{now_ms, Lease, Registry};
+use super::{now_ms, Backend, Entry, Inner, Key, Lease, Registry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xds_proto::v1 as pb;
@@ -40,31 +40,41 @@ impl Registry {
         self.publisher.set_registry(Arc::new(view));
     }
 
+    /// What the lease sweep at `now` does, service by service; `last_beat`
+    /// says when an entry was last heard of.
+    pub(super) fn sweep_actions(
+        &self,
+        inner: &Inner,
+        now: Instant,
+        last_beat: impl Fn(&Entry) -> Instant,
+    ) -> Vec<(Key, Action)> {
+        let mut actions = Vec::new();
+        let mut group: Vec<LeaseView<'_>> = Vec::new();
+        let mut flush_group = |group: &mut Vec<LeaseView<'_>>| {
+            actions.extend(expiry::sweep_service(group, now, &self.settings));
+            group.clear();
+        };
+        for (k, e) in &inner.entries {
+            if let Some(first) = group.first() {
+                if first.key.0 != k.0 || first.key.1 != k.1 {
+                    flush_group(&mut group);
+                }
+            }
+            group.push(LeaseView {
+                key: k,
+                lease: &e.lease,
+                last_beat: last_beat(e),
+                ttl: e.ttl(),
+            });
+        }
+        flush_group(&mut group);
+        actions
+    }
+
     /// One expiry sweep at `now`.
     fn sweep(&self, now: Instant) {
         let mut inner = self.lock();
-        let mut actions = Vec::new();
-        {
-            let mut group: Vec<LeaseView<'_>> = Vec::new();
-            let mut flush_group = |group: &mut Vec<LeaseView<'_>>| {
-                actions.extend(expiry::sweep_service(group, now, &self.settings));
-                group.clear();
-            };
-            for (k, e) in &inner.entries {
-                if let Some(first) = group.first() {
-                    if first.key.0 != k.0 || first.key.1 != k.1 {
-                        flush_group(&mut group);
-                    }
-                }
-                group.push(LeaseView {
-                    key: k,
-                    lease: &e.lease,
-                    last_beat: e.last_beat,
-                    ttl: e.ttl(),
-                });
-            }
-            flush_group(&mut group);
-        }
+        let actions = self.sweep_actions(&inner, now, |e| e.last_beat);
         if actions.is_empty() {
             return;
         }
@@ -129,7 +139,10 @@ impl Registry {
             return true;
         }
         let started = Instant::now();
-        let store = self.store.clone();
+        let Backend::Embedded(store) = &self.backend else {
+            return true;
+        };
+        let store = store.clone();
         let to_store = batch.clone();
         let result =
             tokio::task::spawn_blocking(move || store.commit_registry(revision, &to_store)).await;

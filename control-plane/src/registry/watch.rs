@@ -121,15 +121,10 @@ impl Watcher {
     /// Sends the logged events after `last`, in batches.
     async fn catch_up(&mut self) -> Result<(), ()> {
         loop {
-            let store = self.registry.store().clone();
-            let after = self.last;
-            let read = tokio::task::spawn_blocking(move || {
-                store.registry_events_after(after, CATCH_UP_BATCH)
-            })
-            .await;
+            let read = self.registry.events_after(self.last, CATCH_UP_BATCH).await;
             let (events, complete) = match read {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
+                Ok(r) => r,
+                Err(e) => {
                     let _ = self
                         .tx
                         .send(Err(Status::unavailable(format!(
@@ -138,7 +133,6 @@ impl Watcher {
                         .await;
                     return Err(());
                 }
-                Err(_) => return Err(()),
             };
             if !complete {
                 // The history the watcher needs was pruned.

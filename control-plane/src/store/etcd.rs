@@ -79,12 +79,12 @@ impl EtcdOptions {
 pub struct EtcdStore {
     /// One lazily connected channel per member; calls go to `current` and
     /// move on to the next member when it is unreachable.
-    members: Arc<[Channel]>,
-    current: Arc<AtomicUsize>,
-    prefix: String,
+    pub(super) members: Arc<[Channel]>,
+    pub(super) current: Arc<AtomicUsize>,
+    pub(super) prefix: String,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// For error messages.
-    describe: String,
+    pub(super) describe: String,
     /// Why no member answered the last call (None: the last call was
     /// answered).
     down: Arc<std::sync::Mutex<Option<String>>>,
@@ -95,7 +95,7 @@ const REVISION: &str = "config/revision";
 const CA_FILES: &str = "ca/files";
 
 /// `key` .. the first key after every key starting with `key`.
-fn prefix_end(key: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(key: &[u8]) -> Vec<u8> {
     let mut end = key.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -177,7 +177,7 @@ impl EtcdStore {
 
     /// Runs `f` on the current member, then on each other member while
     /// they are unreachable.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -252,14 +252,14 @@ impl EtcdStore {
         &self.describe
     }
 
-    fn status(&self, s: tonic::Status) -> StoreError {
+    pub(super) fn status(&self, s: tonic::Status) -> StoreError {
         StoreError::Backend {
             path: self.describe.clone(),
             message: format!("{}: {}", code_name(s.code()), s.message()),
         }
     }
 
-    fn range(
+    pub(super) fn range(
         &self,
         ch: Channel,
         req: pb::RangeRequest,
@@ -269,7 +269,7 @@ impl EtcdStore {
         async move { KvClient::new(ch).range(req).await }
     }
 
-    fn txn(
+    pub(super) fn txn(
         &self,
         ch: Channel,
         req: pb::TxnRequest,
@@ -279,11 +279,11 @@ impl EtcdStore {
         async move { KvClient::new(ch).txn(req).await }
     }
 
-    fn key(&self, k: &str) -> Vec<u8> {
+    pub(super) fn key(&self, k: &str) -> Vec<u8> {
         format!("{}{k}", self.prefix).into_bytes()
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(super) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Some(t) = &self.token {
             r.metadata_mut().insert("token", t.clone());

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_registry;
 mod etcd_tls;
 pub mod registry;
 

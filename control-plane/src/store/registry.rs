@@ -171,6 +171,7 @@ mod tests {
                 instance: Some(instance.clone()),
                 reported_health: pb::Health::Passing as i32,
                 reported_reason: String::new(),
+                ..Default::default()
             }),
             event: Some(pb::InstanceEvent {
                 revision: rev,

@@ -1,6 +1,9 @@
 //! End-to-end: a highly available control plane. A real 3-member etcd
 //! cluster (Debian's etcd, started here on loopback) and three weft-control
 //! replicas on it; proxies and weftctl are given all three addresses.
+//! The registry on etcd is in `registry`.
+
+mod registry;
 
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -11,6 +14,11 @@ use weft_testbed::*;
 /// The mesh with its three replicas (.1, .5, .6) on a 3-member etcd
 /// (.211-.213); returns the etcd cluster and each replica's URL.
 fn ha_mesh(name: &str) -> (Mesh, EtcdCluster, Vec<String>) {
+    ha_mesh_with(name, &[])
+}
+
+/// `ha_mesh` with `flags` for every replica.
+fn ha_mesh_with(name: &str, flags: &[&str]) -> (Mesh, EtcdCluster, Vec<String>) {
     let mut mesh = Mesh::prepare(name, &[]);
     std::fs::create_dir_all(mesh.logs()).expect("logs dir");
     let etcd = EtcdCluster::start(
@@ -28,6 +36,8 @@ fn ha_mesh(name: &str) -> (Mesh, EtcdCluster, Vec<String>) {
         "--ca-key-encryption-key-file".into(),
         seal.display().to_string(),
     ];
+    mesh.control_extra
+        .extend(flags.iter().map(|f| f.to_string()));
     mesh.start_control();
     let (b, _) = mesh.start_replica(5);
     let (c, _) = mesh.start_replica(6);
@@ -143,11 +153,7 @@ fn killing_the_busiest_replica_under_traffic_and_applies_fails_no_request_and_lo
     });
     let counts = connected_per_replica(&mesh, &urls);
     let victim = (0..3).max_by_key(|i| counts[*i]).unwrap_or(0);
-    match victim {
-        0 => mesh.kill_control(),
-        1 => mesh.proc_mut("weft-control-5").kill(),
-        _ => mesh.proc_mut("weft-control-6").kill(),
-    }
+    kill_replica(&mut mesh, victim);
     let survivors: Vec<&String> = (0..3).filter(|i| *i != victim).map(|i| &urls[i]).collect();
     // Config changes through the survivors while the proxies fail over.
     let mut last = first;
@@ -373,38 +379,50 @@ fn control_planes(mesh: &Mesh, url: &str) -> Vec<Value> {
     v["controlPlanes"].as_array().cloned().unwrap_or_default()
 }
 
-#[test]
-fn weftctl_lists_the_replicas_and_one_leader_and_leadership_moves_when_the_leader_dies() {
-    let (mut mesh, _etcd, urls) = ha_mesh("ha-leader");
-    let leaders = |mesh: &Mesh, url: &str| -> (usize, Vec<String>) {
-        let cps = control_planes(mesh, url);
-        let leaders: Vec<String> = cps
-            .iter()
-            .filter(|c| c["leader"] == true)
-            .map(|c| c["address"].as_str().unwrap_or("").to_string())
-            .collect();
-        (cps.len(), leaders)
-    };
+/// How many replicas `url` lists, and the addresses of those that say
+/// they lead.
+fn leaders(mesh: &Mesh, url: &str) -> (usize, Vec<String>) {
+    let cps = control_planes(mesh, url);
+    let leaders: Vec<String> = cps
+        .iter()
+        .filter(|c| c["leader"] == true)
+        .map(|c| c["address"].as_str().unwrap_or("").to_string())
+        .collect();
+    (cps.len(), leaders)
+}
+
+/// Waits for three replicas and one leader; the leader's index in `urls`.
+fn the_leader(mesh: &Mesh, urls: &[String]) -> usize {
     wait_until_ok(
         "three replicas, one leader",
         Duration::from_secs(10),
         || {
-            let (n, l) = leaders(&mesh, &urls[0]);
+            let (n, l) = leaders(mesh, &urls[0]);
             n == 3 && l.len() == 1
         },
     );
-    let (_, l) = leaders(&mesh, &urls[0]);
-    let leader = l[0].clone();
-    let victim = urls
-        .iter()
-        .position(|u| *u == leader)
-        .expect("the leader is a replica");
-    let killed_at = Instant::now();
-    match victim {
+    let (_, l) = leaders(mesh, &urls[0]);
+    urls.iter()
+        .position(|u| *u == l[0])
+        .expect("the leader is a replica")
+}
+
+/// SIGKILLs replica `i` (0: the mesh's first control plane, 1: .5, 2: .6).
+fn kill_replica(mesh: &mut Mesh, i: usize) {
+    match i {
         0 => mesh.kill_control(),
         1 => mesh.proc_mut("weft-control-5").kill(),
         _ => mesh.proc_mut("weft-control-6").kill(),
     }
+}
+
+#[test]
+fn weftctl_lists_the_replicas_and_one_leader_and_leadership_moves_when_the_leader_dies() {
+    let (mut mesh, _etcd, urls) = ha_mesh("ha-leader");
+    let victim = the_leader(&mesh, &urls);
+    let leader = urls[victim].clone();
+    let killed_at = Instant::now();
+    kill_replica(&mut mesh, victim);
     let survivor = &urls[(victim + 1) % 3];
     wait_until_ok("a new leader", Duration::from_secs(10), || {
         let (_, l) = leaders(&mesh, survivor);
