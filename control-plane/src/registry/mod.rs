@@ -8,6 +8,7 @@
 //! `validate`.
 
 mod expiry;
+mod mirror;
 mod service;
 mod shared;
 mod upkeep;
@@ -87,7 +88,7 @@ struct Entry {
     lease: Lease,
     last_beat: Instant,
     /// Shared (etcd) store only: what the mirror knows of the stored key.
-    shared: shared::EntryState,
+    shared: mirror::EntryState,
 }
 
 impl Entry {

@@ -19,14 +19,13 @@
 //!   The next heartbeat to any replica brings it back with a new etcd lease.
 
 use super::expiry::Action;
+use super::mirror::{heard_at, EventLog};
 use super::{
     check_owner, key_of, new_lease_id, now_ms, Backend, Entry, Inner, Key, Lease, Registered,
     Registry, RegistryError, Settings,
 };
 use crate::publish::Publisher;
-use crate::store::etcd_registry::{
-    RegistryChange, RegistryFeed, RegistryOp, SharedRegistry, INSTANCES,
-};
+use crate::store::etcd_registry::{RegistryChange, RegistryFeed, RegistryOp, INSTANCES};
 use crate::store::registry::{instance_key, EVENT_RETENTION};
 use crate::store::{EtcdStore, StoreError};
 use std::collections::{HashMap, VecDeque};
@@ -38,18 +37,6 @@ use xds_proto::v1 as pb;
 /// Whether this replica leads now (`Replicas::is_leader`).
 pub type IsLeader = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// What the mirror knows of an entry's stored key.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct EntryState {
-    /// The key's mod revision: writes to it are guarded by it.
-    mod_revision: i64,
-    etcd_lease: i64,
-    /// Since when its liveness key is gone (None: it exists).
-    vanished: Option<Instant>,
-    /// When this replica last renewed the etcd lease.
-    renewed: Option<Instant>,
-}
-
 pub(super) struct Shared {
     etcd: EtcdStore,
     keeper: mpsc::Sender<i64>,
@@ -58,13 +45,6 @@ pub(super) struct Shared {
     writes: mpsc::UnboundedSender<(Key, i64, Change)>,
     /// Keys with a write under way, and the mod revision it is based on.
     busy: Mutex<HashMap<Key, i64>>,
-}
-
-/// The events this replica saw, for watchers that resume.
-struct EventLog {
-    events: VecDeque<pb::InstanceEvent>,
-    /// Events at or below this revision may be missing.
-    floor: u64,
 }
 
 /// A change of an instance's lease state, written in the background.
@@ -85,38 +65,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(super) fn events_after(&self, after: u64, limit: usize) -> (Vec<pb::InstanceEvent>, bool) {
-        let log = lock(&self.log);
-        if after < log.floor {
-            return (vec![], false);
-        }
-        let start = log.events.partition_point(|e| e.revision <= after);
-        let mut out: Vec<pb::InstanceEvent> = Vec::new();
-        for e in log.events.range(start..) {
-            // Never split one revision's events between two reads.
-            if out.len() >= limit && out.last().is_some_and(|l| l.revision != e.revision) {
-                break;
-            }
-            out.push(e.clone());
-        }
-        (out, true)
-    }
-}
-
-fn instant_of(unix_ms: i64, now: Instant) -> Instant {
-    let ago = (now_ms() - unix_ms).max(0) as u64;
-    now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
-}
-
-fn lease_of(s: &pb::StoredInstance, now: Instant) -> Lease {
-    let since = instant_of(s.lease_since_unix_ms, now);
-    match s.lease_state() {
-        pb::LeaseState::LeaseLive => Lease::Live,
-        pb::LeaseState::LeaseExpired => Lease::Expired { since },
-        pb::LeaseState::LeasePreserved => Lease::Preserved {
-            since,
-            silent: s.silent as usize,
-            total: s.total as usize,
-        },
+        lock(&self.log).after(after, limit)
     }
 }
 
@@ -128,136 +77,6 @@ fn etcd_ttl(ttl: Duration) -> i64 {
 
 fn unavailable(e: StoreError) -> RegistryError {
     RegistryError::Store(e.to_string())
-}
-
-impl Inner {
-    /// Takes in a stored instance at `mod_revision`; its event, if any.
-    fn learn(
-        &mut self,
-        mod_revision: i64,
-        mut s: pb::StoredInstance,
-        now: Instant,
-    ) -> Option<pb::InstanceEvent> {
-        let ty = s.event();
-        let lease = lease_of(&s, now);
-        let etcd_lease = s.etcd_lease;
-        let instance = s.instance.as_mut()?;
-        instance.revision = mod_revision as u64;
-        let key = key_of(instance);
-        let lease_id = instance.lease_id.clone();
-        let before = self
-            .entries
-            .get(&key)
-            .map(|e| (e.last_beat, e.shared.clone()));
-        let key = self.put(s, now)?;
-        let alive = self.alive.contains(&lease_id);
-        let e = self.entries.get_mut(&key)?;
-        e.lease = lease;
-        if let Some((beat, state)) = before {
-            e.last_beat = beat;
-            e.shared = state;
-        }
-        e.shared.mod_revision = mod_revision;
-        if e.shared.etcd_lease != etcd_lease {
-            e.shared.renewed = None;
-        }
-        e.shared.etcd_lease = etcd_lease;
-        e.shared.vanished = if alive {
-            None
-        } else {
-            e.shared.vanished.or(Some(now))
-        };
-        (ty != pb::EventType::Unspecified).then(|| pb::InstanceEvent {
-            revision: mod_revision as u64,
-            r#type: ty as i32,
-            instance: Some((*e.instance).clone()),
-        })
-    }
-
-    /// Forgets a removed instance; its event.
-    fn unlearn(
-        &mut self,
-        mod_revision: i64,
-        prev: Option<pb::StoredInstance>,
-    ) -> Option<pb::InstanceEvent> {
-        let key = key_of(prev.as_ref()?.instance.as_ref()?);
-        let e = self.entries.remove(&key)?;
-        self.leases.remove(&e.instance.lease_id);
-        self.dirty.insert((key.0, key.1));
-        let mut instance = (*e.instance).clone();
-        instance.revision = mod_revision as u64;
-        Some(pb::InstanceEvent {
-            revision: mod_revision as u64,
-            r#type: pb::EventType::Removed as i32,
-            instance: Some(instance),
-        })
-    }
-
-    fn liveness(&mut self, lease_id: String, alive: bool, now: Instant) {
-        if let Some(e) = self
-            .leases
-            .get(&lease_id)
-            .and_then(|k| self.entries.get_mut(k))
-        {
-            if alive {
-                e.shared.vanished = None;
-                e.last_beat = e.last_beat.max(now);
-            } else {
-                e.shared.vanished = Some(now);
-            }
-        }
-        if alive {
-            self.alive.insert(lease_id);
-        } else {
-            self.alive.remove(&lease_id);
-        }
-    }
-
-    /// Replaces everything with `all`; the events that bring a watcher of
-    /// the old state to the new one.
-    fn reload(&mut self, all: SharedRegistry, now: Instant) -> Vec<pb::InstanceEvent> {
-        let old = std::mem::take(&mut self.entries);
-        self.leases.clear();
-        self.alive = all.alive.into_iter().collect();
-        let revision = all.revision as u64;
-        let mut events = Vec::new();
-        for (rev, s) in all.instances {
-            let Some(key) = s.instance.as_ref().map(key_of) else {
-                continue;
-            };
-            self.learn(rev, s, now);
-            let (Some(e), was) = (self.entries.get(&key), old.get(&key)) else {
-                continue;
-            };
-            if was.is_some_and(|w| w.instance == e.instance) {
-                continue;
-            }
-            let ty = if was.is_some() {
-                pb::EventType::Modified
-            } else {
-                pb::EventType::Added
-            };
-            events.push(pb::InstanceEvent {
-                revision,
-                r#type: ty as i32,
-                instance: Some((*e.instance).clone()),
-            });
-        }
-        for (k, e) in old {
-            self.dirty.insert((k.0.clone(), k.1.clone()));
-            if !self.entries.contains_key(&k) {
-                let mut instance = (*e.instance).clone();
-                instance.revision = revision;
-                events.push(pb::InstanceEvent {
-                    revision,
-                    r#type: pb::EventType::Removed as i32,
-                    instance: Some(instance),
-                });
-            }
-        }
-        self.revision = self.revision.max(revision);
-        events
-    }
 }
 
 impl Registry {
@@ -691,10 +510,7 @@ impl Registry {
     fn sweep_shared(&self, shared: &Shared, now: Instant) {
         let (actions, bases) = {
             let inner = self.lock();
-            let actions = self.sweep_actions(&inner, now, |e| match e.shared.vanished {
-                None => now,
-                Some(t) => t.checked_sub(e.ttl() / 2).unwrap_or(t),
-            });
+            let actions = self.sweep_actions(&inner, now, |e| heard_at(e, now));
             let bases: Vec<i64> = actions
                 .iter()
                 .map(|(k, _)| inner.entries.get(k).map_or(0, |e| e.shared.mod_revision))
