@@ -7,10 +7,23 @@
 //! proxy's ACK is timed from the apply call, so proxies on the other
 //! replicas measure the etcd watch path. Then the streams are raised to
 //! `--streams` and each replica's RSS is read.
+//!
+//! Heartbeats: `--instances` instances are registered (spread over the
+//! replicas) and renewed as fast as 32 heartbeat streams go, spread over
+//! the replicas too; on etcd, the same client then renews as many raw etcd
+//! leases over 32 LeaseKeepAlive streams straight to the etcd members: the
+//! ceiling of a registry whose leases are etcd leases.
 
 use crate::push::{self, Sims};
+use crate::registry::{self as reg, HEARTBEAT_STREAMS};
+use anyhow::anyhow;
 use clap::Args;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use weft_mesh_tls::admin_client::AdminAuth;
 use weft_testbed::etcd::EtcdCluster;
 use weft_testbed::Mesh;
@@ -26,13 +39,21 @@ pub struct HaArgs {
     /// Streams in total for the RSS reading (spread over the replicas).
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
+    /// Instances (and raw etcd leases) renewed in the heartbeat phase.
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
+    /// Length of each heartbeat measurement.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
 }
 
 struct Layout {
     name: &'static str,
     mesh: Mesh,
-    _etcd: Option<EtcdCluster>,
+    etcd: Option<EtcdCluster>,
     urls: Vec<String>,
+    /// Each replica's admin (metrics) address.
+    admins: Vec<SocketAddr>,
     pids: Vec<u32>,
 }
 
@@ -42,9 +63,10 @@ fn embedded() -> anyhow::Result<Layout> {
     Ok(Layout {
         name: "1 replica, embedded store",
         urls: vec![mesh.cp_url()],
+        admins: vec![mesh.control_admin],
         pids: vec![pid],
         mesh,
-        _etcd: None,
+        etcd: None,
     })
 }
 
@@ -58,8 +80,8 @@ fn on_etcd() -> anyhow::Result<Layout> {
     )?;
     mesh.control_extra = vec!["--store".into(), etcd.url()];
     mesh.start_control();
-    let (b, _) = mesh.start_replica(5);
-    let (c, _) = mesh.start_replica(6);
+    let (b, b_admin) = mesh.start_replica(5);
+    let (c, c_admin) = mesh.start_replica(6);
     let mut pids = vec![mesh.control.as_ref().and_then(|p| p.pid()).unwrap_or(0)];
     for name in ["weft-control-5", "weft-control-6"] {
         pids.push(mesh.proc_mut(name).pid().unwrap_or(0));
@@ -71,9 +93,10 @@ fn on_etcd() -> anyhow::Result<Layout> {
             format!("https://{b}"),
             format!("https://{c}"),
         ],
+        admins: vec![mesh.control_admin, b_admin, c_admin],
         pids,
         mesh,
-        _etcd: Some(etcd),
+        etcd: Some(etcd),
     })
 }
 
@@ -145,6 +168,11 @@ fn measure(l: &Layout, args: &HaArgs) -> anyhow::Result<()> {
             sims.count,
             rss.join(", ")
         );
+        drop(sims);
+        heartbeats(l, &auth, args).await?;
+        if let Some(etcd) = &l.etcd {
+            raw_keepalives(etcd, args).await?;
+        }
         anyhow::Ok(())
     })
 }
@@ -154,4 +182,136 @@ fn pct(sorted: &[Duration], q: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// Sums one counter over the layout's replicas.
+fn counter(l: &Layout, name: &str) -> f64 {
+    l.admins
+        .iter()
+        .map(|a| {
+            weft_testbed::http_request(*a, "GET", "/metrics", "localhost", &[], b"")
+                .ok()
+                .and_then(|(_, m)| weft_testbed::metric(&m, name, ""))
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+async fn heartbeats(l: &Layout, auth: &AdminAuth, args: &HaArgs) -> anyhow::Result<()> {
+    l.mesh.apply(
+        "hb.yaml",
+        "apiVersion: weft.dev/v1\nkind: Service\nmetadata: {name: hb, namespace: sim}\nspec:\n  ports: [{name: tcp, port: 9000, protocol: tcp}]\n",
+    )?;
+    let mut clients = Vec::new();
+    for url in &l.urls {
+        let ch = weft_mesh_tls::admin_client::channel(url, auth).await?;
+        clients.push(reg::Client::new(ch));
+    }
+    // Every replica must know the Service before registering to it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let leases = reg::register_many(&clients, "hb", args.instances).await?;
+    let took = started.elapsed();
+    let run = reg::drive_heartbeats(
+        &clients,
+        &leases,
+        args.seconds,
+        || {
+            vec![
+                counter(l, "weft_control_registry_heartbeats_total"),
+                counter(l, "weft_control_registry_keepalives_total"),
+            ]
+        },
+        || {},
+    )
+    .await?;
+    println!(
+        "{}: registered {} instances in {:.1} s ({:.0}/s); heartbeats {:.0}/s answered ({:.0}/s counted by the replicas), {:.0} etcd lease keep-alives/s sent for them; {HEARTBEAT_STREAMS} streams; refused {}",
+        l.name,
+        args.instances,
+        took.as_secs_f64(),
+        args.instances as f64 / took.as_secs_f64(),
+        run.rate,
+        run.counters[0],
+        run.counters[1],
+        run.refused
+    );
+    Ok(())
+}
+
+/// The same client renewing raw etcd leases as fast as 32 LeaseKeepAlive
+/// streams (spread over the members) go.
+async fn raw_keepalives(etcd: &EtcdCluster, args: &HaArgs) -> anyhow::Result<()> {
+    use xds_proto::etcd::{lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest};
+    let members: Vec<String> = etcd
+        .url()
+        .trim_start_matches("etcd://")
+        .split(',')
+        .map(|m| format!("http://{m}"))
+        .collect();
+    let mut channels = Vec::new();
+    for m in &members {
+        channels.push(tonic::transport::Endpoint::from_shared(m.clone())?.connect().await?);
+    }
+    let mut leases = Vec::with_capacity(args.instances);
+    let mut c = LeaseClient::new(channels[0].clone());
+    for _ in 0..args.instances {
+        let r = c
+            .lease_grant(LeaseGrantRequest { ttl: 3600, id: 0 })
+            .await
+            .map_err(|e| anyhow!("lease grant: {}", e.message()))?;
+        leases.push(r.into_inner().id);
+    }
+    let per_stream = leases.len().div_ceil(HEARTBEAT_STREAMS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, chunk) in leases.chunks(per_stream.max(1)).enumerate() {
+        let chunk = chunk.to_vec();
+        let mut c = LeaseClient::new(channels[i % channels.len()].clone());
+        let (stop, answered) = (stop.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(256);
+            // etcd answers the call's headers with its first reply: send
+            // before waiting for them.
+            let sender = tokio::spawn(async move {
+                for id in chunk.iter().cycle() {
+                    if stop.load(Ordering::Relaxed)
+                        || tx.send(LeaseKeepAliveRequest { id: *id }).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let mut replies = c
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await
+                .map_err(|e| anyhow!("keep-alive stream: {}", e.message()))?
+                .into_inner();
+            while let Ok(Some(r)) = replies.message().await {
+                if r.ttl > 0 {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                if sender.is_finished() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (a0, t0) = (answered.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let (a1, t1) = (answered.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    println!(
+        "raw etcd lease keep-alives (the ceiling), same client: {:.0}/s over {:.0} s, {} leases on {HEARTBEAT_STREAMS} streams",
+        (a1 - a0) as f64 / (t1 - t0).as_secs_f64(),
+        (t1 - t0).as_secs_f64(),
+        leases.len()
+    );
+    Ok(())
 }

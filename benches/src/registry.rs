@@ -27,7 +27,7 @@ use weft_mesh_tls::admin_client::AdminAuth;
 use weft_testbed::Mesh;
 use xds_proto::v1::{self as pb, registry_client::RegistryClient};
 
-type Client = RegistryClient<tonic::transport::Channel>;
+pub(crate) type Client = RegistryClient<tonic::transport::Channel>;
 
 #[derive(Args)]
 pub struct RegistryArgs {
@@ -50,7 +50,7 @@ pub struct RegistryArgs {
 }
 
 const NS: &str = "sim";
-const HEARTBEAT_STREAMS: usize = 32;
+pub(crate) const HEARTBEAT_STREAMS: usize = 32;
 
 pub fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let mesh = Mesh::start("registry-bench");
@@ -104,7 +104,7 @@ fn pin(pid: u32, core: &str) -> anyhow::Result<()> {
     .map(drop)
 }
 
-fn instance(service: &str, id: &str, n: usize) -> pb::Instance {
+pub(crate) fn instance(service: &str, id: &str, n: usize) -> pb::Instance {
     pb::Instance {
         namespace: NS.into(),
         service: service.into(),
@@ -276,32 +276,7 @@ async fn heartbeats(
     seconds: f64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let leases = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..256 {
-        let (mut c, leases, next) = (client.clone(), leases.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if k >= n {
-                    return anyhow::Ok(());
-                }
-                let r = c
-                    .register(pb::RegisterRequest {
-                        instance: Some(instance("hb", &format!("hb-{k}"), 20_000 + k)),
-                        ttl_ms: 3_600_000,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| anyhow!("register hb-{k}: {}", e.message()))?;
-                leases.lock().await.push(r.into_inner().lease_id);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let leases = register_many(std::slice::from_ref(client), "hb", n).await?;
     let took = started.elapsed();
     let rss_registered = crate::rss_bytes(cp_pid)?;
     println!(
@@ -310,16 +285,100 @@ async fn heartbeats(
         n as f64 / took.as_secs_f64(),
         rss_registered / 1e6
     );
-    let leases: Vec<String> = std::mem::take(&mut *leases.lock().await);
+    let mut rss_max: f64 = 0.0;
+    let run = drive_heartbeats(
+        std::slice::from_ref(client),
+        &leases,
+        seconds,
+        || vec![served_heartbeats(mesh)],
+        || {
+            if let Ok(r) = crate::rss_bytes(cp_pid) {
+                rss_max = rss_max.max(r);
+            }
+        },
+    )
+    .await?;
+    println!(
+        "heartbeats: {:.0}/s answered ({:.0}/s counted by weft-control) over {:.0} s with {n} instances on {HEARTBEAT_STREAMS} streams; weft-control RSS max {:.1} MB; refused {}",
+        run.rate,
+        run.counters[0],
+        run.seconds,
+        rss_max / 1e6,
+        run.refused
+    );
+    if run.refused > 0 {
+        bail!("{} heartbeats were refused", run.refused);
+    }
+    Ok(())
+}
+
+/// Registers `n` instances of `service` (1 h leases) with 256 concurrent
+/// callers spread over `clients`; their lease ids.
+pub(crate) async fn register_many(
+    clients: &[Client],
+    service: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let leases = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..256 {
+        let mut c = clients[t % clients.len()].clone();
+        let (leases, next, service) = (leases.clone(), next.clone(), service.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if k >= n {
+                    return anyhow::Ok(());
+                }
+                let r = c
+                    .register(pb::RegisterRequest {
+                        instance: Some(instance(&service, &format!("{service}-{k}"), 20_000 + k)),
+                        ttl_ms: 3_600_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| anyhow!("register {service}-{k}: {}", e.message()))?;
+                leases.lock().await.push(r.into_inner().lease_id);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let leases = std::mem::take(&mut *leases.lock().await);
+    Ok(leases)
+}
+
+/// What a heartbeat run measured.
+pub(crate) struct HeartbeatRun {
+    /// Heartbeats answered per second.
+    pub rate: f64,
+    /// Each of the counters' increase per second over the same window.
+    pub counters: Vec<f64>,
+    pub refused: u64,
+    pub seconds: f64,
+}
+
+/// Renews `leases` as fast as `HEARTBEAT_STREAMS` streams (spread over
+/// `clients`) go: one second of warm-up, then `seconds` measured, reading
+/// `counters` at both ends and calling `sample` every 500 ms.
+pub(crate) async fn drive_heartbeats(
+    clients: &[Client],
+    leases: &[String],
+    seconds: f64,
+    counters: impl Fn() -> Vec<f64>,
+    mut sample: impl FnMut(),
+) -> anyhow::Result<HeartbeatRun> {
     let per_stream = leases.len().div_ceil(HEARTBEAT_STREAMS);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for chunk in leases.chunks(per_stream.max(1)) {
+    for (i, chunk) in leases.chunks(per_stream.max(1)).enumerate() {
         let chunk = chunk.to_vec();
         let (mut c, stop, answered, refused) = (
-            client.clone(),
+            clients[i % clients.len()].clone(),
             stop.clone(),
             answered.clone(),
             refused.clone(),
@@ -361,29 +420,23 @@ async fn heartbeats(
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (a0, t0) = (answered.load(Ordering::Relaxed), Instant::now());
-    let s0 = served_heartbeats(mesh);
-    let mut rss_max: f64 = 0.0;
+    let c0 = counters();
     let until = t0 + Duration::from_secs_f64(seconds);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        rss_max = rss_max.max(crate::rss_bytes(cp_pid)?);
+        sample();
     }
     let (a1, t1) = (answered.load(Ordering::Relaxed), Instant::now());
-    let s1 = served_heartbeats(mesh);
+    let c1 = counters();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let rate = (a1 - a0) as f64 / (t1 - t0).as_secs_f64();
-    let refused = refused.load(Ordering::Relaxed);
-    println!(
-        "heartbeats: {rate:.0}/s answered ({:.0}/s counted by weft-control) over {:.0} s with {n} instances on {HEARTBEAT_STREAMS} streams; weft-control RSS max {:.1} MB; refused {refused}",
-        (s1 - s0) / (t1 - t0).as_secs_f64(),
-        (t1 - t0).as_secs_f64(),
-        rss_max / 1e6
-    );
-    if refused > 0 {
-        bail!("{refused} heartbeats were refused");
-    }
-    Ok(())
+    let secs = (t1 - t0).as_secs_f64();
+    Ok(HeartbeatRun {
+        rate: (a1 - a0) as f64 / secs,
+        counters: c0.iter().zip(&c1).map(|(a, b)| (b - a) / secs).collect(),
+        refused: refused.load(Ordering::Relaxed),
+        seconds: secs,
+    })
 }
