@@ -251,7 +251,11 @@ async fn raw_keepalives(etcd: &EtcdCluster, args: &HaArgs) -> anyhow::Result<()>
         .collect();
     let mut channels = Vec::new();
     for m in &members {
-        channels.push(tonic::transport::Endpoint::from_shared(m.clone())?.connect().await?);
+        channels.push(
+            tonic::transport::Endpoint::from_shared(m.clone())?
+                .connect()
+                .await?,
+        );
     }
     let mut leases = Vec::with_capacity(args.instances);
     let mut c = LeaseClient::new(channels[0].clone());

@@ -21,7 +21,7 @@ pub const MIN_CERT_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Certificates start this far in the past, so a peer whose clock is a
 /// little behind does not reject a fresh one.
-const BACKDATE: Duration = Duration::from_secs(60);
+pub const BACKDATE: Duration = Duration::from_secs(60);
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 

@@ -22,6 +22,8 @@ pub struct AdminService {
     trust: Arc<Trust>,
     ca: Arc<arc_swap::ArcSwap<CertificateAuthority>>,
     replicas: Option<(Arc<crate::replicas::Replicas>, String)>,
+    /// CA rotation through the shared store (several replicas).
+    rotation: Option<Arc<crate::trust::SharedRotation>>,
 }
 
 impl AdminService {
@@ -33,6 +35,13 @@ impl AdminService {
         store: String,
     ) -> Self {
         self.replicas = Some((replicas, store));
+        self
+    }
+
+    /// Rotates the CA through the shared store instead of this replica's
+    /// files.
+    pub fn with_shared_rotation(mut self, rotation: Arc<crate::trust::SharedRotation>) -> Self {
+        self.rotation = Some(rotation);
         self
     }
 
@@ -51,6 +60,7 @@ impl AdminService {
             trust,
             ca,
             replicas: None,
+            rotation: None,
         }
     }
 
@@ -125,15 +135,13 @@ impl Admin for AdminService {
         &self,
         _req: Request<pb::RotateCaRequest>,
     ) -> Result<Response<pb::CaStatus>, Status> {
-        // The rotation's state lives in this replica's CA directory; other
-        // replicas would keep the old CA and their proxies would stop
-        // trusting this one's. Refuse until rotation goes through the store.
-        if let Some((_, store)) = &self.replicas {
-            if store.starts_with("etcd://") {
-                return Err(Status::failed_precondition(format!(
-                    "CA rotation is not supported yet with a shared store ({store}): the rotation would reach only this replica's proxies. Rotate with a single replica on the embedded store, or give every replica the same new --ca-cert/--ca-key and restart them one by one"
-                )));
-            }
+        if let Some(rotation) = &self.rotation {
+            rotation
+                .begin()
+                .await
+                .map_err(Status::failed_precondition)?;
+            tracing::info!("CA rotation started through the shared store");
+            return Ok(Response::new(self.ca_status()));
         }
         self.trust
             .start_rotation(self.registry.clone())

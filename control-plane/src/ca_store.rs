@@ -45,10 +45,7 @@ pub async fn share(
                 CertificateAuthority::load_or_create(ca_dir, trust_domain)?;
             }
             JoinTokens::load_or_create(ca_dir)?;
-            let blob = match seal {
-                Some(s) => s.seal(&pack(ca_dir)?)?,
-                None => pack(ca_dir)?,
-            };
+            let blob = seal_with(seal, &pack(ca_dir)?)?;
             let stored = store.create_ca_files(blob.clone()).await?;
             if stored == blob {
                 tracing::info!(store = %store.describe(), sealed = seal.is_some(), "stored this replica's CA for the other replicas");
@@ -56,14 +53,36 @@ pub async fn share(
             stored
         }
     };
-    let plain = match (stored.strip_prefix(SEALED), seal) {
+    unpack(&open_with(seal, stored)?, ca_dir)
+}
+
+/// The form CA files are stored in: sealed when a key is given.
+pub fn seal_with(seal: Option<&Seal>, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    match seal {
+        Some(s) => s.seal(plain),
+        None => Ok(plain.to_vec()),
+    }
+}
+
+/// The packed CA files from their stored form.
+pub fn open_with(seal: Option<&Seal>, stored: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    Ok(match (stored.strip_prefix(SEALED), seal) {
         (Some(sealed), Some(s)) => s.open(sealed)?,
         (Some(_), None) => anyhow::bail!(
             "the CA files in the store are encrypted: give every replica the same --ca-key-encryption-key-file"
         ),
         (None, _) => stored,
-    };
-    unpack(&plain, ca_dir)
+    })
+}
+
+/// Packed files: `base`'s, with those `over` has replaced.
+pub fn merge(base: &[u8], over: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut files: BTreeMap<String, String> =
+        serde_json::from_slice(base).context("the CA files in the store are not readable")?;
+    let over: BTreeMap<String, String> =
+        serde_json::from_slice(over).context("the new CA files are not readable")?;
+    files.extend(over);
+    Ok(serde_json::to_vec(&files)?)
 }
 
 /// Marks a sealed blob: the rest is nonce (12 bytes) and AES-256-GCM
@@ -147,7 +166,7 @@ impl Seal {
     }
 }
 
-fn pack(ca_dir: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn pack(ca_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut files = BTreeMap::new();
     for name in SHARED {
         let path = ca_dir.join(name);
@@ -163,7 +182,7 @@ fn pack(ca_dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&files)?)
 }
 
-fn unpack(blob: &[u8], ca_dir: &Path) -> anyhow::Result<()> {
+pub fn unpack(blob: &[u8], ca_dir: &Path) -> anyhow::Result<()> {
     let files: BTreeMap<String, String> =
         serde_json::from_slice(blob).context("the CA files in the store are not readable")?;
     std::fs::create_dir_all(ca_dir)

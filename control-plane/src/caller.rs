@@ -11,7 +11,11 @@ use xds_proto::v1 as pb;
 /// The workload identity proven by the client certificate of the connection
 /// a request arrived on (inserted by the TLS layer as connect info).
 #[derive(Debug, Clone, Default)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
+pub struct PeerIdentity {
+    pub id: Option<SpiffeId>,
+    /// When that certificate was issued (unix seconds; 0: no certificate).
+    pub cert_issued_unix: i64,
+}
 
 pub use weft_certs::admin_cert::{admin_identity, ADMIN_ACCOUNT, ADMIN_NAMESPACE, CONTROL_ACCOUNT};
 
@@ -19,7 +23,15 @@ pub use weft_certs::admin_cert::{admin_identity, ADMIN_ACCOUNT, ADMIN_NAMESPACE,
 pub fn peer_of<T>(req: &Request<T>) -> Option<SpiffeId> {
     req.extensions()
         .get::<PeerIdentity>()
-        .and_then(|p| p.0.clone())
+        .and_then(|p| p.id.clone())
+}
+
+/// When the client certificate of a request's connection was issued (unix
+/// seconds; 0: none), e.g. by another replica before the proxy moved here.
+pub fn peer_cert_issued<T>(req: &Request<T>) -> i64 {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .map_or(0, |p| p.cert_issued_unix)
 }
 
 /// The node a workload's request speaks for, checked against its

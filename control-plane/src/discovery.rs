@@ -50,6 +50,7 @@ impl Discovery for DiscoveryService {
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<PushStream>, Status> {
         let peer = caller::peer_of(&request);
+        let cert_issued = caller::peer_cert_issued(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
@@ -59,7 +60,7 @@ impl Discovery for DiscoveryService {
             .ok_or_else(|| Status::invalid_argument("stream closed before the node was sent"))??;
         // A workload gets the config of its own namespace only.
         let node = caller::authenticate_node("discovery", peer.as_ref(), first.node)?;
-        let (key, stream_id) = self.registry.connect(&node);
+        let (key, stream_id) = self.registry.connect(&node, cert_issued);
         tracing::info!(proxy = %key, service = %node.service, "proxy connected");
         let (tx, rx) = mpsc::channel(16);
         let session = Session {

@@ -19,7 +19,7 @@ use weft_control::registry::{Registry, RegistryService, Settings as RegistrySett
 use weft_control::replicas::Replicas;
 use weft_control::state::ConfigState;
 use weft_control::store::{ConfigStore, EmbeddedStore, EtcdOptions, EtcdStore};
-use weft_control::trust::Trust;
+use weft_control::trust::{SharedRotation, Trust};
 use weft_control::{ca_store, caller, local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
@@ -213,22 +213,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let registry_settings = args.registry_settings()?;
     let store = Arc::new(EmbeddedStore::open(&args.data_dir)?);
     let ca_dir = args.data_dir.join("ca");
+    let mut seal = None;
     let (config_store, etcd): (Arc<dyn ConfigStore>, Option<EtcdStore>) = match &args.store {
         StoreKind::Embedded => (store.clone(), None),
         StoreKind::Etcd(options) => {
             let etcd = etcd_store(options, &args).await?;
             // Every replica signs with, and trusts, the same CA.
-            let seal = args
+            seal = args
                 .ca_key_encryption_key_file
                 .as_deref()
                 .map(ca_store::Seal::from_file)
-                .transpose()?;
+                .transpose()?
+                .map(Arc::new);
             ca_store::share(
                 &etcd,
                 &ca_dir,
                 &args.trust_domain,
                 args.ca_cert.is_some(),
-                seal.as_ref(),
+                seal.as_deref(),
             )
             .await?;
             etcd.probe_forever();
@@ -252,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry.clone(),
         etcd.clone(),
     );
-    let service_registry = match etcd {
+    let service_registry = match etcd.clone() {
         // The registry goes where the config goes: shared by the replicas.
         Some(etcd) => {
             let leader = replicas.clone();
@@ -329,8 +331,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry.clone(),
         args.trust_domain.clone(),
     );
-    let admin = AdminService::new(state, registry, tokens, trust, ca.clone())
-        .with_replicas(replicas, store_name);
+    let mut admin = AdminService::new(state, registry.clone(), tokens, trust.clone(), ca.clone());
+    if let Some(etcd) = &etcd {
+        let leader = replicas.clone();
+        admin = admin.with_shared_rotation(SharedRotation::start(
+            etcd.clone(),
+            trust,
+            registry,
+            seal,
+            replicas.id().to_string(),
+            Arc::new(move || leader.is_leader()),
+        ));
+    }
+    let admin = admin.with_replicas(replicas, store_name);
     let mut shutdown = stop_rx.clone();
     let stop = async move {
         let _ = shutdown.changed().await;

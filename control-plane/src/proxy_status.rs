@@ -80,7 +80,9 @@ impl ProxyRegistry {
 
     /// Records a new stream for `node` (replacing any older one of the same
     /// node) and returns the node's key and the stream's id.
-    pub fn connect(&self, node: &pb::Node) -> (String, u64) {
+    /// A proxy's stream opened; `cert_issued_unix`: when the certificate it
+    /// connected with was issued (it may come from another replica).
+    pub fn connect(&self, node: &pb::Node, cert_issued_unix: i64) -> (String, u64) {
         let key = Self::key(node);
         self.purge_stale(SystemTime::now());
         let stream_id = self
@@ -92,6 +94,7 @@ impl ProxyRegistry {
             .ok()
             .and_then(|i| i.get(&key).copied())
             .unwrap_or((0, 0));
+        let issued = (issued.0.max(cert_issued_unix), issued.1);
         if let Ok(mut records) = self.records.lock() {
             records.insert(
                 key.clone(),

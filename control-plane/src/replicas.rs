@@ -63,6 +63,11 @@ impl Replicas {
         r
     }
 
+    /// This replica's id among those sharing the store.
+    pub fn id(&self) -> &str {
+        &self.me.id
+    }
+
     /// Whether this replica may do the work only one replica does, now.
     pub fn is_leader(&self) -> bool {
         if self.etcd.is_none() {

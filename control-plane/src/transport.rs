@@ -98,9 +98,17 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let peer = PeerIdentity(weft_mesh_tls::tls::peer_identity(
-                            tls.get_ref().1.peer_certificates(),
-                        ));
+                        let certs = tls.get_ref().1.peer_certificates();
+                        let peer = PeerIdentity {
+                            id: weft_mesh_tls::tls::peer_identity(certs),
+                            cert_issued_unix: certs
+                                .and_then(|c| c.first())
+                                .and_then(|leaf| weft_mesh_tls::svid::inspect(leaf).ok())
+                                .map_or(0, |i| {
+                                    xds_proto::units::unix_secs(i.not_before)
+                                        + weft_certs::ca::BACKDATE.as_secs() as i64
+                                }),
+                        };
                         let _ = tx.send(Ok(TlsConn { inner: tls, peer })).await;
                     }
                     Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {

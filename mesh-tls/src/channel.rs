@@ -108,26 +108,41 @@ impl ControlPlane {
 
     /// Connects now to one of `addrs`: a comma-separated list of replicas,
     /// each `host:port` (a name resolving to several addresses counts as
-    /// several), tried from a random one on so clients spread over the
-    /// replicas, and past those that do not answer. Fails fast when none is
-    /// reachable or trusted. HTTP/2 keepalives detect a dead control plane
-    /// within ~15 s; the caller then connects again (to another replica).
+    /// several), tried from the one this process last reached through the
+    /// same list (so a sidecar's certificate renewal goes to the replica its
+    /// discovery stream is on, which asked for it), else from a random one
+    /// so clients spread over the replicas, and past those that do not
+    /// answer. Fails fast when none is reachable or trusted. HTTP/2
+    /// keepalives detect a dead control plane within ~15 s; the caller then
+    /// connects again (to another replica).
     pub async fn connect(&self, addrs: &str, timeout: Duration) -> Result<Channel, ChannelError> {
         let candidates = candidates(addrs).await;
         if candidates.len() <= 1 {
             return self.connect_one(addrs.trim(), timeout).await;
         }
-        let start = {
-            use std::hash::{BuildHasher, Hasher};
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish() as usize
+        let previous = last_reached()
+            .lock()
+            .ok()
+            .and_then(|m| m.get(addrs).cloned());
+        let start = match previous.and_then(|a| candidates.iter().position(|c| *c == a)) {
+            Some(i) => i,
+            None => {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish() as usize
+            }
         };
         let mut last = None;
         for i in 0..candidates.len() {
             let a = &candidates[(start + i) % candidates.len()];
             match self.connect_one(a, timeout).await {
-                Ok(ch) => return Ok(ch),
+                Ok(ch) => {
+                    if let Ok(mut m) = last_reached().lock() {
+                        m.insert(addrs.to_string(), a.clone());
+                    }
+                    return Ok(ch);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -153,6 +168,13 @@ impl ControlPlane {
             source,
         })
     }
+}
+
+/// The replica each list of replicas was last reached at, in this process.
+fn last_reached() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static LAST: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    LAST.get_or_init(Default::default)
 }
 
 /// The addresses `addrs` names: each comma-separated entry, and each

@@ -17,6 +17,7 @@ mod watch;
 
 pub use crate::registry_view::RegistryView;
 pub use service::RegistryService;
+pub use shared::IsLeader;
 
 use crate::publish::Publisher;
 use crate::store::registry::{instance_key, RegistryWrite};

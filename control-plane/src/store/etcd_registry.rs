@@ -13,13 +13,14 @@
 //! instance key's mod revision, so two replicas cannot both win.
 
 use super::etcd::{prefix_end, EtcdStore};
+use super::etcd_txn::TxnOp;
 use super::StoreError;
 use prost::Message;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use xds_proto::etcd::{
-    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
-    watch_client::WatchClient, watch_request,
+    self as pb, kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
+    watch_request,
 };
 use xds_proto::v1 as reg;
 
@@ -163,52 +164,29 @@ impl EtcdStore {
         expect: &[(String, i64)],
         ops: &[RegistryOp],
     ) -> Result<Option<i64>, StoreError> {
-        let compare = expect
-            .iter()
-            .map(|(k, rev)| pb::Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Mod as i32,
-                key: self.key(k),
-                target_union: Some(compare::TargetUnion::ModRevision(*rev)),
-                ..Default::default()
-            })
-            .collect();
-        let put = |key: Vec<u8>, value: Vec<u8>, lease: i64| pb::RequestOp {
-            request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                key,
-                value,
-                lease,
-                ..Default::default()
-            })),
-        };
-        let delete = |key: Vec<u8>| pb::RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                pb::DeleteRangeRequest {
-                    key,
-                    ..Default::default()
-                },
-            )),
-        };
-        let success = ops
+        let ops: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
-                RegistryOp::Put { key, stored } => put(self.key(key), stored.encode_to_vec(), 0),
-                RegistryOp::Delete { key } => delete(self.key(key)),
+                RegistryOp::Put { key, stored } => TxnOp::Put {
+                    key: key.clone(),
+                    value: stored.encode_to_vec(),
+                    lease: 0,
+                },
+                RegistryOp::Delete { key } => TxnOp::Delete { key: key.clone() },
                 RegistryOp::Alive {
                     lease_id,
                     etcd_lease,
-                } => put(self.key(&format!("{ALIVE}{lease_id}")), vec![], *etcd_lease),
-                RegistryOp::Gone { lease_id } => delete(self.key(&format!("{ALIVE}{lease_id}"))),
+                } => TxnOp::Put {
+                    key: format!("{ALIVE}{lease_id}"),
+                    value: vec![],
+                    lease: *etcd_lease,
+                },
+                RegistryOp::Gone { lease_id } => TxnOp::Delete {
+                    key: format!("{ALIVE}{lease_id}"),
+                },
             })
             .collect();
-        let txn = pb::TxnRequest {
-            compare,
-            success,
-            failure: vec![],
-        };
-        let r = self.call(|ch| self.txn(ch, txn.clone())).await?;
-        Ok(r.succeeded
-            .then(|| r.header.map(|h| h.revision).unwrap_or(0)))
+        self.guarded_txn(expect, &ops).await
     }
 
     /// Revokes `lease` (its keys go with it); a lease already gone is fine.

@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod etcd_registry;
 mod etcd_tls;
+pub mod etcd_txn;
 pub mod registry;
 
 pub use embedded::EmbeddedStore;

@@ -1,9 +1,10 @@
 //! End-to-end: a highly available control plane. A real 3-member etcd
 //! cluster (Debian's etcd, started here on loopback) and three weft-control
 //! replicas on it; proxies and weftctl are given all three addresses.
-//! The registry on etcd is in `registry`.
+//! The registry on etcd is in `registry`, CA rotation in `rotation`.
 
 mod registry;
+mod rotation;
 
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -51,9 +52,15 @@ fn ha_mesh_with(name: &str, flags: &[&str]) -> (Mesh, EtcdCluster, Vec<String>) 
 }
 
 fn weftctl_at(mesh: &Mesh, url: &str, args: &[&str]) -> std::process::Output {
+    weftctl_as(&mesh.pki().admin_certs, url, args)
+}
+
+/// weftctl with the admin certificate in `certs` (each replica writes its
+/// own, e.g. `<mesh dir>/data-5/admin`).
+fn weftctl_as(certs: &std::path::Path, url: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(binaries().path(localmesh::WEFTCTL))
         .args(["--control-plane", url, "--certs"])
-        .arg(mesh.pki().admin_certs)
+        .arg(certs)
         .args(args)
         .output()
         .expect("run weftctl")

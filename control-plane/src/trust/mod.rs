@@ -14,6 +14,10 @@
 //!    certificate issued after that point;
 //! 3. the old root leaves the bundle; wait for the ACKs. Done.
 
+mod shared;
+
+pub use shared::SharedRotation;
+
 use crate::proxy_status::ProxyRegistry;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -255,12 +259,7 @@ impl Trust {
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
         loop {
-            let pending: Vec<String> = registry
-                .snapshot()
-                .iter()
-                .filter(|r| r.connected && !done(r))
-                .map(|r| format!("{}/{}", r.node.namespace, r.node.name))
-                .collect();
+            let pending = pending(registry, &done);
             let n = pending.len();
             self.set_status(phase, pending.clone(), format!("waiting for {n} proxies"));
             if pending.is_empty() {
@@ -276,4 +275,17 @@ impl Trust {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The connected proxies ("ns/name") that do not satisfy `done` yet.
+fn pending(
+    registry: &ProxyRegistry,
+    done: impl Fn(&crate::proxy_status::ProxyRecord) -> bool,
+) -> Vec<String> {
+    registry
+        .snapshot()
+        .iter()
+        .filter(|r| r.connected && !done(r))
+        .map(|r| format!("{}/{}", r.node.namespace, r.node.name))
+        .collect()
 }
