@@ -262,6 +262,71 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Turns on user/password authentication (plaintext clusters): user
+    /// `root` with `password` and the root role. Every client must then
+    /// authenticate.
+    pub fn enable_auth(&self, password: &str) -> anyhow::Result<()> {
+        use xds_proto::etcd::{
+            auth_client::AuthClient, AuthEnableRequest, AuthUserAddRequest,
+            AuthUserGrantRoleRequest,
+        };
+        let url = format!("http://{}:2379", self.members[0]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(url)?
+                .connect()
+                .await?;
+            let mut auth = AuthClient::new(ch);
+            auth.user_add(AuthUserAddRequest {
+                name: "root".into(),
+                password: password.into(),
+            })
+            .await?;
+            auth.user_grant_role(AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            })
+            .await?;
+            auth.auth_enable(AuthEnableRequest {}).await?;
+            anyhow::Ok(())
+        })
+    }
+
+    /// Sets `root`'s password again (to `password`): etcd drops every token
+    /// it gave out, as it does when tokens expire.
+    pub fn invalidate_tokens(&self, password: &str) -> anyhow::Result<()> {
+        use xds_proto::etcd::{
+            auth_client::AuthClient, AuthUserChangePasswordRequest, AuthenticateRequest,
+        };
+        let url = format!("http://{}:2379", self.members[0]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(url)?
+                .connect()
+                .await?;
+            let mut auth = AuthClient::new(ch);
+            let token = auth
+                .authenticate(AuthenticateRequest {
+                    name: "root".into(),
+                    password: password.into(),
+                })
+                .await?
+                .into_inner()
+                .token;
+            let mut req = tonic::Request::new(AuthUserChangePasswordRequest {
+                name: "root".into(),
+                password: password.into(),
+            });
+            req.metadata_mut().insert("token", token.parse()?);
+            auth.user_change_password(req).await?;
+            anyhow::Ok(())
+        })
+    }
+
     /// SIGKILL member `i`.
     pub fn kill(&mut self, i: usize) {
         self.procs[i].kill();

@@ -12,6 +12,7 @@
 //! (compare-and-swap): two replicas applying at once cannot both win.
 //! Every replica watches `config/revision` and reloads on a change.
 
+use super::etcd_auth::EtcdAuth;
 use super::etcd_tls::tls_config;
 use super::StoreError;
 use crate::config::{ConfigSet, Object, ObjectKey};
@@ -19,12 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use weft_mesh_tls::channel::{tls_connector, ServerNameFrom};
 use xds_proto::etcd::{
-    self as pb, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
-    request_op, watch_client::WatchClient, watch_request,
+    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient, watch_request,
 };
 
 /// How to reach etcd.
@@ -82,7 +82,7 @@ pub struct EtcdStore {
     pub(super) members: Arc<[Channel]>,
     pub(super) current: Arc<AtomicUsize>,
     pub(super) prefix: String,
-    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    pub(super) auth: Arc<EtcdAuth>,
     /// For error messages.
     pub(super) describe: String,
     /// Why no member answered the last call (None: the last call was
@@ -145,39 +145,42 @@ impl EtcdStore {
                 None => ep.connect_lazy(),
             });
         }
-        let mut store = EtcdStore {
+        let store = EtcdStore {
             members: members.into(),
             current: Arc::default(),
             prefix: o.prefix.clone(),
-            token: None,
+            auth: EtcdAuth::new(o.user.clone()),
             describe: describe.clone(),
             down: Arc::default(),
         };
-        if let Some((user, password)) = &o.user {
-            let req = pb::AuthenticateRequest {
-                name: user.clone(),
-                password: password.clone(),
-            };
-            let r = store
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { AuthClient::new(ch).authenticate(req).await }
-                })
-                .await?;
-            store.token = Some(
-                r.token
-                    .parse()
-                    .map_err(|_| err("etcd returned a token that is not ASCII".into()))?,
-            );
-        }
+        store.authenticate().await?;
         // Fail fast when no member answers.
         store.get(REVISION).await?;
         Ok(store)
     }
 
     /// Runs `f` on the current member, then on each other member while
-    /// they are unreachable.
+    /// they are unreachable; with a new token once if etcd refused the one
+    /// it had.
     pub(super) async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.auth.stale() {
+            let _ = self.authenticate().await;
+        }
+        match self.call_once(&f).await {
+            Err(StoreError::Backend { .. }) if self.auth.stale() => {
+                self.authenticate().await?;
+                self.call_once(&f).await
+            }
+            r => r,
+        }
+    }
+
+    /// `call` without taking a new token.
+    pub(super) async fn call_once<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -253,6 +256,7 @@ impl EtcdStore {
     }
 
     pub(super) fn status(&self, s: tonic::Status) -> StoreError {
+        self.auth.refused(&s);
         StoreError::Backend {
             path: self.describe.clone(),
             message: format!("{}: {}", code_name(s.code()), s.message()),
@@ -285,9 +289,7 @@ impl EtcdStore {
 
     pub(super) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        if let Some(t) = &self.token {
-            r.metadata_mut().insert("token", t.clone());
-        }
+        self.auth.sign(&mut r);
         r
     }
 

@@ -493,3 +493,70 @@ fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
     );
     assert!(log.contains("cannot use the etcd store"), "{log}");
 }
+
+#[test]
+fn replicas_authenticate_to_etcd_with_a_password_through_restarts_and_revoked_tokens() {
+    let mut mesh = Mesh::prepare("ha-etcd-auth", &[]);
+    std::fs::create_dir_all(mesh.logs()).expect("logs dir");
+    let mut etcd = EtcdCluster::start(&[mesh.ip(211)], &mesh.dir, &mesh.logs()).expect("etcd");
+    etcd.enable_auth("s3cret-pw").expect("turn on etcd auth");
+    let password = mesh.dir.join("etcd-password");
+    std::fs::write(&password, "s3cret-pw\n").expect("password file");
+    let wrong = mesh.dir.join("wrong-password");
+    std::fs::write(&wrong, "guess\n").expect("password file");
+    let flags = |file: &std::path::Path| {
+        vec![
+            "--store".to_string(),
+            etcd.url(),
+            "--etcd-user".into(),
+            "root".into(),
+            "--etcd-password-file".into(),
+            file.display().to_string(),
+        ]
+    };
+    // A wrong password: the replica refuses to start and says why.
+    let log = replica_that_fails(&mut mesh, flags(&wrong));
+    assert!(
+        log.contains("cannot use the etcd store") && log.contains("authentication failed"),
+        "{log}"
+    );
+    mesh.control_extra = flags(&password);
+    mesh.start_control();
+    let yaml = |name: &str| {
+        format!("apiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: {name}, namespace: e2e}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n")
+    };
+    let first = mesh
+        .apply("a.yaml", &yaml("a"))
+        .expect("apply with a password");
+    // etcd's tokens do not survive a restart: the replica takes a new one.
+    etcd.kill(0);
+    etcd.restart(0).expect("restart etcd");
+    etcd.wait_healthy(Duration::from_secs(30))
+        .expect("etcd back");
+    let mut second = None;
+    wait_until_ok(
+        "an apply after etcd restarted",
+        Duration::from_secs(20),
+        || {
+            second = mesh.apply("b.yaml", &yaml("b")).ok();
+            second.is_some()
+        },
+    );
+    assert_eq!(second, Some(first + 1));
+    // Tokens expire or are revoked (here: the password is set again): the
+    // replica takes a new one and writes go on.
+    etcd.invalidate_tokens("s3cret-pw").expect("revoke tokens");
+    let third = mesh
+        .apply("c.yaml", &yaml("c"))
+        .expect("apply after tokens were revoked");
+    assert_eq!(third, first + 2);
+    let log = mesh
+        .control
+        .as_ref()
+        .expect("weft-control")
+        .log_tail(100_000);
+    assert!(
+        log.matches("authenticated to etcd").count() >= 2,
+        "no new token was taken after the restart: {log}"
+    );
+}
