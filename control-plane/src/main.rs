@@ -316,7 +316,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(grpc = %args.listen, admin = %admin_addr, trust_domain = %args.trust_domain, mtls = !args.insecure_dev, "weft-control serving");
-    let quota = QuotaService::new(published.clone());
+    let mut quota = QuotaService::new(published.clone());
+    if let Some(etcd) = &etcd {
+        quota = quota.with_peers(etcd.clone(), replicas.id().to_string());
+    }
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),

@@ -4,6 +4,11 @@
 //! (nobody gets more than it asks while others are short), with any unused
 //! rate spread evenly as headroom, so shares always sum to the limit.
 //! Proxies enforce their share locally: a request never waits on this.
+//!
+//! With several replicas on etcd each replica hears only its own proxies:
+//! every 250 ms it publishes their demand (`ratelimit/<replica>`) and reads
+//! the others', and shares are computed over every replica's reporters, so
+//! they still sum to the limit mesh-wide (`Peers`).
 
 use crate::config::ConfigSet;
 use crate::publish::Published;
@@ -31,15 +36,105 @@ struct Shares {
 
 pub struct QuotaService {
     published: watch::Receiver<Arc<Published>>,
-    table: Mutex<HashMap<String, Shares>>,
+    table: Arc<Mutex<HashMap<String, Shares>>>,
+    /// What the other replicas heard.
+    peers: Arc<Mutex<PeerDemand>>,
 }
+
+/// Limit → (node, demand) heard by the other replicas.
+type PeerDemand = HashMap<String, Vec<(String, f64)>>;
+
+/// What one replica publishes: limit → node → demand, and when.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Demand {
+    at_unix_ms: i64,
+    limits: HashMap<String, HashMap<String, f64>>,
+}
+
+const PEERS_PREFIX: &str = "ratelimit/";
+const PEERS_EVERY: Duration = Duration::from_millis(250);
 
 impl QuotaService {
     pub fn new(published: watch::Receiver<Arc<Published>>) -> Self {
         QuotaService {
             published,
-            table: Mutex::new(HashMap::new()),
+            table: Arc::default(),
+            peers: Arc::default(),
         }
+    }
+
+    /// Shares demand with the other replicas on `etcd` (as `replica`).
+    pub fn with_peers(self, etcd: crate::store::EtcdStore, replica: String) -> Self {
+        let (table, peers) = (Arc::downgrade(&self.table), self.peers.clone());
+        let published = self.published.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PEERS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut published_any = false;
+            loop {
+                tick.tick().await;
+                let Some(table) = table.upgrade() else { return };
+                let any_global = published
+                    .borrow()
+                    .config
+                    .policies()
+                    .any(|(_, p)| p.rate_limits.iter().any(|l| l.global));
+                if !any_global && !published_any {
+                    continue;
+                }
+                let now = Instant::now();
+                let mine = Demand {
+                    at_unix_ms: xds_proto::units::unix_ms(std::time::SystemTime::now()) as i64,
+                    limits: table
+                        .lock()
+                        .map(|t| {
+                            t.iter()
+                                .map(|(limit, s)| {
+                                    let fresh = s
+                                        .reporters
+                                        .iter()
+                                        .filter(|(_, (_, seen))| {
+                                            now.duration_since(*seen) < STALE_AFTER
+                                        })
+                                        .map(|(n, (d, _))| (n.clone(), *d))
+                                        .collect();
+                                    (limit.clone(), fresh)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                };
+                if let Ok(v) = serde_json::to_vec(&mine) {
+                    published_any = etcd
+                        .put(&format!("{PEERS_PREFIX}{replica}"), v, 0)
+                        .await
+                        .is_ok();
+                }
+                let Ok(all) = etcd.list(PEERS_PREFIX).await else {
+                    continue;
+                };
+                let mut merged = PeerDemand::new();
+                for (key, value) in all {
+                    if key == format!("{PEERS_PREFIX}{replica}") {
+                        continue;
+                    }
+                    let Ok(d) = serde_json::from_slice::<Demand>(&value) else {
+                        continue;
+                    };
+                    // A replica that stopped publishing no longer counts.
+                    if mine.at_unix_ms - d.at_unix_ms > STALE_AFTER.as_millis() as i64 * 2 {
+                        continue;
+                    }
+                    for (limit, nodes) in d.limits {
+                        merged.entry(limit).or_default().extend(nodes);
+                    }
+                }
+                if let Ok(mut p) = peers.lock() {
+                    *p = merged;
+                }
+            }
+        });
+        self
     }
 }
 
@@ -118,8 +213,18 @@ impl RateLimitQuota for QuotaService {
             shares
                 .reporters
                 .retain(|_, (_, seen)| now.duration_since(*seen) < STALE_AFTER);
-            let names: Vec<&String> = shares.reporters.keys().collect();
-            let demands: Vec<f64> = names.iter().map(|n| shares.reporters[*n].0).collect();
+            let mut names: Vec<&String> = shares.reporters.keys().collect();
+            let mut demands: Vec<f64> = names.iter().map(|n| shares.reporters[*n].0).collect();
+            // Proxies of the other replicas (one that moved here counts here).
+            let peers = self.peers.lock().ok();
+            if let Some(remote) = peers.as_ref().and_then(|p| p.get(&d.limit)) {
+                for (n, demand) in remote {
+                    if !shares.reporters.contains_key(n) {
+                        names.push(n);
+                        demands.push(*demand);
+                    }
+                }
+            }
             let alloc = allocate(rate, &demands);
             let mine = names
                 .iter()

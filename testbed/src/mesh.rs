@@ -758,3 +758,38 @@ pub async fn echo_client(
         .expect("connect to the sidecar's outbound listener");
     EchoClient::new(channel)
 }
+
+/// Runs `threads` kept-alive clients (requests for `host`) as fast as they
+/// go for `secs`; every reply as
+/// (seconds since start, status, Retry-After).
+pub fn flood(
+    addr: SocketAddr,
+    host: &'static str,
+    threads: usize,
+    secs: f64,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<(f64, u16, Option<String>)> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = KeepAlive::new(addr);
+                let mut out = Vec::new();
+                while start.elapsed().as_secs_f64() < secs {
+                    let r = c.get(path, host, headers).expect("request");
+                    out.push((
+                        start.elapsed().as_secs_f64(),
+                        r.status,
+                        r.header("retry-after").map(String::from),
+                    ));
+                }
+                out
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread"))
+        .collect()
+}

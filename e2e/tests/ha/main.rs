@@ -1,8 +1,10 @@
 //! End-to-end: a highly available control plane. A real 3-member etcd
 //! cluster (Debian's etcd, started here on loopback) and three weft-control
 //! replicas on it; proxies and weftctl are given all three addresses.
-//! The registry on etcd is in `registry`, CA rotation in `rotation`.
+//! The registry on etcd is in `registry`, CA rotation in `rotation`,
+//! global rate limits across replicas in `rate_limit`.
 
+mod rate_limit;
 mod registry;
 mod rotation;
 

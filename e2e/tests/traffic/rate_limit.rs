@@ -2,39 +2,6 @@
 
 use super::*;
 
-/// Runs `threads` clients as fast as they go for `secs`; every reply as
-/// (seconds since start, status, Retry-After).
-fn flood(
-    addr: SocketAddr,
-    threads: usize,
-    secs: f64,
-    path: &'static str,
-    headers: &'static [(&'static str, &'static str)],
-) -> Vec<(f64, u16, Option<String>)> {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut c = KeepAlive::new(addr);
-                let mut out = Vec::new();
-                while start.elapsed().as_secs_f64() < secs {
-                    let r = c.get(path, "server", headers).expect("request");
-                    out.push((
-                        start.elapsed().as_secs_f64(),
-                        r.status,
-                        r.header("retry-after").map(String::from),
-                    ));
-                }
-                out
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("thread"))
-        .collect()
-}
-
 #[test]
 fn local_rate_limits_admit_their_rate_and_keyed_buckets_are_independent() {
     let mut f = fleet("ratelimit", 1, "http", &[]);
@@ -55,7 +22,7 @@ fn local_rate_limits_admit_their_rate_and_keyed_buckets_are_independent() {
 
     // 50/s from 3 clients pushing as fast as they can; after the first
     // burst, 2 s admit 100 ± 5 %.
-    let replies = flood(f.client.outbound, 3, 2.5, "/rate", &[]);
+    let replies = flood(f.client.outbound, "server", 3, 2.5, "/rate", &[]);
     let admitted = replies
         .iter()
         .filter(|r| r.0 >= 0.5 && r.0 < 2.5 && r.1 == 200)
@@ -133,7 +100,7 @@ fn a_global_limit_holds_within_10_percent_across_three_proxies_with_uneven_deman
             policy("  loadBalancer: {algorithm: weighted-round-robin}\n  rateLimits:\n  - {name: global, rate: 300, burst: 30, global: true}\n")
         ),
     );
-    let replies = flood(f.client.outbound, 6, 5.0, "/", &[]);
+    let replies = flood(f.client.outbound, "server", 6, 5.0, "/", &[]);
     // Leases settle within the first second; measure the next four.
     let admitted = replies
         .iter()
