@@ -301,6 +301,52 @@ fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_u
     let ready = |mesh: &Mesh| {
         http_request(mesh.control_admin, "GET", "/ready", "localhost", &[], b"").expect("/ready")
     };
+    // A registered instance (of "client", which nobody calls) must outlive
+    // the outage.
+    let register = |mesh: &Mesh, url: &str, last: u8| {
+        let address = mesh.ip(last).to_string();
+        weftctl_at(
+            mesh,
+            url,
+            &[
+                "registry",
+                "register",
+                "-n",
+                "e2e",
+                "-s",
+                "client",
+                "--address",
+                &address,
+                "--port",
+                "1",
+                "--ttl",
+                "60s",
+                "--detach",
+            ],
+        )
+    };
+    let registered = register(&mesh, &urls[0], 50);
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    let instances = |mesh: &Mesh, url: &str| -> Vec<String> {
+        let out = weftctl_at(mesh, url, &["-o", "json", "registry", "list", "-n", "e2e"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut ids: Vec<String> = v["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["instanceId"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let before = instances(&mesh, &urls[1]);
+    assert_eq!(before.len(), 1, "{before:?}");
     // One member of three: nothing to see.
     etcd.kill(0);
     let r1 = apply_at(
@@ -324,6 +370,10 @@ fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_u
     )
     .expect_err("an apply without etcd");
     assert!(err.contains("store unavailable"), "{err}");
+    let refused = register(&mesh, &urls[1], 51);
+    assert!(!refused.status.success(), "a registration without etcd");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("store unavailable"), "{why}");
     wait_until_ok("/ready reports the store", Duration::from_secs(5), || {
         let (code, body) = ready(&mesh);
         code == 503 && body.contains("store unavailable")
@@ -349,6 +399,16 @@ fn etcd_members_dying_cost_no_request_and_a_lost_quorum_refuses_writes_clearly_u
     )
     .expect("apply after etcd returned");
     assert_eq!(r2, r1 + 1, "nothing lost, nothing skipped");
+    // The registry kept its instance on every replica, and takes new ones.
+    for url in &urls {
+        assert_eq!(instances(&mesh, url), before, "via {url}");
+    }
+    let again = register(&mesh, &urls[2], 51);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     wait_applied(&[&client, &server], r2, Duration::from_secs(2));
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)");
