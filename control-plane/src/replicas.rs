@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use xds_proto::v1 as pb;
 
+/// Whether this replica leads now (`Replicas::is_leader`), for the duties
+/// only the leader runs.
+pub type IsLeader = Arc<dyn Fn() -> bool + Send + Sync>;
+
 const LEASE_TTL: Duration = Duration::from_secs(5);
 /// A leader stops acting this long before its lease could have run out.
 const FENCE_MARGIN: Duration = Duration::from_millis(1500);
@@ -168,9 +172,10 @@ impl Replicas {
                 }
             };
             tracing::info!(replica = %self.me.id, lease, "replica lease taken");
+            let mut renewer = etcd.lease_renewer(lease);
             loop {
                 let renewed_at = Instant::now();
-                match etcd.renew_lease(lease).await {
+                match renewer.renew().await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(replica = %self.me.id, "replica lease lost; taking a new one");

@@ -17,7 +17,6 @@ mod watch;
 
 pub use crate::registry_view::RegistryView;
 pub use service::RegistryService;
-pub use shared::IsLeader;
 
 use crate::publish::Publisher;
 use crate::store::registry::{instance_key, RegistryWrite};

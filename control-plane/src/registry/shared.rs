@@ -25,6 +25,7 @@ use super::{
     Registry, RegistryError, Settings,
 };
 use crate::publish::Publisher;
+use crate::replicas::IsLeader;
 use crate::store::etcd_registry::{RegistryChange, RegistryFeed, RegistryOp, INSTANCES};
 use crate::store::registry::{instance_key, EVENT_RETENTION};
 use crate::store::{EtcdStore, StoreError};
@@ -33,9 +34,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use xds_proto::v1 as pb;
-
-/// Whether this replica leads now (`Replicas::is_leader`).
-pub type IsLeader = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub(super) struct Shared {
     etcd: EtcdStore,

@@ -23,8 +23,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use weft_mesh_tls::channel::{tls_connector, ServerNameFrom};
 use xds_proto::etcd::{
-    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
-    watch_client::WatchClient, watch_request,
+    self as pb, compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
 };
 
 /// How to reach etcd.
@@ -531,57 +530,6 @@ impl EtcdStore {
                         return Ok(());
                     }
                 }
-            }
-        }
-    }
-
-    /// A lease of `ttl_secs`; its id.
-    pub async fn grant_lease(&self, ttl_secs: i64) -> Result<i64, StoreError> {
-        let req = pb::LeaseGrantRequest {
-            ttl: ttl_secs,
-            id: 0,
-        };
-        let r = self
-            .call(|ch| {
-                let req = self.request(req);
-                async move { LeaseClient::new(ch).lease_grant(req).await }
-            })
-            .await?;
-        if !r.error.is_empty() {
-            return Err(StoreError::Backend {
-                path: self.describe.clone(),
-                message: format!("lease grant: {}", r.error),
-            });
-        }
-        Ok(r.id)
-    }
-
-    /// Renews `lease` once; false if etcd no longer has it.
-    pub async fn renew_lease(&self, lease: i64) -> Result<bool, StoreError> {
-        let member =
-            self.members[self.current.load(Ordering::Relaxed) % self.members.len()].clone();
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.send(pb::LeaseKeepAliveRequest { id: lease }).await;
-        let reply = async {
-            let mut s = LeaseClient::new(member)
-                .lease_keep_alive(self.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
-                .await?
-                .into_inner();
-            s.message().await
-        };
-        match tokio::time::timeout(Duration::from_secs(3), reply).await {
-            Ok(Ok(Some(r))) => Ok(r.ttl > 0),
-            Ok(Ok(None)) => Ok(false),
-            Ok(Err(s)) => {
-                self.current.fetch_add(1, Ordering::Relaxed);
-                Err(self.status(s))
-            }
-            Err(_) => {
-                self.current.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Unavailable {
-                    store: self.describe.clone(),
-                    reason: "lease keep-alive timed out".into(),
-                })
             }
         }
     }

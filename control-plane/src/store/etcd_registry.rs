@@ -18,10 +18,7 @@ use super::StoreError;
 use prost::Message;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use xds_proto::etcd::{
-    self as pb, kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient,
-    watch_request,
-};
+use xds_proto::etcd::{self as pb, kv_client::KvClient, watch_client::WatchClient, watch_request};
 use xds_proto::v1 as reg;
 
 pub const INSTANCES: &str = "registry/instances/";
@@ -187,79 +184,6 @@ impl EtcdStore {
             })
             .collect();
         self.guarded_txn(expect, &ops).await
-    }
-
-    /// Revokes `lease` (its keys go with it); a lease already gone is fine.
-    pub async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
-        let req = pb::LeaseRevokeRequest { id: lease };
-        match self
-            .call(|ch| {
-                let req = self.request(req);
-                async move { LeaseClient::new(ch).lease_revoke(req).await }
-            })
-            .await
-        {
-            Err(StoreError::Backend { message, .. }) if message.contains("not found") => Ok(()),
-            r => r.map(drop),
-        }
-    }
-
-    /// Keeps etcd leases alive over one long-lived stream: send a lease id
-    /// for each renewal. Re-opens the stream (on the next member) when it
-    /// breaks; renewals sent meanwhile are dropped (the next heartbeat
-    /// renews again, well within the TTL).
-    pub fn lease_keeper(&self) -> mpsc::Sender<i64> {
-        let (tx, mut rx) = mpsc::channel::<i64>(65_536);
-        let store = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Some(first) = rx.recv().await else { return };
-                let member =
-                    store.members[store.current.load(std::sync::atomic::Ordering::Relaxed)
-                        % store.members.len()]
-                    .clone();
-                let (req_tx, req_rx) = mpsc::channel(1024);
-                let _ = req_tx.send(pb::LeaseKeepAliveRequest { id: first }).await;
-                let opened = LeaseClient::new(member)
-                    .lease_keep_alive(
-                        store.request(tokio_stream::wrappers::ReceiverStream::new(req_rx)),
-                    )
-                    .await;
-                let mut replies = match opened {
-                    Ok(s) => s.into_inner(),
-                    Err(s) => {
-                        tracing::warn!(store = %store.describe, error = %s, "etcd lease keep-alive stream refused; retrying");
-                        store
-                            .current
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                loop {
-                    tokio::select! {
-                        id = rx.recv() => {
-                            let Some(id) = id else { return };
-                            if req_tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
-                                break;
-                            }
-                            metrics::counter!("weft_control_registry_keepalives_total").increment(1);
-                        }
-                        reply = replies.message() => match reply {
-                            Ok(Some(r)) if r.ttl <= 0 => {
-                                metrics::counter!("weft_control_registry_keepalive_expired_total").increment(1);
-                            }
-                            Ok(Some(_)) => {}
-                            Ok(None) | Err(_) => {
-                                store.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        tx
     }
 
     /// The registry's changes after revision `after`, as they happen, until

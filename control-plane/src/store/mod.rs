@@ -6,6 +6,7 @@
 pub mod embedded;
 pub mod etcd;
 mod etcd_auth;
+pub mod etcd_lease;
 pub mod etcd_registry;
 mod etcd_tls;
 pub mod etcd_txn;

@@ -16,7 +16,7 @@
 use super::{pending, Trust, EXTRA_ROOTS, PHASE_TIMEOUT};
 use crate::ca_store::{self, Seal};
 use crate::proxy_status::{ProxyRecord, ProxyRegistry};
-use crate::registry::IsLeader;
+use crate::replicas::IsLeader;
 use crate::store::etcd_txn::TxnOp;
 use crate::store::EtcdStore;
 use base64::Engine as _;
@@ -31,6 +31,8 @@ const ACKS: &str = "ca/rotation-acks/";
 const CA_FILES: &str = "ca/files";
 const REPLICAS: &str = "replicas/";
 const TICK: Duration = Duration::from_millis(250);
+/// Ticks between looks while no rotation runs.
+const IDLE_EVERY: u64 = 4;
 /// The switch time is this far after the leader decides it: every replica
 /// has switched its CA by then, so a certificate issued after it is from
 /// the new CA.
@@ -183,16 +185,27 @@ impl SharedRotation {
     async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        let mut idle = false;
         loop {
             tick.tick().await;
+            ticks += 1;
+            // Without a rotation running, look once a second.
+            if idle && !ticks.is_multiple_of(IDLE_EVERY) {
+                continue;
+            }
             let (rev, r) = match self.state().await {
                 Ok((rev, Some(r))) => (rev, r),
-                Ok((_, None)) => continue,
+                Ok((_, None)) => {
+                    idle = true;
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "CA rotation state not read");
                     continue;
                 }
             };
+            idle = !running(&r.phase);
             if let Err(e) = self.apply(&r).await {
                 tracing::error!(rotation = %r.id, phase = %r.phase, error = %e, "cannot apply the CA rotation's phase; retrying");
                 continue;
