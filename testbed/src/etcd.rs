@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use xds_proto::etcd::auth_client::AuthClient;
 
 pub struct EtcdCluster {
     pub members: Vec<IpAddr>,
@@ -266,19 +267,8 @@ impl EtcdCluster {
     /// `root` with `password` and the root role. Every client must then
     /// authenticate.
     pub fn enable_auth(&self, password: &str) -> anyhow::Result<()> {
-        use xds_proto::etcd::{
-            auth_client::AuthClient, AuthEnableRequest, AuthUserAddRequest,
-            AuthUserGrantRoleRequest,
-        };
-        let url = format!("http://{}:2379", self.members[0]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let ch = tonic::transport::Endpoint::from_shared(url)?
-                .connect()
-                .await?;
-            let mut auth = AuthClient::new(ch);
+        use xds_proto::etcd::{AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest};
+        self.auth_api(|mut auth| async move {
             auth.user_add(AuthUserAddRequest {
                 name: "root".into(),
                 password: password.into(),
@@ -294,12 +284,12 @@ impl EtcdCluster {
         })
     }
 
-    /// Sets `root`'s password again (to `password`): etcd drops every token
-    /// it gave out, as it does when tokens expire.
-    pub fn invalidate_tokens(&self, password: &str) -> anyhow::Result<()> {
-        use xds_proto::etcd::{
-            auth_client::AuthClient, AuthUserChangePasswordRequest, AuthenticateRequest,
-        };
+    /// Runs `f` with etcd's Auth API on member 0 (plaintext clusters).
+    fn auth_api<F, Fut>(&self, f: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(AuthClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let url = format!("http://{}:2379", self.members[0]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -308,7 +298,15 @@ impl EtcdCluster {
             let ch = tonic::transport::Endpoint::from_shared(url)?
                 .connect()
                 .await?;
-            let mut auth = AuthClient::new(ch);
+            f(AuthClient::new(ch)).await
+        })
+    }
+
+    /// Sets `root`'s password again (to `password`): etcd drops every token
+    /// it gave out, as it does when tokens expire.
+    pub fn invalidate_tokens(&self, password: &str) -> anyhow::Result<()> {
+        use xds_proto::etcd::{AuthUserChangePasswordRequest, AuthenticateRequest};
+        self.auth_api(|mut auth| async move {
             let token = auth
                 .authenticate(AuthenticateRequest {
                     name: "root".into(),

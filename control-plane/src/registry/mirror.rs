@@ -230,6 +230,22 @@ mod tests {
         }
     }
 
+    /// Instances c0..c3 of one service (3 s TTL) learned at `t0`, with
+    /// their liveness keys where `alive` says.
+    fn four_instances(t0: Instant, alive: impl Fn(i64) -> bool) -> Inner {
+        let mut inner = Inner::default();
+        for i in 0..4 {
+            let lease = format!("l{i}");
+            inner.learn(
+                i + 1,
+                stored(&format!("c{i}"), &lease, pb::EventType::Added),
+                t0,
+            );
+            inner.liveness(lease, alive(i), t0);
+        }
+        inner
+    }
+
     /// The leader's sweep decisions at `now`.
     fn sweep(inner: &Inner, now: Instant) -> Vec<(Key, Action)> {
         let views: Vec<LeaseView<'_>> = inner
@@ -285,16 +301,7 @@ mod tests {
     #[test]
     fn three_of_four_etcd_leases_running_out_together_are_self_preserved_not_expired() {
         let t0 = Instant::now();
-        let mut inner = Inner::default();
-        for i in 0..4 {
-            let lease = format!("l{i}");
-            inner.learn(
-                i + 1,
-                stored(&format!("c{i}"), &lease, pb::EventType::Added),
-                t0,
-            );
-            inner.liveness(lease, true, t0);
-        }
+        let mut inner = four_instances(t0, |_| true);
         // Three stop within a heartbeat interval (1 s of a 3 s TTL).
         for (i, at) in [(0, 0), (1, 400), (2, 900)] {
             inner.liveness(format!("l{i}"), false, t0 + Duration::from_millis(at));
@@ -315,16 +322,7 @@ mod tests {
     #[test]
     fn one_of_four_etcd_leases_running_out_expires_half_a_ttl_later() {
         let t0 = Instant::now();
-        let mut inner = Inner::default();
-        for i in 0..4 {
-            let lease = format!("l{i}");
-            inner.learn(
-                i + 1,
-                stored(&format!("c{i}"), &lease, pb::EventType::Added),
-                t0,
-            );
-            inner.liveness(lease, i != 0, t0);
-        }
+        let inner = four_instances(t0, |i| i != 0);
         assert!(sweep(&inner, t0 + Duration::from_millis(1400)).is_empty());
         let key = ("shop".to_string(), "cart".to_string(), "c0".to_string());
         assert_eq!(

@@ -79,6 +79,17 @@ pub struct SharedRotation {
     applied: Mutex<Applied>,
 }
 
+impl Rotation {
+    /// The old roots and the new one: trusted until the old ones retire.
+    fn both_roots(&self) -> Vec<String> {
+        let mut roots = self.old_roots.clone();
+        if !roots.contains(&self.new_root) {
+            roots.push(self.new_root.clone());
+        }
+        roots
+    }
+}
+
 fn running(phase: &str) -> bool {
     matches!(phase, "distributing" | "reissuing" | "retiring")
 }
@@ -236,24 +247,14 @@ impl SharedRotation {
             }
         }
         let epoch = match r.phase.as_str() {
-            "distributing" => {
-                let mut roots = r.old_roots.clone();
-                if !roots.contains(&r.new_root) {
-                    roots.push(r.new_root.clone());
-                }
-                self.trust.publish(roots, 0)
-            }
+            "distributing" => self.trust.publish(r.both_roots(), 0),
             "reissuing" => {
                 self.switch_ca(r)?;
                 // Renewals must land after the switch time to count.
                 while unix_now() <= r.switch_at {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let mut roots = r.old_roots.clone();
-                if !roots.contains(&r.new_root) {
-                    roots.push(r.new_root.clone());
-                }
-                self.trust.publish(roots, r.switch_at + 1)
+                self.trust.publish(r.both_roots(), r.switch_at + 1)
             }
             "retiring" | "done" => {
                 self.switch_ca(r)?;
