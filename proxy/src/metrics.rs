@@ -104,6 +104,22 @@ impl TcpMetrics {
     }
 }
 
+/// Plaintext connections to the inbound listener with mTLS on, by result
+/// (`accepted` in permissive mode, `refused` in strict mode).
+pub const INBOUND_PLAINTEXT: &str = "weft_inbound_plaintext_connections_total";
+/// Intercepted traffic to destinations outside the mesh, sent on to its
+/// original destination unchanged, by protocol (`http` requests, `tcp`
+/// connections).
+pub const PASSTHROUGH: &str = "weft_outbound_passthrough_total";
+
+pub fn inbound_plaintext(result: &'static str) {
+    metrics::counter!(INBOUND_PLAINTEXT, "result" => result).increment(1);
+}
+
+pub fn passthrough(protocol: &'static str) {
+    metrics::counter!(PASSTHROUGH, "protocol" => protocol).increment(1);
+}
+
 pub fn detection(result: &'static str) {
     metrics::counter!(DETECT_RESULTS, "result" => result).increment(1);
 }

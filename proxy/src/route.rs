@@ -336,6 +336,24 @@ pub struct RouteTable {
 }
 
 impl Rule {
+    /// The rule for intercepted HTTP to a mesh address (a service VIP or an
+    /// endpoint) that no route names: every request to `cluster`, with the
+    /// default retries.
+    pub fn intercepted(
+        cluster: &str,
+        clusters: &BTreeMap<String, Arc<Cluster>>,
+    ) -> Result<Rule, String> {
+        let r = pb::RouteRule {
+            backends: vec![pb::Backend {
+                cluster: cluster.to_string(),
+                weight: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Rule::build("intercepted", &r, clusters)
+    }
+
     fn build(
         route: &str,
         r: &pb::RouteRule,

@@ -7,7 +7,7 @@ use crate::policy::authz::Authz;
 use crate::policy::rate_limit::RateLimits;
 use crate::protocol::Protocol;
 pub use crate::resource_cache::ResourceCache;
-use crate::route::RouteTable;
+use crate::route::{Rule, RouteTable};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +31,14 @@ pub struct AppPort {
     pub protocol: Protocol,
 }
 
+/// The mesh service behind an address intercepted traffic may be headed
+/// for, and the rule its unrouted HTTP requests take.
+#[derive(Debug)]
+struct Intercepted {
+    cluster: Arc<Cluster>,
+    rule: Arc<Rule>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub version: String,
@@ -39,7 +47,7 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub tcp_listeners: Vec<TcpListenerSpec>,
     #[serde(skip)]
-    by_address: HashMap<SocketAddr, Arc<Cluster>>,
+    by_address: HashMap<SocketAddr, Intercepted>,
     /// Who may call the local workload.
     #[serde(skip)]
     pub authz: Authz,
@@ -70,7 +78,13 @@ impl Snapshot {
     /// The cluster an intercepted connection to `addr` was meant for: a
     /// service VIP on the cluster's port, or one of its endpoints.
     pub fn cluster_for_address(&self, addr: SocketAddr) -> Option<&Arc<Cluster>> {
-        self.by_address.get(&addr)
+        self.by_address.get(&addr).map(|i| &i.cluster)
+    }
+
+    /// The rule for an intercepted HTTP request to `addr` that no route
+    /// takes: to the mesh service there, if `addr` is one of its.
+    pub fn intercepted_rule(&self, addr: SocketAddr) -> Option<&Rule> {
+        self.by_address.get(&addr).map(|i| &*i.rule)
     }
 
     pub fn app_port(&self, port: u16) -> Option<&AppPort> {
@@ -139,7 +153,7 @@ impl Snapshot {
             }
             None => RateLimits::default(),
         };
-        let by_address = index_by_address(&clusters);
+        let by_address = index_by_address(&clusters)?;
         Ok(Snapshot {
             version: version.to_string(),
             app_ports,
@@ -217,17 +231,25 @@ fn build_listeners(
 /// for intercepted connections.
 fn index_by_address(
     clusters: &BTreeMap<String, Arc<Cluster>>,
-) -> HashMap<SocketAddr, Arc<Cluster>> {
+) -> Result<HashMap<SocketAddr, Intercepted>, String> {
     let mut by_address = HashMap::new();
-    for c in clusters.values() {
+    for (name, c) in clusters {
+        if c.addresses.is_empty() && c.hosts.is_empty() {
+            continue;
+        }
+        let rule = Arc::new(Rule::intercepted(name, clusters)?);
+        let entry = || Intercepted {
+            cluster: c.clone(),
+            rule: rule.clone(),
+        };
         for ip in &c.addresses {
-            by_address.insert(SocketAddr::new(*ip, c.port), c.clone());
+            by_address.insert(SocketAddr::new(*ip, c.port), entry());
         }
         for h in &c.hosts {
-            by_address.entry(h.addr).or_insert_with(|| c.clone());
+            by_address.entry(h.addr).or_insert_with(entry);
         }
     }
-    by_address
+    Ok(by_address)
 }
 
 /// The current snapshot, shared by listeners, the xDS client and admin.

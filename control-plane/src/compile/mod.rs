@@ -289,6 +289,7 @@ fn outbound(set: &mut ResourceSet, sources: &Sources<'_>, node: &pb::Node, trust
             });
         }
     }
+    intercepted_services(set, sources, trust_domain);
     insert(
         set,
         type_url::ROUTE_TABLE,
@@ -298,6 +299,27 @@ fn outbound(set: &mut ResourceSet, sources: &Sources<'_>, node: &pb::Node, trust
             virtual_hosts: vhosts,
         }),
     );
+}
+
+/// Every port of every service with virtual IPs (`addresses`): an
+/// intercepted app reaches them by address without a Route (the proxy
+/// sends HTTP no route takes, and TCP, to the service whose VIP or
+/// endpoint was dialled). Services without VIPs are reached through
+/// Routes only.
+fn intercepted_services(set: &mut ResourceSet, sources: &Sources<'_>, trust_domain: &str) {
+    for (key, svc) in sources.config.services() {
+        if svc.addresses.is_empty() {
+            continue;
+        }
+        for port in &svc.ports {
+            let dest = crate::config::kinds::Destination {
+                service: key.name.clone(),
+                port: port.port,
+                subset: Default::default(),
+            };
+            cluster::add_cluster(set, sources, trust_domain, &key.namespace, &dest);
+        }
+    }
 }
 
 /// What changed between two resource sets: (changed or new, removed).
@@ -581,5 +603,59 @@ spec:
         let web = policy("web");
         assert!(web.rules.is_empty());
         assert!(web.default_deny);
+    }
+
+    #[test]
+    fn services_with_virtual_ips_reach_every_proxy_without_a_route() {
+        let cfg = config(&format!(
+            "{MESH}---\napiVersion: weft.dev/v1\nkind: Service\nmetadata: {{name: cache, namespace: infra}}\nspec: {{ports: [{{port: 6379, protocol: tcp}}, {{port: 9121, protocol: http}}], addresses: [10.96.0.9]}}\n"
+        ));
+        let clusters = |service: &str| -> Vec<String> {
+            compile_for(&cfg, &RegistryView::default(), &node(service), &td())
+                .keys()
+                .filter(|(t, _)| t == type_url::CLUSTER)
+                .map(|(_, n)| n.clone())
+                .collect()
+        };
+        assert_eq!(
+            clusters("web"),
+            vec!["cache.infra:6379", "cache.infra:9121", "cart.shop:9090"]
+        );
+        assert_eq!(
+            clusters("billing"),
+            vec!["cache.infra:6379", "cache.infra:9121"]
+        );
+    }
+
+    #[test]
+    fn the_mtls_mode_is_the_services_else_the_namespaces_else_the_meshs_else_strict() {
+        let auth = |ns: &str, name: &str, spec: &str| {
+            format!("---\napiVersion: weft.dev/v1\nkind: Authorization\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+        };
+        let mode = |extra: &str, service: &str| {
+            let cfg = config(&format!("{MESH}{extra}"));
+            let set = compile_for(&cfg, &RegistryView::default(), &node(service), &td());
+            match &set[&(
+                type_url::AUTHORIZATION_POLICY.to_string(),
+                AUTHORIZATION.to_string(),
+            )]
+                .kind
+            {
+                Some(RKind::AuthorizationPolicy(p)) => (p.permissive, p.mtls_policy.clone()),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(mode("", "web"), (false, String::new()));
+        let mesh = auth("weft-system", "mesh", "{mtls: permissive}");
+        assert_eq!(mode(&mesh, "web"), (true, "weft-system/mesh".into()));
+        let ns = auth("shop", "shop-mtls", "{mtls: strict, default: allow}");
+        assert_eq!(
+            mode(&format!("{mesh}{ns}"), "web"),
+            (false, "shop/shop-mtls".into())
+        );
+        let svc = auth("shop", "web-mtls", "{target: {service: web}, mtls: permissive}");
+        let all = format!("{mesh}{ns}{svc}");
+        assert_eq!(mode(&all, "web"), (true, "shop/web-mtls".into()));
+        assert_eq!(mode(&all, "cart"), (false, "shop/shop-mtls".into()));
     }
 }

@@ -325,6 +325,18 @@ pub struct AuthorizationSpec {
     /// allow | deny: what happens to a call no rule decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<AuthzAction>,
+    /// strict | permissive: whether the target's (or the namespace's, or
+    /// in `weft-system` the mesh's) sidecars also accept plaintext callers
+    /// from outside the mesh. Unset everywhere: strict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    Strict,
+    Permissive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,18 +2,18 @@
 //! local app), in order: authorize → rate-limit → caller identity → app →
 //! respond. Each phase is one call into its policy module.
 
-use crate::http::body::{ClientBody, Held, RequestBody, ResponseBody};
-use crate::http::headers::{authority_as_host, is_grpc, is_upgrade, strip_hop_by_hop};
+use crate::http::body::ResponseBody;
+use crate::http::forward::Plain;
+use crate::http::headers::is_grpc;
 use crate::http::limits::ClientTimeouts;
 use crate::http::local_response::{local_response, rate_limited};
-use crate::http::upgrade;
-use crate::http::upstream::{upstream_uri, ConnectTarget, Upstreams};
+use crate::http::upstream::{ConnectTarget, Upstreams};
 use crate::metrics::RequestMetrics;
 use crate::mtls::PEER_IDENTITY_HEADER;
 use crate::policy::authz::{Access, Peer};
 use crate::policy::rate_limit::{Call, Verdict};
 use crate::snapshot::Snapshot;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -61,20 +61,23 @@ impl Inbound {
         mut req: Request<Incoming>,
         client: SocketAddr,
         caller: Option<Caller>,
+        port: Option<u16>,
         start: Instant,
     ) -> Response<ResponseBody> {
         let grpc = is_grpc(req.headers());
         let peer = caller.as_ref().map(|c| &*c.peer);
+        // An intercepted connection names its app port; else the default.
+        let port = port.unwrap_or(self.app_port);
         let refused = self
-            .authorize(snapshot, &req, peer, grpc)
-            .or_else(|| self.rate_limit(snapshot, &req, peer, client, grpc));
+            .authorize(snapshot, &req, port, peer, grpc)
+            .or_else(|| self.rate_limit(snapshot, &req, port, peer, client, grpc));
         if let Some(refused) = refused {
             self.metrics
                 .record(refused.status().as_u16(), start.elapsed());
             return refused;
         }
         set_caller_identity(req.headers_mut(), caller);
-        self.to_app(snapshot, req, grpc, start).await
+        self.to_app(snapshot, req, port, grpc, start).await
     }
 
     /// Authorization: who may call the app, on which path and method. Some:
@@ -83,11 +86,12 @@ impl Inbound {
         &self,
         snapshot: &Snapshot,
         req: &Request<Incoming>,
+        port: u16,
         peer: Option<&Peer>,
         grpc: bool,
     ) -> Option<Refused> {
         let decision = snapshot.authz.check(
-            self.app_port,
+            port,
             peer,
             Access::Http {
                 path: req.uri().path(),
@@ -111,6 +115,7 @@ impl Inbound {
         &self,
         snapshot: &Snapshot,
         req: &Request<Incoming>,
+        port: u16,
         peer: Option<&Peer>,
         client: SocketAddr,
         grpc: bool,
@@ -119,7 +124,7 @@ impl Inbound {
             return None;
         }
         let verdict = snapshot.rate_limits.check(&Call {
-            port: self.app_port,
+            port,
             path: req.uri().path(),
             method: req.method().as_str(),
             identity: peer.map(|p| &*p.uri),
@@ -136,76 +141,33 @@ impl Inbound {
     async fn to_app(
         &self,
         snapshot: &Snapshot,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
+        port: u16,
         grpc: bool,
         start: Instant,
     ) -> Response<ResponseBody> {
-        let h2 = match snapshot.app_port(self.app_port) {
+        let (app, app_authority) = if port == self.app_port {
+            (self.app.clone(), self.app_authority.clone())
+        } else {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            (ConnectTarget::local(addr), crate::host::authority_of(&addr))
+        };
+        let h2 = match snapshot.app_port(port) {
             Some(p) if !p.protocol.is_opaque() => p.protocol.is_h2(),
             _ => req.version() == http::Version::HTTP_2,
         };
-        let upgrade = !h2 && is_upgrade(req.headers());
-        let on_client_upgrade = upgrade::client_side(&mut req, upgrade);
-        let (mut parts, body) = req.into_parts();
-        if !h2 {
-            if let Some(host) = authority_as_host(&parts) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        parts.uri = match upstream_uri(self.app_authority.clone(), &parts.uri, false) {
-            Ok(u) => u,
-            Err(e) => {
-                self.metrics.record(400, start.elapsed());
-                return local_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad_uri",
-                    format!("weft: {e}\n"),
-                    grpc,
-                );
-            }
+        let plain = Plain {
+            target: app,
+            authority: app_authority,
+            h2,
+            body_read: self.body_read,
+            what: "app port",
+            port,
+            direction: "inbound",
         };
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.version = if h2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        let (body, body_watch) = ClientBody::new(body, self.body_read);
-        let request = Request::from_parts(parts, RequestBody::Stream(body));
-        match self
-            .upstreams
-            .send(request, self.app.clone(), false, h2)
+        plain
+            .forward(&self.upstreams, req, grpc, &self.metrics, start)
             .await
-        {
-            Ok(mut resp) => {
-                self.metrics.record(resp.status().as_u16(), start.elapsed());
-                if !upgrade::splice_if_switched(on_client_upgrade, &mut resp, "inbound") {
-                    strip_hop_by_hop(resp.headers_mut(), false);
-                }
-                resp.map(|b| ResponseBody::upstream(b, Held::default(), None, None))
-            }
-            Err(e) => {
-                if let Some(fault) = body_watch.fault() {
-                    tracing::debug!(port = self.app_port, error = %e, "request body from the caller failed");
-                    let (status, reason) = fault.status();
-                    self.metrics.record(status.as_u16(), start.elapsed());
-                    return local_response(status, reason, format!("weft: {e}\n"), grpc);
-                }
-                let reason = if e.is_connect() {
-                    "upstream_connect"
-                } else {
-                    "upstream_error"
-                };
-                tracing::debug!(port = self.app_port, error = %e, "request to the app failed");
-                self.metrics.record(502, start.elapsed());
-                local_response(
-                    StatusCode::BAD_GATEWAY,
-                    reason,
-                    format!("weft: app port {}: {reason}\n", self.app_port),
-                    grpc,
-                )
-            }
-        }
     }
 }
 

@@ -14,6 +14,7 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
+use crate::http::forward::Plain;
 use crate::http::body::{BodyFault, BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::limits::ClientTimeouts;
@@ -45,6 +46,9 @@ pub struct Outbound {
     security: SecurityCounters,
     /// Requests that match no route.
     unrouted: RequestMetrics,
+    /// Intercepted requests passed through to a destination outside the
+    /// mesh.
+    passthrough: RequestMetrics,
     mirrors: Mirrors,
 }
 
@@ -91,22 +95,35 @@ impl Outbound {
             upstreams: Upstreams::new(mtls),
             security: SecurityCounters::new("http"),
             unrouted: RequestMetrics::new("outbound", "none", "none"),
+            passthrough: RequestMetrics::new("outbound", "passthrough", "passthrough"),
             mirrors: Mirrors::default(),
         }
     }
 
+    /// `original_dst`: where an intercepted connection was headed. A
+    /// request no route takes goes to the mesh service at that address
+    /// (its VIP or an endpoint's address), else passes through to it;
+    /// without one it gets 404.
     pub async fn handle(
         &self,
         snapshot: &Snapshot,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        original_dst: Option<SocketAddr>,
         start: Instant,
     ) -> Response<ResponseBody> {
         let grpc = is_grpc(req.headers());
         // 1. route
-        let Some(rule) = route(snapshot, &req) else {
-            self.unrouted.record(404, start.elapsed());
-            return no_route(&req, grpc);
+        let rule = match (route(snapshot, &req), original_dst) {
+            (Some(rule), _) => rule,
+            (None, Some(dst)) => match snapshot.intercepted_rule(dst) {
+                Some(rule) => rule,
+                None => return self.passthrough(req, dst, grpc, start).await,
+            },
+            (None, None) => {
+                self.unrouted.record(404, start.elapsed());
+                return no_route(&req, grpc);
+            }
         };
         // 2. backend
         let backend = rule.pick_backend();
@@ -214,6 +231,30 @@ impl Outbound {
                 overloaded(limit, grpc)
             }
         }
+    }
+
+    /// An intercepted request for a destination outside the mesh: sent on
+    /// to it as it is (plaintext, the client's HTTP version), counted.
+    async fn passthrough(
+        &self,
+        req: Request<Incoming>,
+        dst: SocketAddr,
+        grpc: bool,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        crate::metrics::passthrough("http");
+        let plain = Plain {
+            target: ConnectTarget::local(dst),
+            authority: crate::host::authority_of(&dst),
+            h2: req.version() == http::Version::HTTP_2,
+            body_read: self.body_read,
+            what: "passthrough to",
+            port: dst.port(),
+            direction: "outbound",
+        };
+        plain
+            .forward(&self.upstreams, req, grpc, &self.passthrough, start)
+            .await
     }
 
     /// Sends the request, retrying as the rule's policy, the cluster's budget

@@ -51,6 +51,19 @@ enum Handler {
 /// Client connections closed for having no request in flight for too long.
 pub const IDLE_CLOSED: &str = "weft_http_idle_connections_closed_total";
 
+/// Who a client connection is and where it was headed.
+#[derive(Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The caller proven by its certificate (inbound mTLS).
+    pub identity: Option<Arc<Peer>>,
+    /// The address the client dialled, for an intercepted connection
+    /// (SO_ORIGINAL_DST): outbound, where an unrouted request passes
+    /// through to (or the mesh service whose VIP it is); inbound, the app
+    /// port.
+    pub original_dst: Option<SocketAddr>,
+}
+
 /// The HTTP server of one listener direction.
 pub struct HttpServer {
     snapshot: SnapshotHolder,
@@ -101,19 +114,18 @@ impl HttpServer {
 
     /// Serves one client connection until it closes or the drain asks it to
     /// finish its in-flight requests and close.
-    /// `peer_identity`: the caller proven by its certificate (inbound mTLS).
-    pub async fn serve<I>(
-        self: Arc<Self>,
-        stream: I,
-        peer: SocketAddr,
-        peer_identity: Option<Arc<Peer>>,
-        mut draining: watch::Receiver<bool>,
-    ) where
+    pub async fn serve<I>(self: Arc<Self>, stream: I, conn: Conn, mut draining: watch::Receiver<bool>)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send + 'static,
     {
         let direction = self.direction().as_str();
+        let Conn {
+            peer,
+            identity,
+            original_dst,
+        } = conn;
         let span = tracing::debug_span!("http_connection", direction, %peer);
-        let caller = peer_identity.map(|p| Caller {
+        let caller = identity.map(|p| Caller {
             header: HeaderValue::from_str(&p.uri).ok(),
             peer: p,
         });
@@ -138,7 +150,7 @@ impl HttpServer {
             let caller = caller.clone();
             let in_flight = counting.start();
             async move {
-                let resp = this.handle(req, peer, caller).await;
+                let resp = this.handle(req, peer, caller, original_dst).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, in_flight)))
             }
         });
@@ -189,6 +201,7 @@ impl HttpServer {
         mut req: Request<Incoming>,
         client: SocketAddr,
         caller: Option<Caller>,
+        original_dst: Option<SocketAddr>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         if let Err(why) = normalize_host(&mut req) {
@@ -203,8 +216,15 @@ impl HttpServer {
         }
         let snapshot = self.snapshot.load_full();
         match &self.handler {
-            Handler::Outbound(out) => out.handle(&snapshot, req, client, start).await,
-            Handler::Inbound(inb) => inb.handle(&snapshot, req, client, caller, start).await,
+            Handler::Outbound(out) => {
+                out.handle(&snapshot, req, client, original_dst, start)
+                    .await
+            }
+            Handler::Inbound(inb) => {
+                let port = original_dst.map(|d| d.port());
+                inb.handle(&snapshot, req, client, caller, port, start)
+                    .await
+            }
         }
     }
 }

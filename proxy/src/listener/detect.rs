@@ -114,6 +114,31 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     }
 }
 
+/// What an inbound connection opens with: a TLS handshake (a sidecar's
+/// mTLS) or anything else (a plaintext caller outside the mesh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    Tls,
+    Plaintext,
+    /// Closed before a byte arrived.
+    Closed,
+}
+
+/// TLS records of type handshake (22) start every TLS ClientHello.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Peeks at the first byte (never consumes it). A client silent for
+/// `timeout` (a server-first protocol) is plaintext: TLS clients speak
+/// first.
+pub async fn opening(stream: &TcpStream, timeout: Duration) -> Opening {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Opening::Closed,
+        Ok(Ok(_)) if first[0] == TLS_HANDSHAKE => Opening::Tls,
+        Ok(Ok(_)) | Err(_) => Opening::Plaintext,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +185,26 @@ mod tests {
             Verdict::Known(Detected::Opaque)
         ));
         assert!(matches!(classify(b"PO"), Verdict::NeedMore));
+    }
+
+    #[tokio::test]
+    async fn opening_tells_a_tls_handshake_from_plaintext_and_silence() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        for (bytes, want) in [
+            (&b"\x16\x03\x01\x02\x00"[..], Opening::Tls),
+            (b"GET / HTTP/1.1\r\n", Opening::Plaintext),
+            (b"", Opening::Plaintext),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(bytes).await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            assert_eq!(opening(&server, Duration::from_millis(50)).await, want);
+        }
+        let client = TcpStream::connect(addr).await.unwrap();
+        drop(client);
+        let (server, _) = l.accept().await.unwrap();
+        assert_eq!(opening(&server, Duration::from_secs(1)).await, Opening::Closed);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod orig_dst;
 pub mod outbound;
 
 use crate::drain::Drain;
+use crate::http::server::Conn;
 use crate::http::{Direction, HttpServer};
 use crate::metrics::TcpMetrics;
 use crate::mtls::MeshTls;
@@ -43,15 +44,13 @@ pub struct Context {
 
 impl Context {
     /// Serves one HTTP connection (h1 or h2c) in `direction`.
-    pub async fn serve_http(&self, direction: Direction, stream: TcpStream, peer: SocketAddr) {
+    pub async fn serve_http(&self, direction: Direction, stream: TcpStream, conn: Conn) {
         let http = match direction {
             Direction::Outbound => &self.outbound_http,
             Direction::Inbound => &self.inbound_http,
         };
         let _ = stream.set_nodelay(true);
-        http.clone()
-            .serve(stream, peer, None, self.drain.watch())
-            .await
+        http.clone().serve(stream, conn, self.drain.watch()).await
     }
 
     /// Forwards an opaque connection to `target` (mTLS when `identity` names

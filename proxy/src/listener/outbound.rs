@@ -1,9 +1,13 @@
 //! Outbound listener (app egress). An intercepted connection (SO_ORIGINAL_DST)
-//! to a tcp/opaque destination is forwarded without sniffing; everything else
-//! is sniffed: HTTP is routed by Host, other bytes go to
-//! the original destination, or are refused when there is none.
+//! to a tcp/opaque mesh destination is forwarded without sniffing; everything
+//! else is sniffed: HTTP is routed by Host (then by the mesh service the
+//! original destination belongs to, else passed through to it, see
+//! `http::outbound`); other bytes go to the mesh service the original
+//! destination belongs to, else pass through to it unchanged, or are refused
+//! when there is no original destination.
 
 use super::Context;
+use crate::http::server::Conn;
 use crate::listener::detect::{detect, Detected};
 use crate::listener::orig_dst::original_dst;
 use crate::metrics;
@@ -31,14 +35,25 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
     match detect(&stream, ctx.detect_timeout).await {
         Detected::Http1 | Detected::Http2 => {
             metrics::detection("http");
-            ctx.serve_http(crate::http::Direction::Outbound, stream, peer)
+            let conn = Conn {
+                peer,
+                identity: None,
+                original_dst: original,
+            };
+            ctx.serve_http(crate::http::Direction::Outbound, stream, conn)
                 .await;
         }
         Detected::Opaque => {
             metrics::detection("opaque");
-            let target = cluster
-                .and_then(|c| c.pick_with_identity())
-                .or(original.map(|o| (o, None)));
+            let target = match (cluster, original) {
+                (Some(c), _) => c.pick_with_identity().or(original.map(|o| (o, None))),
+                (None, Some(o)) => {
+                    // Outside the mesh: on to where the app was going.
+                    metrics::passthrough("tcp");
+                    Some((o, None))
+                }
+                (None, None) => None,
+            };
             match target {
                 Some((t, identity)) => {
                     ctx.forward_tcp("outbound", stream, t, identity.as_deref())

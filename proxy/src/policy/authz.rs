@@ -104,6 +104,9 @@ pub struct Authz {
     default_policy: Arc<str>,
     /// (policy, allow) → counter.
     counters: HashMap<(Arc<str>, bool), Counter>,
+    /// mtls: permissive: plaintext callers (outside the mesh) are served,
+    /// as callers without an identity. false: strict.
+    pub permissive: bool,
 }
 
 impl Default for Authz {
@@ -114,6 +117,7 @@ impl Default for Authz {
             default_deny: false,
             default_policy: Arc::from("default"),
             counters: HashMap::new(),
+            permissive: false,
         })
     }
 }
@@ -161,6 +165,7 @@ impl Authz {
             default_deny: p.default_deny,
             default_policy,
             counters,
+            permissive: p.permissive,
         })
     }
 

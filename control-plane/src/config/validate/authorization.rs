@@ -5,18 +5,22 @@ use crate::config::kinds::AuthorizationSpec;
 use crate::config::{ConfigError, Located};
 
 pub(super) fn check_authorization(obj: &Located, a: &AuthorizationSpec) -> Result<(), ConfigError> {
+    let mtls = a.mtls.is_some();
     match (&a.target, a.rules.is_empty(), a.default) {
-        (None, true, None) => {
+        (None, true, None) if !mtls => {
             return Err(obj.error(
                 "spec",
-                "set `target` and `rules` (a policy for one service) or `default` (the namespace's default)",
+                "set `target` and `rules` (a policy for one service), `default` (the namespace's default) or `mtls`",
             ))
         }
         (None, false, _) => {
             return Err(obj.error("spec.rules", "rules need a `target` service"))
         }
-        (Some(_), true, _) => {
-            return Err(obj.error("spec.rules", "a policy with a target needs at least one rule"))
+        (Some(_), true, _) if !mtls => {
+            return Err(obj.error(
+                "spec.rules",
+                "a policy with a target needs at least one rule (or `mtls`)",
+            ))
         }
         (Some(_), false, Some(_)) => {
             return Err(obj.error(
@@ -29,6 +33,12 @@ pub(super) fn check_authorization(obj: &Located, a: &AuthorizationSpec) -> Resul
     if let Some(t) = &a.target {
         if let Some(p) = t.port {
             check_port(p).map_err(|r| obj.error("spec.target.port", r))?;
+            if mtls {
+                return Err(obj.error(
+                    "spec.mtls",
+                    "the mTLS mode covers every port of the service: drop `target.port` or put `mtls` in its own Authorization",
+                ));
+            }
         }
     }
     for (i, rule) in a.rules.iter().enumerate() {
