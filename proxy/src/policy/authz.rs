@@ -235,7 +235,7 @@ mod tests {
         let closed = Authz::from_pb(&pb::AuthorizationPolicy {
             default_deny: true,
             default_policy: "shop/default".into(),
-            rules: vec![],
+            ..Default::default()
         })
         .unwrap();
         let d = closed.check(80, Some(&id("spiffe://td/ns/a/sa/b")), GET_API);
