@@ -120,6 +120,12 @@ struct Args {
     /// ::, in which case the workload is not registered without it.
     #[arg(long, env = "WEFT_ADVERTISE_ADDRESS")]
     advertise_address: Option<IpAddr>,
+    /// The pod's TCP is redirected into this sidecar (weft-init): callers
+    /// are told to dial the workload's own ports on the advertised address
+    /// (the redirect brings them to the inbound listener) rather than the
+    /// inbound port.
+    #[arg(long, env = "WEFT_INTERCEPTED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    intercepted: bool,
     /// The registered instance id (unique within the service); defaults to
     /// --node.
     #[arg(long, env = "WEFT_INSTANCE_ID")]
@@ -167,6 +173,7 @@ fn registration(
             .unwrap_or_else(|| args.node.clone()),
         address: address.to_string(),
         sidecar_port: u32::from(args.inbound.port()),
+        intercepted: args.intercepted,
         labels: args.labels.iter().cloned().collect(),
         weight: args.weight.unwrap_or(0),
         ..Default::default()

@@ -124,19 +124,22 @@ fn registered_endpoint(
     if i.health == pb::Health::Critical as i32 {
         return None;
     }
-    let (port, identity) = if i.sidecar_port != 0 {
-        (i.sidecar_port, identity.to_string())
-    } else {
-        let p = i
-            .ports
+    let own_port = || {
+        i.ports
             .iter()
             .find(|p| i64::from(p.port) == port)
             .or_else(|| {
                 i.ports
                     .iter()
                     .find(|p| !port_name.is_empty() && p.name == port_name)
-            })?;
-        (p.port, String::new())
+            })
+            .map(|p| p.port)
+    };
+    let (port, identity) = match (i.sidecar_port, i.intercepted) {
+        // Redirected into the sidecar on the pod: dial the port itself.
+        (s, true) if s != 0 => (own_port()?, identity.to_string()),
+        (0, _) => (own_port()?, String::new()),
+        (s, _) => (s, identity.to_string()),
     };
     Some(pb::Endpoint {
         address: i.address.clone(),

@@ -463,6 +463,15 @@ spec:
                 inst("d", "127.0.0.24", pb::Health::Passing, 0, 7777),
                 // Also listed statically: one endpoint.
                 inst("e", "10.0.0.3", pb::Health::Passing, 15006, 9090),
+                // Intercepted pods are dialled on the port itself (mTLS).
+                std::sync::Arc::new(pb::Instance {
+                    intercepted: true,
+                    ..(*inst("f", "10.1.0.6", pb::Health::Passing, 15006, 9090)).clone()
+                }),
+                std::sync::Arc::new(pb::Instance {
+                    intercepted: true,
+                    ..(*inst("g", "10.1.0.7", pb::Health::Passing, 15006, 7777)).clone()
+                }),
             ]
             .into(),
         );
@@ -489,8 +498,9 @@ spec:
                 ("127.0.0.21".into(), 15006, false, 1),
                 // Warning stays; no sidecar: its own port, plaintext.
                 ("127.0.0.23".into(), 9090, true, 1),
+                ("10.1.0.6".into(), 9090, false, 1),
                 // "grpc" is not a port name of the Service, and 7777 is not
-                // its port: d does not serve cart:9090.
+                // its port: d (and intercepted g) do not serve cart:9090.
             ]
         );
         assert_eq!(

@@ -257,7 +257,7 @@ impl registry_server::Registry for RegistryService {
             self.registry
                 .list(&r.namespace, &r.service, &Default::default());
         endpoints.extend(instances.into_iter().map(|i| pb::EndpointStatus {
-            port: if i.sidecar_port != 0 {
+            port: if i.sidecar_port != 0 && !i.intercepted {
                 i.sidecar_port
             } else {
                 i.ports.first().map(|p| p.port).unwrap_or(0)

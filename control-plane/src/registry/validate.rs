@@ -101,6 +101,12 @@ pub(super) fn check_registration(
     if i.sidecar_port != 0 {
         check_port(i64::from(i.sidecar_port)).map_err(|r| bad("instance.sidecar_port", r))?;
     }
+    if i.intercepted && (i.sidecar_port == 0 || i.ports.is_empty()) {
+        return Err(bad(
+            "instance.intercepted",
+            "an intercepted instance needs its sidecar_port and at least one port (callers dial its ports)",
+        ));
+    }
     if i.labels.len() > MAX_LABELS {
         return Err(bad(
             "instance.labels",
