@@ -9,11 +9,10 @@ use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot run {cmd}: {source} (is iptables installed, and are we root or CAP_NET_ADMIN?)")]
-    Spawn {
-        cmd: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "cannot run {cmd}: {source} (is iptables installed, and are we root or CAP_NET_ADMIN?)"
+    )]
+    Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed ({status}): {stderr}")]
     Failed {
         cmd: String,
@@ -133,7 +132,9 @@ pub fn is_installed(saved: &str, batch: &str) -> bool {
     let hooked = HOOKS.iter().all(|(hook, chain)| {
         saved
             .lines()
-            .filter(|l| l.starts_with(&format!("-A {hook} ")) && l.ends_with(&format!("-j {chain}")))
+            .filter(|l| {
+                l.starts_with(&format!("-A {hook} ")) && l.ends_with(&format!("-j {chain}"))
+            })
             .count()
             == 1
     });
@@ -185,7 +186,10 @@ mod tests {
 
     #[test]
     fn cleanup_removes_our_hooks_and_chains_and_nothing_else() {
-        let cmds: Vec<String> = cleanup_commands(SAVED).iter().map(|c| c.join(" ")).collect();
+        let cmds: Vec<String> = cleanup_commands(SAVED)
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
         assert_eq!(
             cmds,
             vec![
@@ -204,7 +208,10 @@ mod tests {
     fn a_batch_is_installed_only_with_its_marker_its_rules_and_each_hook_once() {
         let batch = "*nat\n-A WEFT_OUTPUT -m comment --comment \"weft-init 00\"\n-A PREROUTING -p tcp -j WEFT_INBOUND\n-A OUTPUT -p tcp -j WEFT_OUTPUT\nCOMMIT\n";
         assert!(is_installed(SAVED, batch));
-        assert!(!is_installed(&SAVED.replace("weft-init 00", "weft-init 01"), batch));
+        assert!(!is_installed(
+            &SAVED.replace("weft-init 00", "weft-init 01"),
+            batch
+        ));
         let twice = SAVED.replace(
             "-A OUTPUT -p tcp -j WEFT_OUTPUT\n",
             "-A OUTPUT -p tcp -j WEFT_OUTPUT\n-A OUTPUT -p tcp -j WEFT_OUTPUT\n",

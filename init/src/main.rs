@@ -17,7 +17,11 @@ use iptables::{Applied, Tables};
 use rules::{Cidr, Family, Options, PortRange};
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-init", version, about = "Redirect a pod's TCP traffic through the Weft sidecar (iptables nat)")]
+#[command(
+    name = "weft-init",
+    version,
+    about = "Redirect a pod's TCP traffic through the Weft sidecar (iptables nat)"
+)]
 struct Args {
     /// The UID the proxy runs as: its own traffic is never redirected.
     #[arg(long, env = "WEFT_PROXY_UID", default_value_t = 1337)]
@@ -33,7 +37,12 @@ struct Args {
     outbound_port: u16,
     /// The proxy's ports others reach on the pod IP (metrics, health):
     /// never redirected.
-    #[arg(long, env = "WEFT_PROXY_PORTS", value_delimiter = ',', default_value = "15090,15020")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_PORTS",
+        value_delimiter = ',',
+        default_value = "15090,15020"
+    )]
     proxy_ports: Vec<u16>,
     /// Inbound ports (or ranges a-b) that reach the app directly.
     #[arg(long, env = "WEFT_SKIP_INBOUND_PORTS", value_delimiter = ',')]

@@ -137,8 +137,14 @@ pub struct Options {
 pub fn batch(o: &Options, family: Family) -> String {
     let mut rules = Vec::new();
     let mut add = |chain: &str, spec: String| rules.push(format!("-A {chain} {spec}"));
-    add(IN_REDIRECT, format!("-p tcp -j REDIRECT --to-ports {}", o.inbound_port));
-    add(OUT_REDIRECT, format!("-p tcp -j REDIRECT --to-ports {}", o.outbound_port));
+    add(
+        IN_REDIRECT,
+        format!("-p tcp -j REDIRECT --to-ports {}", o.inbound_port),
+    );
+    add(
+        OUT_REDIRECT,
+        format!("-p tcp -j REDIRECT --to-ports {}", o.outbound_port),
+    );
     let mut never_inbound: Vec<PortRange> = std::iter::once(o.inbound_port)
         .chain(o.proxy_ports.iter().copied())
         .map(|p| PortRange(p, p))
@@ -149,7 +155,10 @@ pub fn batch(o: &Options, family: Family) -> String {
     }
     add(INBOUND, format!("-p tcp -j {IN_REDIRECT}"));
 
-    add(OUTPUT, format!("-m owner --uid-owner {} -j RETURN", o.proxy_uid));
+    add(
+        OUTPUT,
+        format!("-m owner --uid-owner {} -j RETURN", o.proxy_uid),
+    );
     if let Some(gid) = o.proxy_gid {
         add(OUTPUT, format!("-m owner --gid-owner {gid} -j RETURN"));
     }
@@ -234,7 +243,10 @@ mod tests {
             proxy_ports: vec![15090],
             skip_inbound_ports: vec!["22".parse().unwrap()],
             skip_outbound_ports: vec!["5432-5433".parse().unwrap()],
-            skip_outbound_cidrs: vec!["169.254.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            skip_outbound_cidrs: vec![
+                "169.254.0.0/16".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+            ],
             capture_dns: false,
         }
     }
@@ -284,8 +296,14 @@ mod tests {
 
     #[test]
     fn bad_ports_and_blocks_are_refused_with_what_was_wrong() {
-        assert_eq!("0".parse::<PortRange>().unwrap_err(), "\"0\" is not a port (1-65535)");
-        assert!("90-80".parse::<PortRange>().unwrap_err().contains("ends before"));
+        assert_eq!(
+            "0".parse::<PortRange>().unwrap_err(),
+            "\"0\" is not a port (1-65535)"
+        );
+        assert!("90-80"
+            .parse::<PortRange>()
+            .unwrap_err()
+            .contains("ends before"));
         assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0-32"));
         assert!("nope".parse::<Cidr>().is_err());
         assert_eq!(

@@ -7,7 +7,7 @@ use crate::policy::authz::Authz;
 use crate::policy::rate_limit::RateLimits;
 use crate::protocol::Protocol;
 pub use crate::resource_cache::ResourceCache;
-use crate::route::{Rule, RouteTable};
+use crate::route::{RouteTable, Rule};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

@@ -12,6 +12,7 @@
 pub mod etcd;
 pub mod localmesh;
 pub mod mesh;
+pub mod netlab;
 
 pub use localmesh::{Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 pub use mesh::*;

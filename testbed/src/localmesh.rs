@@ -19,6 +19,7 @@ pub const CONTROL: &str = "weft-control";
 pub const PROXY: &str = "weft-proxy";
 pub const SAMPLE_APP: &str = "weft-sample-app";
 pub const WEFTCTL: &str = "weftctl";
+pub const INIT: &str = "weft-init";
 
 impl Binaries {
     /// Finds the binaries next to `exe_dir` (a cargo target profile dir). When
@@ -30,7 +31,7 @@ impl Binaries {
         } else {
             exe_dir.to_path_buf()
         };
-        let names = [CONTROL, PROXY, SAMPLE_APP, WEFTCTL];
+        let names = [CONTROL, PROXY, SAMPLE_APP, WEFTCTL, INIT];
         if let Ok(cargo) = std::env::var("CARGO") {
             let release = profile_dir.file_name().is_some_and(|n| n == "release");
             eprintln!("building the mesh binaries (the first build takes a few minutes)...");

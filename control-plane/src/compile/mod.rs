@@ -663,7 +663,11 @@ spec:
             mode(&format!("{mesh}{ns}"), "web"),
             (false, "shop/shop-mtls".into())
         );
-        let svc = auth("shop", "web-mtls", "{target: {service: web}, mtls: permissive}");
+        let svc = auth(
+            "shop",
+            "web-mtls",
+            "{target: {service: web}, mtls: permissive}",
+        );
         let all = format!("{mesh}{ns}{svc}");
         assert_eq!(mode(&all, "web"), (true, "shop/web-mtls".into()));
         assert_eq!(mode(&all, "cart"), (false, "shop/shop-mtls".into()));

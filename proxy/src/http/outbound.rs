@@ -14,8 +14,8 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
-use crate::http::forward::Plain;
 use crate::http::body::{BodyFault, BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
+use crate::http::forward::Plain;
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
 use crate::http::limits::ClientTimeouts;
 use crate::http::local_response::{local_response, overloaded};

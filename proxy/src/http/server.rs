@@ -114,8 +114,12 @@ impl HttpServer {
 
     /// Serves one client connection until it closes or the drain asks it to
     /// finish its in-flight requests and close.
-    pub async fn serve<I>(self: Arc<Self>, stream: I, conn: Conn, mut draining: watch::Receiver<bool>)
-    where
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        stream: I,
+        conn: Conn,
+        mut draining: watch::Receiver<bool>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send + 'static,
     {
         let direction = self.direction().as_str();

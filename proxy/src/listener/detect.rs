@@ -204,7 +204,10 @@ mod tests {
         let client = TcpStream::connect(addr).await.unwrap();
         drop(client);
         let (server, _) = l.accept().await.unwrap();
-        assert_eq!(opening(&server, Duration::from_secs(1)).await, Opening::Closed);
+        assert_eq!(
+            opening(&server, Duration::from_secs(1)).await,
+            Opening::Closed
+        );
     }
 
     #[tokio::test]
