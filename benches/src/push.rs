@@ -209,7 +209,7 @@ pub async fn sim_identity(
         id,
         "sim".into(),
         cp_url.to_string(),
-        Some(token.token),
+        weft_proxy::identity::Credential::Token(token.token),
         &bundle,
     )?;
     tokio::time::timeout(Duration::from_secs(30), identity.bootstrap())

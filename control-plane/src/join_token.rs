@@ -1,8 +1,8 @@
 //! Bootstrap credentials: what a proxy presents with its first CSR, before it
 //! has a certificate. For now a join token bound to a namespace and service
 //! account, minted by `weftctl token create` and signed (HMAC-SHA256) with a
-//! key kept in the data dir. Kubernetes ServiceAccount tokens arrive with the
-//! Kubernetes issue as another `BootstrapVerifier`.
+//! key kept in the data dir. Kubernetes ServiceAccount tokens are another
+//! `BootstrapVerifier` (`k8s_token`).
 //!
 //! Format: `weft1.<base64url(JSON claims)>.<base64url(HMAC of the claims)>`.
 
@@ -42,6 +42,8 @@ pub enum TokenError {
     Name(#[from] SpiffeIdError),
     #[error("cannot use the token key: {0}")]
     Key(String),
+    #[error("service-account token refused: {0}")]
+    ServiceAccount(String),
 }
 
 /// Verifies a bootstrap credential and says which identity it grants.

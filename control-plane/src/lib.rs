@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod join_token;
+pub mod k8s_token;
 pub mod local_certs;
 pub mod proxy_status;
 pub mod publish;

@@ -13,6 +13,7 @@ use weft_control::admin::AdminService;
 use weft_control::discovery::DiscoveryService;
 use weft_control::identity::IdentityService;
 use weft_control::join_token::JoinTokens;
+use weft_control::k8s_token;
 use weft_control::proxy_status::ProxyRegistry;
 use weft_control::rate_limit_quota::QuotaService;
 use weft_control::registry::{Registry, RegistryService, Settings as RegistrySettings};
@@ -34,6 +35,27 @@ use xds_proto::v1::{
     about = "Weft control plane: config store, discovery, service registry, admin API"
 )]
 struct Args {
+    /// The cluster's service-account signing keys (a JWKS file, or its URL,
+    /// e.g. https://kubernetes.default.svc/openid/v1/jwks): sidecars may
+    /// then bootstrap with their pod's projected service-account token
+    /// instead of a join token. Needs --k8s-issuer.
+    #[arg(long, env = "WEFT_K8S_JWKS")]
+    k8s_jwks: Option<String>,
+    /// The service-account token issuer to require (the API server's
+    /// --service-account-issuer).
+    #[arg(long, env = "WEFT_K8S_ISSUER")]
+    k8s_issuer: Option<String>,
+    /// The audience the projected tokens must carry.
+    #[arg(long, env = "WEFT_K8S_AUDIENCE", default_value = "weft")]
+    k8s_audience: String,
+    /// CA file that verifies an https --k8s-jwks URL (in a pod:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt).
+    #[arg(long, env = "WEFT_K8S_API_CA")]
+    k8s_api_ca: Option<PathBuf>,
+    /// Bearer token file sent with the --k8s-jwks URL (in a pod:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/token).
+    #[arg(long, env = "WEFT_K8S_API_TOKEN_FILE")]
+    k8s_api_token_file: Option<PathBuf>,
     /// Directory of the embedded store, the CA and the files the control
     /// plane writes (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
@@ -307,6 +329,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => CertificateAuthority::load_or_create(&ca_dir, &args.trust_domain)?,
     };
     let tokens = Arc::new(JoinTokens::load_or_create(&ca_dir)?);
+    let bootstrap = Arc::new(k8s_token::Bootstrap {
+        join: tokens.clone(),
+        k8s: service_account_tokens(&args).await?,
+    });
     let ca = Arc::new(arc_swap::ArcSwap::from_pointee(ca));
     let trust = Trust::load(&ca_dir, ca.clone(), args.ca_cert.is_some());
     // The roots proxies need to bootstrap, and weftctl's admin certificate.
@@ -323,7 +349,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),
-        tokens.clone(),
+        bootstrap,
         args.cert_ttl,
         trust.clone(),
         registry.clone(),
@@ -417,4 +443,39 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The service-account token verifier, when --k8s-jwks is given: the keys
+/// are loaded now (a bad source stops the start with the reason), then
+/// reloaded every minute and when an unknown key id arrives.
+async fn service_account_tokens(
+    args: &Args,
+) -> anyhow::Result<Option<k8s_token::ServiceAccountTokens>> {
+    let Some(jwks) = &args.k8s_jwks else {
+        return Ok(None);
+    };
+    let issuer = args
+        .k8s_issuer
+        .clone()
+        .context("--k8s-jwks needs --k8s-issuer (the API server's --service-account-issuer)")?;
+    let source = k8s_token::jwks::Source::from_flag(
+        jwks,
+        args.k8s_api_ca.clone(),
+        args.k8s_api_token_file.clone(),
+    );
+    let keys = source
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("--k8s-jwks {jwks}: {e}"))?;
+    tracing::info!(jwks = %jwks, keys = keys.len(), issuer = %issuer, audience = %args.k8s_audience, "service-account tokens accepted for bootstrap");
+    let keys = k8s_token::jwks::KeySet::new(keys);
+    tokio::spawn(
+        keys.clone()
+            .refresh(source, std::time::Duration::from_secs(60)),
+    );
+    Ok(Some(k8s_token::ServiceAccountTokens {
+        issuer,
+        audience: args.k8s_audience.clone(),
+        keys,
+    }))
 }

@@ -34,6 +34,27 @@ pub struct CertStatus {
     pub renewals: u64,
 }
 
+/// What the first certificate (or one after expiry) is paid for with.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A join token (`weftctl token create`).
+    Token(String),
+    /// A file holding the credential, read at each use: the pod's projected
+    /// service-account token, which the kubelet rotates.
+    File(std::path::PathBuf),
+}
+
+impl Credential {
+    fn read(&self) -> Result<String, IdentityError> {
+        match self {
+            Credential::Token(t) => Ok(t.clone()),
+            Credential::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| IdentityError::Credential(format!("{}: {e}", p.display()))),
+        }
+    }
+}
+
 pub struct WorkloadIdentity {
     pub id: SpiffeId,
     /// The node name, sent with every CSR (CA rotation tracks who renewed).
@@ -41,7 +62,7 @@ pub struct WorkloadIdentity {
     pub cert: Arc<CertSlot>,
     pub bundle: Arc<TrustBundle>,
     control_plane: String,
-    token: Option<String>,
+    credential: Credential,
     status: Mutex<CertStatus>,
     renew_now: Notify,
 }
@@ -64,6 +85,8 @@ pub enum IdentityError {
     Csr(String),
     #[error("the control plane refused the certificate request: {0}")]
     Refused(String),
+    #[error("cannot read the bootstrap credential {0}")]
+    Credential(String),
 }
 
 impl WorkloadIdentity {
@@ -71,7 +94,7 @@ impl WorkloadIdentity {
         id: SpiffeId,
         node: String,
         control_plane: String,
-        token: Option<String>,
+        credential: Credential,
         bootstrap_bundle_pem: &str,
     ) -> Result<Arc<Self>, IdentityError> {
         let bundle = Arc::new(TrustBundle::new(&[bootstrap_bundle_pem.to_string()])?);
@@ -81,7 +104,7 @@ impl WorkloadIdentity {
             cert: Arc::new(CertSlot::new()),
             bundle,
             control_plane,
-            token,
+            credential,
             status: Mutex::new(CertStatus::default()),
             renew_now: Notify::new(),
         }))
@@ -176,7 +199,7 @@ impl WorkloadIdentity {
         } else {
             (
                 ControlPlane::tls_no_client_cert(self.bundle.clone()),
-                self.token.clone().unwrap_or_default(),
+                self.credential.read()?,
             )
         };
         let channel = cp

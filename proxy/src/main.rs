@@ -98,6 +98,11 @@ struct Args {
     /// flag shows in `ps`.
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the bootstrap credential, read at each use: in
+    /// Kubernetes the pod's projected service-account token (audience
+    /// weft), which the control plane verifies against the cluster's keys.
+    #[arg(long, env = "WEFT_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Roots to trust the control plane with on the first connection
     /// (<data-dir>/ca-bundle.pem of the control plane).
     #[arg(long, env = "WEFT_CA_BUNDLE")]
@@ -304,17 +309,19 @@ fn workload_identity(args: &Args) -> anyhow::Result<Option<Arc<identity::Workloa
             .unwrap_or_else(|| args.service.clone());
         let id = weft_mesh_tls::SpiffeId::new(&args.trust_domain, &args.namespace, &sa)
             .context("invalid workload identity")?;
-        if args.token.is_none() {
-            anyhow::bail!(
-                "--token (WEFT_TOKEN) is required for the first certificate: weftctl token create --namespace {} --service-account {sa}",
+        let credential = match (&args.token, &args.token_file) {
+            (Some(t), _) => identity::Credential::Token(t.clone()),
+            (None, Some(f)) => identity::Credential::File(f.clone()),
+            (None, None) => anyhow::bail!(
+                "--token (WEFT_TOKEN) or --token-file (WEFT_TOKEN_FILE) is required for the first certificate: weftctl token create --namespace {} --service-account {sa}, or the pod's projected service-account token",
                 args.namespace
-            );
-        }
+            ),
+        };
         Some(identity::WorkloadIdentity::new(
             id,
             args.node.clone(),
             args.control_plane.clone(),
-            args.token.clone(),
+            credential,
             &bundle,
         )?)
     })

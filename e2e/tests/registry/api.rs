@@ -26,7 +26,7 @@ async fn workload(mesh: &Mesh, ns: &str, sa: &str) -> Client {
         id,
         format!("{sa}-test"),
         mesh.cp_url(),
-        Some(token),
+        weft_proxy::identity::Credential::Token(token),
         &bundle,
     )
     .expect("identity");
