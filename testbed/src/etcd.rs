@@ -2,8 +2,8 @@
 //! loopback address of the test's block, client port 2379 and peer port
 //! 2380 on each; data under the test's directory; killed when dropped.
 
+use crate::http_client::http_request;
 use crate::localmesh::Proc;
-use crate::mesh::http_request;
 use anyhow::{bail, Context};
 use std::net::IpAddr;
 use std::path::Path;
@@ -234,7 +234,7 @@ impl EtcdCluster {
                         .map(|(code, body)| code == 200 && body.contains("true"))
                         .unwrap_or(false),
                     Some(t) => {
-                        let (code, body) = crate::mesh::curl(
+                        let (code, body) = crate::http_client::curl(
                             &[
                                 "--cacert",
                                 &t.ca.display().to_string(),

@@ -10,9 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod http_client;
 pub mod localmesh;
 pub mod mesh;
 pub mod netlab;
 
+pub use http_client::*;
 pub use localmesh::{Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 pub use mesh::*;

@@ -277,6 +277,9 @@ impl ProxyAddrs {
 pub enum ProxyAuth {
     /// A join token (passed as WEFT_TOKEN) and the control plane's CA bundle.
     Token { token: String, ca_bundle: PathBuf },
+    /// A credential file (--token-file, e.g. a service-account token) and
+    /// the control plane's CA bundle.
+    TokenFile { path: PathBuf, ca_bundle: PathBuf },
     /// Plaintext to a control plane started with --insecure-dev.
     InsecureDev,
 }
@@ -320,6 +323,12 @@ impl ProxySpec {
                 a.push("--ca-bundle".into());
                 a.push(ca_bundle.display().to_string());
             }
+            ProxyAuth::TokenFile { path, ca_bundle } => {
+                a.push("--ca-bundle".into());
+                a.push(ca_bundle.display().to_string());
+                a.push("--token-file".into());
+                a.push(path.display().to_string());
+            }
             ProxyAuth::InsecureDev => a.push("--insecure-dev".into()),
         }
         a.extend(self.extra_args.iter().cloned());
@@ -329,7 +338,7 @@ impl ProxySpec {
     pub fn env(&self) -> Vec<(String, String)> {
         match &self.auth {
             ProxyAuth::Token { token, .. } => vec![("WEFT_TOKEN".into(), token.clone())],
-            ProxyAuth::InsecureDev => vec![],
+            ProxyAuth::TokenFile { .. } | ProxyAuth::InsecureDev => vec![],
         }
     }
 }
