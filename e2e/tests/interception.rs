@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use weft_testbed::netlab::{self, lab_ip, NetLab, SWITCH_LAST};
-use weft_testbed::{binaries, localmesh, metric, Pki};
+use weft_testbed::{binaries, localmesh, metric, synced, Pki};
 
 const PROXY_UID: u32 = 1337;
 const B_VIP: &str = "10.96.0.11";
@@ -265,10 +265,7 @@ impl Pods {
             let status: Value =
                 serde_json::from_str(&self.weftctl_ok(&["-o", "json", "proxy-status"]))
                     .expect("proxy-status JSON");
-            let synced = status["proxies"]
-                .as_array()
-                .map(|a| a.iter().filter(|p| p["state"] == "SYNCED").count())
-                .unwrap_or(0);
+            let synced = synced(&status, None);
             let registry: Value = serde_json::from_str(
                 &self.weftctl_ok(&["-o", "json", "registry", "list", "-n", "shop", "-s", "b"]),
             )
@@ -292,15 +289,7 @@ impl Pods {
             let status: Value =
                 serde_json::from_str(&self.weftctl_ok(&["-o", "json", "proxy-status"]))
                     .expect("proxy-status JSON");
-            let n = status["proxies"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|p| p["state"] == "SYNCED" && p["ackedRevision"] == rev)
-                        .count()
-                })
-                .unwrap_or(0);
-            if n == 2 {
+            if synced(&status, Some(rev)) == 2 {
                 return;
             }
             assert!(Instant::now() < deadline, "not synced at {rev}: {status:#}");

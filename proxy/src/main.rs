@@ -42,7 +42,8 @@ struct Args {
     /// Node labels, repeatable: --label version=v2
     #[arg(long = "label", env = "WEFT_LABELS", value_delimiter = ',', value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The local app's port (inbound traffic goes to 127.0.0.1:PORT).
+    /// The local app's port: inbound traffic goes to 127.0.0.1:PORT, or,
+    /// when intercepted, to the port the caller dialled.
     #[arg(long, env = "WEFT_APP_PORT")]
     app_port: u16,
     #[arg(long, env = "WEFT_OUTBOUND", default_value = "127.0.0.1:15001")]

@@ -343,15 +343,7 @@ impl Mesh {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let status = self.proxy_status();
-            let synced = status["proxies"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|p| p["state"] == "SYNCED" && p["ackedRevision"] == rev)
-                        .count()
-                })
-                .unwrap_or(0);
-            if synced >= count {
+            if synced(&status, Some(rev)) >= count {
                 return;
             }
             assert!(
@@ -373,6 +365,19 @@ impl Mesh {
     pub fn admin_get(&self, admin: SocketAddr, path: &str) -> (u16, String) {
         http_request(admin, "GET", path, "localhost", &[], b"").unwrap_or((0, String::new()))
     }
+}
+
+/// How many proxies `weftctl -o json proxy-status` shows SYNCED (at
+/// config revision `rev`, when given).
+pub fn synced(status: &Value, rev: Option<u64>) -> usize {
+    status["proxies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p["state"] == "SYNCED" && rev.is_none_or(|r| p["ackedRevision"] == r))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for Mesh {
