@@ -324,15 +324,25 @@ fn inbound_refuses_plaintext_foreign_and_expired_certificates_and_counts_them() 
     let mut mesh = Mesh::start("mtls-refuse");
     let other = Mesh::start("mtls-refuse-other");
     let (_client, server) = http_pair(&mut mesh, "http");
+    // A plaintext client never starts a handshake: strict mode refuses it
+    // at the first byte and counts it as a refused plaintext connection;
+    // the two bad certificates are refused mTLS handshakes.
     let refused = || {
         let (_, m) =
             http_request(server.metrics, "GET", "/metrics", "localhost", &[], b"").unwrap();
-        metric(
+        let handshakes = metric(
             &m,
             "weft_mtls_handshakes_total",
             "direction=\"inbound\",result=\"refused\"",
         )
-        .unwrap_or(0.0)
+        .unwrap_or(0.0);
+        let plaintext = metric(
+            &m,
+            "weft_inbound_plaintext_connections_total",
+            "result=\"refused\"",
+        )
+        .unwrap_or(0.0);
+        (handshakes, plaintext)
     };
     let before = refused();
     // Plaintext HTTP straight at the inbound listener.
@@ -364,7 +374,8 @@ fn inbound_refuses_plaintext_foreign_and_expired_certificates_and_counts_them() 
     std::thread::sleep(Duration::from_millis(2500));
     let (_, text) = s_client(server.inbound, &expired, &["-brief"]);
     wait_until("all three refusals counted", Duration::from_secs(5), || {
-        refused() >= before + 3.0
+        let (handshakes, plaintext) = refused();
+        handshakes >= before.0 + 2.0 && plaintext >= before.1 + 1.0
     });
     let log = std::fs::read_to_string(mesh.logs().join("proxy-server-3.log")).unwrap();
     assert!(
