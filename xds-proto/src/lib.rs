@@ -14,6 +14,7 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod app_probe;
 pub mod spiffe;
 pub mod units;
 
