@@ -18,6 +18,8 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+pub use xds_proto::ports::PortRange;
+
 pub const INBOUND: &str = "WEFT_INBOUND";
 pub const IN_REDIRECT: &str = "WEFT_IN_REDIRECT";
 pub const OUTPUT: &str = "WEFT_OUTPUT";
@@ -25,46 +27,6 @@ pub const OUT_REDIRECT: &str = "WEFT_OUT_REDIRECT";
 pub const CHAINS: [&str; 4] = [INBOUND, IN_REDIRECT, OUTPUT, OUT_REDIRECT];
 /// The built-in chains we hook, and the chain each jumps to.
 pub const HOOKS: [(&str, &str); 2] = [("PREROUTING", INBOUND), ("OUTPUT", OUTPUT)];
-
-/// A port or an inclusive range of ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange(pub u16, pub u16);
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("\"{p}\" is not a port (1-65535)"))
-        };
-        match s.split_once(['-', ':']) {
-            Some((a, b)) => {
-                let (a, b) = (port(a)?, port(b)?);
-                if a > b {
-                    return Err(format!("port range \"{s}\" ends before it starts"));
-                }
-                Ok(PortRange(a, b))
-            }
-            None => {
-                let p = port(s)?;
-                Ok(PortRange(p, p))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == self.1 {
-            write!(f, "{}", self.0)
-        } else {
-            write!(f, "{}:{}", self.0, self.1)
-        }
-    }
-}
 
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,8 +108,8 @@ impl Overrides {
         let ports = |key: &str| -> Result<Option<String>, InjectError> {
             get(key)?
                 .map(|v| {
-                    port_list(&v)
-                        .map(|()| v.clone())
+                    xds_proto::ports::parse_list(&v)
+                        .map(|_| v.clone())
                         .map_err(|why| bad(key, &v, &why))
                 })
                 .transpose()
@@ -224,27 +224,6 @@ fn enabled(key: &str, v: &str) -> Result<bool, InjectError> {
     }
 }
 
-/// "80,8000-8100": ports and inclusive ranges.
-fn port_list(v: &str) -> Result<(), String> {
-    for item in v.split(',').map(str::trim) {
-        let port = |p: &str| match p.parse::<u16>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("\"{p}\" is not a port (1-65535)")),
-        };
-        match item.split_once('-') {
-            Some((a, b)) => {
-                if port(a)? > port(b)? {
-                    return Err(format!("range \"{item}\" runs backwards"));
-                }
-            }
-            None => {
-                port(item)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// "10.0.0.0/8,fd00::/8".
 fn cidr_list(v: &str) -> Result<(), String> {
     for item in v.split(',').map(str::trim) {
@@ -314,7 +293,7 @@ mod tests {
             (INJECT, "yes", "enabled or disabled"),
             (APP_PORT, "http", "port"),
             (SKIP_INBOUND_PORTS, "80,70000", "70000"),
-            (SKIP_OUTBOUND_PORTS, "90-80", "backwards"),
+            (SKIP_OUTBOUND_PORTS, "90-80", "ends before"),
             (SKIP_OUTBOUND_CIDRS, "10.0.0.0/33", "33"),
             (CPU_LIMIT, "two", "quantity"),
             (SERVICE, "Cart_1", "DNS label"),

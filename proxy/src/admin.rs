@@ -1,5 +1,8 @@
 //! Admin endpoints on 127.0.0.1:15000: /ready (200 once the first config is
 //! applied, 503 while draining), /live, /config_dump, /clusters, POST /drain.
+//! The metrics port (the pod IP in Kubernetes) serves the read-only part
+//! the kubelet needs: /metrics, /ready, /live and the app probes the
+//! injector moved there (`/app-health/<container>/<kind>`).
 
 use crate::drain::Drain;
 use crate::identity::WorkloadIdentity;
@@ -8,7 +11,9 @@ use crate::xds_client::XdsStatus;
 use hyper::{Method, StatusCode};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use weft_telemetry::{self as telemetry, AdminRequest, Body};
+use xds_proto::app_probe::{self, AppProbes};
 use xds_proto::v1 as pb;
 
 pub struct Admin {
@@ -92,6 +97,53 @@ impl Admin {
         }
     }
 }
+
+/// The metrics port's endpoints.
+pub struct MetricsPort {
+    pub admin: Arc<Admin>,
+    pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    /// The app's kubelet probes (env WEFT_APP_PROBES).
+    pub app_probes: Arc<AppProbes>,
+}
+
+/// How long an app probe may take; the kubelet's own timeout is usually
+/// shorter and decides first.
+const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MetricsPort {
+    pub async fn handle(self: Arc<Self>, req: AdminRequest) -> hyper::Response<Body> {
+        match req.path.as_str() {
+            "/metrics" => telemetry::text(StatusCode::OK, self.prometheus.render()),
+            "/ready" | "/live" => self.admin.handle(req),
+            path if path.starts_with(app_probe::PATH_PREFIX) => {
+                let Some(probe) = self.app_probes.get(path) else {
+                    return telemetry::text(
+                        StatusCode::NOT_FOUND,
+                        format!("no app probe {path}: the pod's WEFT_APP_PROBES has none\n"),
+                    );
+                };
+                match crate::app_probe::kubelet_probe(probe, APP_PROBE_TIMEOUT).await {
+                    Ok(()) => {
+                        metrics::counter!(APP_PROBES_TOTAL, "result" => "pass").increment(1);
+                        telemetry::text(StatusCode::OK, "ok\n")
+                    }
+                    Err(e) => {
+                        metrics::counter!(APP_PROBES_TOTAL, "result" => "fail").increment(1);
+                        tracing::debug!(path, error = %e, "app probe failed");
+                        telemetry::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+                    }
+                }
+            }
+            _ => telemetry::text(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics /ready /live /app-health/<container>/<livez|readyz|startupz>\n",
+            ),
+        }
+    }
+}
+
+/// Kubelet probes the sidecar ran for the app, by result.
+pub const APP_PROBES_TOTAL: &str = "weft_app_probes_total";
 
 impl Admin {
     /// Identity, serial, validity, time to renewal and trust bundle

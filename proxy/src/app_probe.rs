@@ -8,6 +8,7 @@ use hyper::body::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
+use xds_proto::app_probe::AppProbe as KubeletProbe;
 use xds_proto::v1 as pb;
 
 /// A probe result: health and, when not passing, why.
@@ -62,32 +63,102 @@ impl AppProbe {
     }
 
     async fn attempt(&self) -> Result<(), String> {
-        let stream = tokio::net::TcpStream::connect(self.app)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(path) = &self.http_path else {
-            return Ok(());
-        };
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path.as_str())
-            .header(hyper::header::HOST, self.app.to_string())
-            .header(hyper::header::USER_AGENT, "weft-proxy-readiness")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        // Drain a little of the body so the app sees a clean exchange.
-        let _ = tokio::time::timeout(Duration::from_millis(100), resp.into_body().collect()).await;
-        if status.is_success() || status.is_redirection() {
-            Ok(())
-        } else {
-            Err(format!("status {}", status.as_u16()))
+        match &self.http_path {
+            Some(path) => http_get(self.app, path, None, &[]).await,
+            None => tokio::net::TcpStream::connect(self.app)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// Runs, against the app on loopback, a probe the kubelet would have run
+/// (the injector points the kubelet at `/app-health/...` on the metrics
+/// port instead, see `xds_proto::app_probe`).
+pub async fn kubelet_probe(probe: &KubeletProbe, timeout: Duration) -> Result<(), String> {
+    let app = |port: u16| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let attempt = async {
+        match probe {
+            KubeletProbe::Http {
+                port,
+                path,
+                host,
+                headers,
+            } => http_get(app(*port), path, host.as_deref(), headers).await,
+            KubeletProbe::Tcp { port } => tokio::net::TcpStream::connect(app(*port))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            KubeletProbe::Grpc { port, service } => {
+                grpc_check(app(*port), service.as_deref().unwrap_or_default()).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// GET `path` on the app over HTTP/1.1: 2xx and 3xx pass, as the kubelet
+/// judges.
+async fn http_get(
+    app: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(app)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path)
+        .header(
+            hyper::header::HOST,
+            host.map_or_else(|| app.to_string(), str::to_string),
+        )
+        .header(hyper::header::USER_AGENT, "weft-proxy-probe");
+    for (name, value) in headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    // Drain a little of the body so the app sees a clean exchange.
+    let _ = tokio::time::timeout(Duration::from_millis(100), resp.into_body().collect()).await;
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("status {}", status.as_u16()))
+    }
+}
+
+/// grpc.health.v1 Check over h2c.
+async fn grpc_check(app: SocketAddr, service: &str) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(app)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{app}{}", crate::health::GRPC_CHECK_PATH))
+        .header(hyper::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header(hyper::header::USER_AGENT, "weft-proxy-probe")
+        .body(http_body_util::Full::new(crate::health::grpc_check_body(
+            service,
+        )))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    crate::health::grpc_check_verdict(resp).await
 }
 
 #[cfg(test)]
@@ -140,5 +211,92 @@ mod tests {
         drop(l);
         let e = probe(addr, None).probe().await.unwrap_err();
         assert!(e.starts_with("readiness probe TCP"), "{e}");
+    }
+
+    /// An app that answers 302 only when the probe's Host and header
+    /// arrive as the kubelet would have sent them.
+    async fn picky_app() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let ok = req.starts_with("get /healthz?full=1 ")
+                    && req.contains("host: web.local\r\n")
+                    && req.contains("x-probe: kubelet\r\n");
+                let status = if ok { "302 Found" } else { "400 Bad Request" };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        addr
+    }
+
+    struct Health;
+
+    #[tonic::async_trait]
+    impl xds_proto::health::v1::health_server::Health for Health {
+        async fn check(
+            &self,
+            req: tonic::Request<xds_proto::health::v1::HealthCheckRequest>,
+        ) -> Result<tonic::Response<xds_proto::health::v1::HealthCheckResponse>, tonic::Status>
+        {
+            use xds_proto::health::v1::health_check_response::ServingStatus;
+            let status = match req.into_inner().service.as_str() {
+                "down" => ServingStatus::NotServing,
+                "" | "web" => ServingStatus::Serving,
+                _ => return Err(tonic::Status::not_found("unknown service")),
+            };
+            Ok(tonic::Response::new(
+                xds_proto::health::v1::HealthCheckResponse {
+                    status: status as i32,
+                },
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn kubelet_probes_run_against_the_app_as_the_kubelet_would() {
+        let web = picky_app().await;
+        let http = |path: &str, host: Option<&str>| KubeletProbe::Http {
+            port: web.port(),
+            path: path.into(),
+            host: host.map(str::to_string),
+            headers: vec![("X-Probe".into(), "kubelet".into())],
+        };
+        let t = Duration::from_secs(2);
+        kubelet_probe(&http("/healthz?full=1", Some("web.local")), t)
+            .await
+            .expect("3xx passes with the probe's host and headers");
+        let e = kubelet_probe(&http("/healthz?full=1", None), t)
+            .await
+            .unwrap_err();
+        assert_eq!(e, "status 400");
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(xds_proto::health::v1::health_server::HealthServer::new(
+                    Health,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        let grpc = |service: Option<&str>| KubeletProbe::Grpc {
+            port,
+            service: service.map(str::to_string),
+        };
+        kubelet_probe(&grpc(None), t).await.expect("SERVING");
+        kubelet_probe(&grpc(Some("web")), t).await.expect("SERVING");
+        let e = kubelet_probe(&grpc(Some("down")), t).await.unwrap_err();
+        assert!(e.contains("serving status 2"), "{e}");
+        let e = kubelet_probe(&grpc(Some("other")), t).await.unwrap_err();
+        assert!(e.contains("grpc-status Some(\"5\")"), "{e}");
+        kubelet_probe(&KubeletProbe::Tcp { port }, t)
+            .await
+            .expect("listening");
     }
 }

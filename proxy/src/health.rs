@@ -175,56 +175,21 @@ async fn probe(
             ok.then_some(()).ok_or_else(|| format!("status {status}"))
         }
         Some(Check::Grpc(g)) => {
-            let msg = HealthCheckRequest {
-                service: g.service.clone(),
-            }
-            .encode_to_vec();
-            let mut framed = BytesMut::with_capacity(5 + msg.len());
-            framed.put_u8(0);
-            framed.put_u32(msg.len() as u32);
-            framed.put_slice(&msg);
             let req = request(
                 cluster,
                 host,
                 meshed,
                 true,
                 "POST",
-                "/grpc.health.v1.Health/Check",
-                RequestBody::Full(Some(framed.freeze())),
+                GRPC_CHECK_PATH,
+                RequestBody::Full(Some(grpc_check_body(&g.service))),
                 Some("application/grpc"),
             )?;
             let resp = upstreams
                 .send(req, ConnectTarget::endpoint(cluster, host), meshed, true)
                 .await
                 .map_err(|e| e.to_string())?;
-            let header_status = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let collected = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let trailer_status = collected
-                .trailers()
-                .and_then(|t| t.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            match header_status.or(trailer_status).as_deref() {
-                Some("0") => {}
-                other => return Err(format!("grpc-status {other:?}")),
-            }
-            let mut body: Bytes = collected.to_bytes();
-            if body.len() < 5 {
-                return Err("empty health response".into());
-            }
-            body.advance(5);
-            let reply = HealthCheckResponse::decode(body).map_err(|e| e.to_string())?;
-            (reply.status == ServingStatus::Serving as i32)
-                .then_some(())
-                .ok_or_else(|| format!("serving status {}", reply.status))
+            grpc_check_verdict(resp).await
         }
         Some(Check::Tcp(_)) | None => {
             let connect = cluster.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -241,6 +206,58 @@ async fn probe(
             }
         }
     }
+}
+
+/// grpc.health.v1 Check: the method path, the framed request body, and
+/// the verdict on the response (SERVING passes). Shared with the kubelet
+/// probes the sidecar runs for the app (`app_probe`).
+pub const GRPC_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+pub fn grpc_check_body(service: &str) -> Bytes {
+    let msg = HealthCheckRequest {
+        service: service.to_string(),
+    }
+    .encode_to_vec();
+    let mut framed = BytesMut::with_capacity(5 + msg.len());
+    framed.put_u8(0);
+    framed.put_u32(msg.len() as u32);
+    framed.put_slice(&msg);
+    framed.freeze()
+}
+
+pub async fn grpc_check_verdict<B>(resp: http::Response<B>) -> Result<(), String>
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    let header_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailer_status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match header_status.or(trailer_status).as_deref() {
+        Some("0") => {}
+        other => return Err(format!("grpc-status {other:?}")),
+    }
+    let mut body: Bytes = collected.to_bytes();
+    if body.len() < 5 {
+        return Err("empty health response".into());
+    }
+    body.advance(5);
+    let reply = HealthCheckResponse::decode(body).map_err(|e| e.to_string())?;
+    (reply.status == ServingStatus::Serving as i32)
+        .then_some(())
+        .ok_or_else(|| format!("serving status {}", reply.status))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -108,6 +108,23 @@ struct Args {
     /// (<data-dir>/ca-bundle.pem of the control plane).
     #[arg(long, env = "WEFT_CA_BUNDLE")]
     ca_bundle: Option<std::path::PathBuf>,
+    /// The same roots as PEM text (the injector sets it in pods).
+    #[arg(
+        long,
+        env = "WEFT_CA_BUNDLE_PEM",
+        conflicts_with = "ca_bundle",
+        hide_env_values = true
+    )]
+    ca_bundle_pem: Option<String>,
+    /// Outbound destination ports whose connections are forwarded without
+    /// protocol detection (server-first protocols outside the mesh):
+    /// "3306,6379,9000-9010".
+    #[arg(long, env = "WEFT_OPAQUE_PORTS", value_delimiter = ',')]
+    opaque_ports: Vec<xds_proto::ports::PortRange>,
+    /// The app's kubelet probes the sidecar runs on its metrics port at
+    /// /app-health/<container>/<kind> (JSON, set by the injector).
+    #[arg(long, env = "WEFT_APP_PROBES", value_parser = parse_app_probes, default_value = "{}")]
+    app_probes: xds_proto::app_probe::AppProbes,
     /// Talk to a control plane started with --insecure-dev: plaintext, no
     /// workload certificate.
     #[arg(long, env = "WEFT_INSECURE_DEV")]
@@ -207,6 +224,38 @@ fn registration(
     ))
 }
 
+fn parse_app_probes(s: &str) -> Result<xds_proto::app_probe::AppProbes, String> {
+    serde_json::from_str(s).map_err(|e| format!("not the injector's probe JSON: {e}"))
+}
+
+/// POSTs /drain to the admin address (WEFT_ADMIN, default 127.0.0.1:15000)
+/// and prints the answer.
+fn request_drain() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let admin = std::env::var("WEFT_ADMIN").unwrap_or_else(|_| "127.0.0.1:15000".into());
+    let addr: SocketAddr = admin
+        .parse()
+        .with_context(|| format!("WEFT_ADMIN {admin} is not an address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("cannot reach the proxy's admin port {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST /drain HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.take(64 * 1024).read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    anyhow::ensure!(
+        status == "202",
+        "drain refused: {}",
+        answer.lines().next().unwrap_or("")
+    );
+    print!("{body}");
+    Ok(())
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -222,6 +271,11 @@ struct DataPlane {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `weft-proxy drain`: a preStop hook's way to ask the running proxy to
+    // deregister and drain (a legacy sidecar that stops with the app).
+    if std::env::args().nth(1).as_deref() == Some("drain") {
+        return request_drain();
+    }
     let args = Args::parse();
     telemetry::init_tracing("info");
     let (data_rt, control_rt) = runtimes(args.workers)?;
@@ -299,11 +353,14 @@ fn workload_identity(args: &Args) -> anyhow::Result<Option<Arc<identity::Workloa
         );
         None
     } else {
-        let bundle_path = args.ca_bundle.as_ref().context(
-            "--ca-bundle (WEFT_CA_BUNDLE) is required: the control plane writes it to <data-dir>/ca-bundle.pem",
-        )?;
-        let bundle = std::fs::read_to_string(bundle_path)
-            .with_context(|| format!("cannot read --ca-bundle {}", bundle_path.display()))?;
+        let bundle = match (&args.ca_bundle_pem, &args.ca_bundle) {
+            (Some(pem), _) => pem.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ca-bundle {}", path.display()))?,
+            (None, None) => anyhow::bail!(
+                "--ca-bundle (WEFT_CA_BUNDLE) or --ca-bundle-pem (WEFT_CA_BUNDLE_PEM) is required: the control plane writes it to <data-dir>/ca-bundle.pem"
+            ),
+        };
         let sa = args
             .service_account
             .clone()
@@ -378,6 +435,7 @@ async fn bind_data_plane(
         ),
         mtls: mesh_tls.clone(),
         detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+        opaque_ports: args.opaque_ports.clone(),
         app_port: args.app_port,
         tcp_outbound: metrics::TcpMetrics::new("outbound"),
         tcp_inbound: metrics::TcpMetrics::new("inbound"),
@@ -427,6 +485,11 @@ fn start_control_thread(
         status: xds_status,
         identity: identity.clone(),
     };
+    let metrics_port = Arc::new(admin::MetricsPort {
+        admin: admin.clone(),
+        prometheus,
+        app_probes: Arc::new(args.app_probes.clone()),
+    });
     let (admin_addr, metrics_addr) = (args.admin, args.metrics);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     std::thread::Builder::new()
@@ -442,19 +505,10 @@ fn start_control_thread(
                         stop_rx.clone(),
                     )
                     .await?;
+                    let port = metrics_port.clone();
                     telemetry::serve(
                         metrics_addr,
-                        move |req| {
-                            let body = if req.path == "/metrics" {
-                                telemetry::text(hyper::StatusCode::OK, prometheus.render())
-                            } else {
-                                telemetry::text(
-                                    hyper::StatusCode::NOT_FOUND,
-                                    "not found: try /metrics\n",
-                                )
-                            };
-                            std::future::ready(body)
-                        },
+                        move |req| port.clone().handle(req),
                         stop_rx.clone(),
                     )
                     .await?;

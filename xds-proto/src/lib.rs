@@ -15,6 +15,7 @@ pub mod etcd {
 }
 
 pub mod app_probe;
+pub mod ports;
 pub mod spiffe;
 pub mod units;
 

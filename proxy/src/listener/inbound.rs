@@ -114,6 +114,10 @@ async fn plaintext(
             metrics::detection("skipped_opaque");
             false
         }
+        _ if ctx.is_opaque_port(port) => {
+            metrics::detection("skipped_opaque");
+            false
+        }
         Some(Protocol::Http | Protocol::Http2 | Protocol::Grpc) => true,
         _ => !matches!(detect(&stream, ctx.detect_timeout).await, Detected::Opaque),
     };

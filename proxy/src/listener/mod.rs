@@ -33,6 +33,8 @@ pub struct Context {
     /// Sidecar-to-sidecar mTLS; None with --insecure-dev.
     pub mtls: Option<Arc<MeshTls>>,
     pub detect_timeout: Duration,
+    /// Destination ports never sniffed (WEFT_OPAQUE_PORTS).
+    pub opaque_ports: Vec<xds_proto::ports::PortRange>,
     pub app_port: u16,
     pub tcp_outbound: TcpMetrics,
     pub tcp_inbound: TcpMetrics,
@@ -43,6 +45,10 @@ pub struct Context {
 }
 
 impl Context {
+    pub fn is_opaque_port(&self, port: u16) -> bool {
+        self.opaque_ports.iter().any(|r| r.contains(port))
+    }
+
     /// Serves one HTTP connection (h1 or h2c) in `direction`.
     pub async fn serve_http(&self, direction: Direction, stream: TcpStream, conn: Conn) {
         let http = match direction {

@@ -4,7 +4,8 @@
 //! original destination belongs to, else passed through to it, see
 //! `http::outbound`); other bytes go to the mesh service the original
 //! destination belongs to, else pass through to it unchanged, or are refused
-//! when there is no original destination.
+//! when there is no original destination. Destination ports in
+//! WEFT_OPAQUE_PORTS are never sniffed.
 
 use super::Context;
 use crate::http::server::Conn;
@@ -32,7 +33,20 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
             return;
         }
     }
-    match detect(&stream, ctx.detect_timeout).await {
+    let detected = match original {
+        Some(o) if ctx.is_opaque_port(o.port()) => {
+            metrics::detection("skipped_opaque");
+            Detected::Opaque
+        }
+        _ => {
+            let d = detect(&stream, ctx.detect_timeout).await;
+            if d == Detected::Opaque {
+                metrics::detection("opaque");
+            }
+            d
+        }
+    };
+    match detected {
         Detected::Http1 | Detected::Http2 => {
             metrics::detection("http");
             let conn = Conn {
@@ -44,7 +58,6 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
                 .await;
         }
         Detected::Opaque => {
-            metrics::detection("opaque");
             let target = match (cluster, original) {
                 (Some(c), _) => c.pick_with_identity().or(original.map(|o| (o, None))),
                 (None, Some(o)) => {
