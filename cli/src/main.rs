@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod inject;
 mod output;
 mod registry;
 
@@ -96,6 +97,12 @@ enum Command {
     Check,
     /// Run a demo mesh on loopback: control plane, two workloads with sidecars, live traffic.
     Demo(demo::DemoArgs),
+    /// Add the Weft sidecar to Kubernetes manifests (Pods, Deployments,
+    /// StatefulSets, DaemonSets, Jobs, CronJobs; multi-document), exactly
+    /// as the injector webhook would; YAML on stdout.
+    Inject(inject::InjectArgs),
+    /// Remove what `inject` added, restoring the app's probes.
+    Uninject(inject::UninjectArgs),
 }
 
 #[derive(Subcommand)]
@@ -223,7 +230,8 @@ pub(crate) fn status_error(e: tonic::Status) -> anyhow::Error {
     anyhow!("{}", e.message())
 }
 
-/// Reads FILE, or every .yaml/.yml file in DIR (sorted), as documents.
+/// Reads FILE, every .yaml/.yml file in DIR (sorted), or `-` (stdin), as
+/// documents.
 pub fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::Document>> {
     let mut docs = Vec::new();
     for p in paths {
@@ -248,6 +256,15 @@ pub fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::Document>> {
 }
 
 fn read_one(p: &Path) -> anyhow::Result<pb::Document> {
+    if p == Path::new("-") {
+        let mut yaml = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut yaml)
+            .context("cannot read standard input")?;
+        return Ok(pb::Document {
+            source: "<stdin>".into(),
+            yaml,
+        });
+    }
     let yaml =
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
     Ok(pb::Document {
@@ -330,6 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::value(cli.output, &value)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Inject(args) => inject::inject(args),
+        Command::Uninject(args) => inject::uninject(args),
         Command::Check => check(&conn).await,
         Command::Token {
             command:

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod config;
 pub mod discovery;
 pub mod identity;
+pub mod injector;
 pub mod join_token;
 pub mod k8s_token;
 pub mod local_certs;

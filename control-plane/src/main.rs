@@ -98,6 +98,20 @@ struct Args {
     /// HTTP address for /metrics and /ready.
     #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "127.0.0.1:15014")]
     admin_listen: SocketAddr,
+    /// HTTPS address of the sidecar injector (Kubernetes admission webhook,
+    /// POST /inject and /inject/opt-in); off unless set.
+    #[arg(long, env = "WEFT_INJECT_LISTEN", requires_all = ["inject_tls_cert", "inject_tls_key"])]
+    inject_listen: Option<SocketAddr>,
+    /// The injector's serving certificate chain (PEM; re-read every 30s).
+    #[arg(long, env = "WEFT_INJECT_TLS_CERT")]
+    inject_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "WEFT_INJECT_TLS_KEY")]
+    inject_tls_key: Option<PathBuf>,
+    /// The injection template (YAML: images, control-plane URL, resources;
+    /// see weft-inject's Template). Default: the built-in one, with this
+    /// control plane's roots as the sidecars' CA bundle.
+    #[arg(long, env = "WEFT_INJECT_TEMPLATE")]
+    inject_template: Option<PathBuf>,
     /// Upper bound on how long a config change waits before it is pushed
     /// (changes arriving within the window are folded into one push).
     #[arg(long, env = "WEFT_PUSH_DEBOUNCE_MS", default_value_t = 50)]
@@ -338,6 +352,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The roots proxies need to bootstrap, and weftctl's admin certificate.
     let local = local_certs::LocalCerts::start(&args.data_dir, ca.clone(), trust.clone())?;
 
+    if let (Some(listen), Some(cert), Some(key)) = (
+        args.inject_listen,
+        &args.inject_tls_cert,
+        &args.inject_tls_key,
+    ) {
+        let settings = weft_control::injector::Settings {
+            listen,
+            cert: cert.clone(),
+            key: key.clone(),
+            template: args.inject_template.clone(),
+        };
+        weft_control::injector::serve(settings, local.bundle(), stop_rx.clone()).await?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
