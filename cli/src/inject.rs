@@ -31,9 +31,10 @@ pub struct InjectArgs {
     proxy_image: Option<String>,
     #[arg(long)]
     init_image: Option<String>,
-    /// The control plane URL the sidecars dial.
+    /// The control plane URL the sidecars dial (default: the template's,
+    /// https://weft-control.weft-system.svc:15012).
     #[arg(long)]
-    control_plane: Option<String>,
+    sidecar_control_plane: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -65,7 +66,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
     for (field, value) in [
         (&mut template.proxy_image, &args.proxy_image),
         (&mut template.init_image, &args.init_image),
-        (&mut template.control_plane, &args.control_plane),
+        (&mut template.control_plane, &args.sidecar_control_plane),
     ] {
         if let Some(v) = value {
             *field = v.clone();

@@ -56,18 +56,19 @@ impl Injector {
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-        let selection =
-            match req.uri().path() {
-                "/inject" => Selection::Namespace,
-                "/inject/opt-in" => Selection::OptIn,
-                "/ready" => return Ok(text(StatusCode::OK, "ready\n")),
-                other => return Ok(text(
+        let selection = match req.uri().path() {
+            "/inject" => Selection::Namespace,
+            "/inject/opt-in" => Selection::OptIn,
+            "/ready" => return Ok(text(StatusCode::OK, "ready\n")),
+            other => {
+                return Ok(text(
                     StatusCode::NOT_FOUND,
                     &format!(
                         "not found: {other}; the webhook paths are /inject and /inject/opt-in\n"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if req.method() != Method::POST {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"));
         }

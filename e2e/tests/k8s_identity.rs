@@ -6,62 +6,12 @@
 //! token, a wrong issuer, an unknown key and a namespace mismatch are each
 //! refused with the reason.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::io::{Read, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use weft_testbed::k8s_issuer::{Issuer, ISSUER};
 use weft_testbed::*;
 use xds_proto::v1::identity_client::IdentityClient;
 use xds_proto::v1::CertifyRequest;
-
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-struct Issuer {
-    key: EcdsaKeyPair,
-    kid: &'static str,
-}
-
-impl Issuer {
-    fn new(kid: &'static str) -> Issuer {
-        let rng = SystemRandom::new();
-        let pk8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng)
-            .expect("key");
-        Issuer { key, kid }
-    }
-
-    fn jwks(&self) -> String {
-        let p = self.key.public_key().as_ref();
-        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "use": "sig", "kid": self.kid,
-            "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])}]})
-        .to_string()
-    }
-
-    /// A projected token for ns/sa; `edit` changes its claims.
-    fn token(&self, ns: &str, sa: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let mut claims = serde_json::json!({
-            "iss": ISSUER, "aud": ["weft"], "iat": now, "nbf": now, "exp": now + 3600,
-            "sub": format!("system:serviceaccount:{ns}:{sa}"),
-            "kubernetes.io": {"namespace": ns, "pod": {"name": format!("{sa}-0"), "uid": "1"},
-                "serviceaccount": {"name": sa, "uid": "2"}}
-        });
-        edit(&mut claims);
-        let h = B64.encode(serde_json::json!({"alg": "ES256", "kid": self.kid}).to_string());
-        let msg = format!("{h}.{}", B64.encode(claims.to_string()));
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), msg.as_bytes())
-            .expect("sign");
-        format!("{msg}.{}", B64.encode(sig.as_ref()))
-    }
-}
 
 /// Serves `body` as the JWKS on `addr` until the test process ends.
 fn serve_jwks(listener: std::net::TcpListener, body: String) {

@@ -11,6 +11,7 @@
 
 pub mod etcd;
 pub mod http_client;
+pub mod k8s_issuer;
 pub mod localmesh;
 pub mod mesh;
 pub mod netlab;

@@ -163,7 +163,8 @@ impl Mesh {
         self.spawn_env(name, bin, args, vec![])
     }
 
-    fn spawn_env(
+    /// `spawn` with extra environment variables; stopped with the mesh.
+    pub fn spawn_env(
         &mut self,
         name: &str,
         bin: &str,
