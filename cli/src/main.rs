@@ -2,6 +2,7 @@
 //! proxy's admin port. Every failure exits non-zero with one line saying why.
 #![forbid(unsafe_code)]
 
+mod check_pre;
 mod demo;
 mod inject;
 mod output;
@@ -94,7 +95,21 @@ enum Command {
     /// Health of the mesh: control plane reachable with the admin
     /// certificate, CA expiry (warns under 30 days), every proxy SYNCED
     /// with an unexpired certificate. Exits 1 when something is wrong.
-    Check,
+    /// With --pre: a Kubernetes cluster's prerequisites before installing.
+    Check {
+        /// Check a cluster before installing: kubectl, the API server's
+        /// version, admission webhooks, RBAC, the service-account issuer's
+        /// keys (skipped, and listed, when no API server answers), and that
+        /// the chart renders.
+        #[arg(long)]
+        pre: bool,
+        /// The chart for --pre (default: charts/weft).
+        #[arg(long, requires = "pre")]
+        chart: Option<PathBuf>,
+        /// The kubectl to use for --pre.
+        #[arg(long, default_value = "kubectl", requires = "pre")]
+        kubectl: String,
+    },
     /// Run a demo mesh on loopback: control plane, two workloads with sidecars, live traffic.
     Demo(demo::DemoArgs),
     /// Add the Weft sidecar to Kubernetes manifests (Pods, Deployments,
@@ -349,7 +364,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Inject(args) => inject::inject(args),
         Command::Uninject(args) => inject::uninject(args),
-        Command::Check => check(&conn).await,
+        Command::Check {
+            pre: true,
+            chart,
+            kubectl,
+        } => check_pre::run(&kubectl, chart),
+        Command::Check { .. } => check(&conn).await,
         Command::Token {
             command:
                 TokenCommand::Create {
