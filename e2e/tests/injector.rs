@@ -467,5 +467,22 @@ fn an_injected_sidecar_boots_from_its_patch_with_the_pods_token_and_answers_the_
     )
     .expect("probe");
     assert_eq!(code, 404);
+    // The legacy layout's preStop hook: `weft-proxy drain` asks the
+    // running sidecar to deregister and drain; the kubelet then sees it
+    // unready.
+    let out = Command::new(binaries().path(localmesh::PROXY))
+        .arg("drain")
+        .env("WEFT_ADMIN", SocketAddr::new(pod_ip, 15000).to_string())
+        .output()
+        .expect("weft-proxy drain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("draining"));
+    let (code, _) =
+        http_request(health, "GET", "/ready", "kubelet", &[], b"").unwrap_or((503, String::new()));
+    assert_eq!(code, 503);
     let _ = std::fs::remove_file(jwks);
 }
