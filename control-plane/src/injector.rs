@@ -28,6 +28,11 @@ pub const REVIEW_DURATION: &str = "weft_injector_review_duration_seconds";
 const MAX_BODY: usize = 4 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed on accept (the API server
+/// keeps a few; a flood from inside the cluster must not exhaust the
+/// control plane's file descriptors).
+const MAX_CONNECTIONS: usize = 256;
+pub const CONNECTIONS_REFUSED: &str = "weft_injector_connections_refused_total";
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -155,6 +160,7 @@ pub async fn serve(
         loaded,
         stop.clone(),
     ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -168,8 +174,14 @@ pub async fn serve(
                 },
                 _ = stop.changed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+                drop(tcp);
+                continue;
+            };
             let (acceptor, injector) = (acceptor.clone(), injector.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(t)) => t,
