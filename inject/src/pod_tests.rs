@@ -103,6 +103,7 @@ fn a_native_sidecar_starts_after_weft_init_and_before_the_apps_init_containers()
         xds_proto::app_probe::AppProbe::Http {
             port: 8080,
             path: "/healthz".into(),
+            https: false,
             host: None,
             headers: vec![]
         }

@@ -1,6 +1,6 @@
 //! The app's kubelet probes, pointed at the sidecar. The kubelet probes
 //! plaintext from the node; with interception and strict mTLS the inbound
-//! side would refuse it, so each HTTP, TCP and gRPC probe becomes an HTTP
+//! side would refuse it, so each HTTP(S), TCP and gRPC probe becomes an HTTP
 //! GET of the sidecar's `/app-health/<container>/<kind>` on the health
 //! port, and the sidecar runs the original against the app over loopback.
 //! Exec probes never cross the network and stay as they are.
@@ -73,15 +73,10 @@ pub fn rewrite(containers: &[Value], spec: &str) -> Rewrite {
 /// What the sidecar should run for `probe`; None for exec probes.
 fn original(container: &Value, probe: &Map<String, Value>) -> Result<Option<AppProbe>, String> {
     if let Some(h) = probe.get("httpGet") {
-        if h.get("scheme")
+        let https = h
+            .get("scheme")
             .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-        {
-            return Err(format!(
-                "HTTPS probes are not run by the sidecar; list the port in {}",
-                crate::annotations::SKIP_INBOUND_PORTS
-            ));
-        }
+            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
         let port = port(container, h.get("port"))?;
         let path = h.get("path").and_then(Value::as_str).unwrap_or("/");
         let path = if path.starts_with('/') {
@@ -114,6 +109,7 @@ fn original(container: &Value, probe: &Map<String, Value>) -> Result<Option<AppP
         return Ok(Some(AppProbe::Http {
             port,
             path,
+            https,
             host,
             headers,
         }));
@@ -185,6 +181,7 @@ mod tests {
             AppProbe::Http {
                 port: 8080,
                 path: "/healthz".into(),
+                https: false,
                 host: Some("web.local".into()),
                 headers: vec![("X-Probe".into(), "1".into())],
             }
@@ -217,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn exec_probes_stay_and_https_or_unknown_named_ports_are_left_with_a_warning() {
+    fn exec_probes_stay_https_is_kept_and_unknown_named_ports_are_left_with_a_warning() {
         let containers = [json!({
             "name": "db",
             "livenessProbe": { "exec": { "command": ["true"] } },
@@ -225,9 +222,18 @@ mod tests {
             "startupProbe": { "tcpSocket": { "port": "nope" } },
         })];
         let r = rewrite(&containers, "/spec");
-        assert!(r.ops.is_empty() && r.probes.is_empty());
-        assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
-        assert!(r.warnings.iter().any(|w| w.contains("HTTPS")));
-        assert!(r.warnings.iter().any(|w| w.contains("\"nope\"")));
+        assert_eq!(r.ops.len(), 1, "only the HTTPS probe is rewritten");
+        assert_eq!(
+            r.probes["/app-health/db/readyz"],
+            AppProbe::Http {
+                port: 8443,
+                path: "/".into(),
+                https: true,
+                host: None,
+                headers: vec![]
+            }
+        );
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("\"nope\""));
     }
 }

@@ -6,6 +6,7 @@
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use xds_proto::app_probe::AppProbe as KubeletProbe;
@@ -83,9 +84,16 @@ pub async fn kubelet_probe(probe: &KubeletProbe, timeout: Duration) -> Result<()
             KubeletProbe::Http {
                 port,
                 path,
+                https,
                 host,
                 headers,
-            } => http_get(app(*port), path, host.as_deref(), headers).await,
+            } => {
+                if *https {
+                    https_get(app(*port), path, host.as_deref(), headers).await
+                } else {
+                    http_get(app(*port), path, host.as_deref(), headers).await
+                }
+            }
             KubeletProbe::Tcp { port } => tokio::net::TcpStream::connect(app(*port))
                 .await
                 .map(drop)
@@ -112,7 +120,45 @@ async fn http_get(
     let stream = tokio::net::TcpStream::connect(app)
         .await
         .map_err(|e| e.to_string())?;
-    let io = hyper_util::rt::TokioIo::new(stream);
+    get(
+        hyper_util::rt::TokioIo::new(stream),
+        app,
+        path,
+        host,
+        headers,
+    )
+    .await
+}
+
+/// `http_get` over TLS, accepting whatever certificate the app presents,
+/// as the kubelet's HTTPS probes do.
+async fn https_get(
+    app: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(app)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::IpAddress(app.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(probe_tls()?)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    get(hyper_util::rt::TokioIo::new(tls), app, path, host, headers).await
+}
+
+async fn get<I>(
+    io: I,
+    app: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<(), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
@@ -135,6 +181,75 @@ async fn http_get(
         Ok(())
     } else {
         Err(format!("status {}", status.as_u16()))
+    }
+}
+
+/// The TLS client for HTTPS app probes: the kubelet does not verify the
+/// app's certificate, so neither does its stand-in (handshake signatures
+/// are still checked). Used for nothing else.
+fn probe_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = weft_mesh_tls::tls::provider();
+            let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(c))
+        })
+        .clone()
+}
+
+/// Accepts any server certificate; verifies handshake signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -264,6 +379,7 @@ mod tests {
         let http = |path: &str, host: Option<&str>| KubeletProbe::Http {
             port: web.port(),
             path: path.into(),
+            https: false,
             host: host.map(str::to_string),
             headers: vec![("X-Probe".into(), "kubelet".into())],
         };
@@ -298,5 +414,66 @@ mod tests {
         kubelet_probe(&KubeletProbe::Tcp { port }, t)
             .await
             .expect("listening");
+    }
+
+    /// An HTTPS app with a self-signed certificate nobody trusts, as apps
+    /// that terminate their own TLS often have.
+    async fn tls_app() -> SocketAddr {
+        let ck = rcgen::generate_simple_self_signed(vec!["app.local".to_string()]).unwrap();
+        let slot = Arc::new(weft_mesh_tls::tls::CertSlot::new());
+        slot.set_pem(&ck.cert.pem(), &ck.signing_key.serialize_pem())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(weft_mesh_tls::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(slot);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /tls-ready ");
+                let status = if ok {
+                    "204 No Content"
+                } else {
+                    "404 Not Found"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_https_probe_talks_tls_to_the_app_without_trusting_its_certificate() {
+        let app = tls_app().await;
+        let https = |path: &str, https: bool| KubeletProbe::Http {
+            port: app.port(),
+            path: path.into(),
+            https,
+            host: None,
+            headers: vec![],
+        };
+        let t = Duration::from_secs(2);
+        kubelet_probe(&https("/tls-ready", true), t)
+            .await
+            .expect("TLS probe passes");
+        assert_eq!(
+            kubelet_probe(&https("/other", true), t).await.unwrap_err(),
+            "status 404"
+        );
+        assert!(
+            kubelet_probe(&https("/tls-ready", false), t).await.is_err(),
+            "plaintext to a TLS port fails"
+        );
     }
 }

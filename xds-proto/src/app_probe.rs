@@ -19,10 +19,14 @@ pub type AppProbes = BTreeMap<String, AppProbe>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AppProbe {
-    /// HTTP GET (2xx and 3xx pass, as the kubelet judges).
+    /// HTTP GET (2xx and 3xx pass, as the kubelet judges); over TLS
+    /// without verifying the app's certificate when `https` (as the
+    /// kubelet does).
     Http {
         port: u16,
         path: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        https: bool,
         /// The Host header, when the probe set one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
