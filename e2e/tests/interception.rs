@@ -159,9 +159,12 @@ impl Pods {
             )
             .expect("redis-server (apt-get install redis-server)");
         // Interception first, then the sidecars (as Kubernetes runs the
-        // init container before them).
+        // init container before them), with the arguments the injector
+        // gives weft-init.
+        let init_args = injected_init_args(&pods.lab.dir);
+        let init_args: Vec<&str> = init_args.iter().map(String::as_str).collect();
         for (ns, last, svc) in [(pods.a.clone(), 10, "a"), (pods.b.clone(), 11, "b")] {
-            let out = pods.init(&ns, &[]);
+            let out = pods.init(&ns, &init_args);
             assert!(out.status.success(), "weft-init: {}", text(&out));
             let token = pods.weftctl_ok(&[
                 "token",
@@ -215,6 +218,7 @@ impl Pods {
     }
 
     fn init(&self, ns: &str, extra: &[&str]) -> std::process::Output {
+        // (the pod's own iptables; `extra` are weft-init's flags)
         let init = binaries().path(localmesh::INIT);
         self.lab.exec(ns, T, &init.display().to_string(), extra)
     }
@@ -446,8 +450,11 @@ fn an_unmodified_apps_calls_are_captured_and_secured_and_non_mesh_traffic_passes
         "{a}"
     );
 
-    // Running weft-init again changes nothing.
-    let again = pods.init(&pods.a, &[]);
+    // Running weft-init again (the same injected arguments) changes
+    // nothing.
+    let init_args = injected_init_args(&pods.lab.dir);
+    let init_args: Vec<&str> = init_args.iter().map(String::as_str).collect();
+    let again = pods.init(&pods.a, &init_args);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("nothing changed"),
         "{}",
@@ -544,4 +551,36 @@ fn strict_refuses_unmeshed_plaintext_permissive_serves_it_and_redis_works_throug
     let (code, headers) = pods.curl(&pods.a, &[], &format!("http://{B_VIP}:8080/headers"));
     assert_eq!(code, 200);
     assert!(headers.contains(PEER_A), "{headers}");
+}
+
+/// The weft-init arguments `weftctl inject` gives a pod (its init
+/// container's args), so the rules tested here are the ones injected pods
+/// get.
+fn injected_init_args(dir: &std::path::Path) -> Vec<String> {
+    let pod = dir.join("inject-pod.yaml");
+    let bundle = dir.join("inject-ca.pem");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: {app: a}}\nspec:\n  containers: [{name: a, image: a, ports: [{containerPort: 8080}]}]\n",
+    )
+    .expect("write pod");
+    std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\n").expect("write bundle");
+    let out = std::process::Command::new(binaries().path(localmesh::WEFTCTL))
+        .args(["inject", "-f"])
+        .arg(&pod)
+        .arg("--ca-bundle")
+        .arg(&bundle)
+        .output()
+        .expect("weftctl inject");
+    assert!(out.status.success(), "weftctl inject: {}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    let pod: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
+    let args: Vec<String> = pod["spec"]["initContainers"][0]["args"]
+        .as_array()
+        .expect("weft-init args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert!(args.contains(&"--proxy-uid".to_string()), "{yaml}");
+    args
 }
