@@ -52,7 +52,9 @@ pub fn transform(
                     template,
                     namespace,
                 } => {
-                    let ns = workload::namespace(&doc).unwrap_or(namespace).to_string();
+                    let ns = workload::namespace(owner(&doc, &base))
+                        .unwrap_or(namespace)
+                        .to_string();
                     match inject(template, &doc, &base, &ns, Selection::Namespace)
                         .map_err(|e| doc_err(format!("{name}: {e}")))?
                     {
@@ -74,7 +76,7 @@ pub fn transform(
             apply(&mut doc, &patch).map_err(|e| doc_err(format!("{name}: {e}")))?;
             reports.push(Report {
                 object: if base.starts_with("/items/") {
-                    format!("{name}{base}")
+                    format!("{name} item {}", workload::describe(owner(&doc, &base)))
                 } else {
                     name.clone()
                 },
@@ -85,6 +87,16 @@ pub fn transform(
         out.push(serde_yaml_ng::to_string(&doc).map_err(|e| doc_err(e.to_string()))?);
     }
     Ok((out.join("---\n"), reports))
+}
+
+/// The object that owns the pod template at `base`: a `List`'s item, or
+/// the document itself.
+fn owner<'a>(doc: &'a Value, base: &str) -> &'a Value {
+    let mut parts = base.splitn(4, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some("items"), Some(i)) => doc.pointer(&format!("/items/{i}")).unwrap_or(doc),
+        _ => doc,
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +166,26 @@ spec:
             .map(|d| Value::deserialize(d).unwrap())
             .collect();
         assert_eq!(restored, original);
+    }
+
+    #[test]
+    fn a_lists_items_are_injected_by_their_own_namespace() {
+        let t = template();
+        let dir = Direction::Inject {
+            template: &t,
+            namespace: "default",
+        };
+        let list = "\
+kind: List
+items:
+- {kind: Pod, metadata: {name: p, namespace: kube-system, labels: {app: p}}, spec: {containers: [{name: p, image: p}]}}
+- {kind: Deployment, metadata: {name: d}, spec: {template: {metadata: {labels: {app: d}}, spec: {containers: [{name: d, image: d}]}}}}
+";
+        let (_, reports) = transform(list, &dir).unwrap();
+        assert_eq!(reports[0].object, "List/(unnamed) item Pod/p");
+        assert!(reports[0].result.contains("kube-system"), "{reports:?}");
+        assert_eq!(reports[1].object, "List/(unnamed) item Deployment/d");
+        assert_eq!(reports[1].result, "injected");
     }
 
     #[test]
