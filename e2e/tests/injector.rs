@@ -467,6 +467,19 @@ fn an_injected_sidecar_boots_from_its_patch_with_the_pods_token_and_answers_the_
     )
     .expect("probe");
     assert_eq!(code, 404);
+    // The legacy layout's postStart hook returns at once for a ready
+    // sidecar.
+    let out = Command::new(binaries().path(localmesh::PROXY))
+        .arg("wait")
+        .env("WEFT_ADMIN", SocketAddr::new(pod_ip, 15000).to_string())
+        .env("WEFT_WAIT_TIMEOUT_SECS", "5")
+        .output()
+        .expect("weft-proxy wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The legacy layout's preStop hook: `weft-proxy drain` asks the
     // running sidecar to deregister and drain; the kubelet then sees it
     // unready.
@@ -484,5 +497,18 @@ fn an_injected_sidecar_boots_from_its_patch_with_the_pods_token_and_answers_the_
     let (code, _) =
         http_request(health, "GET", "/ready", "kubelet", &[], b"").unwrap_or((503, String::new()));
     assert_eq!(code, 503);
+    // ... and `wait` on an unready sidecar gives up with the reason.
+    let out = Command::new(binaries().path(localmesh::PROXY))
+        .arg("wait")
+        .env("WEFT_ADMIN", SocketAddr::new(pod_ip, 15000).to_string())
+        .env("WEFT_WAIT_TIMEOUT_SECS", "1")
+        .output()
+        .expect("weft-proxy wait");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_file(jwks);
 }

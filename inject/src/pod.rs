@@ -398,10 +398,15 @@ fn proxy_container(
         if native {
             obj.insert("restartPolicy".into(), json!("Always"));
         } else {
-            // Deregister and drain before the kubelet's SIGTERM.
+            // The kubelet starts the next container once postStart
+            // returns: the app starts after the proxy is ready. preStop
+            // deregisters and drains before the kubelet's SIGTERM.
             obj.insert(
                 "lifecycle".into(),
-                json!({ "preStop": { "exec": { "command": ["/usr/local/bin/weft-proxy", "drain"] } } }),
+                json!({
+                    "postStart": { "exec": { "command": ["/usr/local/bin/weft-proxy", "wait"] } },
+                    "preStop": { "exec": { "command": ["/usr/local/bin/weft-proxy", "drain"] } },
+                }),
             );
         }
     }

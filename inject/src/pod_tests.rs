@@ -115,7 +115,8 @@ fn a_native_sidecar_starts_after_weft_init_and_before_the_apps_init_containers()
 }
 
 #[test]
-fn a_legacy_sidecar_is_the_first_container_drains_on_prestop_and_init_runs_last() {
+fn a_legacy_sidecar_is_the_first_container_holds_the_app_until_ready_drains_on_prestop_and_init_runs_last(
+) {
     let p = pod(
         json!({ "annotations": { annotations::NATIVE_SIDECAR: "false" } }),
         app_spec(),
@@ -136,6 +137,10 @@ fn a_legacy_sidecar_is_the_first_container_drains_on_prestop_and_init_runs_last(
     assert_eq!(
         proxy["lifecycle"]["preStop"]["exec"]["command"],
         json!(["/usr/local/bin/weft-proxy", "drain"])
+    );
+    assert_eq!(
+        proxy["lifecycle"]["postStart"]["exec"]["command"],
+        json!(["/usr/local/bin/weft-proxy", "wait"])
     );
     // The probe rewrite hit the app container, not the inserted sidecar.
     assert_eq!(

@@ -12,6 +12,7 @@ pub mod host;
 pub mod http;
 pub mod identity;
 pub mod lb;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod mtls;

@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 use weft_proxy::{
-    admin, app_probe, drain, health, http, identity, listener, metrics, mtls, rate_limit_lease,
-    registration, snapshot, xds_client,
+    admin, app_probe, drain, health, http, identity, lifecycle, listener, metrics, mtls,
+    rate_limit_lease, registration, snapshot, xds_client,
 };
 
 use anyhow::Context as _;
@@ -228,34 +228,6 @@ fn parse_app_probes(s: &str) -> Result<xds_proto::app_probe::AppProbes, String> 
     serde_json::from_str(s).map_err(|e| format!("not the injector's probe JSON: {e}"))
 }
 
-/// POSTs /drain to the admin address (WEFT_ADMIN, default 127.0.0.1:15000)
-/// and prints the answer.
-fn request_drain() -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let admin = std::env::var("WEFT_ADMIN").unwrap_or_else(|_| "127.0.0.1:15000".into());
-    let addr: SocketAddr = admin
-        .parse()
-        .with_context(|| format!("WEFT_ADMIN {admin} is not an address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("cannot reach the proxy's admin port {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "POST /drain HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    s.take(64 * 1024).read_to_string(&mut answer)?;
-    let status = answer.split_whitespace().nth(1).unwrap_or_default();
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    anyhow::ensure!(
-        status == "202",
-        "drain refused: {}",
-        answer.lines().next().unwrap_or("")
-    );
-    print!("{body}");
-    Ok(())
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -271,10 +243,13 @@ struct DataPlane {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `weft-proxy drain`: a preStop hook's way to ask the running proxy to
-    // deregister and drain (a legacy sidecar that stops with the app).
-    if std::env::args().nth(1).as_deref() == Some("drain") {
-        return request_drain();
+    // Pod lifecycle hooks of a legacy (non-native) sidecar, run beside
+    // the proxy: `weft-proxy wait` (postStart) and `weft-proxy drain`
+    // (preStop).
+    match std::env::args().nth(1).as_deref() {
+        Some("drain") => return lifecycle::drain(),
+        Some("wait") => return lifecycle::wait(),
+        _ => {}
     }
     let args = Args::parse();
     telemetry::init_tracing("info");
