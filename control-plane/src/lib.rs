@@ -16,6 +16,7 @@ pub mod k8s_token;
 pub mod local_certs;
 pub mod proxy_status;
 pub mod publish;
+pub mod queue;
 pub mod rate_limit_quota;
 pub mod registry;
 pub mod registry_view;
