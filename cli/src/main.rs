@@ -197,6 +197,8 @@ enum CertsCommand {
 enum GetWhat {
     Services,
     Routes,
+    /// Queue objects (their config; `weftctl queue` comes with the service).
+    Queues,
     Proxies,
     Endpoints,
     /// The control-plane replicas sharing one store, and the leader.
@@ -346,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 GetWhat::Services => "Service",
                 GetWhat::Routes => "Route",
+                GetWhat::Queues => "Queue",
             };
             let mut client = conn.admin().await?;
             let objects = get_all(&mut client, kind, &namespace.unwrap_or_default()).await?;

@@ -91,6 +91,8 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
         Format::Table => {
             let mut t = if kind == "Service" {
                 table(&["NAMESPACE", "NAME", "PORTS", "ENDPOINTS"])
+            } else if kind == "Queue" {
+                table(&["NAMESPACE", "NAME", "TYPE", "DEAD LETTER"])
             } else {
                 table(&["NAMESPACE", "NAME", "HOSTS", "DESTINATIONS"])
             };
@@ -102,7 +104,15 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                         .map(|a| a.iter().map(f).collect::<Vec<_>>().join(","))
                         .unwrap_or_default()
                 };
-                let (a, b) = if kind == "Service" {
+                let (a, b) = if kind == "Queue" {
+                    (
+                        spec["type"].as_str().unwrap_or("").to_string(),
+                        spec["deadLetter"]["queue"]
+                            .as_str()
+                            .unwrap_or("-")
+                            .to_string(),
+                    )
+                } else if kind == "Service" {
                     (
                         join(&spec["ports"], &|p| {
                             format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or(""))

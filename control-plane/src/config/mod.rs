@@ -69,6 +69,25 @@ impl ConfigSet {
         wide
     }
 
+    pub fn queues(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::QueueSpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::Queue(q) => Some((k, &**q)),
+            _ => None,
+        })
+    }
+
+    pub fn queue(&self, namespace: &str, name: &str) -> Option<&kinds::QueueSpec> {
+        let key = ObjectKey {
+            kind: Kind::Queue,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match self.objects.get(&key).map(|o| &o.spec) {
+            Some(Spec::Queue(q)) => Some(q),
+            _ => None,
+        }
+    }
+
     pub fn service(&self, namespace: &str, name: &str) -> Option<&kinds::ServiceSpec> {
         let key = ObjectKey {
             kind: Kind::Service,

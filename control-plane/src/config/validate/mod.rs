@@ -6,6 +6,7 @@
 
 mod authorization;
 mod policy;
+mod queue;
 mod route;
 mod service;
 mod set;
@@ -71,6 +72,7 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
         Spec::Route(r) => route::check_route(obj, r),
         Spec::Authorization(a) => authorization::check_authorization(obj, a),
         Spec::Policy(p) => policy::check_policy(obj, p),
+        Spec::Queue(q) => queue::check_queue(obj, q),
     }
 }
 

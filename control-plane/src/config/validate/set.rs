@@ -14,6 +14,7 @@ pub fn check_set(
     let rules = SetRules { set, origin };
     rules.authorizations()?;
     rules.policies()?;
+    rules.queues()?;
     rules.routes()
 }
 
@@ -64,6 +65,45 @@ impl<'a> SetRules<'a> {
             }
         }
         Ok((svc, ns.to_string(), name.to_string()))
+    }
+
+    /// Dead-letter queues exist in the queue's namespace, and following
+    /// them never comes back to where it started.
+    fn queues(&self) -> Result<(), ConfigError> {
+        for (key, q) in self.set.queues() {
+            let Some(dl) = &q.dead_letter else { continue };
+            let mut seen = vec![key.name.as_str()];
+            let mut next = dl.queue.as_str();
+            loop {
+                let Some(target) = self.set.queue(&key.namespace, next) else {
+                    return Err(self.error(
+                        key,
+                        "spec.deadLetter.queue",
+                        format!(
+                            "queue \"{}/{next}\" not found (apply the dead-letter Queue too)",
+                            key.namespace
+                        ),
+                    ));
+                };
+                if seen.contains(&next) {
+                    seen.push(next);
+                    return Err(self.error(
+                        key,
+                        "spec.deadLetter.queue",
+                        format!(
+                            "dead letters would go round in a circle: {}",
+                            seen.join(" -> ")
+                        ),
+                    ));
+                }
+                seen.push(next);
+                match &target.dead_letter {
+                    Some(d) => next = d.queue.as_str(),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One default per namespace; targets exist.

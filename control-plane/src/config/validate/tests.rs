@@ -245,3 +245,53 @@ fn two_routes_cannot_bind_the_same_tcp_port() {
     let e = check_set(&set, &origin).unwrap_err();
     assert_eq!(e.field, "spec.tcp.bindPort");
 }
+
+#[test]
+fn queue_field_rules_name_the_field() {
+    let q = |spec: &str| format!("kind: Queue\nmetadata: {{name: jobs}}\nspec: {spec}");
+    let cases = [
+        (q("{type: lifo}"), "spec.type"),
+        (q("{type: fifo, aging: 10s}"), "spec.aging"),
+        (q("{type: priority, orderByKey: true}"), "spec.orderByKey"),
+        (q("{type: fifo, subscriptions: [a]}"), "spec.subscriptions"),
+        (q("{type: pubsub}"), "spec.subscriptions"),
+        (q("{type: pubsub, subscriptions: [a, a]}"), "spec.subscriptions[1]"),
+        (q("{type: fifo, maxSize: {}}"), "spec.maxSize"),
+        (q("{type: fifo, maxSize: {messages: 0}}"), "spec.maxSize.messages"),
+        (q("{type: fifo, maxSize: {bytes: 10}}"), "spec.maxSize.bytes"),
+        (q("{type: fifo, maxMessageBytes: 0}"), "spec.maxMessageBytes"),
+        (q("{type: fifo, messageTtl: soon}"), "spec.messageTtl"),
+        (q("{type: fifo, onExpiry: deadLetter}"), "spec.onExpiry"),
+        (q("{type: fifo, deadLetter: {queue: jobs}}"), "spec.deadLetter.queue"),
+        (q("{type: fifo, ackTimeout: 0s}"), "spec.ackTimeout"),
+        (q("{type: fifo, deduplication: {window: 30d}}"), "spec.deduplication.window"),
+        (q("{type: fifo, retry: {maxDeliveries: 0}}"), "spec.retry.maxDeliveries"),
+        (q("{type: fifo, retry: {maxDeliveries: 3, backoff: {type: exponential, initial: 1m, max: 1s}}}"), "spec.retry.backoff"),
+        (q("{type: fifo, retry: {maxDeliveries: 3, backoff: {type: exponential, initial: 1s, max: 1m, multiplier: 0.5}}}"), "spec.retry.backoff.multiplier"),
+        (q("{type: fifo, durability: maybe}"), "spec.durability"),
+    ];
+    for (doc, field) in cases {
+        let e =
+            parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{doc}\n")).unwrap_err();
+        assert_eq!(e.field, field, "{doc}: {e}");
+    }
+    let ok = q("{type: priority, aging: 30s, maxSize: {messages: 1000000, onFull: dropOldest}, messageTtl: 24h, onExpiry: drop, retry: {maxDeliveries: 5, backoff: {type: exponential, initial: 1s, max: 5m}}, ackTimeout: 30s, deduplication: {window: 10m}, encrypted: true, durability: sync}");
+    parse_documents("t.yaml", &format!("apiVersion: weft.dev/v1\n{ok}\n")).unwrap();
+}
+
+#[test]
+fn a_dead_letter_queue_must_exist_and_dead_letters_must_not_go_round() {
+    let q = |name: &str, dl: &str| {
+        format!("apiVersion: weft.dev/v1\nkind: Queue\nmetadata: {{name: {name}, namespace: intel}}\nspec: {{type: fifo, deadLetter: {{queue: {dl}}}}}\n")
+    };
+    let (set, origin) = set_of(&q("jobs", "jobs-dlq"));
+    let e = check_set(&set, &origin).unwrap_err();
+    assert_eq!(e.field, "spec.deadLetter.queue");
+    assert!(e.to_string().contains("intel/jobs-dlq"), "{e}");
+    let (set, origin) = set_of(&format!("{}---\n{}", q("a", "b"), q("b", "a")));
+    let e = check_set(&set, &origin).unwrap_err();
+    assert!(e.to_string().contains("a -> b -> a"), "{e}");
+    let dlq = "apiVersion: weft.dev/v1\nkind: Queue\nmetadata: {name: jobs-dlq, namespace: intel}\nspec: {type: fifo}\n";
+    let (set, origin) = set_of(&format!("{}---\n{dlq}", q("jobs", "jobs-dlq")));
+    check_set(&set, &origin).unwrap();
+}

@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod queue;
+pub use queue::*;
+
 pub const API_VERSION: &str = "weft.dev/v1";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -604,6 +607,7 @@ pub enum Kind {
     Route,
     Authorization,
     Policy,
+    Queue,
 }
 
 impl Kind {
@@ -613,6 +617,7 @@ impl Kind {
             "Route" => Some(Kind::Route),
             "Authorization" => Some(Kind::Authorization),
             "Policy" => Some(Kind::Policy),
+            "Queue" => Some(Kind::Queue),
             _ => None,
         }
     }
@@ -622,6 +627,7 @@ impl Kind {
             Kind::Route => "Route",
             Kind::Authorization => "Authorization",
             Kind::Policy => "Policy",
+            Kind::Queue => "Queue",
         }
     }
 }
@@ -659,6 +665,7 @@ pub enum Spec {
     Route(RouteSpec),
     Authorization(AuthorizationSpec),
     Policy(Box<PolicySpec>),
+    Queue(Box<QueueSpec>),
 }
 
 /// A validated object, as stored.
@@ -676,6 +683,7 @@ impl Object {
             Spec::Route(_) => Kind::Route,
             Spec::Authorization(_) => Kind::Authorization,
             Spec::Policy(_) => Kind::Policy,
+            Spec::Queue(_) => Kind::Queue,
         }
     }
 
@@ -694,6 +702,7 @@ impl Object {
             Spec::Route(r) => serde_json::to_value(r),
             Spec::Authorization(a) => serde_json::to_value(a),
             Spec::Policy(p) => serde_json::to_value(p),
+            Spec::Queue(q) => serde_json::to_value(q),
         }
         .unwrap_or(serde_json::Value::Null);
         serde_json::json!({
