@@ -1,0 +1,660 @@
+//! One queue's state: which message goes to the next consumer, what is in
+//! flight and until when, what is waiting for its time, what expired. Pure
+//! and clock-injected (every call takes `now` in Unix milliseconds), so the
+//! rules are tested without sleeping; the service around it persists the
+//! changes (`log`) and moves dead letters to their queue.
+//!
+//! Order: a `priority` queue serves the highest level first, FIFO within a
+//! level; with `aging`, a waiting message counts one level higher per
+//! `aging` waited. Other queues serve in publish order; `orderByKey` keeps
+//! order within each key only: while a key has a message in flight, the
+//! next of that key waits (consumers compete across keys). Any message may
+//! carry `deliver_at`: it waits until then. Delivery is at least once: an
+//! unacknowledged delivery comes back after the ack timeout; retries wait
+//! out the backoff; the last allowed delivery failing, or a nack without
+//! requeue, dead-letters the message (or drops it when the queue has no
+//! dead-letter queue).
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const LEVELS: usize = 10;
+/// The level of messages in queues without priorities, and the default.
+pub const NORMAL: u8 = 4;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backoff {
+    None,
+    Fixed(Duration),
+    Exponential {
+        initial: Duration,
+        max: Duration,
+        multiplier: f64,
+    },
+}
+
+impl Backoff {
+    /// The wait before delivery number `failed + 1`, after `failed`
+    /// failed deliveries (1 or more).
+    pub fn delay(&self, failed: u32) -> Duration {
+        match self {
+            Backoff::None => Duration::ZERO,
+            Backoff::Fixed(d) => *d,
+            Backoff::Exponential {
+                initial,
+                max,
+                multiplier,
+            } => {
+                let exp = i32::try_from(failed.saturating_sub(1)).unwrap_or(i32::MAX);
+                let secs = initial.as_secs_f64() * multiplier.powi(exp);
+                if !secs.is_finite() || secs >= max.as_secs_f64() {
+                    *max
+                } else {
+                    Duration::from_secs_f64(secs)
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub priorities: bool,
+    pub order_by_key: bool,
+    pub aging: Option<Duration>,
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub drop_oldest: bool,
+    pub ttl: Option<Duration>,
+    /// Expired messages are dead-lettered (else dropped).
+    pub expire_to_dead_letter: bool,
+    pub has_dead_letter: bool,
+    pub max_deliveries: Option<u32>,
+    pub backoff: Backoff,
+    pub ack_timeout: Duration,
+    pub dedup_window: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            priorities: false,
+            order_by_key: false,
+            aging: None,
+            max_messages: None,
+            max_bytes: None,
+            drop_oldest: false,
+            ttl: None,
+            expire_to_dead_letter: false,
+            has_dead_letter: false,
+            max_deliveries: None,
+            backoff: Backoff::None,
+            ack_timeout: Duration::from_secs(30),
+            dedup_window: None,
+        }
+    }
+}
+
+/// What a publisher sends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewMessage {
+    pub key: Option<String>,
+    pub kind: String,
+    pub priority: u8,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Bytes,
+    pub deliver_at_ms: Option<u64>,
+    pub ttl: Option<Duration>,
+    pub traceparent: Option<String>,
+    /// Set by the server from the caller's certificate.
+    pub publisher: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub id: u64,
+    pub body: NewMessage,
+    pub published_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub deliveries: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Published {
+    Enqueued(u64),
+    /// A publish with this key is inside the dedup window: the original's id.
+    Deduplicated(u64),
+    Refused(String),
+}
+
+/// What happened to messages besides delivery, for the service to act on
+/// (move to the dead-letter queue, log, count).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    DeadLetter {
+        message: Arc<Message>,
+        reason: String,
+    },
+    Dropped {
+        message: Arc<Message>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckError {
+    Unknown(u64),
+    NotYours(u64),
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::Unknown(id) => write!(
+                f,
+                "message {id} is not in flight (acknowledged, expired or redelivered)"
+            ),
+            AckError::NotYours(id) => write!(f, "message {id} was delivered to another consumer"),
+        }
+    }
+}
+
+/// Consumer filters: only these types, at least this priority.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub kinds: Vec<String>,
+    pub min_priority: u8,
+}
+
+impl Filter {
+    fn accepts(&self, m: &Message) -> bool {
+        m.body.priority >= self.min_priority
+            && (self.kinds.is_empty() || self.kinds.contains(&m.body.kind))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug)]
+enum Where {
+    Ready { since_ms: u64 },
+    Waiting { until_ms: u64 },
+    InFlight { consumer: u64, deadline_ms: u64 },
+}
+
+#[derive(Debug)]
+struct Entry {
+    message: Arc<Message>,
+    at: Where,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Depth {
+    pub ready_by_priority: [u64; LEVELS],
+    pub waiting: u64,
+    pub in_flight: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct QueueState {
+    settings: Settings,
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    /// Ready ids per level, oldest first (stale ids are skipped lazily).
+    ready: [VecDeque<u64>; LEVELS],
+    waiting: BTreeSet<(u64, u64)>,
+    deadlines: BTreeSet<(u64, u64)>,
+    expiries: BTreeSet<(u64, u64)>,
+    /// Every queued id (ready or waiting), for "oldest".
+    queued: BTreeSet<u64>,
+    busy_keys: HashSet<String>,
+    dedup: HashMap<String, (u64, u64)>,
+    dedup_order: VecDeque<(u64, String)>,
+    depth: Depth,
+}
+
+impl QueueState {
+    pub fn new(settings: Settings) -> QueueState {
+        QueueState {
+            settings,
+            next_id: 1,
+            entries: HashMap::new(),
+            ready: Default::default(),
+            waiting: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            queued: BTreeSet::new(),
+            busy_keys: HashSet::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            depth: Depth::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn depth(&self) -> &Depth {
+        &self.depth
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Publish time of the oldest queued (not in-flight) message.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.queued
+            .first()
+            .and_then(|id| self.entries.get(id))
+            .map(|e| e.message.published_ms)
+    }
+
+    pub fn publish(&mut self, now_ms: u64, mut body: NewMessage) -> (Published, Vec<Effect>) {
+        self.forget_dedup(now_ms);
+        if let (Some(window), Some(key)) = (self.settings.dedup_window, &body.key) {
+            if let Some((_, id)) = self.dedup.get(key) {
+                return (Published::Deduplicated(*id), Vec::new());
+            }
+            let until = now_ms + window.as_millis() as u64;
+            self.dedup.insert(key.clone(), (until, self.next_id));
+            self.dedup_order.push_back((until, key.clone()));
+        }
+        if !self.settings.priorities {
+            body.priority = NORMAL;
+        }
+        body.priority = body.priority.min(LEVELS as u8 - 1);
+        let size = body.payload.len() as u64;
+        let mut effects = Vec::new();
+        loop {
+            let count = self.entries.len() as u64 + 1;
+            let bytes = self.depth.bytes + size;
+            let over_count = self.settings.max_messages.is_some_and(|m| count > m);
+            let over_bytes = self.settings.max_bytes.is_some_and(|m| bytes > m);
+            if !(over_count || over_bytes) {
+                break;
+            }
+            let oldest = self.queued.first().copied();
+            match (self.settings.drop_oldest, oldest) {
+                (true, Some(id)) => {
+                    if let Some(m) = self.remove(id) {
+                        effects.push(Effect::Dropped {
+                            message: m,
+                            reason: "dropped as the oldest: the queue was full".into(),
+                        });
+                    }
+                }
+                _ => {
+                    if let Some(key) = &body.key {
+                        self.dedup.remove(key);
+                    }
+                    let why = format!(
+                        "queue full: {} messages, {} bytes (maxSize {:?} messages, {:?} bytes)",
+                        self.entries.len(),
+                        self.depth.bytes,
+                        self.settings.max_messages,
+                        self.settings.max_bytes
+                    );
+                    return (Published::Refused(why), effects);
+                }
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let ttl = match (self.settings.ttl, body.ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_ms = ttl.map(|t| now_ms + t.as_millis() as u64);
+        let message = Arc::new(Message {
+            id,
+            published_ms: now_ms,
+            expires_ms,
+            deliveries: 0,
+            last_error: None,
+            body,
+        });
+        self.insert(message, now_ms);
+        (Published::Enqueued(id), effects)
+    }
+
+    /// Re-adds a message recovered from storage (ids and counts kept).
+    pub fn restore(&mut self, message: Message, now_ms: u64) {
+        self.next_id = self.next_id.max(message.id + 1);
+        self.insert(Arc::new(message), now_ms);
+    }
+
+    fn insert(&mut self, message: Arc<Message>, now_ms: u64) {
+        let id = message.id;
+        if let Some(e) = message.expires_ms {
+            self.expiries.insert((e, id));
+        }
+        self.depth.bytes += message.body.payload.len() as u64;
+        let due = message.body.deliver_at_ms.filter(|t| *t > now_ms);
+        let at = match due {
+            Some(until_ms) => {
+                self.waiting.insert((until_ms, id));
+                self.depth.waiting += 1;
+                Where::Waiting { until_ms }
+            }
+            None => {
+                self.ready[usize::from(message.body.priority)].push_back(id);
+                self.depth.ready_by_priority[usize::from(message.body.priority)] += 1;
+                Where::Ready { since_ms: now_ms }
+            }
+        };
+        self.queued.insert(id);
+        self.entries.insert(id, Entry { message, at });
+    }
+
+    /// Takes a message out of the queue entirely.
+    fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
+        let e = self.entries.remove(&id)?;
+        self.unplace(id, &e);
+        self.depth.bytes -= e.message.body.payload.len() as u64;
+        if let Some(x) = e.message.expires_ms {
+            self.expiries.remove(&(x, id));
+        }
+        Some(e.message)
+    }
+
+    /// Undoes the bookkeeping of where the entry was (ready ids are left
+    /// in their deque and skipped later).
+    fn unplace(&mut self, id: u64, e: &Entry) {
+        match e.at {
+            Where::Ready { .. } => {
+                self.depth.ready_by_priority[usize::from(e.message.body.priority)] -= 1;
+                self.queued.remove(&id);
+            }
+            Where::Waiting { until_ms } => {
+                self.waiting.remove(&(until_ms, id));
+                self.depth.waiting -= 1;
+                self.queued.remove(&id);
+            }
+            Where::InFlight { deadline_ms, .. } => {
+                self.deadlines.remove(&(deadline_ms, id));
+                self.depth.in_flight -= 1;
+                if let Some(k) = &e.message.body.key {
+                    if self.settings.order_by_key {
+                        self.busy_keys.remove(k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message for `consumer`, now in flight until its deadline.
+    pub fn next(&mut self, now_ms: u64, consumer: u64, filter: &Filter) -> Option<Delivery> {
+        let id = self.pick(now_ms, filter)?;
+        let deadline_ms = now_ms + self.settings.ack_timeout.as_millis() as u64;
+        let e = self.entries.get_mut(&id)?;
+        let mut m = (*e.message).clone();
+        m.deliveries += 1;
+        let message = Arc::new(m);
+        let old = std::mem::replace(
+            e,
+            Entry {
+                message: message.clone(),
+                at: Where::InFlight {
+                    consumer,
+                    deadline_ms,
+                },
+            },
+        );
+        self.unplace(id, &old);
+        self.deadlines.insert((deadline_ms, id));
+        self.depth.in_flight += 1;
+        if self.settings.order_by_key {
+            if let Some(k) = &message.body.key {
+                self.busy_keys.insert(k.clone());
+            }
+        }
+        Some(Delivery {
+            message,
+            deadline_ms,
+        })
+    }
+
+    /// Chooses (and unlinks from its deque) the ready id to deliver.
+    fn pick(&mut self, now_ms: u64, filter: &Filter) -> Option<u64> {
+        // (effective level, older first), level, index in the deque
+        let mut best: Option<((u64, std::cmp::Reverse<u64>), usize, usize)> = None;
+        for level in (0..LEVELS).rev() {
+            // Drop stale ids at the front.
+            while let Some(id) = self.ready[level].front() {
+                match self.entries.get(id) {
+                    Some(Entry {
+                        at: Where::Ready { .. },
+                        message,
+                    }) if usize::from(message.body.priority) == level => break,
+                    _ => {
+                        self.ready[level].pop_front();
+                    }
+                }
+            }
+            let found = self.ready[level].iter().enumerate().find_map(|(i, id)| {
+                let e = self.entries.get(id)?;
+                let Where::Ready { since_ms } = e.at else {
+                    return None;
+                };
+                if usize::from(e.message.body.priority) != level || !filter.accepts(&e.message) {
+                    return None;
+                }
+                if self.settings.order_by_key {
+                    if let Some(k) = &e.message.body.key {
+                        if self.busy_keys.contains(k) {
+                            return None;
+                        }
+                    }
+                }
+                Some((i, since_ms))
+            });
+            let Some((i, since_ms)) = found else { continue };
+            let aged = self.settings.aging.map_or(0, |a| {
+                now_ms.saturating_sub(since_ms) / (a.as_millis().max(1) as u64)
+            });
+            // Effective level first, then the longer wait; levels are
+            // visited from the top, so a tie keeps the higher base level.
+            let score = (level as u64 + aged, std::cmp::Reverse(since_ms));
+            if best.is_none_or(|(s, _, _)| score > s) {
+                best = Some((score, level, i));
+            }
+            if self.settings.aging.is_none() {
+                break; // the highest level with a candidate wins outright
+            }
+        }
+        let (_, level, i) = best?;
+        self.ready[level].remove(i)
+    }
+
+    pub fn ack(&mut self, id: u64, consumer: u64) -> Result<Arc<Message>, AckError> {
+        self.in_flight(id, consumer)?;
+        self.remove(id).ok_or(AckError::Unknown(id))
+    }
+
+    /// Extends an in-flight message's deadline to `now + by`.
+    pub fn extend(
+        &mut self,
+        now_ms: u64,
+        id: u64,
+        consumer: u64,
+        by: Duration,
+    ) -> Result<u64, AckError> {
+        self.in_flight(id, consumer)?;
+        let e = self.entries.get_mut(&id).ok_or(AckError::Unknown(id))?;
+        let Where::InFlight { deadline_ms, .. } = &mut e.at else {
+            return Err(AckError::Unknown(id));
+        };
+        self.deadlines.remove(&(*deadline_ms, id));
+        *deadline_ms = now_ms + by.as_millis() as u64;
+        self.deadlines.insert((*deadline_ms, id));
+        Ok(*deadline_ms)
+    }
+
+    /// A consumer gives a delivery back: `requeue` retries it (after the
+    /// backoff, while deliveries remain), else it is dead-lettered now.
+    pub fn nack(
+        &mut self,
+        now_ms: u64,
+        id: u64,
+        consumer: u64,
+        requeue: bool,
+        error: &str,
+    ) -> Result<Vec<Effect>, AckError> {
+        self.in_flight(id, consumer)?;
+        Ok(self.failed(now_ms, id, requeue, error))
+    }
+
+    fn in_flight(&self, id: u64, consumer: u64) -> Result<(), AckError> {
+        match self.entries.get(&id).map(|e| &e.at) {
+            Some(Where::InFlight { consumer: c, .. }) if *c == consumer => Ok(()),
+            Some(Where::InFlight { .. }) => Err(AckError::NotYours(id)),
+            _ => Err(AckError::Unknown(id)),
+        }
+    }
+
+    /// A delivery failed (nack, ack timeout, consumer gone).
+    fn failed(&mut self, now_ms: u64, id: u64, requeue: bool, error: &str) -> Vec<Effect> {
+        let Some(message) = self.remove(id) else {
+            return Vec::new();
+        };
+        let mut m = (*message).clone();
+        m.last_error = Some(error.to_string());
+        let exhausted = self
+            .settings
+            .max_deliveries
+            .is_some_and(|max| m.deliveries >= max);
+        if !requeue || exhausted {
+            let reason = if requeue {
+                format!("{} deliveries failed; last error: {error}", m.deliveries)
+            } else {
+                format!("rejected by the consumer: {error}")
+            };
+            return vec![self.dead(Arc::new(m), reason)];
+        }
+        let wait = self.settings.backoff.delay(m.deliveries);
+        m.body.deliver_at_ms = (!wait.is_zero()).then(|| now_ms + wait.as_millis() as u64);
+        self.insert(Arc::new(m), now_ms);
+        Vec::new()
+    }
+
+    fn dead(&self, message: Arc<Message>, reason: String) -> Effect {
+        if self.settings.has_dead_letter {
+            Effect::DeadLetter { message, reason }
+        } else {
+            Effect::Dropped { message, reason }
+        }
+    }
+
+    /// Every in-flight delivery of `consumer` comes back (its stream ended).
+    pub fn release(&mut self, now_ms: u64, consumer: u64) -> Vec<Effect> {
+        let mine: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.at, Where::InFlight { consumer: c, .. } if c == consumer))
+            .map(|(id, _)| *id)
+            .collect();
+        mine.into_iter()
+            .flat_map(|id| self.failed(now_ms, id, true, "the consumer went away"))
+            .collect()
+    }
+
+    /// Moves time forward: due messages become ready, overdue deliveries
+    /// come back, expired messages leave.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while let Some(&(until, id)) = self.waiting.first() {
+            if until > now_ms {
+                break;
+            }
+            if let Some(e) = self.entries.remove(&id) {
+                self.unplace(id, &e);
+                self.depth.bytes -= e.message.body.payload.len() as u64;
+                if let Some(x) = e.message.expires_ms {
+                    self.expiries.remove(&(x, id));
+                }
+                let mut m = (*e.message).clone();
+                m.body.deliver_at_ms = None;
+                self.insert(Arc::new(m), now_ms);
+            } else {
+                self.waiting.remove(&(until, id));
+            }
+        }
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now_ms {
+                break;
+            }
+            effects.extend(self.failed(
+                now_ms,
+                id,
+                true,
+                "not acknowledged within the ack timeout",
+            ));
+        }
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now_ms {
+                break;
+            }
+            self.expiries.remove(&(at, id));
+            // In flight: the consumer may still finish; expiry waits.
+            if matches!(
+                self.entries.get(&id).map(|e| &e.at),
+                Some(Where::InFlight { .. })
+            ) {
+                continue;
+            }
+            if let Some(m) = self.remove(id) {
+                let reason = "expired (message TTL)".to_string();
+                effects.push(if self.settings.expire_to_dead_letter {
+                    self.dead(m, reason)
+                } else {
+                    Effect::Dropped { message: m, reason }
+                });
+            }
+        }
+        self.forget_dedup(now_ms);
+        effects
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_wakeup(&self) -> Option<u64> {
+        [
+            self.waiting.first().map(|w| w.0),
+            self.deadlines.first().map(|d| d.0),
+            self.expiries.first().map(|x| x.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn forget_dedup(&mut self, now_ms: u64) {
+        while let Some((until, _)) = self.dedup_order.front() {
+            if *until > now_ms {
+                break;
+            }
+            if let Some((until, key)) = self.dedup_order.pop_front() {
+                if self.dedup.get(&key).is_some_and(|(u, _)| *u == until) {
+                    self.dedup.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
