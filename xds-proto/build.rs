@@ -27,7 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".weft.v1.Instance.labels")
         .btree_map(".weft.v1.Instance.metadata")
         .btree_map(".weft.v1.ListInstancesRequest.labels")
-        .btree_map(".weft.v1.EndpointStatus.labels");
+        .btree_map(".weft.v1.EndpointStatus.labels")
+        .btree_map(".weft.v1.QueueMessage.headers")
+        .bytes(".weft.v1.QueueMessage.payload");
     b.compile_protos(
         &[
             "proto/weft/v1/discovery.proto",
@@ -36,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/weft/v1/identity.proto",
             "proto/weft/v1/ratelimit.proto",
             "proto/weft/v1/registry.proto",
+            "proto/weft/v1/queue.proto",
             "proto/etcd/v3.proto",
             "proto/weft/sample/v1/echo.proto",
             "proto/grpc/health/v1/health.proto",

@@ -17,6 +17,7 @@
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +143,9 @@ pub enum Effect {
         message: Arc<Message>,
         reason: String,
     },
+    /// A failed delivery went back into the queue with its new count
+    /// (and wait): stores persist it so the count survives a restart.
+    Requeued { message: Arc<Message> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +210,9 @@ pub struct Depth {
 #[derive(Debug)]
 pub struct QueueState {
     settings: Settings,
-    next_id: u64,
+    /// Message ids, shared by every queue of a store so that none is ever
+    /// reused (see `store`).
+    ids: Arc<AtomicU64>,
     entries: HashMap<u64, Entry>,
     /// Ready ids per level, oldest first (stale ids are skipped lazily).
     ready: [VecDeque<u64>; LEVELS],
@@ -219,13 +225,21 @@ pub struct QueueState {
     dedup: HashMap<String, (u64, u64)>,
     dedup_order: VecDeque<(u64, String)>,
     depth: Depth,
+    /// Admitted, not yet committed (being made durable): they count
+    /// against the size limits but cannot be delivered.
+    pending: (u64, u64),
 }
 
 impl QueueState {
     pub fn new(settings: Settings) -> QueueState {
+        Self::with_ids(settings, Arc::new(AtomicU64::new(1)))
+    }
+
+    /// A queue whose message ids come from `ids`.
+    pub fn with_ids(settings: Settings, ids: Arc<AtomicU64>) -> QueueState {
         QueueState {
             settings,
-            next_id: 1,
+            ids,
             entries: HashMap::new(),
             ready: Default::default(),
             waiting: BTreeSet::new(),
@@ -236,11 +250,18 @@ impl QueueState {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             depth: Depth::default(),
+            pending: (0, 0),
         }
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// New settings from a changed Queue (messages already queued keep
+    /// their level and expiry).
+    pub fn reconfigure(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     pub fn depth(&self) -> &Depth {
@@ -263,14 +284,34 @@ impl QueueState {
             .map(|e| e.message.published_ms)
     }
 
-    pub fn publish(&mut self, now_ms: u64, mut body: NewMessage) -> (Published, Vec<Effect>) {
+    /// Admits and commits at once (a store that makes the message durable
+    /// in between uses `admit` and `commit`).
+    pub fn publish(&mut self, now_ms: u64, body: NewMessage) -> (Published, Vec<Effect>) {
+        let (out, message, effects) = self.admit(now_ms, body);
+        if let Some(m) = message {
+            self.commit(m, now_ms);
+        }
+        (out, effects)
+    }
+
+    /// Checks a publish (dedup window, size limits) and gives it its id;
+    /// the message is delivered only after `commit` (or forgotten with
+    /// `abandon`). Effects: messages dropped to make room.
+    pub fn admit(
+        &mut self,
+        now_ms: u64,
+        mut body: NewMessage,
+    ) -> (Published, Option<Arc<Message>>, Vec<Effect>) {
         self.forget_dedup(now_ms);
         if let (Some(window), Some(key)) = (self.settings.dedup_window, &body.key) {
             if let Some((_, id)) = self.dedup.get(key) {
-                return (Published::Deduplicated(*id), Vec::new());
+                return (Published::Deduplicated(*id), None, Vec::new());
             }
             let until = now_ms + window.as_millis() as u64;
-            self.dedup.insert(key.clone(), (until, self.next_id));
+            // The id this message will get if admitted (ids are taken
+            // under this queue's lock, but other queues share the counter:
+            // fixed up below).
+            self.dedup.insert(key.clone(), (until, 0));
             self.dedup_order.push_back((until, key.clone()));
         }
         if !self.settings.priorities {
@@ -280,8 +321,8 @@ impl QueueState {
         let size = body.payload.len() as u64;
         let mut effects = Vec::new();
         loop {
-            let count = self.entries.len() as u64 + 1;
-            let bytes = self.depth.bytes + size;
+            let count = self.entries.len() as u64 + self.pending.0 + 1;
+            let bytes = self.depth.bytes + self.pending.1 + size;
             let over_count = self.settings.max_messages.is_some_and(|m| count > m);
             let over_bytes = self.settings.max_bytes.is_some_and(|m| bytes > m);
             if !(over_count || over_bytes) {
@@ -303,17 +344,21 @@ impl QueueState {
                     }
                     let why = format!(
                         "queue full: {} messages, {} bytes (maxSize {:?} messages, {:?} bytes)",
-                        self.entries.len(),
-                        self.depth.bytes,
+                        self.entries.len() as u64 + self.pending.0,
+                        self.depth.bytes + self.pending.1,
                         self.settings.max_messages,
                         self.settings.max_bytes
                     );
-                    return (Published::Refused(why), effects);
+                    return (Published::Refused(why), None, effects);
                 }
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        if let (Some(_), Some(key)) = (self.settings.dedup_window, &body.key) {
+            if let Some(entry) = self.dedup.get_mut(key) {
+                entry.1 = id;
+            }
+        }
         let ttl = match (self.settings.ttl, body.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -327,13 +372,51 @@ impl QueueState {
             last_error: None,
             body,
         });
-        self.insert(message, now_ms);
-        (Published::Enqueued(id), effects)
+        self.pending.0 += 1;
+        self.pending.1 += size;
+        (Published::Enqueued(id), Some(message), effects)
     }
 
-    /// Re-adds a message recovered from storage (ids and counts kept).
+    /// An admitted message is durable: it joins the queue.
+    pub fn commit(&mut self, message: Arc<Message>, now_ms: u64) {
+        self.unpend(&message);
+        self.insert(message, now_ms);
+    }
+
+    /// An admitted message could not be made durable: forget it.
+    pub fn abandon(&mut self, message: &Message) {
+        self.unpend(message);
+        if let Some(k) = &message.body.key {
+            if self.dedup.get(k).is_some_and(|(_, id)| *id == message.id) {
+                self.dedup.remove(k);
+            }
+        }
+    }
+
+    fn unpend(&mut self, message: &Message) {
+        self.pending.0 = self.pending.0.saturating_sub(1);
+        self.pending.1 = self
+            .pending
+            .1
+            .saturating_sub(message.body.payload.len() as u64);
+    }
+
+    /// Takes a message out without an effect (replaying a removal).
+    pub fn discard(&mut self, id: u64) -> Option<Arc<Message>> {
+        self.remove(id)
+    }
+
+    /// Re-adds a message recovered from storage (ids and counts kept; its
+    /// key re-enters the dedup window if it is still open).
     pub fn restore(&mut self, message: Message, now_ms: u64) {
-        self.next_id = self.next_id.max(message.id + 1);
+        self.ids.fetch_max(message.id + 1, Ordering::Relaxed);
+        if let (Some(window), Some(key)) = (self.settings.dedup_window, &message.body.key) {
+            let until = message.published_ms + window.as_millis() as u64;
+            if until > now_ms && !self.dedup.contains_key(key) {
+                self.dedup.insert(key.clone(), (until, message.id));
+                self.dedup_order.push_back((until, key.clone()));
+            }
+        }
         self.insert(Arc::new(message), now_ms);
     }
 
@@ -547,8 +630,9 @@ impl QueueState {
         }
         let wait = self.settings.backoff.delay(m.deliveries);
         m.body.deliver_at_ms = (!wait.is_zero()).then(|| now_ms + wait.as_millis() as u64);
-        self.insert(Arc::new(m), now_ms);
-        Vec::new()
+        let message = Arc::new(m);
+        self.insert(message.clone(), now_ms);
+        vec![Effect::Requeued { message }]
     }
 
     fn dead(&self, message: Arc<Message>, reason: String) -> Effect {

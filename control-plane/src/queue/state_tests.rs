@@ -160,7 +160,11 @@ fn retries_wait_out_the_backoff_and_the_last_failure_dead_letters_with_the_error
     for (delivery, wait) in [(1, 1_000), (2, 2_000)] {
         let m = take(&mut q, now, 1).unwrap();
         assert_eq!(m.deliveries, delivery);
-        assert!(q.nack(now, id, 1, true, "bad input").unwrap().is_empty());
+        let effects = q.nack(now, id, 1, true, "bad input").unwrap();
+        assert!(
+            matches!(&effects[..], [Effect::Requeued { message }] if message.deliveries == delivery),
+            "{effects:?}"
+        );
         assert!(
             take(&mut q, now + wait - 1, 1).is_none(),
             "delivery {delivery}: too early"
@@ -331,7 +335,7 @@ fn a_consumer_that_goes_away_gives_its_deliveries_back() {
     take(&mut q, 0, 1).unwrap();
     take(&mut q, 0, 1).unwrap();
     assert_eq!(q.depth().in_flight, 2);
-    assert!(q.release(0, 1).is_empty());
+    assert_eq!(q.release(0, 1).len(), 2, "both requeued");
     assert_eq!(q.depth().in_flight, 0);
     let back = all_kinds(&mut q, 0);
     assert_eq!(back.len(), 2);
