@@ -1,10 +1,11 @@
-//! The mesh's queue service (issue 16), being built: its durable storage
-//! (`log`, the segment log) and one queue's delivery rules (`state`). The
-//! `weft.v1.Queue` API, pubsub and broadcast fan-out, access control,
-//! encryption and the Redis backend come on top of them.
+//! The mesh's queue service (issue 16), being built: the durable segment
+//! log (`log`), one queue's delivery rules (`state`) and the embedded store
+//! that joins them (`store`). The `weft.v1.Queue` API, pubsub and broadcast
+//! fan-out, access control, encryption and the Redis backend come on top.
 
 pub mod log;
 pub mod state;
+pub mod store;
 
 use crate::config::kinds::{Durability, OnExpiry, OnFull, QueueBackoff, QueueSpec, QueueType};
 use state::{Backoff, Settings};

@@ -166,6 +166,8 @@ impl std::fmt::Display for AckError {
     }
 }
 
+impl std::error::Error for AckError {}
+
 /// Consumer filters: only these types, at least this priority.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
@@ -408,7 +410,8 @@ impl QueueState {
 
     /// Re-adds a message recovered from storage (ids and counts kept; its
     /// key re-enters the dedup window if it is still open).
-    pub fn restore(&mut self, message: Message, now_ms: u64) {
+    pub fn restore(&mut self, mut message: Message, now_ms: u64) {
+        message.body.priority = message.body.priority.min(LEVELS as u8 - 1);
         self.ids.fetch_max(message.id + 1, Ordering::Relaxed);
         if let (Some(window), Some(key)) = (self.settings.dedup_window, &message.body.key) {
             let until = message.published_ms + window.as_millis() as u64;

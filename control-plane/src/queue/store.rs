@@ -1,0 +1,559 @@
+//! The embedded queue store: every queue's state in memory, every change
+//! made durable in the segment log (`log`) before anyone sees it, and the
+//! states rebuilt from the log on start.
+//!
+//! A publish is admitted (dedup, size), appended (group commit), then
+//! committed and only then delivered and acknowledged. Acks, removals and
+//! requeues are appended before they are answered. Deliveries are not
+//! logged: after a restart what was in flight is delivered again (at least
+//! once). Dead letters move as one append: removed here, published there.
+//! Message ids come from one counter for all queues, started past every
+//! sequence number the log ever used, so an id is never reused even after
+//! compaction dropped its records.
+
+use super::log::{self, Log, LogError};
+use super::state::{
+    AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
+};
+use prost::Message as _;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use xds_proto::v1::{queue_record::Event, QueueMessage, QueueRecord, QueueRemoved};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("queue \"{0}\" does not exist")]
+    UnknownQueue(String),
+    #[error("{0}")]
+    Ack(#[from] AckError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// One queue: its state and who to wake when it has messages.
+pub struct Queue {
+    pub name: String,
+    state: Mutex<QueueState>,
+    /// Woken when messages become ready.
+    pub ready: tokio::sync::Notify,
+    dead_letter: Option<String>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding the lock leaves a consistent state (every
+        // mutation is a single call), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn depth(&self) -> super::state::Depth {
+        self.lock().depth().clone()
+    }
+
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.lock().oldest_ms()
+    }
+}
+
+/// A queue's configuration as the store needs it.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub name: String,
+    pub settings: Settings,
+    pub dead_letter: Option<String>,
+}
+
+pub struct Store {
+    log: Log,
+    ids: Arc<AtomicU64>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Log sequence of each live message's `published` record: the
+    /// smallest bounds what compaction may drop.
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    by_seq: BTreeMap<u64, (String, u64)>,
+    by_id: HashMap<(String, u64), u64>,
+}
+
+impl Live {
+    fn add(&mut self, queue: &str, id: u64, seq: u64) {
+        self.by_seq.insert(seq, (queue.to_string(), id));
+        self.by_id.insert((queue.to_string(), id), seq);
+    }
+    fn remove(&mut self, queue: &str, id: u64) {
+        if let Some(seq) = self.by_id.remove(&(queue.to_string(), id)) {
+            self.by_seq.remove(&seq);
+        }
+    }
+}
+
+/// Dead letters admitted into their queue, to commit once appended.
+type Moved = Vec<(Arc<Queue>, Arc<Message>)>;
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub recovery: log::Recovery,
+    /// Messages back in their queues.
+    pub messages: u64,
+    /// Records of queues no longer configured, skipped.
+    pub orphaned: u64,
+}
+
+impl Store {
+    /// Opens the log and rebuilds `queues` from it (records of other
+    /// queues are skipped: their queue was deleted).
+    pub fn open(
+        config: log::Config,
+        queues: &[QueueConfig],
+        now_ms: u64,
+    ) -> Result<(Store, Opened), StoreError> {
+        let ids = Arc::new(AtomicU64::new(1));
+        let mut states: HashMap<String, QueueState> = queues
+            .iter()
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    QueueState::with_ids(q.settings.clone(), ids.clone()),
+                )
+            })
+            .collect();
+        let mut live = Live::default();
+        let mut orphaned = 0;
+        let mut undecodable = 0;
+        let (log, recovery) = Log::open(config, |seq, bytes| {
+            let Ok(record) = QueueRecord::decode(bytes) else {
+                undecodable += 1;
+                return;
+            };
+            let Some(state) = states.get_mut(&record.queue) else {
+                orphaned += 1;
+                return;
+            };
+            match record.event {
+                Some(Event::Published(m)) => {
+                    live.add(&record.queue, m.id, seq);
+                    state.restore(from_wire(m), now_ms);
+                }
+                Some(Event::Requeued(m)) => {
+                    if state.discard(m.id).is_some() {
+                        state.restore(from_wire(m), now_ms);
+                    }
+                }
+                Some(Event::Removed(r)) => {
+                    state.discard(r.id);
+                    live.remove(&record.queue, r.id);
+                }
+                None => undecodable += 1,
+            }
+        })?;
+        if undecodable > 0 {
+            tracing::warn!(
+                records = undecodable,
+                "queue log: records that are not queue records were skipped"
+            );
+        }
+        // Past every id and every sequence ever written (see the module doc).
+        ids.fetch_max(recovery.next + 1, Ordering::Relaxed);
+        let messages = states.values().map(|s| s.len() as u64).sum();
+        let queues = queues
+            .iter()
+            .filter_map(|q| {
+                let state = states.remove(&q.name)?;
+                Some((
+                    q.name.clone(),
+                    Arc::new(Queue {
+                        name: q.name.clone(),
+                        state: Mutex::new(state),
+                        ready: tokio::sync::Notify::new(),
+                        dead_letter: q.dead_letter.clone(),
+                    }),
+                ))
+            })
+            .collect();
+        Ok((
+            Store {
+                log,
+                ids,
+                queues: Mutex::new(queues),
+                live: Mutex::new(live),
+            },
+            Opened {
+                recovery,
+                messages,
+                orphaned,
+            },
+        ))
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, StoreError> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownQueue(name.to_string()))
+    }
+
+    /// Adds new queues and updates the settings of existing ones.
+    pub fn configure(&self, queues: &[QueueConfig]) {
+        let mut map = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for q in queues {
+            match map.get(&q.name) {
+                Some(existing) => existing.lock().reconfigure(q.settings.clone()),
+                None => {
+                    map.insert(
+                        q.name.clone(),
+                        Arc::new(Queue {
+                            name: q.name.clone(),
+                            state: Mutex::new(QueueState::with_ids(
+                                q.settings.clone(),
+                                self.ids.clone(),
+                            )),
+                            ready: tokio::sync::Notify::new(),
+                            dead_letter: q.dead_letter.clone(),
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Publishes `bodies` in order; each outcome is final (an enqueued
+    /// message is durable) once this returns.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        bodies: Vec<NewMessage>,
+    ) -> Result<Vec<Published>, StoreError> {
+        let q = self.queue(queue)?;
+        let mut outcomes = Vec::with_capacity(bodies.len());
+        let mut admitted = Vec::new();
+        let mut effects = Vec::new();
+        {
+            let mut state = q.lock();
+            for body in bodies {
+                let (out, message, e) = state.admit(now_ms, body);
+                outcomes.push(out);
+                admitted.extend(message);
+                effects.extend(e);
+            }
+        }
+        let mut records: Vec<Vec<u8>> = admitted
+            .iter()
+            .map(|m| record(queue, Event::Published(to_wire(m))))
+            .collect();
+        let (effect_records, moved) = self.effect_records(queue, now_ms, &effects);
+        records.extend(effect_records);
+        match self.log.append(records).await {
+            Ok(seqs) => {
+                {
+                    let mut state = q.lock();
+                    let mut live = self.live();
+                    for (m, seq) in admitted.into_iter().zip(&seqs) {
+                        live.add(queue, m.id, *seq);
+                        state.commit(m, now_ms);
+                    }
+                }
+                let split = seqs.len() - moved.len();
+                self.after_effects(queue, now_ms, &effects, moved, &seqs[split..]);
+                q.ready.notify_waiters();
+                Ok(outcomes)
+            }
+            Err(e) => {
+                let mut state = q.lock();
+                for m in &admitted {
+                    state.abandon(m);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The next message for `consumer`, if one is ready.
+    pub fn next(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        consumer: u64,
+        filter: &Filter,
+    ) -> Result<Option<Delivery>, StoreError> {
+        Ok(self.queue(queue)?.lock().next(now_ms, consumer, filter))
+    }
+
+    pub async fn ack(&self, queue: &str, id: u64, consumer: u64) -> Result<(), StoreError> {
+        let q = self.queue(queue)?;
+        q.lock().ack(id, consumer)?;
+        self.log
+            .append(vec![record(
+                queue,
+                Event::Removed(QueueRemoved {
+                    id,
+                    why: "acked".into(),
+                }),
+            )])
+            .await?;
+        self.live().remove(queue, id);
+        Ok(())
+    }
+
+    pub fn extend(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        id: u64,
+        consumer: u64,
+        by: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(self.queue(queue)?.lock().extend(now_ms, id, consumer, by)?)
+    }
+
+    pub async fn nack(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        id: u64,
+        consumer: u64,
+        requeue: bool,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let q = self.queue(queue)?;
+        let effects = q.lock().nack(now_ms, id, consumer, requeue, error)?;
+        self.persist(queue, now_ms, effects).await
+    }
+
+    /// A consumer's stream ended: its deliveries go back.
+    pub async fn release(&self, queue: &str, now_ms: u64, consumer: u64) -> Result<(), StoreError> {
+        let q = self.queue(queue)?;
+        let effects = q.lock().release(now_ms, consumer);
+        self.persist(queue, now_ms, effects).await
+    }
+
+    /// Moves every queue's clock (due messages, ack timeouts, expiry),
+    /// persists what changed, and compacts the log.
+    pub async fn tick(&self, now_ms: u64) -> Result<(), StoreError> {
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            let (effects, had_ready) = {
+                let mut state = q.lock();
+                let before = state.depth().ready_by_priority.iter().sum::<u64>();
+                let effects = state.tick(now_ms);
+                (
+                    effects,
+                    state.depth().ready_by_priority.iter().sum::<u64>() > before,
+                )
+            };
+            self.persist(&q.name, now_ms, effects).await?;
+            if had_ready {
+                q.ready.notify_waiters();
+            }
+        }
+        self.compact().await
+    }
+
+    /// The earliest time any queue's `tick` has work.
+    pub fn next_wakeup(&self) -> Option<u64> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|q| q.lock().next_wakeup())
+            .min()
+    }
+
+    /// Drops the log segments that hold no live message.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let mark = self
+            .live()
+            .by_seq
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(u64::MAX);
+        self.log.drop_before(mark).await?;
+        Ok(())
+    }
+
+    pub fn log_segments(&self) -> Vec<log::Segment> {
+        self.log.segments()
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn persist(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        effects: Vec<Effect>,
+    ) -> Result<(), StoreError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let (records, moved) = self.effect_records(queue, now_ms, &effects);
+        let seqs = self.log.append(records).await?;
+        let q = self.queue(queue)?;
+        if effects.iter().any(|e| matches!(e, Effect::Requeued { .. })) {
+            q.ready.notify_waiters();
+        }
+        let split = seqs.len() - moved.len();
+        self.after_effects(queue, now_ms, &effects, moved, &seqs[split..]);
+        Ok(())
+    }
+
+    /// The records for `effects`; dead letters are admitted into their
+    /// queue here and returned (queue, message) to commit after the append,
+    /// in the order of the last records.
+    fn effect_records(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        effects: &[Effect],
+    ) -> (Vec<Vec<u8>>, Moved) {
+        let mut records = Vec::new();
+        let mut moved = Vec::new();
+        let dead_letter = self.queue(queue).ok().and_then(|q| q.dead_letter.clone());
+        for e in effects {
+            match e {
+                Effect::Requeued { message } => {
+                    records.push(record(queue, Event::Requeued(to_wire(message))))
+                }
+                Effect::Dropped { message, reason } => {
+                    tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
+                    records.push(record(
+                        queue,
+                        Event::Removed(QueueRemoved {
+                            id: message.id,
+                            why: "dropped".into(),
+                        }),
+                    ));
+                }
+                Effect::DeadLetter { message, reason } => {
+                    records.push(record(
+                        queue,
+                        Event::Removed(QueueRemoved {
+                            id: message.id,
+                            why: "dead-lettered".into(),
+                        }),
+                    ));
+                    let Some(target) = dead_letter.as_deref().and_then(|d| self.queue(d).ok())
+                    else {
+                        tracing::warn!(
+                            queue,
+                            id = message.id,
+                            "dead-letter queue missing; message dropped"
+                        );
+                        continue;
+                    };
+                    let mut body = message.body.clone();
+                    body.headers
+                        .insert("x-weft-dead-letter-reason".into(), reason.clone());
+                    body.headers
+                        .insert("x-weft-dead-letter-queue".into(), queue.to_string());
+                    body.headers
+                        .insert("x-weft-dead-letter-id".into(), message.id.to_string());
+                    body.deliver_at_ms = None;
+                    let (out, admitted, _) = target.lock().admit(now_ms, body);
+                    match admitted {
+                        Some(m) => moved.push((target.clone(), m)),
+                        None => {
+                            tracing::warn!(queue, id = message.id, outcome = ?out, "dead-letter queue refused the message; dropped")
+                        }
+                    }
+                }
+            }
+        }
+        for (target, m) in &moved {
+            records.push(record(&target.name, Event::Published(to_wire(m))));
+        }
+        (records, moved)
+    }
+
+    fn after_effects(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        effects: &[Effect],
+        moved: Moved,
+        moved_seqs: &[u64],
+    ) {
+        let mut live = self.live();
+        for e in effects {
+            match e {
+                Effect::Dropped { message, .. } | Effect::DeadLetter { message, .. } => {
+                    live.remove(queue, message.id)
+                }
+                Effect::Requeued { .. } => {}
+            }
+        }
+        for ((target, m), seq) in moved.into_iter().zip(moved_seqs) {
+            live.add(&target.name, m.id, *seq);
+            target.lock().commit(m, now_ms);
+            target.ready.notify_waiters();
+        }
+    }
+}
+
+fn record(queue: &str, event: Event) -> Vec<u8> {
+    QueueRecord {
+        queue: queue.to_string(),
+        event: Some(event),
+    }
+    .encode_to_vec()
+}
+
+fn to_wire(m: &Message) -> QueueMessage {
+    QueueMessage {
+        id: m.id,
+        key: m.body.key.clone().unwrap_or_default(),
+        r#type: m.body.kind.clone(),
+        priority: u32::from(m.body.priority),
+        headers: m.body.headers.clone(),
+        payload: m.body.payload.clone(),
+        deliver_at_unix_ms: m.body.deliver_at_ms.unwrap_or(0),
+        traceparent: m.body.traceparent.clone().unwrap_or_default(),
+        publisher: m.body.publisher.clone(),
+        published_unix_ms: m.published_ms,
+        expires_unix_ms: m.expires_ms.unwrap_or(0),
+        deliveries: m.deliveries,
+        last_error: m.last_error.clone().unwrap_or_default(),
+    }
+}
+
+fn from_wire(m: QueueMessage) -> Message {
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    Message {
+        id: m.id,
+        body: NewMessage {
+            key: opt(m.key),
+            kind: m.r#type,
+            priority: u8::try_from(m.priority.min(9)).unwrap_or(9),
+            headers: m.headers,
+            payload: m.payload,
+            deliver_at_ms: (m.deliver_at_unix_ms > 0).then_some(m.deliver_at_unix_ms),
+            ttl: None,
+            traceparent: opt(m.traceparent),
+            publisher: m.publisher,
+        },
+        published_ms: m.published_unix_ms,
+        expires_ms: (m.expires_unix_ms > 0).then_some(m.expires_unix_ms),
+        deliveries: m.deliveries,
+        last_error: opt(m.last_error),
+    }
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
