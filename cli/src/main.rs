@@ -199,6 +199,8 @@ enum GetWhat {
     Routes,
     /// Queue objects (their config; `weftctl queue` comes with the service).
     Queues,
+    /// Who may publish, consume and administer which queues.
+    QueuePolicies,
     Proxies,
     Endpoints,
     /// The control-plane replicas sharing one store, and the leader.
@@ -349,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 GetWhat::Services => "Service",
                 GetWhat::Routes => "Route",
                 GetWhat::Queues => "Queue",
+                GetWhat::QueuePolicies => "QueuePolicy",
             };
             let mut client = conn.admin().await?;
             let objects = get_all(&mut client, kind, &namespace.unwrap_or_default()).await?;

@@ -93,6 +93,8 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                 table(&["NAMESPACE", "NAME", "PORTS", "ENDPOINTS"])
             } else if kind == "Queue" {
                 table(&["NAMESPACE", "NAME", "TYPE", "DEAD LETTER"])
+            } else if kind == "QueuePolicy" {
+                table(&["NAMESPACE", "NAME", "QUEUES", "GRANTS"])
             } else {
                 table(&["NAMESPACE", "NAME", "HOSTS", "DESTINATIONS"])
             };
@@ -104,7 +106,14 @@ pub fn objects(format: Format, kind: &str, objects: &[pb::ConfigObject]) -> anyh
                         .map(|a| a.iter().map(f).collect::<Vec<_>>().join(","))
                         .unwrap_or_default()
                 };
-                let (a, b) = if kind == "Queue" {
+                let (a, b) = if kind == "QueuePolicy" {
+                    (
+                        join(&spec["queues"], &|q| q.as_str().unwrap_or("").to_string()),
+                        join(&spec["rules"], &|r| {
+                            join(&r["permissions"], &|p| p.as_str().unwrap_or("").to_string())
+                        }),
+                    )
+                } else if kind == "Queue" {
                     (
                         spec["type"].as_str().unwrap_or("").to_string(),
                         spec["deadLetter"]["queue"]

@@ -26,7 +26,8 @@ spec: {type: fifo}
 ";
 
 #[test]
-fn queues_are_applied_listed_and_a_dangling_dead_letter_queue_is_refused_with_its_field() {
+fn queues_and_their_policies_are_applied_listed_and_dangling_references_are_refused_with_the_field()
+{
     let mesh = Mesh::start("queue-config");
     mesh.apply("queues.yaml", QUEUES).expect("apply");
     let out = mesh.weftctl(&["-o", "json", "get", "queues", "-n", "intel"]);

@@ -76,6 +76,13 @@ impl ConfigSet {
         })
     }
 
+    pub fn queue_policies(&self) -> impl Iterator<Item = (&ObjectKey, &kinds::QueuePolicySpec)> {
+        self.objects.iter().filter_map(|(k, o)| match &o.spec {
+            Spec::QueuePolicy(p) => Some((k, p)),
+            _ => None,
+        })
+    }
+
     pub fn queue(&self, namespace: &str, name: &str) -> Option<&kinds::QueueSpec> {
         let key = ObjectKey {
             kind: Kind::Queue,

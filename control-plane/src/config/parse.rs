@@ -208,6 +208,7 @@ fn decode_spec(kind: Kind, spec: serde_yaml_ng::Value) -> Result<Spec, (String, 
         Kind::Authorization => Spec::Authorization(decode::<kinds::AuthorizationSpec>(spec)?),
         Kind::Policy => Spec::Policy(Box::new(decode::<kinds::PolicySpec>(spec)?)),
         Kind::Queue => Spec::Queue(Box::new(decode::<kinds::QueueSpec>(spec)?)),
+        Kind::QueuePolicy => Spec::QueuePolicy(decode::<kinds::QueuePolicySpec>(spec)?),
     })
 }
 

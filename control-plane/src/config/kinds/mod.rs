@@ -608,6 +608,7 @@ pub enum Kind {
     Authorization,
     Policy,
     Queue,
+    QueuePolicy,
 }
 
 impl Kind {
@@ -618,6 +619,7 @@ impl Kind {
             "Authorization" => Some(Kind::Authorization),
             "Policy" => Some(Kind::Policy),
             "Queue" => Some(Kind::Queue),
+            "QueuePolicy" => Some(Kind::QueuePolicy),
             _ => None,
         }
     }
@@ -628,6 +630,7 @@ impl Kind {
             Kind::Authorization => "Authorization",
             Kind::Policy => "Policy",
             Kind::Queue => "Queue",
+            Kind::QueuePolicy => "QueuePolicy",
         }
     }
 }
@@ -666,6 +669,7 @@ pub enum Spec {
     Authorization(AuthorizationSpec),
     Policy(Box<PolicySpec>),
     Queue(Box<QueueSpec>),
+    QueuePolicy(QueuePolicySpec),
 }
 
 /// A validated object, as stored.
@@ -684,6 +688,7 @@ impl Object {
             Spec::Authorization(_) => Kind::Authorization,
             Spec::Policy(_) => Kind::Policy,
             Spec::Queue(_) => Kind::Queue,
+            Spec::QueuePolicy(_) => Kind::QueuePolicy,
         }
     }
 
@@ -703,6 +708,7 @@ impl Object {
             Spec::Authorization(a) => serde_json::to_value(a),
             Spec::Policy(p) => serde_json::to_value(p),
             Spec::Queue(q) => serde_json::to_value(q),
+            Spec::QueuePolicy(p) => serde_json::to_value(p),
         }
         .unwrap_or(serde_json::Value::Null);
         serde_json::json!({

@@ -145,3 +145,31 @@ pub struct Deduplication {
     /// acknowledged as a duplicate and not enqueued.
     pub window: String,
 }
+
+/// `QueuePolicy`: who may publish to, consume from or administer queues
+/// of its namespace. Queues are closed by default: a call is allowed only
+/// when a rule grants it (weftctl's admin certificate may do everything).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QueuePolicySpec {
+    /// Queues of this namespace the rules cover; `*` for all of them.
+    pub queues: Vec<String>,
+    pub rules: Vec<QueueRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QueueRule {
+    pub permissions: Vec<QueuePermission>,
+    /// Callers, by SPIFFE ID, namespace or trust domain (one must match).
+    pub from: super::AuthzFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueuePermission {
+    Publish,
+    Consume,
+    /// Describe, peek, purge, redrive dead letters.
+    Admin,
+}

@@ -73,6 +73,7 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
         Spec::Authorization(a) => authorization::check_authorization(obj, a),
         Spec::Policy(p) => policy::check_policy(obj, p),
         Spec::Queue(q) => queue::check_queue(obj, q),
+        Spec::QueuePolicy(p) => queue::check_queue_policy(obj, p),
     }
 }
 

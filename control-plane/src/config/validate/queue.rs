@@ -1,8 +1,9 @@
-//! Field rules of a Queue: options that belong to its type, durations and
+//! Field rules of a Queue (options that belong to its type, durations and
 //! sizes in range, a dead-letter target that is another queue, a retry
-//! backoff that grows.
+//! backoff that grows) and of a QueuePolicy (queues named, every rule
+//! granting something to someone).
 use super::valid_dns_label;
-use crate::config::kinds::{OnExpiry, QueueBackoff, QueueSpec, QueueType};
+use crate::config::kinds::{OnExpiry, QueueBackoff, QueuePolicySpec, QueueSpec, QueueType};
 use crate::config::{ConfigError, Located};
 use std::time::Duration;
 
@@ -205,6 +206,58 @@ pub(super) fn check_queue(obj: &Located, q: &QueueSpec) -> Result<(), ConfigErro
                 )?;
             }
             None => {}
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_queue_policy(obj: &Located, p: &QueuePolicySpec) -> Result<(), ConfigError> {
+    if p.queues.is_empty() {
+        return Err(obj.error(
+            "spec.queues",
+            "name the queues (or `*` for all of the namespace)",
+        ));
+    }
+    for (i, q) in p.queues.iter().enumerate() {
+        if q != "*" && !valid_dns_label(q) {
+            return Err(obj.error(
+                format!("spec.queues[{i}]"),
+                format!("\"{q}\" is not a queue name (or `*`)"),
+            ));
+        }
+    }
+    if p.rules.is_empty() {
+        return Err(obj.error("spec.rules", "a QueuePolicy needs at least one rule"));
+    }
+    for (i, rule) in p.rules.iter().enumerate() {
+        let base = format!("spec.rules[{i}]");
+        if rule.permissions.is_empty() {
+            return Err(obj.error(
+                format!("{base}.permissions"),
+                "grant at least one of publish, consume, admin",
+            ));
+        }
+        if rule.from.is_empty() {
+            return Err(obj.error(
+                format!("{base}.from"),
+                "name the callers (identities, namespaces or trustDomains); queues are closed to everyone else",
+            ));
+        }
+        for (j, id) in rule.from.identities.iter().enumerate() {
+            id.parse::<xds_proto::spiffe::SpiffeId>()
+                .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
+        }
+        for (j, ns) in rule.from.namespaces.iter().enumerate() {
+            if !valid_dns_label(ns) {
+                return Err(obj.error(
+                    format!("{base}.from.namespaces[{j}]"),
+                    format!("\"{ns}\" is not a namespace name"),
+                ));
+            }
+        }
+        for (j, td) in rule.from.trust_domains.iter().enumerate() {
+            xds_proto::spiffe::check_name("trust domain", td)
+                .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ pub fn check_set(
     rules.authorizations()?;
     rules.policies()?;
     rules.queues()?;
+    rules.queue_policies()?;
     rules.routes()
 }
 
@@ -71,7 +72,9 @@ impl<'a> SetRules<'a> {
     /// them never comes back to where it started.
     fn queues(&self) -> Result<(), ConfigError> {
         for (key, q) in self.set.queues() {
-            let Some(dl) = &q.dead_letter else { continue };
+            let Some(dl) = &q.dead_letter else {
+                continue;
+            };
             let mut seen = vec![key.name.as_str()];
             let mut next = dl.queue.as_str();
             loop {
@@ -100,6 +103,25 @@ impl<'a> SetRules<'a> {
                 match &target.dead_letter {
                     Some(d) => next = d.queue.as_str(),
                     None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues a QueuePolicy names exist in its namespace.
+    fn queue_policies(&self) -> Result<(), ConfigError> {
+        for (key, p) in self.set.queue_policies() {
+            for (i, q) in p.queues.iter().enumerate() {
+                if q != "*" && self.set.queue(&key.namespace, q).is_none() {
+                    return Err(self.error(
+                        key,
+                        format!("spec.queues[{i}]"),
+                        format!(
+                            "queue \"{}/{q}\" not found (apply the Queue first)",
+                            key.namespace
+                        ),
+                    ));
                 }
             }
         }

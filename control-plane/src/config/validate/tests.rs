@@ -295,3 +295,52 @@ fn a_dead_letter_queue_must_exist_and_dead_letters_must_not_go_round() {
     let (set, origin) = set_of(&format!("{}---\n{dlq}", q("jobs", "jobs-dlq")));
     check_set(&set, &origin).unwrap();
 }
+
+#[test]
+fn queue_policy_field_rules_name_the_field_and_its_queues_must_exist() {
+    let p = |spec: &str| {
+        format!("apiVersion: weft.dev/v1\nkind: QueuePolicy\nmetadata: {{name: access, namespace: intel}}\nspec: {spec}\n")
+    };
+    let cases = [
+        (
+            p("{queues: [], rules: [{permissions: [publish], from: {namespaces: [feeds]}}]}"),
+            "spec.queues",
+        ),
+        (
+            p("{queues: [Jobs], rules: [{permissions: [publish], from: {namespaces: [feeds]}}]}"),
+            "spec.queues[0]",
+        ),
+        (p("{queues: [jobs], rules: []}"), "spec.rules"),
+        (
+            p("{queues: [jobs], rules: [{permissions: [], from: {namespaces: [feeds]}}]}"),
+            "spec.rules[0].permissions",
+        ),
+        (
+            p("{queues: [jobs], rules: [{permissions: [read], from: {namespaces: [feeds]}}]}"),
+            "spec.rules[0].permissions[0]",
+        ),
+        (
+            p("{queues: [jobs], rules: [{permissions: [consume], from: {}}]}"),
+            "spec.rules[0].from",
+        ),
+        (
+            p("{queues: [jobs], rules: [{permissions: [consume], from: {identities: [bob]}}]}"),
+            "spec.rules[0].from.identities[0]",
+        ),
+    ];
+    for (doc, field) in cases {
+        let e = parse_documents("t.yaml", &doc).unwrap_err();
+        assert_eq!(e.field, field, "{doc}: {e}");
+    }
+    let grant = p("{queues: [jobs], rules: [{permissions: [publish, consume], from: {identities: ['spiffe://cluster.local/ns/intel/sa/worker']}}]}");
+    let (set, origin) = set_of(&grant);
+    let e = check_set(&set, &origin).unwrap_err();
+    assert_eq!(e.field, "spec.queues[0]");
+    assert!(e.to_string().contains("intel/jobs"), "{e}");
+    let queue = "apiVersion: weft.dev/v1\nkind: Queue\nmetadata: {name: jobs, namespace: intel}\nspec: {type: fifo}\n";
+    let (set, origin) = set_of(&format!("{queue}---\n{grant}"));
+    check_set(&set, &origin).unwrap();
+    let all = p("{queues: ['*'], rules: [{permissions: [admin], from: {namespaces: [ops]}}]}");
+    let (set, origin) = set_of(&all);
+    check_set(&set, &origin).unwrap();
+}
