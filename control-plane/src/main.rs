@@ -15,6 +15,7 @@ use weft_control::identity::IdentityService;
 use weft_control::join_token::JoinTokens;
 use weft_control::k8s_token;
 use weft_control::proxy_status::ProxyRegistry;
+use weft_control::queue::service::QueueService;
 use weft_control::rate_limit_quota::QuotaService;
 use weft_control::registry::{Registry, RegistryService, Settings as RegistrySettings};
 use weft_control::replicas::Replicas;
@@ -25,14 +26,15 @@ use weft_control::{ca_store, caller, local_certs, transport};
 use weft_telemetry as telemetry;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
-    rate_limit_quota_server::RateLimitQuotaServer, registry_server::RegistryServer,
+    queue_server::QueueServer, rate_limit_quota_server::RateLimitQuotaServer,
+    registry_server::RegistryServer,
 };
 
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-control",
     version,
-    about = "Weft control plane: config store, discovery, service registry, admin API"
+    about = "Weft control plane: config store, discovery, service registry, queue service, admin API"
 )]
 struct Args {
     /// The cluster's service-account signing keys (a JWKS file, or its URL,
@@ -373,6 +375,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(etcd) = &etcd {
         quota = quota.with_peers(etcd.clone(), replicas.id().to_string());
     }
+    // The queue service: its store under <data-dir>/queue, its queues and
+    // access rules following the config.
+    let queue_store = Arc::new(open_queue_store(&args, &state.current())?);
+    let queue_access = Arc::new(arc_swap::ArcSwap::from_pointee(
+        weft_control::queue::access::Access::compile(&state.current(), &args.trust_domain),
+    ));
+    tokio::spawn(weft_control::queue::follow_config(
+        queue_store.clone(),
+        queue_access.clone(),
+        published.clone(),
+        args.trust_domain.clone(),
+    ));
+    tokio::spawn(weft_control::queue::service::tick_loop(
+        queue_store.clone(),
+        stop_rx.clone(),
+    ));
+    let queue_service = QueueService::new(queue_store, queue_access);
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),
@@ -417,6 +436,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .add_service(AdminServer::new(admin))
                 .add_service(IdentityServer::new(identity))
                 .add_service(RegistryServer::new(registry_service))
+                .add_service(QueueServer::new(queue_service))
                 .serve_with_incoming_shutdown(incoming, stop),
         )
     } else {
@@ -442,6 +462,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 registry_service,
                 caller::require_workload(td.clone()),
             ))
+            .add_service(QueueServer::with_interceptor(
+                queue_service,
+                caller::require_workload(td.clone()),
+            ))
             .add_service(AdminServer::with_interceptor(
                 admin,
                 caller::require_admin(td),
@@ -456,6 +480,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Streams are long-lived; give them a moment, then go.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     Ok(())
+}
+
+/// Opens the queue store under <data-dir>/queue, replaying its log.
+fn open_queue_store(
+    args: &Args,
+    config: &weft_control::config::ConfigSet,
+) -> anyhow::Result<weft_control::queue::store::Store> {
+    let dir = args.data_dir.join("queue");
+    let now = xds_proto::units::unix_ms(std::time::SystemTime::now());
+    let (store, opened) = weft_control::queue::store::Store::open(
+        weft_control::queue::log::Config::new(&dir),
+        &weft_control::queue::configs(config),
+        now,
+    )
+    .with_context(|| format!("cannot open the queue store in {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), messages = opened.messages, records = opened.recovery.records, truncated = ?opened.recovery.truncated, "queue store opened");
+    Ok(store)
 }
 
 async fn shutdown_signal() {

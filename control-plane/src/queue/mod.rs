@@ -3,7 +3,9 @@
 //! that joins them (`store`). The `weft.v1.Queue` API, pubsub and broadcast
 //! fan-out, access control, encryption and the Redis backend come on top.
 
+pub mod access;
 pub mod log;
+pub mod service;
 pub mod state;
 pub mod store;
 
@@ -60,9 +62,57 @@ pub fn settings(spec: &QueueSpec) -> Settings {
     }
 }
 
+/// The store's view of every Queue in the config ("<ns>/<name>" names).
+pub fn configs(config: &crate::config::ConfigSet) -> Vec<store::QueueConfig> {
+    config
+        .queues()
+        .map(|(key, spec)| store::QueueConfig {
+            name: format!("{}/{}", key.namespace, key.name),
+            settings: settings(spec),
+            dead_letter: spec
+                .dead_letter
+                .as_ref()
+                .map(|d| format!("{}/{}", key.namespace, d.queue)),
+            kind: serde_json::to_value(spec.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            max_message_bytes: spec.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        })
+        .collect()
+}
+
+/// Largest payload when the Queue does not say.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1 << 20;
+
 /// Whether a publish is acknowledged only once on disk.
 pub fn synchronous(spec: &QueueSpec) -> bool {
     spec.durability != Some(Durability::Async)
+}
+
+/// Keeps the store's queues and the access rules in step with the config:
+/// new and changed Queues and QueuePolicies take effect on each revision.
+pub async fn follow_config(
+    store: std::sync::Arc<store::Store>,
+    access: std::sync::Arc<arc_swap::ArcSwap<access::Access>>,
+    mut published: tokio::sync::watch::Receiver<std::sync::Arc<crate::publish::Published>>,
+    trust_domain: String,
+) {
+    let mut revision = None;
+    loop {
+        let config = published.borrow_and_update().config.clone();
+        if revision != Some(config.revision) {
+            revision = Some(config.revision);
+            store.configure(&configs(&config));
+            access.store(std::sync::Arc::new(access::Access::compile(
+                &config,
+                &trust_domain,
+            )));
+        }
+        if published.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

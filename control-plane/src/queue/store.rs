@@ -37,10 +37,23 @@ pub struct Queue {
     state: Mutex<QueueState>,
     /// Woken when messages become ready.
     pub ready: tokio::sync::Notify,
-    dead_letter: Option<String>,
+    config: Mutex<QueueConfig>,
 }
 
 impl Queue {
+    fn new(config: &QueueConfig, state: QueueState) -> Queue {
+        Queue {
+            name: config.name.clone(),
+            state: Mutex::new(state),
+            ready: tokio::sync::Notify::new(),
+            config: Mutex::new(config.clone()),
+        }
+    }
+
+    fn dead_letter(&self) -> Option<String> {
+        self.config().dead_letter
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A panic while holding the lock leaves a consistent state (every
         // mutation is a single call), so a poisoned lock is still usable.
@@ -54,14 +67,26 @@ impl Queue {
     pub fn oldest_ms(&self) -> Option<u64> {
         self.lock().oldest_ms()
     }
+
+    pub fn config(&self) -> QueueConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A queue's configuration as the store needs it.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
+    /// "<namespace>/<name>"
     pub name: String,
     pub settings: Settings,
+    /// "<namespace>/<name>" of its dead-letter queue.
     pub dead_letter: Option<String>,
+    /// fifo, priority, ... (for describe).
+    pub kind: String,
+    pub max_message_bytes: u64,
 }
 
 pub struct Store {
@@ -164,15 +189,7 @@ impl Store {
             .iter()
             .filter_map(|q| {
                 let state = states.remove(&q.name)?;
-                Some((
-                    q.name.clone(),
-                    Arc::new(Queue {
-                        name: q.name.clone(),
-                        state: Mutex::new(state),
-                        ready: tokio::sync::Notify::new(),
-                        dead_letter: q.dead_letter.clone(),
-                    }),
-                ))
+                Some((q.name.clone(), Arc::new(Queue::new(q, state))))
             })
             .collect();
         Ok((
@@ -199,25 +216,31 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownQueue(name.to_string()))
     }
 
+    /// Every queue, by name.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<_> = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// Adds new queues and updates the settings of existing ones.
     pub fn configure(&self, queues: &[QueueConfig]) {
         let mut map = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         for q in queues {
             match map.get(&q.name) {
-                Some(existing) => existing.lock().reconfigure(q.settings.clone()),
+                Some(existing) => {
+                    existing.lock().reconfigure(q.settings.clone());
+                    *existing.config.lock().unwrap_or_else(|p| p.into_inner()) = q.clone();
+                }
                 None => {
-                    map.insert(
-                        q.name.clone(),
-                        Arc::new(Queue {
-                            name: q.name.clone(),
-                            state: Mutex::new(QueueState::with_ids(
-                                q.settings.clone(),
-                                self.ids.clone(),
-                            )),
-                            ready: tokio::sync::Notify::new(),
-                            dead_letter: q.dead_letter.clone(),
-                        }),
-                    );
+                    let state = QueueState::with_ids(q.settings.clone(), self.ids.clone());
+                    map.insert(q.name.clone(), Arc::new(Queue::new(q, state)));
                 }
             }
         }
@@ -424,7 +447,7 @@ impl Store {
     ) -> (Vec<Vec<u8>>, Moved) {
         let mut records = Vec::new();
         let mut moved = Vec::new();
-        let dead_letter = self.queue(queue).ok().and_then(|q| q.dead_letter.clone());
+        let dead_letter = self.queue(queue).ok().and_then(|q| q.dead_letter());
         for e in effects {
             match e {
                 Effect::Requeued { message } => {
@@ -514,7 +537,7 @@ fn record(queue: &str, event: Event) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn to_wire(m: &Message) -> QueueMessage {
+pub(crate) fn to_wire(m: &Message) -> QueueMessage {
     QueueMessage {
         id: m.id,
         key: m.body.key.clone().unwrap_or_default(),

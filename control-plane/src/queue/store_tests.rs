@@ -22,11 +22,15 @@ fn queues() -> Vec<QueueConfig> {
                 ..Settings::default()
             },
             dead_letter: Some("intel/jobs-dlq".into()),
+            kind: "fifo".into(),
+            max_message_bytes: 1 << 20,
         },
         QueueConfig {
             name: "intel/jobs-dlq".into(),
             settings: Settings::default(),
             dead_letter: None,
+            kind: "fifo".into(),
+            max_message_bytes: 1 << 20,
         },
     ]
 }
@@ -236,6 +240,8 @@ fn records_of_a_deleted_queue_are_skipped_and_an_unknown_queue_is_named() {
             name: "intel/old".into(),
             settings: Settings::default(),
             dead_letter: None,
+            kind: "fifo".into(),
+            max_message_bytes: 1 << 20,
         }]);
         rt.block_on(store.publish("intel/old", 1_000, vec![body("x")]))
             .unwrap();

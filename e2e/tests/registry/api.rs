@@ -16,30 +16,9 @@ async fn admin(mesh: &Mesh) -> Client {
     )
 }
 
-/// A client with a real workload certificate for `ns`/`sa` (join token,
-/// CSR, Identity.Certify, as a sidecar bootstraps).
+/// A client with a real workload certificate for `ns`/`sa`.
 async fn workload(mesh: &Mesh, ns: &str, sa: &str) -> Client {
-    let token = mesh.token(ns, sa);
-    let id = xds_proto::spiffe::SpiffeId::new("cluster.local", ns, sa).expect("id");
-    let bundle = std::fs::read_to_string(mesh.pki().ca_bundle).expect("bundle");
-    let identity = weft_proxy::identity::WorkloadIdentity::new(
-        id,
-        format!("{sa}-test"),
-        mesh.cp_url(),
-        weft_proxy::identity::Credential::Token(token),
-        &bundle,
-    )
-    .expect("identity");
-    tokio::time::timeout(Duration::from_secs(20), identity.bootstrap())
-        .await
-        .expect("certificate within 20 s");
-    RegistryClient::new(
-        identity
-            .control_plane()
-            .connect(&mesh.cp_url(), Duration::from_secs(5))
-            .await
-            .expect("workload channel"),
-    )
+    RegistryClient::new(super::workload::workload_channel(mesh, ns, sa).await)
 }
 
 fn external(id: &str, address: &str) -> pb::RegisterRequest {

@@ -9,6 +9,8 @@
 mod api;
 mod lifecycle;
 mod resilience;
+#[path = "../common/workload.rs"]
+mod workload;
 
 use serde_json::Value;
 use std::net::SocketAddr;

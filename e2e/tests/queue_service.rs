@@ -1,0 +1,360 @@
+//! The queue service (issue 16) through the real control plane over mTLS,
+//! with real workload certificates: QueuePolicies decide who publishes and
+//! consumes; priority order, acks, retries into the dead-letter queue, bad
+//! input refused with the field, and a `kill -9` of the control plane that
+//! loses no acknowledged publish and redelivers what was not acknowledged.
+
+#[path = "common/workload.rs"]
+mod workload;
+
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_testbed::*;
+use workload::workload_channel;
+use xds_proto::v1::{
+    self as pb, consume_request::Kind as In, consume_response::Kind as Out,
+    queue_client::QueueClient,
+};
+
+type Client = QueueClient<tonic::transport::Channel>;
+
+const CONFIG: &str = "\
+apiVersion: weft.dev/v1
+kind: Queue
+metadata: {name: enrichment, namespace: intel}
+spec:
+  type: priority
+  maxMessageBytes: 1024
+  retry: {maxDeliveries: 2, backoff: {type: fixed, delay: 100ms}}
+  deadLetter: {queue: enrichment-dlq}
+---
+apiVersion: weft.dev/v1
+kind: Queue
+metadata: {name: enrichment-dlq, namespace: intel}
+spec: {type: fifo}
+---
+apiVersion: weft.dev/v1
+kind: QueuePolicy
+metadata: {name: enrichment-access, namespace: intel}
+spec:
+  queues: [enrichment]
+  rules:
+  - permissions: [publish]
+    from: {namespaces: [feeds]}
+  - permissions: [consume]
+    from: {identities: ['spiffe://cluster.local/ns/intel/sa/enricher']}
+";
+
+async fn admin(mesh: &Mesh) -> Client {
+    let auth = weft_mesh_tls::admin_client::AdminAuth::Certs(mesh.pki().admin_certs);
+    QueueClient::new(
+        weft_mesh_tls::admin_client::channel(&mesh.cp_url(), &auth)
+            .await
+            .expect("admin channel"),
+    )
+}
+
+async fn workload(mesh: &Mesh, ns: &str, sa: &str) -> Client {
+    QueueClient::new(workload_channel(mesh, ns, sa).await)
+}
+
+fn message(kind: &str, priority: u32, payload: &str) -> pb::QueueMessage {
+    pb::QueueMessage {
+        r#type: kind.into(),
+        priority,
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+async fn publish(
+    c: &mut Client,
+    queue: &str,
+    messages: Vec<pb::QueueMessage>,
+) -> Result<Vec<pb::PublishOutcome>, tonic::Status> {
+    c.publish(pb::PublishRequest {
+        namespace: "intel".into(),
+        queue: queue.into(),
+        messages,
+        ttl_ms: 0,
+    })
+    .await
+    .map(|r| r.into_inner().outcomes)
+}
+
+/// A consumer stream: requests go in through the sender.
+struct Consumer {
+    tx: mpsc::Sender<pb::ConsumeRequest>,
+    rx: tonic::Streaming<pb::ConsumeResponse>,
+}
+
+impl Consumer {
+    async fn open(c: &mut Client, queue: &str, prefetch: u32) -> Result<Consumer, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(pb::ConsumeRequest {
+            kind: Some(In::Subscribe(pb::Subscribe {
+                namespace: "intel".into(),
+                queue: queue.into(),
+                prefetch,
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("subscribe");
+        let rx = c.consume(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Consumer { tx, rx })
+    }
+
+    /// The next delivery, or None when none comes within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<pb::QueueMessage> {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Ok(Ok(Some(pb::ConsumeResponse {
+                kind: Some(Out::Delivery(d)),
+            }))) => d.message,
+            Ok(Ok(Some(other))) => panic!("unexpected {other:?}"),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => panic!("consume stream failed: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    async fn send(&self, kind: In) {
+        self.tx
+            .send(pb::ConsumeRequest { kind: Some(kind) })
+            .await
+            .expect("send");
+    }
+}
+
+#[test]
+fn publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priority_into_the_dead_letter_queue(
+) {
+    let mesh = Mesh::start("queue-flow");
+    mesh.apply("queues.yaml", CONFIG).expect("apply");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut feed = workload(&mesh, "feeds", "collector").await;
+        let mut enricher = workload(&mesh, "intel", "enricher").await;
+        let mut stranger = workload(&mesh, "shop", "web").await;
+        let mut admin = admin(&mesh).await;
+
+        // Deny by default: the refusal names who and what.
+        let e = publish(
+            &mut stranger,
+            "enrichment",
+            vec![message("ioc.enrichment.request", 4, "x")],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message()
+                .contains("spiffe://cluster.local/ns/shop/sa/web")
+                && e.message().contains("publish"),
+            "{}",
+            e.message()
+        );
+        let e = Consumer::open(&mut feed, "enrichment", 1)
+            .await
+            .err()
+            .expect("feed may not consume");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+
+        // Bad input is refused with the field; nothing is enqueued.
+        let e = publish(
+            &mut feed,
+            "enrichment",
+            vec![message("a", 4, "ok"), message("a", 10, "x")],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("messages[1].priority"),
+            "{}",
+            e.message()
+        );
+        let e = publish(
+            &mut feed,
+            "enrichment",
+            vec![message("a", 4, &"x".repeat(2000))],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.message().contains("messages[0].payload") && e.message().contains("1024"),
+            "{}",
+            e.message()
+        );
+        let e = publish(&mut admin, "nowhere", vec![message("a", 4, "x")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+
+        // Three NORMAL, then one CRITICAL: the CRITICAL one comes first.
+        let mut batch: Vec<_> = (0..3)
+            .map(|i| message("ioc.enrichment.request", 4, &format!("normal-{i}")))
+            .collect();
+        batch.push(message("ioc.enrichment.request", 9, "critical"));
+        let outcomes = publish(&mut feed, "enrichment", batch)
+            .await
+            .expect("publish");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.result == pb::publish_outcome::Result::Enqueued as i32),
+            "{outcomes:?}"
+        );
+        let described = admin
+            .describe(pb::DescribeQueueRequest {
+                namespace: "intel".into(),
+                name: "enrichment".into(),
+            })
+            .await
+            .expect("describe")
+            .into_inner();
+        assert_eq!(described.queues[0].ready_by_priority[4], 3);
+        assert_eq!(described.queues[0].ready_by_priority[9], 1);
+
+        let mut c = Consumer::open(&mut enricher, "enrichment", 10)
+            .await
+            .expect("consume");
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let m = c.next(Duration::from_secs(5)).await.expect("delivery");
+            assert_eq!(
+                m.publisher, "spiffe://cluster.local/ns/feeds/sa/collector",
+                "set by the server"
+            );
+            got.push((m.id, String::from_utf8_lossy(&m.payload).into_owned()));
+        }
+        let order: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(order, ["critical", "normal-0", "normal-1", "normal-2"]);
+        for (id, p) in &got {
+            if p != "normal-1" {
+                c.send(In::Ack(*id)).await;
+            }
+        }
+        // normal-1 is poison: nacked twice (the queue allows 2 deliveries),
+        // then it is in the dead-letter queue with the last error.
+        let poison = got
+            .iter()
+            .find(|(_, p)| p == "normal-1")
+            .map(|(id, _)| *id)
+            .expect("poison");
+        c.send(In::Nack(pb::Nack {
+            id: poison,
+            requeue: true,
+            error: "enricher: bad indicator".into(),
+        }))
+        .await;
+        let again = c
+            .next(Duration::from_secs(5))
+            .await
+            .expect("retry after the backoff");
+        assert_eq!((again.id, again.deliveries), (poison, 2));
+        c.send(In::Nack(pb::Nack {
+            id: poison,
+            requeue: true,
+            error: "enricher: still bad".into(),
+        }))
+        .await;
+        let mut dlq = Consumer::open(&mut admin, "enrichment-dlq", 1)
+            .await
+            .expect("admin consumes the DLQ");
+        let dead = dlq.next(Duration::from_secs(5)).await.expect("dead letter");
+        assert_eq!(String::from_utf8_lossy(&dead.payload), "normal-1");
+        assert!(
+            dead.headers["x-weft-dead-letter-reason"].contains("still bad"),
+            "{:?}",
+            dead.headers
+        );
+        assert_eq!(dead.headers["x-weft-dead-letter-queue"], "intel/enrichment");
+        assert!(
+            c.next(Duration::from_millis(300)).await.is_none(),
+            "nothing left"
+        );
+        // An ack of a message this consumer does not hold is answered
+        // with an error on the stream.
+        c.send(In::Ack(poison)).await;
+        match tokio::time::timeout(Duration::from_secs(5), c.rx.message()).await {
+            Ok(Ok(Some(pb::ConsumeResponse {
+                kind: Some(Out::Error(e)),
+            }))) => assert!(e.contains("not in flight"), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    });
+    let (_, m) = mesh.admin_get(mesh.control_admin, "/metrics");
+    assert!(
+        metric(
+            &m,
+            "weft_queue_access_denied_total",
+            "permission=\"publish\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn acknowledged_publishes_survive_a_kill_9_and_unacknowledged_deliveries_come_back() {
+    let mut mesh = Mesh::start("queue-crash");
+    mesh.apply("queues.yaml", CONFIG).expect("apply");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (acked, published) = rt.block_on(async {
+        let mut feed = workload(&mesh, "feeds", "collector").await;
+        let mut enricher = workload(&mesh, "intel", "enricher").await;
+        let mut published = Vec::new();
+        for i in 0..20 {
+            let o = publish(
+                &mut feed,
+                "enrichment",
+                vec![message("t", 4, &format!("m{i}"))],
+            )
+            .await
+            .expect("publish");
+            published.push(o[0].id);
+        }
+        let mut c = Consumer::open(&mut enricher, "enrichment", 10)
+            .await
+            .expect("consume");
+        let mut acked = Vec::new();
+        for i in 0..10 {
+            let m = c.next(Duration::from_secs(5)).await.expect("delivery");
+            if i % 2 == 0 {
+                c.send(In::Ack(m.id)).await;
+                acked.push(m.id);
+            }
+        }
+        // Let the acks land before the crash.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (acked, published)
+    });
+    mesh.kill_control();
+    mesh.start_control();
+    let redelivered = rt.block_on(async {
+        let mut enricher = workload(&mesh, "intel", "enricher").await;
+        let mut c = Consumer::open(&mut enricher, "enrichment", 100)
+            .await
+            .expect("consume");
+        let mut ids = Vec::new();
+        while let Some(m) = c.next(Duration::from_secs(2)).await {
+            ids.push(m.id);
+        }
+        ids
+    });
+    let mut expected: Vec<u64> = published
+        .iter()
+        .copied()
+        .filter(|id| !acked.contains(id))
+        .collect();
+    let mut got = redelivered.clone();
+    expected.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(
+        got, expected,
+        "every unacknowledged message, none of the acknowledged"
+    );
+}
