@@ -360,14 +360,7 @@ impl Store {
     /// Moves every queue's clock (due messages, ack timeouts, expiry),
     /// persists what changed, and compacts the log.
     pub async fn tick(&self, now_ms: u64) -> Result<(), StoreError> {
-        let queues: Vec<Arc<Queue>> = self
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for q in queues {
+        for q in self.queues() {
             let (effects, had_ready) = {
                 let mut state = q.lock();
                 let before = state.depth().ready_by_priority.iter().sum::<u64>();

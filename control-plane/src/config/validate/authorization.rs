@@ -1,6 +1,6 @@
 //! Field rules of an Authorization: target or namespace default, rules by
 //! identity, namespace, path and method.
-use super::{check_method, check_path, check_port, valid_dns_label};
+use super::{check_method, check_path, check_port};
 use crate::config::kinds::AuthorizationSpec;
 use crate::config::{ConfigError, Located};
 
@@ -43,22 +43,7 @@ pub(super) fn check_authorization(obj: &Located, a: &AuthorizationSpec) -> Resul
     }
     for (i, rule) in a.rules.iter().enumerate() {
         let base = format!("spec.rules[{i}]");
-        for (j, id) in rule.from.identities.iter().enumerate() {
-            id.parse::<xds_proto::spiffe::SpiffeId>()
-                .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
-        }
-        for (j, ns) in rule.from.namespaces.iter().enumerate() {
-            if !valid_dns_label(ns) {
-                return Err(obj.error(
-                    format!("{base}.from.namespaces[{j}]"),
-                    format!("\"{ns}\" is not a namespace name"),
-                ));
-            }
-        }
-        for (j, td) in rule.from.trust_domains.iter().enumerate() {
-            xds_proto::spiffe::check_name("trust domain", td)
-                .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
-        }
+        super::check_from(obj, &base, &rule.from)?;
         for (j, p) in rule.to.paths.iter().enumerate() {
             check_path(p).map_err(|r| obj.error(format!("{base}.to.paths[{j}]"), r))?;
         }

@@ -77,6 +77,32 @@ pub fn check_object(obj: &Located) -> Result<(), ConfigError> {
     }
 }
 
+/// The callers of an Authorization or QueuePolicy rule at `base`: SPIFFE
+/// IDs that parse, namespace names, trust domain names.
+pub(crate) fn check_from(
+    obj: &Located,
+    base: &str,
+    from: &super::kinds::AuthzFrom,
+) -> Result<(), ConfigError> {
+    for (j, id) in from.identities.iter().enumerate() {
+        id.parse::<xds_proto::spiffe::SpiffeId>()
+            .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
+    }
+    for (j, ns) in from.namespaces.iter().enumerate() {
+        if !valid_dns_label(ns) {
+            return Err(obj.error(
+                format!("{base}.from.namespaces[{j}]"),
+                format!("\"{ns}\" is not a namespace name"),
+            ));
+        }
+    }
+    for (j, td) in from.trust_domains.iter().enumerate() {
+        xds_proto::spiffe::check_name("trust domain", td)
+            .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Label keys and values: 1..=63 of letters, digits, '-', '_', '.'.
 pub(crate) fn check_label(k: &str, v: &str) -> Result<(), String> {
     let ok = |s: &str| {

@@ -243,22 +243,7 @@ pub(super) fn check_queue_policy(obj: &Located, p: &QueuePolicySpec) -> Result<(
                 "name the callers (identities, namespaces or trustDomains); queues are closed to everyone else",
             ));
         }
-        for (j, id) in rule.from.identities.iter().enumerate() {
-            id.parse::<xds_proto::spiffe::SpiffeId>()
-                .map_err(|e| obj.error(format!("{base}.from.identities[{j}]"), e.to_string()))?;
-        }
-        for (j, ns) in rule.from.namespaces.iter().enumerate() {
-            if !valid_dns_label(ns) {
-                return Err(obj.error(
-                    format!("{base}.from.namespaces[{j}]"),
-                    format!("\"{ns}\" is not a namespace name"),
-                ));
-            }
-        }
-        for (j, td) in rule.from.trust_domains.iter().enumerate() {
-            xds_proto::spiffe::check_name("trust domain", td)
-                .map_err(|e| obj.error(format!("{base}.from.trustDomains[{j}]"), e.to_string()))?;
-        }
+        super::check_from(obj, &base, &rule.from)?;
     }
     Ok(())
 }
