@@ -6,6 +6,7 @@ mod check_pre;
 mod demo;
 mod inject;
 mod output;
+mod queue;
 mod registry;
 
 use anyhow::{anyhow, bail, Context};
@@ -77,6 +78,11 @@ enum Command {
     Registry {
         #[command(subcommand)]
         command: registry::RegistryCommand,
+    },
+    /// The queue service: describe queues, publish a message.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
     },
     /// Per-proxy sync state: SYNCED, STALE, NACKED (with reason) or DISCONNECTED.
     ProxyStatus,
@@ -386,6 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => token_create(&conn, cli.output, namespace, service_account, ttl).await,
         Command::Certs { command } => certs(&conn, cli.output, command).await,
         Command::Registry { command } => registry::run(&conn, cli.output, command).await,
+        Command::Queue { command } => queue::run(&conn, cli.output, command).await,
     }
 }
 

@@ -296,6 +296,54 @@ fn publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priori
             >= 1.0,
         "{m}"
     );
+
+    // weftctl: publish with a named priority, then describe.
+    let out = mesh.weftctl(&[
+        "queue",
+        "publish",
+        "enrichment",
+        "-n",
+        "intel",
+        "--type",
+        "ioc.report",
+        "--priority",
+        "CRITICAL",
+        "--data",
+        "hello",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("enqueued "));
+    let out = mesh.weftctl(&["-o", "json", "queue", "describe", "-n", "intel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queues: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let q = queues
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["name"] == "enrichment"))
+        .expect("enrichment")
+        .clone();
+    assert_eq!(q["readyByPriority"][9], 1, "{q}");
+    assert_eq!(q["deadLetter"], "intel/enrichment-dlq");
+    let out = mesh.weftctl(&[
+        "queue",
+        "publish",
+        "enrichment",
+        "-n",
+        "intel",
+        "--priority",
+        "12",
+        "--data",
+        "x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a priority"));
 }
 
 #[test]
