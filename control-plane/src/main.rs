@@ -109,6 +109,11 @@ struct Args {
     inject_tls_cert: Option<PathBuf>,
     #[arg(long, env = "WEFT_INJECT_TLS_KEY")]
     inject_tls_key: Option<PathBuf>,
+    /// Keys for queues with `encrypted: true` (32 raw bytes or 64 hex
+    /// characters per file; the first encrypts, all decrypt: put a new key
+    /// first to rotate). Repeatable.
+    #[arg(long, env = "WEFT_QUEUE_KEY_FILE", value_delimiter = ',')]
+    queue_key_file: Vec<PathBuf>,
     /// The injection template (YAML: images, control-plane URL, resources;
     /// see weft-inject's Template). Default: the built-in one, with this
     /// control plane's roots as the sidecars' CA bundle.
@@ -493,6 +498,7 @@ fn open_queue_store(
         weft_control::queue::log::Config::new(&dir),
         &weft_control::queue::configs(config),
         now,
+        weft_control::queue::crypt::Keys::load(&args.queue_key_file)?,
     )
     .with_context(|| format!("cannot open the queue store in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), messages = opened.messages, records = opened.recovery.records, truncated = ?opened.recovery.truncated, "queue store opened");

@@ -4,6 +4,7 @@
 //! fan-out, access control, encryption and the Redis backend come on top.
 
 pub mod access;
+pub mod crypt;
 pub mod log;
 pub mod service;
 pub mod state;
@@ -78,6 +79,7 @@ pub fn configs(config: &crate::config::ConfigSet) -> Vec<store::QueueConfig> {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             max_message_bytes: spec.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            encrypted: spec.encrypted,
         })
         .collect()
 }

@@ -51,6 +51,7 @@ fn status(e: StoreError) -> Status {
         StoreError::UnknownQueue(q) => Status::not_found(format!("queue {q} does not exist")),
         StoreError::Ack(a) => Status::failed_precondition(a.to_string()),
         StoreError::Log(l) => Status::unavailable(format!("queue storage: {l}")),
+        StoreError::Crypt(c) => Status::failed_precondition(c.to_string()),
     }
 }
 

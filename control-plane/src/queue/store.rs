@@ -11,6 +11,7 @@
 //! sequence number the log ever used, so an id is never reused even after
 //! compaction dropped its records.
 
+use super::crypt::{CryptError, Keys};
 use super::log::{self, Log, LogError};
 use super::state::{
     AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
@@ -29,6 +30,8 @@ pub enum StoreError {
     Ack(#[from] AckError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
 }
 
 /// One queue: its state and who to wake when it has messages.
@@ -87,10 +90,13 @@ pub struct QueueConfig {
     /// fifo, priority, ... (for describe).
     pub kind: String,
     pub max_message_bytes: u64,
+    /// Payloads encrypted at rest.
+    pub encrypted: bool,
 }
 
 pub struct Store {
     log: Log,
+    keys: Keys,
     ids: Arc<AtomicU64>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     /// Log sequence of each live message's `published` record: the
@@ -136,6 +142,7 @@ impl Store {
         config: log::Config,
         queues: &[QueueConfig],
         now_ms: u64,
+        keys: Keys,
     ) -> Result<(Store, Opened), StoreError> {
         let ids = Arc::new(AtomicU64::new(1));
         let mut states: HashMap<String, QueueState> = queues
@@ -150,6 +157,7 @@ impl Store {
         let mut live = Live::default();
         let mut orphaned = 0;
         let mut undecodable = 0;
+        let mut sealed: Option<CryptError> = None;
         let (log, recovery) = Log::open(config, |seq, bytes| {
             let Ok(record) = QueueRecord::decode(bytes) else {
                 undecodable += 1;
@@ -159,14 +167,25 @@ impl Store {
                 orphaned += 1;
                 return;
             };
+            let mut clear = |m: QueueMessage| match unseal(&keys, &record.queue, m) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    sealed.get_or_insert(e);
+                    None
+                }
+            };
             match record.event {
                 Some(Event::Published(m)) => {
                     live.add(&record.queue, m.id, seq);
-                    state.restore(from_wire(m), now_ms);
+                    if let Some(m) = clear(m) {
+                        state.restore(from_wire(m), now_ms);
+                    }
                 }
                 Some(Event::Requeued(m)) => {
                     if state.discard(m.id).is_some() {
-                        state.restore(from_wire(m), now_ms);
+                        if let Some(m) = clear(m) {
+                            state.restore(from_wire(m), now_ms);
+                        }
                     }
                 }
                 Some(Event::Removed(r)) => {
@@ -176,6 +195,10 @@ impl Store {
                 None => undecodable += 1,
             }
         })?;
+        if let Some(e) = sealed {
+            // Starting without those messages would lose them.
+            return Err(e.into());
+        }
         if undecodable > 0 {
             tracing::warn!(
                 records = undecodable,
@@ -195,6 +218,7 @@ impl Store {
         Ok((
             Store {
                 log,
+                keys,
                 ids,
                 queues: Mutex::new(queues),
                 live: Mutex::new(live),
@@ -255,6 +279,13 @@ impl Store {
         bodies: Vec<NewMessage>,
     ) -> Result<Vec<Published>, StoreError> {
         let q = self.queue(queue)?;
+        let dead_letter_encrypted = q
+            .dead_letter()
+            .and_then(|d| self.queue(&d).ok())
+            .is_some_and(|d| d.config().encrypted);
+        if (q.config().encrypted || dead_letter_encrypted) && self.keys.current_id().is_none() {
+            return Err(CryptError::NoKey.into());
+        }
         let mut outcomes = Vec::with_capacity(bodies.len());
         let mut admitted = Vec::new();
         let mut effects = Vec::new();
@@ -267,12 +298,25 @@ impl Store {
                 effects.extend(e);
             }
         }
-        let mut records: Vec<Vec<u8>> = admitted
+        let built = admitted
             .iter()
-            .map(|m| record(queue, Event::Published(to_wire(m))))
-            .collect();
-        let (effect_records, moved) = self.effect_records(queue, now_ms, &effects);
-        records.extend(effect_records);
+            .map(|m| Ok(record(queue, Event::Published(self.wire(queue, m)?))))
+            .collect::<Result<Vec<Vec<u8>>, StoreError>>()
+            .and_then(|mut records| {
+                let (more, moved) = self.effect_records(queue, now_ms, &effects)?;
+                records.extend(more);
+                Ok((records, moved))
+            });
+        let (records, moved) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let mut state = q.lock();
+                for m in &admitted {
+                    state.abandon(m);
+                }
+                return Err(e);
+            }
+        };
         match self.log.append(records).await {
             Ok(seqs) => {
                 {
@@ -405,6 +449,21 @@ impl Store {
         self.log.segments()
     }
 
+    /// A message as stored: its payload sealed when the queue is encrypted.
+    fn wire(&self, queue: &str, m: &Message) -> Result<QueueMessage, StoreError> {
+        let mut w = to_wire(m);
+        let encrypted = self.queue(queue).is_ok_and(|q| q.config().encrypted);
+        if encrypted {
+            let (key_id, nonce, ct) = self
+                .keys
+                .seal(format!("{queue}/{}", m.id).as_bytes(), &w.payload)?;
+            w.payload = ct.into();
+            w.key_id = key_id;
+            w.nonce = nonce;
+        }
+        Ok(w)
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -418,7 +477,7 @@ impl Store {
         if effects.is_empty() {
             return Ok(());
         }
-        let (records, moved) = self.effect_records(queue, now_ms, &effects);
+        let (records, moved) = self.effect_records(queue, now_ms, &effects)?;
         let seqs = self.log.append(records).await?;
         let q = self.queue(queue)?;
         if effects.iter().any(|e| matches!(e, Effect::Requeued { .. })) {
@@ -437,14 +496,14 @@ impl Store {
         queue: &str,
         now_ms: u64,
         effects: &[Effect],
-    ) -> (Vec<Vec<u8>>, Moved) {
+    ) -> Result<(Vec<Vec<u8>>, Moved), StoreError> {
         let mut records = Vec::new();
         let mut moved = Vec::new();
         let dead_letter = self.queue(queue).ok().and_then(|q| q.dead_letter());
         for e in effects {
             match e {
                 Effect::Requeued { message } => {
-                    records.push(record(queue, Event::Requeued(to_wire(message))))
+                    records.push(record(queue, Event::Requeued(self.wire(queue, message)?)))
                 }
                 Effect::Dropped { message, reason } => {
                     tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
@@ -492,9 +551,17 @@ impl Store {
             }
         }
         for (target, m) in &moved {
-            records.push(record(&target.name, Event::Published(to_wire(m))));
+            match self.wire(&target.name, m) {
+                Ok(w) => records.push(record(&target.name, Event::Published(w))),
+                Err(e) => {
+                    for (target, m) in &moved {
+                        target.lock().abandon(m);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        (records, moved)
+        Ok((records, moved))
     }
 
     fn after_effects(
@@ -545,7 +612,25 @@ pub(crate) fn to_wire(m: &Message) -> QueueMessage {
         expires_unix_ms: m.expires_ms.unwrap_or(0),
         deliveries: m.deliveries,
         last_error: m.last_error.clone().unwrap_or_default(),
+        key_id: String::new(),
+        nonce: Vec::new(),
     }
+}
+
+/// A stored message with its payload opened (when it was sealed).
+fn unseal(keys: &Keys, queue: &str, mut m: QueueMessage) -> Result<QueueMessage, CryptError> {
+    if !m.key_id.is_empty() {
+        let clear = keys.open(
+            &m.key_id,
+            &m.nonce,
+            format!("{queue}/{}", m.id).as_bytes(),
+            &m.payload,
+        )?;
+        m.payload = clear.into();
+        m.key_id.clear();
+        m.nonce.clear();
+    }
+    Ok(m)
 }
 
 fn from_wire(m: QueueMessage) -> Message {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::queue::crypt::Keys;
 use crate::queue::state::NORMAL;
 use bytes::Bytes;
 use std::path::Path;
@@ -24,6 +25,7 @@ fn queues() -> Vec<QueueConfig> {
             dead_letter: Some("intel/jobs-dlq".into()),
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
+            encrypted: false,
         },
         QueueConfig {
             name: "intel/jobs-dlq".into(),
@@ -31,6 +33,7 @@ fn queues() -> Vec<QueueConfig> {
             dead_letter: None,
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
+            encrypted: false,
         },
     ]
 }
@@ -40,7 +43,7 @@ fn open(dir: &Path, segment_bytes: u64) -> (Store, Opened) {
         segment_bytes,
         ..log::Config::new(dir)
     };
-    Store::open(config, &queues(), 1_000).unwrap()
+    Store::open(config, &queues(), 1_000, Keys::default()).unwrap()
 }
 
 fn body(text: &str) -> NewMessage {
@@ -242,6 +245,7 @@ fn records_of_a_deleted_queue_are_skipped_and_an_unknown_queue_is_named() {
             dead_letter: None,
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
+            encrypted: false,
         }]);
         rt.block_on(store.publish("intel/old", 1_000, vec![body("x")]))
             .unwrap();
@@ -252,4 +256,91 @@ fn records_of_a_deleted_queue_are_skipped_and_an_unknown_queue_is_named() {
         .block_on(store.publish("intel/old", 1_000, vec![body("x")]))
         .unwrap_err();
     assert_eq!(e.to_string(), "queue \"intel/old\" does not exist");
+}
+
+fn secret_queues() -> Vec<QueueConfig> {
+    vec![QueueConfig {
+        name: "intel/secrets".into(),
+        settings: Settings::default(),
+        dead_letter: None,
+        kind: "fifo".into(),
+        max_message_bytes: 1 << 20,
+        encrypted: true,
+    }]
+}
+
+fn log_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    all
+}
+
+#[test]
+fn an_encrypted_queue_never_writes_a_payload_in_clear_and_keys_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let marker = "PLAINTEXT-MARKER-7f3a";
+    let (old, new) = ([1u8; 32], [2u8; 32]);
+    let open_with = |keys: &[[u8; 32]]| {
+        Store::open(
+            log::Config::new(dir.path()),
+            &secret_queues(),
+            1_000,
+            Keys::from_raw(keys),
+        )
+    };
+    {
+        let (store, _) = open_with(&[old]).unwrap();
+        rt.block_on(store.publish("intel/secrets", 1_000, vec![body(&format!("{marker} one"))]))
+            .unwrap();
+        // A requeue record carries the payload too.
+        let d = store
+            .next("intel/secrets", 1_000, 1, &Filter::default())
+            .unwrap()
+            .unwrap();
+        rt.block_on(store.nack("intel/secrets", 1_000, d.message.id, 1, true, "later"))
+            .unwrap();
+    }
+    let bytes = log_bytes(dir.path());
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "a payload reached the disk in clear"
+    );
+    // Rotation: the new key first, the old one still there to read.
+    {
+        let (store, opened) = open_with(&[new, old]).unwrap();
+        assert_eq!(opened.messages, 1);
+        rt.block_on(store.publish("intel/secrets", 1_000, vec![body(&format!("{marker} two"))]))
+            .unwrap();
+        let got: Vec<String> = drain(&store, "intel/secrets", 1)
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body.payload).into_owned())
+            .collect();
+        assert_eq!(got, [format!("{marker} one"), format!("{marker} two")]);
+    }
+    assert!(!log_bytes(dir.path())
+        .windows(marker.len())
+        .any(|w| w == marker.as_bytes()));
+    // Without the old key the store refuses to start rather than lose it.
+    let e = open_with(&[new]).err().expect("refused").to_string();
+    assert!(e.contains("no --queue-key-file holds"), "{e}");
+    // No key at all: publishing to an encrypted queue is refused.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(
+        log::Config::new(dir2.path()),
+        &secret_queues(),
+        1_000,
+        Keys::default(),
+    )
+    .unwrap();
+    let e = rt
+        .block_on(store.publish("intel/secrets", 1_000, vec![body("x")]))
+        .unwrap_err();
+    assert!(e.to_string().contains("--queue-key-file"), "{e}");
+    assert!(
+        drain(&store, "intel/secrets", 1).is_empty(),
+        "nothing enqueued"
+    );
 }
