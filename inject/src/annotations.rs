@@ -243,7 +243,7 @@ fn cidr_list(v: &str) -> Result<(), String> {
 }
 
 /// A Kubernetes service name: a DNS-1035 label.
-fn dns_label(s: &str) -> Result<(), String> {
+pub(crate) fn dns_label(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())

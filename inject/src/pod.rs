@@ -267,12 +267,7 @@ fn service_name(
     }
     for key in ["app.kubernetes.io/name", "app"] {
         if let Some(v) = labels.and_then(|l| l.get(key)).and_then(Value::as_str) {
-            let ok = !v.is_empty()
-                && v.len() <= 63
-                && v.starts_with(|c: char| c.is_ascii_lowercase())
-                && v.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if ok {
+            if annotations::dns_label(v).is_ok() {
                 return Ok(v.to_string());
             }
             return Err(InjectError::Malformed(format!(

@@ -83,25 +83,25 @@ impl ConfigSet {
         })
     }
 
-    pub fn queue(&self, namespace: &str, name: &str) -> Option<&kinds::QueueSpec> {
+    /// The spec of the object `kind` `namespace/name`, if stored.
+    fn spec(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Spec> {
         let key = ObjectKey {
-            kind: Kind::Queue,
+            kind,
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        match self.objects.get(&key).map(|o| &o.spec) {
+        self.objects.get(&key).map(|o| &o.spec)
+    }
+
+    pub fn queue(&self, namespace: &str, name: &str) -> Option<&kinds::QueueSpec> {
+        match self.spec(Kind::Queue, namespace, name) {
             Some(Spec::Queue(q)) => Some(q),
             _ => None,
         }
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&kinds::ServiceSpec> {
-        let key = ObjectKey {
-            kind: Kind::Service,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        match self.objects.get(&key).map(|o| &o.spec) {
+        match self.spec(Kind::Service, namespace, name) {
             Some(Spec::Service(s)) => Some(s),
             _ => None,
         }

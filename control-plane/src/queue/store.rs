@@ -53,8 +53,16 @@ impl Queue {
         }
     }
 
+    fn settings(&self) -> std::sync::MutexGuard<'_, QueueConfig> {
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn dead_letter(&self) -> Option<String> {
-        self.config().dead_letter
+        self.settings().dead_letter.clone()
+    }
+
+    fn encrypted(&self) -> bool {
+        self.settings().encrypted
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -72,10 +80,7 @@ impl Queue {
     }
 
     pub fn config(&self) -> QueueConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.settings().clone()
     }
 }
 
@@ -282,8 +287,8 @@ impl Store {
         let dead_letter_encrypted = q
             .dead_letter()
             .and_then(|d| self.queue(&d).ok())
-            .is_some_and(|d| d.config().encrypted);
-        if (q.config().encrypted || dead_letter_encrypted) && self.keys.current_id().is_none() {
+            .is_some_and(|d| d.encrypted());
+        if (q.encrypted() || dead_letter_encrypted) && self.keys.current_id().is_none() {
             return Err(CryptError::NoKey.into());
         }
         let mut outcomes = Vec::with_capacity(bodies.len());
@@ -300,7 +305,7 @@ impl Store {
         }
         let built = admitted
             .iter()
-            .map(|m| Ok(record(queue, Event::Published(self.wire(queue, m)?))))
+            .map(|m| Ok(record(queue, Event::Published(self.wire(&q, m)?))))
             .collect::<Result<Vec<Vec<u8>>, StoreError>>()
             .and_then(|mut records| {
                 let (more, moved) = self.effect_records(queue, now_ms, &effects)?;
@@ -450,13 +455,12 @@ impl Store {
     }
 
     /// A message as stored: its payload sealed when the queue is encrypted.
-    fn wire(&self, queue: &str, m: &Message) -> Result<QueueMessage, StoreError> {
+    fn wire(&self, queue: &Queue, m: &Message) -> Result<QueueMessage, StoreError> {
         let mut w = to_wire(m);
-        let encrypted = self.queue(queue).is_ok_and(|q| q.config().encrypted);
-        if encrypted {
+        if queue.encrypted() {
             let (key_id, nonce, ct) = self
                 .keys
-                .seal(format!("{queue}/{}", m.id).as_bytes(), &w.payload)?;
+                .seal(format!("{}/{}", queue.name, m.id).as_bytes(), &w.payload)?;
             w.payload = ct.into();
             w.key_id = key_id;
             w.nonce = nonce;
@@ -499,11 +503,15 @@ impl Store {
     ) -> Result<(Vec<Vec<u8>>, Moved), StoreError> {
         let mut records = Vec::new();
         let mut moved = Vec::new();
-        let dead_letter = self.queue(queue).ok().and_then(|q| q.dead_letter());
+        if effects.is_empty() {
+            return Ok((records, moved));
+        }
+        let source = self.queue(queue)?;
+        let target = source.dead_letter().and_then(|d| self.queue(&d).ok());
         for e in effects {
             match e {
                 Effect::Requeued { message } => {
-                    records.push(record(queue, Event::Requeued(self.wire(queue, message)?)))
+                    records.push(record(queue, Event::Requeued(self.wire(&source, message)?)))
                 }
                 Effect::Dropped { message, reason } => {
                     tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
@@ -523,8 +531,7 @@ impl Store {
                             why: "dead-lettered".into(),
                         }),
                     ));
-                    let Some(target) = dead_letter.as_deref().and_then(|d| self.queue(d).ok())
-                    else {
+                    let Some(target) = &target else {
                         tracing::warn!(
                             queue,
                             id = message.id,
@@ -551,7 +558,7 @@ impl Store {
             }
         }
         for (target, m) in &moved {
-            match self.wire(&target.name, m) {
+            match self.wire(target, m) {
                 Ok(w) => records.push(record(&target.name, Event::Published(w))),
                 Err(e) => {
                     for (target, m) in &moved {
