@@ -114,6 +114,11 @@ struct Args {
     /// first to rotate). Repeatable.
     #[arg(long, env = "WEFT_QUEUE_KEY_FILE", value_delimiter = ',')]
     queue_key_file: Vec<PathBuf>,
+    /// Append the queue service's audit log here (one JSON object per
+    /// line: every admin action and every refused call). Default: the
+    /// `weft_audit` log target only.
+    #[arg(long, env = "WEFT_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// The injection template (YAML: images, control-plane URL, resources;
     /// see weft-inject's Template). Default: the built-in one, with this
     /// control plane's roots as the sidecars' CA bundle.
@@ -396,7 +401,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         queue_store.clone(),
         stop_rx.clone(),
     ));
-    let queue_service = QueueService::new(queue_store, queue_access);
+    let audit = match &args.audit_log {
+        Some(path) => weft_control::queue::audit::Audit::to_file(path)
+            .with_context(|| format!("--audit-log {}", path.display()))?,
+        None => weft_control::queue::audit::Audit::default(),
+    };
+    let queue_service = QueueService::new(queue_store, queue_access, Arc::new(audit));
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),

@@ -2,8 +2,8 @@
 //! compiled once per config revision. Deny by default; the admin identity
 //! may do everything; a caller without a certificate exists only with
 //! --insecure-dev, where nothing is checked. Refusals name the identity,
-//! the permission and the queue, are counted, and written to the audit log
-//! (tracing target `weft_audit`, one structured line each).
+//! the permission and the queue, and are counted; the service writes them
+//! to the audit log (`audit`).
 
 use crate::caller::admin_identity;
 use crate::config::kinds::{AuthzFrom, QueuePermission};
@@ -13,7 +13,6 @@ use tonic::Status;
 use xds_proto::spiffe::SpiffeId;
 
 pub const DENIED_TOTAL: &str = "weft_queue_access_denied_total";
-
 /// What one rule grants, and to whom.
 type Grant = (Vec<QueuePermission>, AuthzFrom);
 
@@ -83,7 +82,6 @@ impl Access {
         }
         let name = permission_name(perm);
         metrics::counter!(DENIED_TOTAL, "permission" => name).increment(1);
-        tracing::warn!(target: "weft_audit", event = "queue_access_denied", identity = %id, permission = name, namespace, queue, "refused");
         Err(Status::permission_denied(format!(
             "{id} may not {name} on queue {namespace}/{queue}: no QueuePolicy grants it"
         )))

@@ -1,11 +1,15 @@
-//! The mesh's queue service (issue 16), being built: the durable segment
-//! log (`log`), one queue's delivery rules (`state`) and the embedded store
-//! that joins them (`store`). The `weft.v1.Queue` API, pubsub and broadcast
-//! fan-out, access control, encryption and the Redis backend come on top.
+//! The mesh's queue service (issue 16): the durable segment log (`log`),
+//! one queue's delivery rules (`state`), the embedded store that joins them
+//! and fans pubsub and broadcast messages out (`store`), encryption at rest
+//! (`crypt`), access control (`access`), metrics and the `weft.v1.Queue`
+//! API (`service`).
 
 pub mod access;
+pub mod audit;
+mod consume;
 pub mod crypt;
 pub mod log;
+pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -63,12 +67,15 @@ pub fn settings(spec: &QueueSpec) -> Settings {
     }
 }
 
-/// The store's view of every Queue in the config ("<ns>/<name>" names).
+/// The store's view of every Queue in the config ("<ns>/<name>" names):
+/// a pubsub topic adds one queue per subscription ("<ns>/<topic>/<sub>"),
+/// with the topic's settings and `retention` as their message TTL.
 pub fn configs(config: &crate::config::ConfigSet) -> Vec<store::QueueConfig> {
-    config
-        .queues()
-        .map(|(key, spec)| store::QueueConfig {
-            name: format!("{}/{}", key.namespace, key.name),
+    let mut out = Vec::new();
+    for (key, spec) in config.queues() {
+        let name = format!("{}/{}", key.namespace, key.name);
+        let base = store::QueueConfig {
+            name: name.clone(),
             settings: settings(spec),
             dead_letter: spec
                 .dead_letter
@@ -80,8 +87,53 @@ pub fn configs(config: &crate::config::ConfigSet) -> Vec<store::QueueConfig> {
                 .unwrap_or_default(),
             max_message_bytes: spec.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             encrypted: spec.encrypted,
-        })
-        .collect()
+            fanout: store::Fanout::None,
+        };
+        match spec.kind {
+            QueueType::Pubsub => {
+                let subs: Vec<String> = spec
+                    .subscriptions
+                    .iter()
+                    .map(|s| format!("{name}/{s}"))
+                    .collect();
+                let retention = spec
+                    .retention
+                    .as_deref()
+                    .and_then(|r| xds_proto::units::parse_duration(r).ok());
+                for s in &subs {
+                    let mut sub = base.clone();
+                    sub.name = s.clone();
+                    if sub.settings.ttl.is_none() && retention.is_some() {
+                        // Past its retention an unconsumed message is
+                        // dropped, unless onExpiry says otherwise.
+                        sub.settings.ttl = retention;
+                        sub.settings.expire_to_dead_letter =
+                            spec.on_expiry == Some(OnExpiry::DeadLetter);
+                    }
+                    out.push(sub);
+                }
+                out.push(store::QueueConfig {
+                    fanout: store::Fanout::Topic(subs),
+                    ..base
+                });
+            }
+            QueueType::Broadcast => out.push(store::QueueConfig {
+                fanout: store::Fanout::Broadcast,
+                ..base
+            }),
+            _ => out.push(base),
+        }
+    }
+    out
+}
+
+/// The store name of a queue, or of one subscription of a pubsub topic.
+pub fn store_name(namespace: &str, queue: &str, subscription: &str) -> String {
+    if subscription.is_empty() {
+        format!("{namespace}/{queue}")
+    } else {
+        format!("{namespace}/{queue}/{subscription}")
+    }
 }
 
 /// Largest payload when the Queue does not say.

@@ -1,57 +1,114 @@
-//! `weft.v1.Queue` on the control plane's gRPC port: Publish, Consume and
-//! Describe over the embedded store, each call checked against the
-//! QueuePolicies (`access`). Bad input is refused with the field and
-//! changes nothing: a publish is checked whole before any message of it is
-//! enqueued.
+//! `weft.v1.Queue` on the control plane's gRPC port: Publish, Consume
+//! (`consume`), Describe, and the admin calls Peek, Purge and Redrive over
+//! the embedded store, each call checked against the QueuePolicies
+//! (`access`); refusals and admin actions go to the audit log (`audit`).
+//! Bad input is refused with the field and changes nothing: a publish is
+//! checked whole before any message of it is enqueued.
 
 use super::access::Access;
-use super::state::{Filter, NewMessage, Published, NORMAL};
-use super::store::{Store, StoreError};
+use super::audit::Audit;
+use super::metrics::{PUBLISHED_TOTAL, PUBLISH_DURATION};
+use super::state::{NewMessage, Published, NORMAL};
+use super::store::{Fanout, Queue, Store, StoreError};
 use crate::caller;
 use crate::config::kinds::QueuePermission;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use xds_proto::spiffe::SpiffeId;
-use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::Kind as Out};
+use xds_proto::v1 as pb;
 
-pub const PUBLISHED_TOTAL: &str = "weft_queue_published_total";
-pub const DELIVERED_TOTAL: &str = "weft_queue_delivered_total";
-pub const ACKED_TOTAL: &str = "weft_queue_acked_total";
-pub const PUBLISH_DURATION: &str = "weft_queue_publish_duration_seconds";
-const DEFAULT_PREFETCH: u32 = 16;
-const MAX_PREFETCH: u32 = 10_000;
+const DEFAULT_PEEK: u32 = 20;
+const MAX_PEEK: u32 = 1000;
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     xds_proto::units::unix_ms(SystemTime::now())
 }
 
 pub struct QueueService {
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
     access: Arc<ArcSwap<Access>>,
-    consumers: AtomicU64,
+    audit: Arc<Audit>,
+    pub(super) consumers: AtomicU64,
 }
 
 impl QueueService {
-    pub fn new(store: Arc<Store>, access: Arc<ArcSwap<Access>>) -> QueueService {
+    pub fn new(store: Arc<Store>, access: Arc<ArcSwap<Access>>, audit: Arc<Audit>) -> QueueService {
         QueueService {
             store,
             access,
+            audit,
             consumers: AtomicU64::new(1),
+        }
+    }
+
+    /// Ok when `caller` may `perm` on the queue; a refusal is audited.
+    pub(super) fn check(
+        &self,
+        caller: Option<&SpiffeId>,
+        namespace: &str,
+        queue: &str,
+        perm: QueuePermission,
+    ) -> Result<(), Status> {
+        self.access
+            .load()
+            .check(caller, namespace, queue, perm)
+            .inspect_err(|e| {
+                self.audit.refused(
+                    caller,
+                    super::access::permission_name(perm),
+                    &format!("{namespace}/{queue}"),
+                    e.message(),
+                )
+            })
+    }
+
+    /// The store queue a call names: the queue itself, or one subscription
+    /// of a pubsub topic (required there, refused elsewhere).
+    pub(super) fn target(
+        &self,
+        namespace: &str,
+        queue: &str,
+        subscription: &str,
+    ) -> Result<Arc<Queue>, Status> {
+        let topic = self
+            .store
+            .queue(&queue_name(namespace, queue)?)
+            .map_err(status)?;
+        match (topic.fanout(), subscription.is_empty()) {
+            (Fanout::Topic(subs), true) => Err(Status::invalid_argument(format!(
+                "subscription: {namespace}/{queue} is a pubsub topic; name one of its subscriptions ({})",
+                subs.iter()
+                    .filter_map(|s| s.rsplit('/').next())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            (Fanout::Topic(_), false) => self
+                .store
+                .queue(&super::store_name(namespace, queue, subscription))
+                .map_err(|_| {
+                    Status::not_found(format!(
+                        "subscription: {namespace}/{queue} has no subscription \"{subscription}\""
+                    ))
+                }),
+            (_, false) => Err(Status::invalid_argument(format!(
+                "subscription: {namespace}/{queue} is not a pubsub topic"
+            ))),
+            (_, true) => Ok(topic),
         }
     }
 }
 
-fn status(e: StoreError) -> Status {
+pub(super) fn status(e: StoreError) -> Status {
     match e {
         StoreError::UnknownQueue(q) => Status::not_found(format!("queue {q} does not exist")),
         StoreError::Ack(a) => Status::failed_precondition(a.to_string()),
         StoreError::Log(l) => Status::unavailable(format!("queue storage: {l}")),
         StoreError::Crypt(c) => Status::failed_precondition(c.to_string()),
+        e @ StoreError::NoDeadLetter(_) => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -62,8 +119,55 @@ fn queue_name(namespace: &str, queue: &str) -> Result<String, Status> {
     Ok(format!("{namespace}/{queue}"))
 }
 
-fn publisher(peer: Option<&SpiffeId>) -> String {
+pub(super) fn identity(peer: Option<&SpiffeId>) -> String {
     peer.map_or_else(|| "(insecure-dev)".to_string(), SpiffeId::to_string)
+}
+
+/// A request's messages as the store takes them, or the first bad field.
+fn bodies(
+    req: &mut pb::PublishRequest,
+    queue: &Queue,
+    peer: Option<&SpiffeId>,
+) -> Result<Vec<NewMessage>, Status> {
+    let config = queue.config();
+    let max = config.max_message_bytes;
+    if req.messages.is_empty() {
+        return Err(Status::invalid_argument("messages: at least one"));
+    }
+    let broadcast = config.fanout == Fanout::Broadcast;
+    let mut out = Vec::with_capacity(req.messages.len());
+    for (i, m) in std::mem::take(&mut req.messages).into_iter().enumerate() {
+        if m.payload.len() as u64 > max {
+            return Err(Status::invalid_argument(format!(
+                "messages[{i}].payload: {} bytes is over the queue's maxMessageBytes {max}",
+                m.payload.len()
+            )));
+        }
+        if m.priority > 9 {
+            return Err(Status::invalid_argument(format!(
+                "messages[{i}].priority: {} is not 0..=9",
+                m.priority
+            )));
+        }
+        if broadcast && m.deliver_at_unix_ms > 0 {
+            return Err(Status::invalid_argument(format!(
+                "messages[{i}].deliver_at_unix_ms: a broadcast queue delivers at once (nothing is kept to deliver later)"
+            )));
+        }
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        out.push(NewMessage {
+            key: opt(m.key),
+            kind: m.r#type,
+            priority: u8::try_from(m.priority).unwrap_or(NORMAL),
+            headers: m.headers,
+            payload: m.payload,
+            deliver_at_ms: (m.deliver_at_unix_ms > 0).then_some(m.deliver_at_unix_ms),
+            ttl: (req.ttl_ms > 0).then(|| Duration::from_millis(req.ttl_ms)),
+            traceparent: opt(m.traceparent),
+            publisher: identity(peer),
+        });
+    }
+    Ok(out)
 }
 
 #[tonic::async_trait]
@@ -74,54 +178,31 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let started = std::time::Instant::now();
         let peer = caller::peer_of(&request);
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let name = queue_name(&req.namespace, &req.queue)?;
-        self.access.load().check(
+        self.check(
             peer.as_ref(),
             &req.namespace,
             &req.queue,
             QueuePermission::Publish,
         )?;
         let queue = self.store.queue(&name).map_err(status)?;
-        let max = queue.config().max_message_bytes;
-        if req.messages.is_empty() {
-            return Err(Status::invalid_argument("messages: at least one"));
+        let bodies = bodies(&mut req, &queue, peer.as_ref())?;
+        let span = tracing::info_span!(
+            "queue_publish",
+            queue = %name,
+            messages = bodies.len(),
+            traceparent = bodies.first().and_then(|b| b.traceparent.as_deref()).unwrap_or(""),
+        );
+        let outcomes = {
+            let _e = span.enter();
+            self.store.publish(&name, now_ms(), bodies)
         }
-        let mut bodies = Vec::with_capacity(req.messages.len());
-        for (i, m) in req.messages.into_iter().enumerate() {
-            if m.payload.len() as u64 > max {
-                return Err(Status::invalid_argument(format!(
-                    "messages[{i}].payload: {} bytes is over the queue's maxMessageBytes {max}",
-                    m.payload.len()
-                )));
-            }
-            if m.priority > 9 {
-                return Err(Status::invalid_argument(format!(
-                    "messages[{i}].priority: {} is not 0..=9",
-                    m.priority
-                )));
-            }
-            let opt = |s: String| (!s.is_empty()).then_some(s);
-            bodies.push(NewMessage {
-                key: opt(m.key),
-                kind: m.r#type,
-                priority: u8::try_from(m.priority).unwrap_or(NORMAL),
-                headers: m.headers,
-                payload: m.payload,
-                deliver_at_ms: (m.deliver_at_unix_ms > 0).then_some(m.deliver_at_unix_ms),
-                ttl: (req.ttl_ms > 0).then(|| Duration::from_millis(req.ttl_ms)),
-                traceparent: opt(m.traceparent),
-                publisher: publisher(peer.as_ref()),
-            });
-        }
-        let outcomes = self
-            .store
-            .publish(&name, now_ms(), bodies)
-            .await
-            .map_err(status)?;
+        .await
+        .map_err(status)?;
         let outcomes = outcomes
             .into_iter()
-            .map(|o| {
+            .map(|(o, receivers)| {
                 let (result, id, reason) = match o {
                     Published::Enqueued(id) => (pb::publish_outcome::Result::Enqueued, id, String::new()),
                     Published::Deduplicated(id) => {
@@ -134,6 +215,7 @@ impl pb::queue_server::Queue for QueueService {
                     result: result as i32,
                     id,
                     reason,
+                    receivers: if result == pb::publish_outcome::Result::Enqueued { receivers } else { 0 },
                 }
             })
             .collect();
@@ -148,98 +230,7 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let peer = caller::peer_of(&request);
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before subscribing"))?;
-        let Some(In::Subscribe(sub)) = first.kind else {
-            return Err(Status::invalid_argument(
-                "the first request must be `subscribe`",
-            ));
-        };
-        let name = queue_name(&sub.namespace, &sub.queue)?;
-        self.access.load().check(
-            peer.as_ref(),
-            &sub.namespace,
-            &sub.queue,
-            QueuePermission::Consume,
-        )?;
-        let queue = self.store.queue(&name).map_err(status)?;
-        if sub.min_priority > 9 {
-            return Err(Status::invalid_argument(format!(
-                "subscribe.min_priority: {} is not 0..=9",
-                sub.min_priority
-            )));
-        }
-        let filter = Filter {
-            kinds: sub.types,
-            min_priority: u8::try_from(sub.min_priority).unwrap_or(0),
-        };
-        let consumer = self.consumers.fetch_add(1, Ordering::Relaxed);
-        let mut credit = if sub.prefetch == 0 {
-            DEFAULT_PREFETCH
-        } else {
-            sub.prefetch.min(MAX_PREFETCH)
-        };
-        let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        tracing::info!(queue = %name, consumer, identity = %publisher(peer.as_ref()), "consumer subscribed");
-        tokio::spawn(async move {
-            loop {
-                // Register for wake-ups before looking, so a publish between
-                // the look and the wait is not missed.
-                let notified = queue.ready.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                while credit > 0 {
-                    match store.next(&name, now_ms(), consumer, &filter) {
-                        Ok(Some(d)) => {
-                            credit -= 1;
-                            metrics::counter!(DELIVERED_TOTAL, "queue" => name.clone())
-                                .increment(1);
-                            let msg = pb::ConsumeResponse {
-                                kind: Some(Out::Delivery(pb::Delivery {
-                                    message: Some(super::store::to_wire(&d.message)),
-                                    deadline_unix_ms: d.deadline_ms,
-                                })),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
-                                let _ = store.release(&name, now_ms(), consumer).await;
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(status(e))).await;
-                            return;
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = &mut notified, if credit > 0 => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)), if credit > 0 => {}
-                    _ = tx.closed() => break,
-                    m = inbound.message() => match m {
-                        Ok(Some(req)) => {
-                            if let Some(err) = handle(&store, &name, consumer, &mut credit, req).await {
-                                let resp = pb::ConsumeResponse { kind: Some(Out::Error(err)) };
-                                if tx.send(Ok(resp)).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
-                    },
-                }
-            }
-            if let Err(e) = store.release(&name, now_ms(), consumer).await {
-                tracing::warn!(queue = %name, consumer, error = %e, "could not give back a departed consumer's deliveries");
-            }
-            tracing::info!(queue = %name, consumer, "consumer left");
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        super::consume::start(self, request).await
     }
 
     async fn describe(
@@ -257,16 +248,20 @@ impl pb::queue_server::Queue for QueueService {
                 .queues()
                 .into_iter()
                 .filter(|q| {
-                    q.name.split_once('/').is_some_and(|(ns, n)| {
-                        ns == req.namespace
-                            && access
-                                .check(peer.as_ref(), ns, n, QueuePermission::Admin)
-                                .is_ok()
-                    })
+                    // Subscriptions are listed under their topic.
+                    let mut parts = q.name.split('/');
+                    let (Some(ns), Some(n), None) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        return false;
+                    };
+                    ns == req.namespace
+                        && access
+                            .check(peer.as_ref(), ns, n, QueuePermission::Admin)
+                            .is_ok()
                 })
                 .collect()
         } else {
-            access.check(
+            self.check(
                 peer.as_ref(),
                 &req.namespace,
                 &req.name,
@@ -277,82 +272,166 @@ impl pb::queue_server::Queue for QueueService {
                 .queue(&queue_name(&req.namespace, &req.name)?)
                 .map_err(status)?]
         };
-        let queues = queues
-            .into_iter()
-            .map(|q| {
-                let depth = q.depth();
-                let config = q.config();
-                let (namespace, name) = q.name.split_once('/').unwrap_or(("", &q.name));
-                pb::QueueStatus {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    r#type: config.kind,
-                    ready_by_priority: depth.ready_by_priority.to_vec(),
-                    waiting: depth.waiting,
-                    in_flight: depth.in_flight,
-                    bytes: depth.bytes,
-                    oldest_unix_ms: q.oldest_ms().unwrap_or(0),
-                    dead_letter: config.dead_letter.unwrap_or_default(),
+        let mut out = Vec::new();
+        for q in queues {
+            match q.fanout() {
+                Fanout::Topic(subs) => {
+                    for s in subs {
+                        if let Ok(sub) = self.store.queue(&s) {
+                            out.push(queue_status(&sub, &q));
+                        }
+                    }
                 }
+                _ => out.push(queue_status(&q, &q)),
+            }
+        }
+        Ok(Response::new(pb::DescribeQueueResponse { queues: out }))
+    }
+
+    async fn peek(
+        &self,
+        request: Request<pb::PeekRequest>,
+    ) -> Result<Response<pb::PeekResponse>, Status> {
+        let peer = caller::peer_of(&request);
+        let req = request.into_inner();
+        queue_name(&req.namespace, &req.queue)?;
+        self.check(
+            peer.as_ref(),
+            &req.namespace,
+            &req.queue,
+            QueuePermission::Admin,
+        )?;
+        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        if req.limit > MAX_PEEK {
+            return Err(Status::invalid_argument(format!(
+                "limit: {} is over {MAX_PEEK}",
+                req.limit
+            )));
+        }
+        let limit = if req.limit == 0 {
+            DEFAULT_PEEK
+        } else {
+            req.limit
+        };
+        let found = self
+            .store
+            .peek(&q.name, limit as usize, req.dead_letter)
+            .map_err(status)?;
+        let messages = found
+            .into_iter()
+            .map(|(m, place)| pb::PeekedMessage {
+                message: Some(super::store::to_wire(&m)),
+                state: place.as_str().to_string(),
             })
             .collect();
-        Ok(Response::new(pb::DescribeQueueResponse { queues }))
+        Ok(Response::new(pb::PeekResponse { messages }))
+    }
+
+    async fn purge(
+        &self,
+        request: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeResponse>, Status> {
+        let peer = caller::peer_of(&request);
+        let req = request.into_inner();
+        queue_name(&req.namespace, &req.queue)?;
+        self.check(
+            peer.as_ref(),
+            &req.namespace,
+            &req.queue,
+            QueuePermission::Admin,
+        )?;
+        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        let purged = self.store.purge(&q.name, now_ms()).await.map_err(status)?;
+        self.audit.admin(
+            peer.as_ref(),
+            "purge",
+            &q.name,
+            &format!("{purged} messages removed"),
+        );
+        Ok(Response::new(pb::PurgeResponse { purged }))
+    }
+
+    async fn redrive(
+        &self,
+        request: Request<pb::RedriveRequest>,
+    ) -> Result<Response<pb::RedriveResponse>, Status> {
+        let peer = caller::peer_of(&request);
+        let req = request.into_inner();
+        queue_name(&req.namespace, &req.queue)?;
+        self.check(
+            peer.as_ref(),
+            &req.namespace,
+            &req.queue,
+            QueuePermission::Admin,
+        )?;
+        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        let done = self
+            .store
+            .redrive(&q.name, &req.ids, now_ms())
+            .await
+            .map_err(status)?;
+        self.audit.admin(
+            peer.as_ref(),
+            "redrive",
+            &q.name,
+            &format!(
+                "{} dead letters moved back{}",
+                done.ids.len(),
+                done.stopped
+                    .as_deref()
+                    .map(|s| format!("; stopped: {s}"))
+                    .unwrap_or_default()
+            ),
+        );
+        if let Some(why) = done.stopped {
+            if done.ids.is_empty() {
+                return Err(Status::resource_exhausted(why));
+            }
+        }
+        Ok(Response::new(pb::RedriveResponse { ids: done.ids }))
     }
 }
 
-/// One request after the subscription; Some(error) to tell the consumer.
-async fn handle(
-    store: &Store,
-    queue: &str,
-    consumer: u64,
-    credit: &mut u32,
-    req: pb::ConsumeRequest,
-) -> Option<String> {
-    let result = match req.kind {
-        Some(In::Credit(n)) => {
-            *credit = credit.saturating_add(n).min(MAX_PREFETCH);
-            Ok(())
-        }
-        Some(In::Ack(id)) => {
-            let r = store.ack(queue, id, consumer).await;
-            if r.is_ok() {
-                metrics::counter!(ACKED_TOTAL, "queue" => queue.to_string()).increment(1);
-                *credit = credit.saturating_add(1).min(MAX_PREFETCH);
-            }
-            r
-        }
-        Some(In::Nack(n)) => {
-            let r = store
-                .nack(queue, now_ms(), n.id, consumer, n.requeue, &n.error)
-                .await;
-            if r.is_ok() {
-                *credit = credit.saturating_add(1).min(MAX_PREFETCH);
-            }
-            r
-        }
-        Some(In::Extend(e)) => store
-            .extend(
-                queue,
-                now_ms(),
-                e.id,
-                consumer,
-                Duration::from_millis(e.by_ms),
-            )
-            .map(drop),
-        Some(In::Subscribe(_)) => return Some("already subscribed: one queue per stream".into()),
-        None => return Some("empty request".into()),
+/// Describe's entry for `q` (a subscription of `topic`, or `topic` itself).
+fn queue_status(q: &Queue, topic: &Queue) -> pb::QueueStatus {
+    let depth = q.depth();
+    let config = q.config();
+    let mut parts = topic.name.splitn(2, '/');
+    let namespace = parts.next().unwrap_or_default();
+    let name = parts.next().unwrap_or_default();
+    let subscription = if std::ptr::eq(q, topic) {
+        String::new()
+    } else {
+        q.name.rsplit('/').next().unwrap_or_default().to_string()
     };
-    result.err().map(|e| e.to_string())
+    pb::QueueStatus {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        r#type: config.kind,
+        ready_by_priority: depth.ready_by_priority.to_vec(),
+        waiting: depth.waiting,
+        in_flight: depth.in_flight,
+        bytes: depth.bytes,
+        oldest_unix_ms: q.oldest_ms().unwrap_or(0),
+        dead_letter: config.dead_letter.unwrap_or_default(),
+        subscription,
+        consumers: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
+    }
 }
 
 /// Runs every queue's clock: due messages, ack timeouts, expiry and log
 /// compaction, at the earliest queue deadline (checked at least every
-/// second).
+/// second), and refreshes the queue gauges.
 pub async fn tick_loop(store: Arc<Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut gauges_at = 0;
     loop {
         let now = now_ms();
         if let Err(e) = store.tick(now).await {
             tracing::warn!(error = %e, "queue tick failed");
+        }
+        if now >= gauges_at {
+            super::metrics::refresh(&store, now);
+            gauges_at = now + 1_000;
         }
         let wait = store
             .next_wakeup()

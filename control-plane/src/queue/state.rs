@@ -176,7 +176,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn accepts(&self, m: &Message) -> bool {
+    pub fn accepts(&self, m: &Message) -> bool {
         m.body.priority >= self.min_priority
             && (self.kinds.is_empty() || self.kinds.contains(&m.body.kind))
     }
@@ -302,7 +302,18 @@ impl QueueState {
     pub fn admit(
         &mut self,
         now_ms: u64,
+        body: NewMessage,
+    ) -> (Published, Option<Arc<Message>>, Vec<Effect>) {
+        self.admit_as(now_ms, body, None)
+    }
+
+    /// `admit` with the id chosen by the caller (a pubsub topic gives every
+    /// subscription's copy the same id); None takes the next one.
+    pub fn admit_as(
+        &mut self,
+        now_ms: u64,
         mut body: NewMessage,
+        id: Option<u64>,
     ) -> (Published, Option<Arc<Message>>, Vec<Effect>) {
         self.forget_dedup(now_ms);
         if let (Some(window), Some(key)) = (self.settings.dedup_window, &body.key) {
@@ -355,7 +366,7 @@ impl QueueState {
                 }
             }
         }
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let id = id.unwrap_or_else(|| self.ids.fetch_add(1, Ordering::Relaxed));
         if let (Some(_), Some(key)) = (self.settings.dedup_window, &body.key) {
             if let Some(entry) = self.dedup.get_mut(key) {
                 entry.1 = id;
@@ -741,6 +752,10 @@ impl QueueState {
         }
     }
 }
+
+#[path = "state_admin.rs"]
+mod admin;
+pub use admin::Place;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

@@ -32,6 +32,8 @@ pub enum StoreError {
     Log(#[from] LogError),
     #[error(transparent)]
     Crypt(#[from] CryptError),
+    #[error("queue \"{0}\" has no dead-letter queue")]
+    NoDeadLetter(String),
 }
 
 /// One queue: its state and who to wake when it has messages.
@@ -41,7 +43,14 @@ pub struct Queue {
     /// Woken when messages become ready.
     pub ready: tokio::sync::Notify,
     config: Mutex<QueueConfig>,
+    /// broadcast: every connected consumer's feed.
+    pub feed: tokio::sync::broadcast::Sender<Arc<Message>>,
+    /// Consumers connected now.
+    pub consumers: AtomicU64,
 }
+
+/// Messages a broadcast consumer may fall behind by before it misses some.
+pub const BROADCAST_BUFFER: usize = 4096;
 
 impl Queue {
     fn new(config: &QueueConfig, state: QueueState) -> Queue {
@@ -50,7 +59,17 @@ impl Queue {
             state: Mutex::new(state),
             ready: tokio::sync::Notify::new(),
             config: Mutex::new(config.clone()),
+            feed: tokio::sync::broadcast::channel(BROADCAST_BUFFER).0,
+            consumers: AtomicU64::new(0),
         }
+    }
+
+    pub fn consumer_count(&self) -> u64 {
+        self.consumers.load(Ordering::Relaxed)
+    }
+
+    pub fn fanout(&self) -> Fanout {
+        self.settings().fanout.clone()
     }
 
     fn settings(&self) -> std::sync::MutexGuard<'_, QueueConfig> {
@@ -97,6 +116,20 @@ pub struct QueueConfig {
     pub max_message_bytes: u64,
     /// Payloads encrypted at rest.
     pub encrypted: bool,
+    pub fanout: Fanout,
+}
+
+/// Where a publish to a queue goes besides the queue itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fanout {
+    /// Into the queue; its consumers compete.
+    #[default]
+    None,
+    /// A pubsub topic: a copy (same id) into each subscription's queue
+    /// ("<namespace>/<topic>/<subscription>"), none into the topic.
+    Topic(Vec<String>),
+    /// To every consumer connected now; nothing is kept.
+    Broadcast,
 }
 
 pub struct Store {
@@ -127,8 +160,96 @@ impl Live {
     }
 }
 
-/// Dead letters admitted into their queue, to commit once appended.
-type Moved = Vec<(Arc<Queue>, Arc<Message>)>;
+/// Headers a dead letter carries: why, from which queue, its id there.
+pub const DEAD_LETTER_REASON: &str = "x-weft-dead-letter-reason";
+pub const DEAD_LETTER_QUEUE: &str = "x-weft-dead-letter-queue";
+pub const DEAD_LETTER_ID: &str = "x-weft-dead-letter-id";
+
+/// Changes to append together and then apply.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Vec<u8>>,
+    /// Admitted messages to commit, with the index of their record.
+    admitted: Vec<(Arc<Queue>, Arc<Message>, usize)>,
+    /// Messages that leave the log's live set.
+    removed: Vec<(String, u64)>,
+    /// Messages already taken out of their queue state, to put back if
+    /// the append fails.
+    taken: Vec<(Arc<Queue>, Arc<Message>)>,
+    /// Queues with requeued messages.
+    wake: Vec<Arc<Queue>>,
+}
+
+impl Batch {
+    fn push(&mut self, record: Vec<u8>) {
+        self.records.push(record);
+    }
+
+    fn admit(&mut self, queue: &Arc<Queue>, message: Arc<Message>, record: Vec<u8>) {
+        self.admitted
+            .push((queue.clone(), message, self.records.len()));
+        self.records.push(record);
+    }
+
+    fn remove(&mut self, queue: &str, id: u64, why: &str) {
+        self.records.push(self::record(
+            queue,
+            Event::Removed(QueueRemoved {
+                id,
+                why: why.into(),
+            }),
+        ));
+        self.removed.push((queue.to_string(), id));
+    }
+}
+
+/// Admits one message into every target (all with the first one's id), or
+/// into none when one refuses it. Effects are collected by target index.
+fn admit_everywhere(
+    targets: &[Arc<Queue>],
+    now_ms: u64,
+    body: NewMessage,
+    effects: &mut Vec<(usize, Vec<Effect>)>,
+) -> (Published, Vec<(usize, Arc<Message>)>) {
+    let mut copies: Vec<(usize, Arc<Message>)> = Vec::new();
+    let mut first: Option<Published> = None;
+    let mut id = None;
+    let last = targets.len().saturating_sub(1);
+    let mut body = Some(body);
+    for (i, t) in targets.iter().enumerate() {
+        let b = if i == last { body.take() } else { body.clone() };
+        let Some(b) = b else { break };
+        let (out, message, e) = t.lock().admit_as(now_ms, b, id);
+        if !e.is_empty() {
+            effects.push((i, e));
+        }
+        if let Published::Refused(why) = out {
+            for (j, m) in copies.drain(..) {
+                targets[j].lock().abandon(&m);
+            }
+            let why = if targets.len() > 1 {
+                format!(
+                    "subscription {}: {why}",
+                    t.name.rsplit('/').next().unwrap_or("")
+                )
+            } else {
+                why
+            };
+            return (Published::Refused(why), Vec::new());
+        }
+        if let Some(m) = message {
+            id = Some(m.id);
+            copies.push((i, m));
+        }
+        first.get_or_insert(out);
+    }
+    let out = match (id, first) {
+        (Some(id), _) => Published::Enqueued(id),
+        (None, Some(out)) => out,
+        (None, None) => Published::Refused("no subscription to take it".into()),
+    };
+    (out, copies)
+}
 
 /// What opening found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,75 +397,221 @@ impl Store {
     }
 
     /// Publishes `bodies` in order; each outcome is final (an enqueued
-    /// message is durable) once this returns.
+    /// message is durable) once this returns. A pubsub topic's message goes
+    /// into every subscription with one id, or into none (when one refuses
+    /// it); a broadcast message goes to the consumers connected now.
     pub async fn publish(
         &self,
         queue: &str,
         now_ms: u64,
         bodies: Vec<NewMessage>,
-    ) -> Result<Vec<Published>, StoreError> {
+    ) -> Result<Vec<(Published, u32)>, StoreError> {
         let q = self.queue(queue)?;
-        let dead_letter_encrypted = q
-            .dead_letter()
-            .and_then(|d| self.queue(&d).ok())
-            .is_some_and(|d| d.encrypted());
-        if (q.encrypted() || dead_letter_encrypted) && self.keys.current_id().is_none() {
-            return Err(CryptError::NoKey.into());
-        }
-        let mut outcomes = Vec::with_capacity(bodies.len());
-        let mut admitted = Vec::new();
-        let mut effects = Vec::new();
-        {
-            let mut state = q.lock();
-            for body in bodies {
-                let (out, message, e) = state.admit(now_ms, body);
-                outcomes.push(out);
-                admitted.extend(message);
-                effects.extend(e);
-            }
-        }
-        let built = admitted
-            .iter()
-            .map(|m| Ok(record(queue, Event::Published(self.wire(&q, m)?))))
-            .collect::<Result<Vec<Vec<u8>>, StoreError>>()
-            .and_then(|mut records| {
-                let (more, moved) = self.effect_records(queue, now_ms, &effects)?;
-                records.extend(more);
-                Ok((records, moved))
-            });
-        let (records, moved) = match built {
-            Ok(b) => b,
-            Err(e) => {
-                let mut state = q.lock();
-                for m in &admitted {
-                    state.abandon(m);
-                }
-                return Err(e);
-            }
+        let targets = match q.fanout() {
+            Fanout::Broadcast => return Ok(self.broadcast(&q, now_ms, bodies)),
+            Fanout::None => vec![q],
+            Fanout::Topic(subs) => subs
+                .iter()
+                .map(|s| self.queue(s))
+                .collect::<Result<Vec<_>, _>>()?,
         };
+        for t in &targets {
+            let dead_letter_encrypted = t
+                .dead_letter()
+                .and_then(|d| self.queue(&d).ok())
+                .is_some_and(|d| d.encrypted());
+            if (t.encrypted() || dead_letter_encrypted) && self.keys.current_id().is_none() {
+                return Err(CryptError::NoKey.into());
+            }
+        }
+        let receivers = targets.len() as u32;
+        let mut outcomes = Vec::with_capacity(bodies.len());
+        let mut batch = Batch::default();
+        let mut effects: Vec<(usize, Vec<Effect>)> = Vec::new();
+        for body in bodies {
+            let (out, copies) = admit_everywhere(&targets, now_ms, body, &mut effects);
+            outcomes.push((out, receivers));
+            for (t, m) in copies {
+                let wire = match self.wire(&targets[t], &m) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        targets[t].lock().abandon(&m);
+                        self.abandon(batch);
+                        return Err(e);
+                    }
+                };
+                batch.admit(
+                    &targets[t],
+                    m,
+                    record(&targets[t].name, Event::Published(wire)),
+                );
+            }
+        }
+        for (t, e) in effects {
+            if let Err(err) = self.add_effects(&mut batch, &targets[t], now_ms, e) {
+                self.abandon(batch);
+                return Err(err);
+            }
+        }
+        self.write(batch, now_ms).await?;
+        Ok(outcomes)
+    }
+
+    /// A broadcast publish: checked (dedup) and handed to every consumer
+    /// connected now; nothing is kept, so nothing is written.
+    fn broadcast(&self, q: &Queue, now_ms: u64, bodies: Vec<NewMessage>) -> Vec<(Published, u32)> {
+        let mut state = q.lock();
+        bodies
+            .into_iter()
+            .map(|body| {
+                let (out, message, _) = state.admit(now_ms, body);
+                let Some(m) = message else {
+                    return (out, 0);
+                };
+                state.pass(&m);
+                let receivers = q.feed.send(m).unwrap_or(0) as u32;
+                (out, receivers)
+            })
+            .collect()
+    }
+
+    /// Appends a batch and, once durable, applies it (or undoes it).
+    async fn write(&self, mut batch: Batch, now_ms: u64) -> Result<(), StoreError> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut batch.records);
         match self.log.append(records).await {
             Ok(seqs) => {
-                {
-                    let mut state = q.lock();
-                    let mut live = self.live();
-                    for (m, seq) in admitted.into_iter().zip(&seqs) {
-                        live.add(queue, m.id, *seq);
-                        state.commit(m, now_ms);
-                    }
-                }
-                let split = seqs.len() - moved.len();
-                self.after_effects(queue, now_ms, &effects, moved, &seqs[split..]);
-                q.ready.notify_waiters();
-                Ok(outcomes)
+                self.settle(batch, &seqs, now_ms);
+                Ok(())
             }
             Err(e) => {
-                let mut state = q.lock();
-                for m in &admitted {
-                    state.abandon(m);
-                }
+                self.abandon(batch);
                 Err(e.into())
             }
         }
+    }
+
+    /// The batch is durable: admitted messages join their queues, removed
+    /// ones stop holding back compaction, consumers are woken.
+    fn settle(&self, batch: Batch, seqs: &[u64], now_ms: u64) {
+        {
+            let mut live = self.live();
+            for (queue, id) in &batch.removed {
+                live.remove(queue, *id);
+            }
+            for (target, m, at) in &batch.admitted {
+                if let Some(seq) = seqs.get(*at) {
+                    live.add(&target.name, m.id, *seq);
+                }
+            }
+        }
+        let mut woken: Vec<&Arc<Queue>> = Vec::new();
+        for (target, m, _) in &batch.admitted {
+            target.lock().commit(m.clone(), now_ms);
+            if !woken.iter().any(|w| Arc::ptr_eq(w, target)) {
+                woken.push(target);
+            }
+        }
+        for q in woken.into_iter().chain(&batch.wake) {
+            q.ready.notify_waiters();
+        }
+    }
+
+    /// The batch could not be made durable: admitted messages are forgotten
+    /// and messages taken out for it go back.
+    fn abandon(&self, batch: Batch) {
+        for (target, m, _) in &batch.admitted {
+            target.lock().abandon(m);
+        }
+        for (q, m) in batch.taken {
+            q.lock().restore((*m).clone(), m.published_ms);
+        }
+    }
+
+    async fn persist(
+        &self,
+        queue: &Arc<Queue>,
+        now_ms: u64,
+        effects: Vec<Effect>,
+    ) -> Result<(), StoreError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        if let Err(e) = self.add_effects(&mut batch, queue, now_ms, effects) {
+            self.abandon(batch);
+            return Err(e);
+        }
+        self.write(batch, now_ms).await
+    }
+
+    /// The records for `effects` of `source`; dead letters are admitted
+    /// into its dead-letter queue (committed when the batch settles).
+    fn add_effects(
+        &self,
+        batch: &mut Batch,
+        source: &Arc<Queue>,
+        now_ms: u64,
+        effects: Vec<Effect>,
+    ) -> Result<(), StoreError> {
+        let queue = source.name.as_str();
+        let target = source.dead_letter().and_then(|d| self.queue(&d).ok());
+        for e in effects {
+            match e {
+                Effect::Requeued { message } => {
+                    batch.push(record(queue, Event::Requeued(self.wire(source, &message)?)));
+                    if !batch.wake.iter().any(|w| Arc::ptr_eq(w, source)) {
+                        batch.wake.push(source.clone());
+                    }
+                }
+                Effect::Dropped { message, reason } => {
+                    tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
+                    metrics::counter!(crate::queue::metrics::DROPPED_TOTAL, "queue" => queue.to_string())
+                        .increment(1);
+                    batch.remove(queue, message.id, "dropped");
+                }
+                Effect::DeadLetter { message, reason } => {
+                    batch.remove(queue, message.id, "dead-lettered");
+                    metrics::counter!(crate::queue::metrics::DEAD_LETTERED_TOTAL, "queue" => queue.to_string())
+                        .increment(1);
+                    let Some(target) = &target else {
+                        tracing::warn!(
+                            queue,
+                            id = message.id,
+                            "dead-letter queue missing; message dropped"
+                        );
+                        continue;
+                    };
+                    let mut body = message.body.clone();
+                    body.headers
+                        .insert(DEAD_LETTER_REASON.into(), reason.clone());
+                    body.headers
+                        .insert(DEAD_LETTER_QUEUE.into(), queue.to_string());
+                    body.headers
+                        .insert(DEAD_LETTER_ID.into(), message.id.to_string());
+                    body.deliver_at_ms = None;
+                    let (out, admitted, _) = target.lock().admit(now_ms, body);
+                    match admitted {
+                        Some(m) => {
+                            let wire = match self.wire(target, &m) {
+                                Ok(w) => w,
+                                Err(e) => {
+                                    target.lock().abandon(&m);
+                                    return Err(e);
+                                }
+                            };
+                            batch.admit(target, m, record(&target.name, Event::Published(wire)));
+                        }
+                        None => {
+                            tracing::warn!(queue, id = message.id, outcome = ?out, "dead-letter queue refused the message; dropped")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next message for `consumer`, if one is ready.
@@ -396,14 +663,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let q = self.queue(queue)?;
         let effects = q.lock().nack(now_ms, id, consumer, requeue, error)?;
-        self.persist(queue, now_ms, effects).await
+        self.persist(&q, now_ms, effects).await
     }
 
     /// A consumer's stream ended: its deliveries go back.
     pub async fn release(&self, queue: &str, now_ms: u64, consumer: u64) -> Result<(), StoreError> {
         let q = self.queue(queue)?;
         let effects = q.lock().release(now_ms, consumer);
-        self.persist(queue, now_ms, effects).await
+        self.persist(&q, now_ms, effects).await
     }
 
     /// Moves every queue's clock (due messages, ack timeouts, expiry),
@@ -419,7 +686,7 @@ impl Store {
                     state.depth().ready_by_priority.iter().sum::<u64>() > before,
                 )
             };
-            self.persist(&q.name, now_ms, effects).await?;
+            self.persist(&q, now_ms, effects).await?;
             if had_ready {
                 q.ready.notify_waiters();
             }
@@ -470,129 +737,6 @@ impl Store {
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn persist(
-        &self,
-        queue: &str,
-        now_ms: u64,
-        effects: Vec<Effect>,
-    ) -> Result<(), StoreError> {
-        if effects.is_empty() {
-            return Ok(());
-        }
-        let (records, moved) = self.effect_records(queue, now_ms, &effects)?;
-        let seqs = self.log.append(records).await?;
-        let q = self.queue(queue)?;
-        if effects.iter().any(|e| matches!(e, Effect::Requeued { .. })) {
-            q.ready.notify_waiters();
-        }
-        let split = seqs.len() - moved.len();
-        self.after_effects(queue, now_ms, &effects, moved, &seqs[split..]);
-        Ok(())
-    }
-
-    /// The records for `effects`; dead letters are admitted into their
-    /// queue here and returned (queue, message) to commit after the append,
-    /// in the order of the last records.
-    fn effect_records(
-        &self,
-        queue: &str,
-        now_ms: u64,
-        effects: &[Effect],
-    ) -> Result<(Vec<Vec<u8>>, Moved), StoreError> {
-        let mut records = Vec::new();
-        let mut moved = Vec::new();
-        if effects.is_empty() {
-            return Ok((records, moved));
-        }
-        let source = self.queue(queue)?;
-        let target = source.dead_letter().and_then(|d| self.queue(&d).ok());
-        for e in effects {
-            match e {
-                Effect::Requeued { message } => {
-                    records.push(record(queue, Event::Requeued(self.wire(&source, message)?)))
-                }
-                Effect::Dropped { message, reason } => {
-                    tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
-                    records.push(record(
-                        queue,
-                        Event::Removed(QueueRemoved {
-                            id: message.id,
-                            why: "dropped".into(),
-                        }),
-                    ));
-                }
-                Effect::DeadLetter { message, reason } => {
-                    records.push(record(
-                        queue,
-                        Event::Removed(QueueRemoved {
-                            id: message.id,
-                            why: "dead-lettered".into(),
-                        }),
-                    ));
-                    let Some(target) = &target else {
-                        tracing::warn!(
-                            queue,
-                            id = message.id,
-                            "dead-letter queue missing; message dropped"
-                        );
-                        continue;
-                    };
-                    let mut body = message.body.clone();
-                    body.headers
-                        .insert("x-weft-dead-letter-reason".into(), reason.clone());
-                    body.headers
-                        .insert("x-weft-dead-letter-queue".into(), queue.to_string());
-                    body.headers
-                        .insert("x-weft-dead-letter-id".into(), message.id.to_string());
-                    body.deliver_at_ms = None;
-                    let (out, admitted, _) = target.lock().admit(now_ms, body);
-                    match admitted {
-                        Some(m) => moved.push((target.clone(), m)),
-                        None => {
-                            tracing::warn!(queue, id = message.id, outcome = ?out, "dead-letter queue refused the message; dropped")
-                        }
-                    }
-                }
-            }
-        }
-        for (target, m) in &moved {
-            match self.wire(target, m) {
-                Ok(w) => records.push(record(&target.name, Event::Published(w))),
-                Err(e) => {
-                    for (target, m) in &moved {
-                        target.lock().abandon(m);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok((records, moved))
-    }
-
-    fn after_effects(
-        &self,
-        queue: &str,
-        now_ms: u64,
-        effects: &[Effect],
-        moved: Moved,
-        moved_seqs: &[u64],
-    ) {
-        let mut live = self.live();
-        for e in effects {
-            match e {
-                Effect::Dropped { message, .. } | Effect::DeadLetter { message, .. } => {
-                    live.remove(queue, message.id)
-                }
-                Effect::Requeued { .. } => {}
-            }
-        }
-        for ((target, m), seq) in moved.into_iter().zip(moved_seqs) {
-            live.add(&target.name, m.id, *seq);
-            target.lock().commit(m, now_ms);
-            target.ready.notify_waiters();
-        }
     }
 }
 
@@ -662,6 +806,14 @@ fn from_wire(m: QueueMessage) -> Message {
     }
 }
 
+#[path = "store_admin.rs"]
+mod admin;
+pub use admin::Redriven;
+
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "store_admin_tests.rs"]
+mod admin_tests;

@@ -26,6 +26,7 @@ fn queues() -> Vec<QueueConfig> {
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
             encrypted: false,
+            fanout: Fanout::None,
         },
         QueueConfig {
             name: "intel/jobs-dlq".into(),
@@ -34,6 +35,7 @@ fn queues() -> Vec<QueueConfig> {
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
             encrypted: false,
+            fanout: Fanout::None,
         },
     ]
 }
@@ -56,9 +58,9 @@ fn body(text: &str) -> NewMessage {
     }
 }
 
-fn ids(out: &[Published]) -> Vec<u64> {
+fn ids(out: &[(Published, u32)]) -> Vec<u64> {
     out.iter()
-        .map(|p| match p {
+        .map(|(p, _)| match p {
             Published::Enqueued(id) => *id,
             other => panic!("{other:?}"),
         })
@@ -180,7 +182,7 @@ fn the_dedup_window_holds_across_a_restart() {
     let out = rt
         .block_on(store.publish("intel/jobs", 2_000, vec![keyed("order-7")]))
         .unwrap();
-    assert_eq!(out, vec![Published::Deduplicated(first)]);
+    assert_eq!(out, vec![(Published::Deduplicated(first), 1)]);
 }
 
 #[test]
@@ -246,6 +248,7 @@ fn records_of_a_deleted_queue_are_skipped_and_an_unknown_queue_is_named() {
             kind: "fifo".into(),
             max_message_bytes: 1 << 20,
             encrypted: false,
+            fanout: Fanout::None,
         }]);
         rt.block_on(store.publish("intel/old", 1_000, vec![body("x")]))
             .unwrap();
@@ -266,6 +269,7 @@ fn secret_queues() -> Vec<QueueConfig> {
         kind: "fifo".into(),
         max_message_bytes: 1 << 20,
         encrypted: true,
+        fanout: Fanout::None,
     }]
 }
 

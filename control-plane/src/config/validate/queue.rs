@@ -58,6 +58,25 @@ pub(super) fn check_queue(obj: &Located, q: &QueueSpec) -> Result<(), ConfigErro
         "retention",
         "pubsub",
     )?;
+    if q.kind == QueueType::Broadcast {
+        // Live fan-out: nothing is kept, so nothing to retry, expire,
+        // bound or encrypt.
+        let kept = [
+            ("retry", q.retry.is_some()),
+            ("deadLetter", q.dead_letter.is_some()),
+            ("ackTimeout", q.ack_timeout.is_some()),
+            ("messageTtl", q.message_ttl.is_some()),
+            ("onExpiry", q.on_expiry.is_some()),
+            ("maxSize", q.max_size.is_some()),
+            ("encrypted", q.encrypted),
+        ];
+        if let Some((field, _)) = kept.iter().find(|(_, set)| *set) {
+            return Err(obj.error(
+                format!("spec.{field}"),
+                "a broadcast queue hands each message to the consumers connected now and keeps nothing, so it takes no `".to_string() + field + "`",
+            ));
+        }
+    }
     if q.kind == QueueType::Pubsub {
         if q.subscriptions.is_empty() {
             return Err(obj.error(

@@ -255,6 +255,8 @@ fn queue_field_rules_name_the_field() {
         (q("{type: priority, orderByKey: true}"), "spec.orderByKey"),
         (q("{type: fifo, subscriptions: [a]}"), "spec.subscriptions"),
         (q("{type: pubsub}"), "spec.subscriptions"),
+        (q("{type: broadcast, retry: {maxDeliveries: 2}}"), "spec.retry"),
+        (q("{type: broadcast, encrypted: true}"), "spec.encrypted"),
         (q("{type: pubsub, subscriptions: [a, a]}"), "spec.subscriptions[1]"),
         (q("{type: fifo, maxSize: {}}"), "spec.maxSize"),
         (q("{type: fifo, maxSize: {messages: 0}}"), "spec.maxSize.messages"),
