@@ -79,7 +79,8 @@ enum Command {
         #[command(subcommand)]
         command: registry::RegistryCommand,
     },
-    /// The queue service: describe queues, publish a message.
+    /// The queue service: list, describe, publish, consume, peek, purge,
+    /// dead letters and redrive.
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,

@@ -7,17 +7,13 @@
 #[path = "common/workload.rs"]
 mod workload;
 
-use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use weft_testbed::*;
-use workload::workload_channel;
-use xds_proto::v1::{
-    self as pb, consume_request::Kind as In, consume_response::Kind as Out,
-    queue_client::QueueClient,
-};
+#[path = "common/queue.rs"]
+mod queue;
 
-type Client = QueueClient<tonic::transport::Channel>;
+use queue::*;
+use std::time::Duration;
+use weft_testbed::*;
+use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::Kind as Out};
 
 const CONFIG: &str = "\
 apiVersion: weft.dev/v1
@@ -45,87 +41,6 @@ spec:
   - permissions: [consume]
     from: {identities: ['spiffe://cluster.local/ns/intel/sa/enricher']}
 ";
-
-async fn admin(mesh: &Mesh) -> Client {
-    let auth = weft_mesh_tls::admin_client::AdminAuth::Certs(mesh.pki().admin_certs);
-    QueueClient::new(
-        weft_mesh_tls::admin_client::channel(&mesh.cp_url(), &auth)
-            .await
-            .expect("admin channel"),
-    )
-}
-
-async fn workload(mesh: &Mesh, ns: &str, sa: &str) -> Client {
-    QueueClient::new(workload_channel(mesh, ns, sa).await)
-}
-
-fn message(kind: &str, priority: u32, payload: &str) -> pb::QueueMessage {
-    pb::QueueMessage {
-        r#type: kind.into(),
-        priority,
-        payload: payload.as_bytes().to_vec().into(),
-        ..Default::default()
-    }
-}
-
-async fn publish(
-    c: &mut Client,
-    queue: &str,
-    messages: Vec<pb::QueueMessage>,
-) -> Result<Vec<pb::PublishOutcome>, tonic::Status> {
-    c.publish(pb::PublishRequest {
-        namespace: "intel".into(),
-        queue: queue.into(),
-        messages,
-        ttl_ms: 0,
-    })
-    .await
-    .map(|r| r.into_inner().outcomes)
-}
-
-/// A consumer stream: requests go in through the sender.
-struct Consumer {
-    tx: mpsc::Sender<pb::ConsumeRequest>,
-    rx: tonic::Streaming<pb::ConsumeResponse>,
-}
-
-impl Consumer {
-    async fn open(c: &mut Client, queue: &str, prefetch: u32) -> Result<Consumer, tonic::Status> {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(pb::ConsumeRequest {
-            kind: Some(In::Subscribe(pb::Subscribe {
-                namespace: "intel".into(),
-                queue: queue.into(),
-                prefetch,
-                ..Default::default()
-            })),
-        })
-        .await
-        .expect("subscribe");
-        let rx = c.consume(ReceiverStream::new(rx)).await?.into_inner();
-        Ok(Consumer { tx, rx })
-    }
-
-    /// The next delivery, or None when none comes within `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<pb::QueueMessage> {
-        match tokio::time::timeout(wait, self.rx.message()).await {
-            Ok(Ok(Some(pb::ConsumeResponse {
-                kind: Some(Out::Delivery(d)),
-            }))) => d.message,
-            Ok(Ok(Some(other))) => panic!("unexpected {other:?}"),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => panic!("consume stream failed: {e}"),
-            Err(_) => None,
-        }
-    }
-
-    async fn send(&self, kind: In) {
-        self.tx
-            .send(pb::ConsumeRequest { kind: Some(kind) })
-            .await
-            .expect("send");
-    }
-}
 
 #[test]
 fn publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priority_into_the_dead_letter_queue(

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const LEVELS: usize = 10;
+/// The reason an expired message leaves with.
+pub const EXPIRED: &str = "expired (message TTL)";
 /// The level of messages in queues without priorities, and the default.
 pub const NORMAL: u8 = 4;
 
@@ -715,7 +717,7 @@ impl QueueState {
                 continue;
             }
             if let Some(m) = self.remove(id) {
-                let reason = "expired (message TTL)".to_string();
+                let reason = EXPIRED.to_string();
                 effects.push(if self.settings.expire_to_dead_letter {
                     self.dead(m, reason)
                 } else {

@@ -559,6 +559,12 @@ impl Store {
         let queue = source.name.as_str();
         let target = source.dead_letter().and_then(|d| self.queue(&d).ok());
         for e in effects {
+            if let Effect::Dropped { reason, .. } | Effect::DeadLetter { reason, .. } = &e {
+                if reason == super::state::EXPIRED {
+                    metrics::counter!(crate::queue::metrics::EXPIRED_TOTAL, "queue" => queue.to_string())
+                        .increment(1);
+                }
+            }
             match e {
                 Effect::Requeued { message } => {
                     batch.push(record(queue, Event::Requeued(self.wire(source, &message)?)));
