@@ -13,8 +13,10 @@ mod harness;
 mod loadgen;
 mod proxy_suite;
 mod push;
+mod queue;
 mod registry;
 mod report;
+mod resp;
 mod scenarios;
 mod soak;
 
@@ -48,6 +50,10 @@ enum Cmd {
     /// Config push with three control-plane replicas on etcd against one on
     /// the embedded store (not part of `proxy`).
     Ha(ha::HaArgs),
+    /// The queue service against Redis Streams: durable publish (batching
+    /// off and on), consume + ack, priority latency over a backlog, RSS
+    /// (not part of `proxy`).
+    Queue(queue::QueueArgs),
     /// (internal) constant-rate HTTP/1.1 load with latency correction; prints JSON.
     FixedRate {
         #[arg(long)]
@@ -82,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Soak(args) => soak::run(args),
         Cmd::Registry(args) => registry::run(args),
         Cmd::Ha(args) => ha::run(args),
+        Cmd::Queue(args) => queue::run(args),
         Cmd::FixedRate {
             addr,
             host,

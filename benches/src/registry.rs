@@ -90,7 +90,7 @@ pub fn run(args: RegistryArgs) -> anyhow::Result<()> {
 }
 
 /// `taskset -a -p -c CORE PID`: every thread of `pid` on `core`.
-fn pin(pid: u32, core: &str) -> anyhow::Result<()> {
+pub(crate) fn pin(pid: u32, core: &str) -> anyhow::Result<()> {
     crate::run_cmd(
         "taskset",
         &[

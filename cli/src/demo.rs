@@ -6,7 +6,9 @@
 //! printing a live per-route table. Traffic policy on show: web's route
 //! splits 90/10 between v1 and the v2 canary with retries; a few seconds in,
 //! the demo makes one v1 instance fail and its circuit breaker (outlier
-//! detection) opens, then closes again once the instance recovers.
+//! detection) opens, then closes again once the instance recovers. Beside
+//! it runs a queue flow (`demo_queue`): threat-intel enrichment requests
+//! through the queue service, one poison message ending in the DLQ.
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -17,7 +19,10 @@ use std::time::{Duration, Instant};
 use weft_mesh_tls::admin_client::{self, AdminAuth};
 use weft_testbed::localmesh::{self, Binaries, Proc, ProxyAddrs, ProxyAuth, ProxySpec};
 use xds_proto::sample::v1::{echo_client::EchoClient, EchoRequest};
-use xds_proto::v1::{self as pb, admin_client::AdminClient, registry_client::RegistryClient};
+use xds_proto::v1::{
+    self as pb, admin_client::AdminClient, queue_client::QueueClient,
+    registry_client::RegistryClient,
+};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -168,9 +173,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     print_intro(&l, &pki);
-    let stats = run_traffic(&args, &l).await?;
+    let bundle = std::fs::read_to_string(&pki.ca_bundle)?;
+    let flow = crate::demo_queue::start(&mut client, &l.cp_url, &bundle).await?;
+    let queues = QueueClient::new(
+        admin_client::channel(&l.cp_url, &AdminAuth::Certs(pki.admin_certs.clone())).await?,
+    );
+    let (stats, queue) = run_traffic(&args, &l, &flow, queues).await?;
+    drop(flow);
     drop(procs);
-    report(&args, &l, &stats)
+    report(&args, &l, &stats, queue)
 }
 
 /// The control plane and the apps (three web instances, the gRPC greeter).
@@ -310,7 +321,11 @@ async fn apply_and_wait_synced(
         })
         .await??;
     }
-    let yaml = config(web_ports[0], greeter_port);
+    let yaml = format!(
+        "{}---\n{}",
+        config(web_ports[0], greeter_port),
+        crate::demo_queue::CONFIG
+    );
     let applied = client
         .apply(pb::ApplyRequest {
             documents: vec![pb::Document {
@@ -420,6 +435,10 @@ fn print_intro(l: &Layout, pki: &localmesh::Pki) {
          makes web-v1b fail, at {RECOVER_AT}s it recovers: watch its breaker open and close"
     );
     println!(
+        "queue: workload feed publishes ioc.enrichment.request to ioc-enrichment, workload \
+         enricher turns each into a result in ioc-results; one poison request ends in ioc-enrichment-dlq"
+    );
+    println!(
         "try: curl -H 'Host: web' http://{}/hello     (greeter's sidecar → web)",
         greeter.outbound
     );
@@ -431,6 +450,14 @@ fn print_intro(l: &Layout, pki: &localmesh::Pki) {
         "     weftctl --control-plane {cp_url} --certs {} registry list",
         pki.admin_certs.display()
     );
+    println!(
+        "     weftctl --control-plane {cp_url} --certs {} queue describe -n demo",
+        pki.admin_certs.display()
+    );
+    println!(
+        "     weftctl --control-plane {cp_url} --certs {} queue dlq ioc-enrichment -n demo",
+        pki.admin_certs.display()
+    );
     println!("     weftctl proxy-config {}", greeter.admin);
     println!("     weftctl certs inspect --proxy {}\n", web[0].admin);
 }
@@ -438,7 +465,12 @@ fn print_intro(l: &Layout, pki: &localmesh::Pki) {
 /// Sends HTTP and gRPC traffic both ways, makes web-v1b fail and recover on
 /// schedule, and prints the table every 2 s until Ctrl-C, SIGTERM or
 /// `--for`.
-async fn run_traffic(args: &DemoArgs, l: &Layout) -> anyhow::Result<[(&'static str, Stats); 2]> {
+async fn run_traffic(
+    args: &DemoArgs,
+    l: &Layout,
+    flow: &crate::demo_queue::Flow,
+    mut queues: QueueClient<tonic::transport::Channel>,
+) -> anyhow::Result<([(&'static str, Stats); 2], Option<(u64, u64)>)> {
     let (web, greeter, loopback) = (&l.web, &l.greeter, LOOPBACK);
     let http_stats: Stats = Arc::default();
     let grpc_stats: Stats = Arc::default();
@@ -450,6 +482,8 @@ async fn run_traffic(args: &DemoArgs, l: &Layout) -> anyhow::Result<[(&'static s
     let (mut faulted, mut recovered) = (false, false);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
+    // (results, dead letters) at the last look.
+    let mut queue = None;
     let mut last = Instant::now();
     // SIGTERM stops the demo like Ctrl-C: every process it started is
     // stopped on the way out.
@@ -487,6 +521,13 @@ async fn run_traffic(args: &DemoArgs, l: &Layout) -> anyhow::Result<[(&'static s
             ],
         );
         print_split_and_breakers(&http_stats, greeter.metrics, web).await;
+        match crate::demo_queue::summary(&mut queues, &flow.stats).await {
+            Ok((line, results, dead)) => {
+                println!("{line}");
+                queue = Some((results, dead));
+            }
+            Err(e) => println!("queue: describe failed: {}", e.message()),
+        }
         if args
             .duration
             .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
@@ -496,13 +537,26 @@ async fn run_traffic(args: &DemoArgs, l: &Layout) -> anyhow::Result<[(&'static s
     }
     h.abort();
     g.abort();
-    Ok([("demo/web", http_stats), ("demo/greeter", grpc_stats)])
+    Ok((
+        [("demo/web", http_stats), ("demo/greeter", grpc_stats)],
+        queue,
+    ))
 }
 
 /// Totals per route; with `--for`, an error unless traffic flowed without
 /// failures.
-fn report(args: &DemoArgs, l: &Layout, stats: &[(&'static str, Stats); 2]) -> anyhow::Result<()> {
-    let mut healthy = true;
+fn report(
+    args: &DemoArgs,
+    l: &Layout,
+    stats: &[(&'static str, Stats); 2],
+    queue: Option<(u64, u64)>,
+) -> anyhow::Result<()> {
+    // The queue flow works when results came out and exactly the poison
+    // request is in the dead-letter queue.
+    let mut healthy = queue.is_some_and(|(results, dead)| results > 0 && dead == 1);
+    if let Some((results, dead)) = queue {
+        println!("queue flow: {results} results, {dead} dead letters");
+    }
     for (name, s) in stats {
         let s = s.lock().map_err(|_| anyhow!("stats poisoned"))?;
         let total_ok = s.total_ok + s.ok;

@@ -4,6 +4,7 @@
 
 mod check_pre;
 mod demo;
+mod demo_queue;
 mod inject;
 mod output;
 mod queue;

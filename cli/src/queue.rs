@@ -156,6 +156,7 @@ pub async fn run(conn: &Conn, format: Format, command: QueueCommand) -> anyhow::
                 min_priority,
                 // No more in flight than will be printed.
                 prefetch: count.map_or(0, |n| u32::try_from(n.min(16)).unwrap_or(16)),
+                max_batch: 0,
                 subscription: at.subscription,
             };
             consume(&mut c, format, sub, count, !no_ack).await
@@ -517,8 +518,20 @@ async fn consume(
         let Some(resp) = next else {
             anyhow::bail!("the control plane ended the stream");
         };
-        match resp.kind {
-            Some(Out::Delivery(d)) => {
+        let deliveries = match resp.kind {
+            Some(Out::Delivery(d)) => vec![d],
+            Some(Out::Deliveries(b)) => b.items,
+            Some(Out::Error(e)) => {
+                eprintln!("weftctl: the queue service says: {e}");
+                continue;
+            }
+            None => continue,
+        };
+        for d in deliveries {
+            if count.is_some_and(|n| seen >= n) {
+                break;
+            }
+            {
                 let Some(m) = d.message else { continue };
                 match format {
                     Format::Table => crate::output::outln!(
@@ -535,8 +548,6 @@ async fn consume(
                 let settle = if ack { In::Ack(m.id) } else { In::Credit(1) };
                 tx.send(pb::ConsumeRequest { kind: Some(settle) }).await?;
             }
-            Some(Out::Error(e)) => eprintln!("weftctl: the queue service says: {e}"),
-            None => {}
         }
     }
     // Close our side and let the server finish: the acks sent so far are

@@ -122,9 +122,18 @@ fn each_subscription_of_a_topic_and_each_broadcast_consumer_gets_every_message()
         let mut enrich_b = Consumer::subscribe(&mut app2, sub("iocs", "enrich"))
             .await
             .expect("enrich");
-        let mut archive = Consumer::subscribe(&mut app2, sub("iocs", "archive"))
-            .await
-            .expect("archive");
+        // `archive` takes its deliveries in batches (prefetch 3, up to 2
+        // per response) and acks them in batches.
+        let mut archive = Consumer::subscribe(
+            &mut app2,
+            pb::Subscribe {
+                prefetch: 3,
+                max_batch: 2,
+                ..sub("iocs", "archive")
+            },
+        )
+        .await
+        .expect("archive");
         let mut enriched = Vec::new();
         for c in [&mut enrich_a, &mut enrich_b] {
             while let Some(m) = c.next(Duration::from_millis(700)).await {
@@ -137,10 +146,27 @@ fn each_subscription_of_a_topic_and_each_broadcast_consumer_gets_every_message()
             enriched, published,
             "enrich: each message once across its consumers"
         );
-        let mut archived = Vec::new();
-        while let Some(m) = archive.next(Duration::from_millis(700)).await {
-            archived.push(m.id);
+        let mut archived: Vec<u64> = Vec::new();
+        let mut sizes: Vec<usize> = Vec::new();
+        while let Ok(Ok(Some(resp))) =
+            tokio::time::timeout(Duration::from_millis(700), archive.rx.message()).await
+        {
+            let Some(pb::consume_response::Kind::Deliveries(b)) = resp.kind else {
+                panic!("expected a batch: {resp:?}");
+            };
+            let ids: Vec<u64> = b
+                .items
+                .iter()
+                .filter_map(|d| d.message.as_ref().map(|m| m.id))
+                .collect();
+            sizes.push(ids.len());
+            archived.extend(&ids);
+            archive.send(In::Acks(pb::Acks { ids })).await;
         }
+        assert!(
+            sizes.iter().all(|n| (1..=2).contains(n)),
+            "batches of at most 2: {sizes:?}"
+        );
         assert_eq!(
             archived, published,
             "archive: every message, in order, same ids"

@@ -89,6 +89,30 @@ pub enum IdentityError {
     Credential(String),
 }
 
+/// A workload's own mTLS channel to the control plane, for programs that
+/// call its APIs as that workload (queue producers and consumers, the demo,
+/// tests): gets a certificate with `credential` (within `within`) and
+/// connects with it. Keep the identity while the channel is in use.
+pub async fn workload_channel(
+    id: SpiffeId,
+    node: String,
+    control_plane: &str,
+    credential: Credential,
+    bundle_pem: &str,
+    within: Duration,
+) -> Result<(Arc<WorkloadIdentity>, tonic::transport::Channel), IdentityError> {
+    let identity =
+        WorkloadIdentity::new(id, node, control_plane.to_string(), credential, bundle_pem)?;
+    tokio::time::timeout(within, identity.bootstrap())
+        .await
+        .map_err(|_| IdentityError::Refused(format!("no certificate within {within:?}")))?;
+    let channel = identity
+        .control_plane()
+        .connect(control_plane, Duration::from_secs(5))
+        .await?;
+    Ok((identity, channel))
+}
+
 impl WorkloadIdentity {
     pub fn new(
         id: SpiffeId,

@@ -27,6 +27,7 @@ use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::K
 
 const DEFAULT_PREFETCH: u32 = 16;
 const MAX_PREFETCH: u32 = 10_000;
+const MAX_BATCH: u32 = 1_000;
 
 type Tx = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 
@@ -74,13 +75,16 @@ pub(super) async fn start(
     let (tx, rx) = mpsc::channel(64);
     let store = service.store.clone();
     tracing::info!(queue = %queue.name, consumer, identity = %identity(peer.as_ref()), "consumer subscribed");
+    let meters = Meters::new(&queue.name);
     let stream = Stream {
         store,
         queue,
         consumer,
         filter,
         credit,
+        max_batch: sub.max_batch.clamp(1, MAX_BATCH),
         tx,
+        meters,
     };
     tokio::spawn(stream.run(inbound));
     Ok(Response::new(ReceiverStream::new(rx)))
@@ -92,34 +96,68 @@ struct Stream {
     consumer: u64,
     filter: Filter,
     credit: u32,
+    /// Deliveries per response.
+    max_batch: u32,
     tx: Tx,
+    meters: Meters,
 }
 
-/// Counts a delivery and sends it; false when the consumer is gone.
-async fn send(tx: &Tx, queue: &str, message: &Message, deadline_ms: u64) -> bool {
-    metrics::counter!(DELIVERED_TOTAL, "queue" => queue.to_string()).increment(1);
-    if message.deliveries > 1 {
-        metrics::counter!(REDELIVERED_TOTAL, "queue" => queue.to_string()).increment(1);
-    } else {
-        let waited = now_ms().saturating_sub(message.published_ms);
-        metrics::histogram!(DELIVERY_LATENCY, "queue" => queue.to_string())
-            .record(waited as f64 / 1000.0);
+/// The stream's metric handles, looked up once.
+struct Meters {
+    delivered: metrics::Counter,
+    redelivered: metrics::Counter,
+    acked: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(queue: &str) -> Meters {
+        let q = || metrics::Label::new("queue", queue.to_string());
+        Meters {
+            delivered: metrics::counter!(DELIVERED_TOTAL, vec![q()]),
+            redelivered: metrics::counter!(REDELIVERED_TOTAL, vec![q()]),
+            acked: metrics::counter!(ACKED_TOTAL, vec![q()]),
+            latency: metrics::histogram!(DELIVERY_LATENCY, vec![q()]),
+        }
     }
-    let span = tracing::debug_span!(
-        "queue_deliver",
-        queue,
-        id = message.id,
-        deliveries = message.deliveries,
-        traceparent = message.body.traceparent.as_deref().unwrap_or(""),
-    );
-    let _e = span.enter();
-    let msg = pb::ConsumeResponse {
-        kind: Some(Out::Delivery(pb::Delivery {
+
+    /// Counts a delivery; its wire form.
+    fn deliver(&self, queue: &str, message: &Message, deadline_ms: u64) -> pb::Delivery {
+        self.delivered.increment(1);
+        if message.deliveries > 1 {
+            self.redelivered.increment(1);
+        } else {
+            let waited = now_ms().saturating_sub(message.published_ms);
+            self.latency.record(waited as f64 / 1000.0);
+        }
+        tracing::debug!(
+            queue,
+            id = message.id,
+            deliveries = message.deliveries,
+            traceparent = message.body.traceparent.as_deref().unwrap_or(""),
+            "queue_deliver"
+        );
+        pb::Delivery {
             message: Some(super::store::to_wire(message)),
             deadline_unix_ms: deadline_ms,
-        })),
+        }
+    }
+}
+
+/// Sends deliveries, one per response or batched; false when the
+/// consumer is gone.
+async fn send(tx: &Tx, mut batch: Vec<pb::Delivery>, batched: bool) -> bool {
+    let kind = if batched {
+        Out::Deliveries(pb::Deliveries { items: batch })
+    } else {
+        match batch.pop() {
+            Some(d) => Out::Delivery(d),
+            None => return true,
+        }
     };
-    tx.send(Ok(msg)).await.is_ok()
+    tx.send(Ok(pb::ConsumeResponse { kind: Some(kind) }))
+        .await
+        .is_ok()
 }
 
 impl Stream {
@@ -151,22 +189,28 @@ impl Stream {
             let notified = queue.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let batched = self.max_batch > 1;
             while self.credit > 0 {
-                match self
-                    .store
-                    .next(&name, now_ms(), self.consumer, &self.filter)
-                {
-                    Ok(Some(d)) => {
-                        self.credit -= 1;
-                        if !send(&self.tx, &name, &d.message, d.deadline_ms).await {
+                let mut batch = Vec::new();
+                let now = now_ms();
+                while self.credit > 0 && batch.len() < self.max_batch as usize {
+                    match self.store.next(&name, now, self.consumer, &self.filter) {
+                        Ok(Some(d)) => {
+                            self.credit -= 1;
+                            batch.push(self.meters.deliver(&name, &d.message, d.deadline_ms));
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = self.tx.send(Err(status(e))).await;
                             return;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = self.tx.send(Err(status(e))).await;
-                        return;
-                    }
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                if !send(&self.tx, batch, batched).await {
+                    return;
                 }
             }
             let credit = self.credit;
@@ -202,7 +246,8 @@ impl Stream {
                         self.credit -= 1;
                         let mut m = (*m).clone();
                         m.deliveries = 1;
-                        if !send(&self.tx, &name, &m, 0).await {
+                        let d = self.meters.deliver(&name, &m, 0);
+                        if !send(&self.tx, vec![d], false).await {
                             return;
                         }
                     }
@@ -226,6 +271,13 @@ impl Stream {
                 },
             }
         }
+    }
+
+    /// `n` deliveries were acknowledged: counted, credit back.
+    fn acked(&mut self, n: usize) {
+        self.meters.acked.increment(n as u64);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
     }
 
     /// Applies one request after the subscription and tells the consumer
@@ -256,15 +308,33 @@ impl Stream {
                 settled(&mut self.credit);
                 Ok(())
             }
-            Some(In::Ack(id)) => {
-                let r = self.store.ack(queue, id, self.consumer).await;
-                if r.is_ok() {
-                    metrics::counter!(ACKED_TOTAL, "queue" => queue.to_string()).increment(1);
-                    tracing::debug!(queue, id, "acked");
-                    settled(&mut self.credit);
-                }
-                r
+            Some(In::Acks(a)) if broadcast => {
+                let n = u32::try_from(a.ids.len()).unwrap_or(u32::MAX);
+                self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
+                Ok(())
             }
+            Some(In::Ack(id)) => match self.store.ack(queue, &[id], self.consumer) {
+                Ok(mut failed) => {
+                    if failed.is_empty() {
+                        self.acked(1);
+                        Ok(())
+                    } else {
+                        Err(failed.remove(0).1.into())
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Some(In::Acks(a)) => match self.store.ack(queue, &a.ids, self.consumer) {
+                Ok(failed) => {
+                    self.acked(a.ids.len() - failed.len());
+                    if !failed.is_empty() {
+                        let why: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
+                        return Some(why.join("; "));
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             Some(In::Nack(n)) => {
                 let r = self
                     .store

@@ -200,6 +200,18 @@ impl Log {
         done.await.map_err(|_| LogError::Stopped)?
     }
 
+    /// Appends `records` without waiting for them to be durable: for
+    /// records whose loss a restart tolerates (an ack lost in a crash only
+    /// means the message is delivered again: at least once). They are
+    /// written in order with the others, in the next group commit.
+    pub fn append_detached(&self, records: Vec<Vec<u8>>) -> Result<(), LogError> {
+        if let Some(big) = records.iter().find(|r| r.len() > MAX_RECORD) {
+            return Err(LogError::TooLarge(big.len()));
+        }
+        let (reply, _) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Append(records, reply))
+    }
+
     /// Deletes the segments (but the current one) whose records are all
     /// below `sequence`: compaction once those records are acked or
     /// expired. Returns how many were deleted.

@@ -129,12 +129,10 @@ fn bodies(
     queue: &Queue,
     peer: Option<&SpiffeId>,
 ) -> Result<Vec<NewMessage>, Status> {
-    let config = queue.config();
-    let max = config.max_message_bytes;
+    let (max, broadcast) = queue.publish_limits();
     if req.messages.is_empty() {
         return Err(Status::invalid_argument("messages: at least one"));
     }
-    let broadcast = config.fanout == Fanout::Broadcast;
     let mut out = Vec::with_capacity(req.messages.len());
     for (i, m) in std::mem::take(&mut req.messages).into_iter().enumerate() {
         if m.payload.len() as u64 > max {
@@ -188,7 +186,7 @@ impl pb::queue_server::Queue for QueueService {
         )?;
         let queue = self.store.queue(&name).map_err(status)?;
         let bodies = bodies(&mut req, &queue, peer.as_ref())?;
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "queue_publish",
             queue = %name,
             messages = bodies.len(),
@@ -200,25 +198,39 @@ impl pb::queue_server::Queue for QueueService {
         }
         .await
         .map_err(status)?;
+        // Counted once per result kind per call, not per message.
+        let mut counts = [0u64; 3];
         let outcomes = outcomes
             .into_iter()
             .map(|(o, receivers)| {
                 let (result, id, reason) = match o {
-                    Published::Enqueued(id) => (pb::publish_outcome::Result::Enqueued, id, String::new()),
+                    Published::Enqueued(id) => {
+                        (pb::publish_outcome::Result::Enqueued, id, String::new())
+                    }
                     Published::Deduplicated(id) => {
                         (pb::publish_outcome::Result::Deduplicated, id, String::new())
                     }
                     Published::Refused(why) => (pb::publish_outcome::Result::Refused, 0, why),
                 };
-                metrics::counter!(PUBLISHED_TOTAL, "queue" => name.clone(), "result" => result.as_str_name().to_ascii_lowercase()).increment(1);
+                counts[result as usize] += 1;
                 pb::PublishOutcome {
                     result: result as i32,
                     id,
                     reason,
-                    receivers: if result == pb::publish_outcome::Result::Enqueued { receivers } else { 0 },
+                    receivers: if result == pb::publish_outcome::Result::Enqueued {
+                        receivers
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();
+        for (n, result) in counts.iter().zip(["enqueued", "deduplicated", "refused"]) {
+            if *n > 0 {
+                metrics::counter!(PUBLISHED_TOTAL, "queue" => name.clone(), "result" => result)
+                    .increment(*n);
+            }
+        }
         metrics::histogram!(PUBLISH_DURATION, "queue" => name)
             .record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::PublishResponse { outcomes }))

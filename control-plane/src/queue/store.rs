@@ -64,6 +64,12 @@ impl Queue {
         }
     }
 
+    /// (largest payload, broadcast?) under one lock: what a publish checks.
+    pub fn publish_limits(&self) -> (u64, bool) {
+        let c = self.settings();
+        (c.max_message_bytes, c.fanout == Fanout::Broadcast)
+    }
+
     pub fn consumer_count(&self) -> u64 {
         self.consumers.load(Ordering::Relaxed)
     }
@@ -142,19 +148,34 @@ pub struct Store {
     live: Mutex<Live>,
 }
 
+/// Live messages by log sequence. Queue names are interned to small
+/// numbers: one entry costs two integers a side, not two name copies.
 #[derive(Default)]
 struct Live {
-    by_seq: BTreeMap<u64, (String, u64)>,
-    by_id: HashMap<(String, u64), u64>,
+    names: HashMap<String, u32>,
+    by_seq: BTreeMap<u64, (u32, u64)>,
+    by_id: HashMap<(u32, u64), u64>,
 }
 
 impl Live {
+    fn qid(&mut self, queue: &str) -> u32 {
+        if let Some(q) = self.names.get(queue) {
+            return *q;
+        }
+        let q = self.names.len() as u32;
+        self.names.insert(queue.to_string(), q);
+        q
+    }
     fn add(&mut self, queue: &str, id: u64, seq: u64) {
-        self.by_seq.insert(seq, (queue.to_string(), id));
-        self.by_id.insert((queue.to_string(), id), seq);
+        let q = self.qid(queue);
+        self.by_seq.insert(seq, (q, id));
+        self.by_id.insert((q, id), seq);
     }
     fn remove(&mut self, queue: &str, id: u64) {
-        if let Some(seq) = self.by_id.remove(&(queue.to_string(), id)) {
+        let Some(q) = self.names.get(queue).copied() else {
+            return;
+        };
+        if let Some(seq) = self.by_id.remove(&(q, id)) {
             self.by_seq.remove(&seq);
         }
     }
@@ -631,20 +652,49 @@ impl Store {
         Ok(self.queue(queue)?.lock().next(now_ms, consumer, filter))
     }
 
-    pub async fn ack(&self, queue: &str, id: u64, consumer: u64) -> Result<(), StoreError> {
+    /// Acknowledges deliveries; returns those that could not be (with
+    /// why). The removals are written in the next group commit without
+    /// waiting: the consumer is not answered, and an ack lost in a crash
+    /// only means one more delivery (at least once).
+    pub fn ack(
+        &self,
+        queue: &str,
+        ids: &[u64],
+        consumer: u64,
+    ) -> Result<Vec<(u64, AckError)>, StoreError> {
         let q = self.queue(queue)?;
-        q.lock().ack(id, consumer)?;
-        self.log
-            .append(vec![record(
-                queue,
-                Event::Removed(QueueRemoved {
-                    id,
-                    why: "acked".into(),
-                }),
-            )])
-            .await?;
-        self.live().remove(queue, id);
-        Ok(())
+        let mut failed = Vec::new();
+        let mut done = Vec::with_capacity(ids.len());
+        {
+            let mut state = q.lock();
+            for &id in ids {
+                match state.ack(id, consumer) {
+                    Ok(_) => done.push(id),
+                    Err(e) => failed.push((id, e)),
+                }
+            }
+        }
+        if done.is_empty() {
+            return Ok(failed);
+        }
+        let records = done
+            .iter()
+            .map(|&id| {
+                record(
+                    queue,
+                    Event::Removed(QueueRemoved {
+                        id,
+                        why: "acked".into(),
+                    }),
+                )
+            })
+            .collect();
+        self.log.append_detached(records)?;
+        let mut live = self.live();
+        for id in done {
+            live.remove(queue, id);
+        }
+        Ok(failed)
     }
 
     pub fn extend(

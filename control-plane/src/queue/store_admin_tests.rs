@@ -96,8 +96,7 @@ fn every_subscription_of_a_topic_gets_every_message_with_one_id_and_keeps_it_acr
             .next("intel/iocs/enrich", 1_000, 1, &Filter::default())
             .unwrap()
         {
-            rt.block_on(store.ack("intel/iocs/enrich", d.message.id, 1))
-                .unwrap();
+            store.ack("intel/iocs/enrich", &[d.message.id], 1).unwrap();
         }
         out.into_iter()
             .map(|(p, _)| match p {
@@ -224,8 +223,7 @@ fn peek_shows_delivery_order_without_delivering_and_purge_empties_durably() {
         assert_eq!(store.peek("intel/other", 1, false).unwrap().len(), 1);
         // Purge takes the queued three; the delivery in flight stays.
         assert_eq!(rt.block_on(store.purge("intel/other", 1_000)).unwrap(), 3);
-        rt.block_on(store.ack("intel/other", d.message.id, 7))
-            .unwrap();
+        store.ack("intel/other", &[d.message.id], 7).unwrap();
     }
     let store = open(dir.path());
     assert!(

@@ -95,8 +95,8 @@ fn acknowledged_messages_stay_gone_and_unacknowledged_ones_come_back_after_a_res
         let got = drain(&store, "intel/jobs", 1);
         assert_eq!(got.len(), 4);
         // Two acked; two still in flight when the process "dies".
-        rt.block_on(store.ack("intel/jobs", got[0].id, 1)).unwrap();
-        rt.block_on(store.ack("intel/jobs", got[2].id, 1)).unwrap();
+        store.ack("intel/jobs", &[got[0].id], 1).unwrap();
+        store.ack("intel/jobs", &[got[2].id], 1).unwrap();
         published
     };
     let (store, opened) = open(dir.path(), 1 << 20);
@@ -207,7 +207,7 @@ fn compaction_drops_segments_of_finished_messages_and_keeps_live_ones() {
                 .next("intel/jobs", 1_000, 2, &Filter::default())
                 .unwrap()
                 .unwrap();
-            rt.block_on(store.ack("intel/jobs", id, 2)).unwrap();
+            store.ack("intel/jobs", &[id], 2).unwrap();
         }
         let before = store.log_segments().len();
         rt.block_on(store.compact()).unwrap();
@@ -221,8 +221,7 @@ fn compaction_drops_segments_of_finished_messages_and_keeps_live_ones() {
             .next("intel/jobs", 1_000, 3, &Filter::default())
             .unwrap()
             .unwrap();
-        rt.block_on(store.ack("intel/jobs", m.message.id, 3))
-            .unwrap();
+        store.ack("intel/jobs", &[m.message.id], 3).unwrap();
         rt.block_on(store.compact()).unwrap();
         assert_eq!(store.log_segments().len(), 1, "{:?}", store.log_segments());
         keep
