@@ -61,6 +61,9 @@ pub struct QueueArgs {
     /// Length of the priority phase.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Only the backlog and priority phases of weft (quick checks).
+    #[arg(long)]
+    only_priority: bool,
     /// Write the results as JSON here too.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -81,6 +84,10 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
     );
     let weft = rt.block_on(weft(&args))?;
     results.insert("weft".into(), weft);
+    if args.only_priority {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
     for fsync in ["always", "everysec"] {
         let r = rt.block_on(redis(&args, fsync, false))?;
         results.insert(format!("redis_{fsync}"), r);
@@ -125,6 +132,9 @@ async fn weft_mesh(name: &str) -> anyhow::Result<(Mesh, u32, Vec<Client>)> {
 }
 
 async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
+    if args.only_priority {
+        return weft_backlog(args).await;
+    }
     let (mesh, _, clients) = weft_mesh("queue-bench").await?;
     let single = weft_publish(&clients, args, "bench", 1, 4).await?;
     println!("weft publish, 1 per request: {single} msg/s");
@@ -136,7 +146,23 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     println!("weft consume + ack, up to 100 per response/request: {consumed_batched} msg/s");
     drop(clients);
     drop(mesh);
-    // RSS with the backlog, in a fresh control plane.
+    let mut out = json!({
+        "publish_single_msgs_per_s": single,
+        "publish_batch_msgs_per_s": batched,
+        "consume_msgs_per_s": consumed,
+        "consume_batch_msgs_per_s": consumed_batched,
+    });
+    if let (Some(o), serde_json::Value::Object(b)) =
+        (out.as_object_mut(), weft_backlog(args).await?)
+    {
+        o.extend(b);
+    }
+    Ok(out)
+}
+
+/// RSS with the backlog, in a fresh control plane, and the priority
+/// latency over it.
+async fn weft_backlog(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     let (_mesh, pid, clients) = weft_mesh("queue-bench-backlog").await?;
     let rss_before = crate::rss_bytes(pid)?;
     let backlog_args = QueueArgs {
@@ -154,19 +180,19 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
         rss / 1e6,
         rss_before / 1e6
     );
-    let (p50, p99, n) = weft_priority(&clients, args).await?;
-    println!("weft CRITICAL at {}/s over the backlog: publish→deliver p50 {p50:.2} ms, p99 {p99:.2} ms ({n} timed)", args.rate);
+    let (p50, p99, n) = weft_priority(&clients, args, true).await?;
+    println!("weft CRITICAL at {}/s, backlog sitting: publish→deliver p50 {p50:.2} ms, p99 {p99:.2} ms ({n} timed)", args.rate);
+    let (d50, d99, dn) = weft_priority(&clients, args, false).await?;
+    println!("weft CRITICAL at {}/s, one consumer draining the backlog too: p50 {d50:.2} ms, p99 {d99:.2} ms ({dn} timed)", args.rate);
     Ok(json!({
-        "publish_single_msgs_per_s": single,
-        "publish_batch_msgs_per_s": batched,
-        "consume_msgs_per_s": consumed,
-        "consume_batch_msgs_per_s": consumed_batched,
         "backlog_messages": args.backlog,
         "idle_rss_mb": (rss_before / 1e6).round(),
         "backlog_rss_mb": (rss / 1e6).round(),
         "priority_p50_ms": p50,
         "priority_p99_ms": p99,
         "priority_timed": n,
+        "priority_draining_p50_ms": d50,
+        "priority_draining_p99_ms": d99,
     }))
 }
 
@@ -181,6 +207,7 @@ impl QueueArgs {
             backlog: self.backlog,
             rate: self.rate,
             seconds: self.seconds,
+            only_priority: self.only_priority,
             out: None,
         }
     }
@@ -245,29 +272,59 @@ fn take(left: &AtomicU64, n: u64) -> Option<u64> {
     .map(|before| n.min(before))
 }
 
+type Stream = (
+    mpsc::Sender<pb::ConsumeRequest>,
+    tonic::Streaming<pb::ConsumeResponse>,
+);
+
+/// One consumer stream of messages at or above `min_priority`.
+async fn open_filtered(
+    c: &mut Client,
+    queue: &str,
+    prefetch: u32,
+    min_priority: u32,
+) -> anyhow::Result<Stream> {
+    subscribe(
+        c,
+        pb::Subscribe {
+            namespace: "bench".into(),
+            queue: queue.into(),
+            prefetch,
+            min_priority,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn subscribe(c: &mut Client, sub: pb::Subscribe) -> anyhow::Result<Stream> {
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(pb::ConsumeRequest {
+        kind: Some(In::Subscribe(sub)),
+    })
+    .await?;
+    let stream = c.consume(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, stream))
+}
+
 /// One consumer stream: its request sender and responses.
 async fn open(
     c: &mut Client,
     queue: &str,
     prefetch: u32,
     max_batch: u32,
-) -> anyhow::Result<(
-    mpsc::Sender<pb::ConsumeRequest>,
-    tonic::Streaming<pb::ConsumeResponse>,
-)> {
-    let (tx, rx) = mpsc::channel(1024);
-    tx.send(pb::ConsumeRequest {
-        kind: Some(In::Subscribe(pb::Subscribe {
+) -> anyhow::Result<Stream> {
+    subscribe(
+        c,
+        pb::Subscribe {
             namespace: "bench".into(),
             queue: queue.into(),
             prefetch,
             max_batch,
             ..Default::default()
-        })),
-    })
-    .await?;
-    let stream = c.consume(ReceiverStream::new(rx)).await?.into_inner();
-    Ok((tx, stream))
+        },
+    )
+    .await
 }
 
 /// `consumers` streams, prefetch 1000, acking as they go: one delivery
@@ -323,9 +380,17 @@ async fn weft_consume(
 /// CRITICAL messages at `args.rate`/s (10 per request every ms) into
 /// `prio` while one consumer (prefetch 100) drains it; latency from the
 /// publish call to the delivery, for the CRITICAL ones.
-async fn weft_priority(clients: &[Client], args: &QueueArgs) -> anyhow::Result<(f64, f64, usize)> {
+/// `critical_only`: the consumer takes only CRITICAL messages (min
+/// priority 9) and the backlog sits; else it drains the backlog too and
+/// each CRITICAL message must overtake it.
+async fn weft_priority(
+    clients: &[Client],
+    args: &QueueArgs,
+    critical_only: bool,
+) -> anyhow::Result<(f64, f64, usize)> {
     let mut c = clients[0].clone();
-    let (tx, mut rx) = open(&mut c, "prio", 100, 1).await?;
+    let (tx, mut rx) =
+        open_filtered(&mut c, "prio", 100, if critical_only { 9 } else { 0 }).await?;
     let epoch = Instant::now();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -404,6 +469,7 @@ async fn weft_priority(clients: &[Client], args: &QueueArgs) -> anyhow::Result<(
     }
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    eprintln!("  (p90 {:.2} ms, p95 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms)", q(0.9), q(0.95), q(0.999), q(1.0));
     Ok((q(0.5), q(0.99), lat.len()))
 }
 

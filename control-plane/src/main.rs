@@ -24,6 +24,12 @@ use weft_control::store::{ConfigStore, EmbeddedStore, EtcdOptions, EtcdStore};
 use weft_control::trust::{SharedRotation, Trust};
 use weft_control::{ca_store, caller, local_certs, transport};
 use weft_telemetry as telemetry;
+
+/// mimalloc: glibc malloc spent most of its time in `_int_malloc` once the
+/// queue store held a few hundred thousand 1 KiB messages freed out of
+/// order (benches/RESULTS.md, "Queue service").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use xds_proto::v1::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
     queue_server::QueueServer, rate_limit_quota_server::RateLimitQuotaServer,

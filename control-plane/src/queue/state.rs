@@ -531,7 +531,9 @@ impl QueueState {
     fn pick(&mut self, now_ms: u64, filter: &Filter) -> Option<u64> {
         // (effective level, older first), level, index in the deque
         let mut best: Option<((u64, std::cmp::Reverse<u64>), usize, usize)> = None;
-        for level in (0..LEVELS).rev() {
+        // Levels under the filter's minimum are never looked at (a
+        // consumer of CRITICAL messages does not scan a NORMAL backlog).
+        for level in (usize::from(filter.min_priority).min(LEVELS - 1)..LEVELS).rev() {
             // Drop stale ids at the front.
             while let Some(id) = self.ready[level].front() {
                 match self.entries.get(id) {
