@@ -469,7 +469,13 @@ async fn weft_priority(
     }
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
-    eprintln!("  (p90 {:.2} ms, p95 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms)", q(0.9), q(0.95), q(0.999), q(1.0));
+    eprintln!(
+        "  (p90 {:.2} ms, p95 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms)",
+        q(0.9),
+        q(0.95),
+        q(0.999),
+        q(1.0)
+    );
     Ok((q(0.5), q(0.99), lat.len()))
 }
 
