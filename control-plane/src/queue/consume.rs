@@ -138,7 +138,7 @@ impl Meters {
             "queue_deliver"
         );
         pb::Delivery {
-            message: Some(super::store::to_wire(message)),
+            message: Some(super::wire::to_wire(message)),
             deadline_unix_ms: deadline_ms,
         }
     }

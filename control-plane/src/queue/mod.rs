@@ -8,11 +8,13 @@ pub mod access;
 pub mod audit;
 mod consume;
 pub mod crypt;
+mod live;
 pub mod log;
 pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;
+mod wire;
 
 use crate::config::kinds::{Durability, OnExpiry, OnFull, QueueBackoff, QueueSpec, QueueType};
 use state::{Backoff, Settings};

@@ -332,7 +332,7 @@ impl pb::queue_server::Queue for QueueService {
         let messages = found
             .into_iter()
             .map(|(m, place)| pb::PeekedMessage {
-                message: Some(super::store::to_wire(&m)),
+                message: Some(super::wire::to_wire(&m)),
                 state: place.as_str().to_string(),
             })
             .collect();

@@ -12,12 +12,14 @@
 //! compaction dropped its records.
 
 use super::crypt::{CryptError, Keys};
+use super::live::Live;
 use super::log::{self, Log, LogError};
 use super::state::{
     AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
 };
+use super::wire::{from_wire, record, to_wire, unseal};
 use prost::Message as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use xds_proto::v1::{queue_record::Event, QueueMessage, QueueRecord, QueueRemoved};
@@ -146,39 +148,6 @@ pub struct Store {
     /// Log sequence of each live message's `published` record: the
     /// smallest bounds what compaction may drop.
     live: Mutex<Live>,
-}
-
-/// Live messages by log sequence. Queue names are interned to small
-/// numbers: one entry costs two integers a side, not two name copies.
-#[derive(Default)]
-struct Live {
-    names: HashMap<String, u32>,
-    by_seq: BTreeMap<u64, (u32, u64)>,
-    by_id: HashMap<(u32, u64), u64>,
-}
-
-impl Live {
-    fn qid(&mut self, queue: &str) -> u32 {
-        if let Some(q) = self.names.get(queue) {
-            return *q;
-        }
-        let q = self.names.len() as u32;
-        self.names.insert(queue.to_string(), q);
-        q
-    }
-    fn add(&mut self, queue: &str, id: u64, seq: u64) {
-        let q = self.qid(queue);
-        self.by_seq.insert(seq, (q, id));
-        self.by_id.insert((q, id), seq);
-    }
-    fn remove(&mut self, queue: &str, id: u64) {
-        let Some(q) = self.names.get(queue).copied() else {
-            return;
-        };
-        if let Some(seq) = self.by_id.remove(&(q, id)) {
-            self.by_seq.remove(&seq);
-        }
-    }
 }
 
 /// Headers a dead letter carries: why, from which queue, its id there.
@@ -762,13 +731,7 @@ impl Store {
 
     /// Drops the log segments that hold no live message.
     pub async fn compact(&self) -> Result<(), StoreError> {
-        let mark = self
-            .live()
-            .by_seq
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(u64::MAX);
+        let mark = self.live().low_mark();
         self.log.drop_before(mark).await?;
         Ok(())
     }
@@ -793,72 +756,6 @@ impl Store {
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn record(queue: &str, event: Event) -> Vec<u8> {
-    QueueRecord {
-        queue: queue.to_string(),
-        event: Some(event),
-    }
-    .encode_to_vec()
-}
-
-pub(crate) fn to_wire(m: &Message) -> QueueMessage {
-    QueueMessage {
-        id: m.id,
-        key: m.body.key.clone().unwrap_or_default(),
-        r#type: m.body.kind.clone(),
-        priority: u32::from(m.body.priority),
-        headers: m.body.headers.clone(),
-        payload: m.body.payload.clone(),
-        deliver_at_unix_ms: m.body.deliver_at_ms.unwrap_or(0),
-        traceparent: m.body.traceparent.clone().unwrap_or_default(),
-        publisher: m.body.publisher.clone(),
-        published_unix_ms: m.published_ms,
-        expires_unix_ms: m.expires_ms.unwrap_or(0),
-        deliveries: m.deliveries,
-        last_error: m.last_error.clone().unwrap_or_default(),
-        key_id: String::new(),
-        nonce: Vec::new(),
-    }
-}
-
-/// A stored message with its payload opened (when it was sealed).
-fn unseal(keys: &Keys, queue: &str, mut m: QueueMessage) -> Result<QueueMessage, CryptError> {
-    if !m.key_id.is_empty() {
-        let clear = keys.open(
-            &m.key_id,
-            &m.nonce,
-            format!("{queue}/{}", m.id).as_bytes(),
-            &m.payload,
-        )?;
-        m.payload = clear.into();
-        m.key_id.clear();
-        m.nonce.clear();
-    }
-    Ok(m)
-}
-
-fn from_wire(m: QueueMessage) -> Message {
-    let opt = |s: String| (!s.is_empty()).then_some(s);
-    Message {
-        id: m.id,
-        body: NewMessage {
-            key: opt(m.key),
-            kind: m.r#type,
-            priority: u8::try_from(m.priority.min(9)).unwrap_or(9),
-            headers: m.headers,
-            payload: m.payload,
-            deliver_at_ms: (m.deliver_at_unix_ms > 0).then_some(m.deliver_at_unix_ms),
-            ttl: None,
-            traceparent: opt(m.traceparent),
-            publisher: m.publisher,
-        },
-        published_ms: m.published_unix_ms,
-        expires_ms: (m.expires_unix_ms > 0).then_some(m.expires_unix_ms),
-        deliveries: m.deliveries,
-        last_error: opt(m.last_error),
     }
 }
 
