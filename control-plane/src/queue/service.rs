@@ -66,6 +66,20 @@ impl QueueService {
             })
     }
 
+    /// The queue (or subscription) an admin call names, once the caller
+    /// may administer it.
+    fn admin_target(
+        &self,
+        caller: Option<&SpiffeId>,
+        namespace: &str,
+        queue: &str,
+        subscription: &str,
+    ) -> Result<Arc<Queue>, Status> {
+        queue_name(namespace, queue)?;
+        self.check(caller, namespace, queue, QueuePermission::Admin)?;
+        self.target(namespace, queue, subscription)
+    }
+
     /// The store queue a call names: the queue itself, or one subscription
     /// of a pubsub topic (required there, refused elsewhere).
     pub(super) fn target(
@@ -306,14 +320,7 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::PeekResponse>, Status> {
         let peer = caller::peer_of(&request);
         let req = request.into_inner();
-        queue_name(&req.namespace, &req.queue)?;
-        self.check(
-            peer.as_ref(),
-            &req.namespace,
-            &req.queue,
-            QueuePermission::Admin,
-        )?;
-        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        let q = self.admin_target(peer.as_ref(), &req.namespace, &req.queue, &req.subscription)?;
         if req.limit > MAX_PEEK {
             return Err(Status::invalid_argument(format!(
                 "limit: {} is over {MAX_PEEK}",
@@ -345,14 +352,7 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::PurgeResponse>, Status> {
         let peer = caller::peer_of(&request);
         let req = request.into_inner();
-        queue_name(&req.namespace, &req.queue)?;
-        self.check(
-            peer.as_ref(),
-            &req.namespace,
-            &req.queue,
-            QueuePermission::Admin,
-        )?;
-        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        let q = self.admin_target(peer.as_ref(), &req.namespace, &req.queue, &req.subscription)?;
         let purged = self.store.purge(&q.name, now_ms()).await.map_err(status)?;
         self.audit.admin(
             peer.as_ref(),
@@ -369,14 +369,7 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::RedriveResponse>, Status> {
         let peer = caller::peer_of(&request);
         let req = request.into_inner();
-        queue_name(&req.namespace, &req.queue)?;
-        self.check(
-            peer.as_ref(),
-            &req.namespace,
-            &req.queue,
-            QueuePermission::Admin,
-        )?;
-        let q = self.target(&req.namespace, &req.queue, &req.subscription)?;
+        let q = self.admin_target(peer.as_ref(), &req.namespace, &req.queue, &req.subscription)?;
         let done = self
             .store
             .redrive(&q.name, &req.ids, now_ms())
