@@ -125,6 +125,13 @@ struct Args {
     /// `weft_audit` log target only.
     #[arg(long, env = "WEFT_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// Where queue messages live: `embedded` (a segment log under
+    /// <data-dir>/queue) or a Redis URL (`redis://[:password@]host:port[/db]`)
+    /// shared by every replica that names it. Run Redis with
+    /// `appendonly yes` and `appendfsync always` for the embedded store's
+    /// durability (see README "Queue").
+    #[arg(long, env = "WEFT_QUEUE_STORE", default_value = "embedded")]
+    queue_store: String,
     /// The injection template (YAML: images, control-plane URL, resources;
     /// see weft-inject's Template). Default: the built-in one, with this
     /// control plane's roots as the sidecars' CA bundle.
@@ -393,7 +400,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // The queue service: its store under <data-dir>/queue, its queues and
     // access rules following the config.
-    let queue_store = Arc::new(open_queue_store(&args, &state.current())?);
+    let queue_store = Arc::new(open_queue_store(&args, &state.current()).await?);
     let queue_access = Arc::new(arc_swap::ArcSwap::from_pointee(
         weft_control::queue::access::Access::compile(&state.current(), &args.trust_domain),
     ));
@@ -503,22 +510,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the queue store under <data-dir>/queue, replaying its log.
-fn open_queue_store(
+/// This replica's name among those sharing a Redis queue store: made once
+/// and kept in <data-dir>/queue-replica, so that a restart takes back what
+/// it had in flight.
+fn queue_replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("queue-replica");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// Opens the queue store: Redis when --queue-store names it, else the
+/// embedded one under <data-dir>/queue (replaying its log).
+async fn open_queue_store(
     args: &Args,
     config: &weft_control::config::ConfigSet,
-) -> anyhow::Result<weft_control::queue::store::Store> {
+) -> anyhow::Result<weft_control::queue::backend::Backend> {
+    use weft_control::queue::backend::Backend;
+    let keys = weft_control::queue::crypt::Keys::load(&args.queue_key_file)?;
+    if args.queue_store.starts_with("redis://") || args.queue_store.starts_with("rediss://") {
+        let replica = queue_replica_id(&args.data_dir)?;
+        let store = weft_control::queue::redis_store::RedisStore::open(
+            &args.queue_store,
+            &weft_control::queue::configs(config),
+            keys,
+            &replica,
+        )
+        .await
+        .context("cannot open the queue store")?;
+        tracing::info!(store = %store.describe(), "queue store: redis");
+        return Ok(Backend::Redis(store));
+    }
+    if args.queue_store != "embedded" {
+        anyhow::bail!(
+            "--queue-store {:?}: expected `embedded` or a redis:// URL",
+            args.queue_store
+        );
+    }
     let dir = args.data_dir.join("queue");
     let now = xds_proto::units::unix_ms(std::time::SystemTime::now());
     let (store, opened) = weft_control::queue::store::Store::open(
         weft_control::queue::log::Config::new(&dir),
         &weft_control::queue::configs(config),
         now,
-        weft_control::queue::crypt::Keys::load(&args.queue_key_file)?,
+        keys,
     )
     .with_context(|| format!("cannot open the queue store in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), messages = opened.messages, records = opened.recovery.records, truncated = ?opened.recovery.truncated, "queue store opened");
-    Ok(store)
+    Ok(Backend::Embedded(Box::new(store)))
 }
 
 async fn shutdown_signal() {

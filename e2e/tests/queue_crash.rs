@@ -1,8 +1,10 @@
-//! Crash safety of the embedded queue store: a publisher loop and a
-//! consumer loop run against the control plane while it is killed with
-//! SIGKILL at random moments 20 times. Afterwards every message whose
-//! publish was acknowledged has been delivered (duplicates are allowed and
-//! counted, loss is not), and FIFO order holds for first deliveries.
+//! Crash safety of the queue stores: a publisher loop and a consumer loop
+//! run while the store is killed with SIGKILL at random moments 20 times:
+//! the control plane with the embedded store, Redis (AOF, `appendfsync
+//! always`, restarted on its files) with the Redis store. Afterwards every
+//! message whose publish was acknowledged has been delivered (duplicates
+//! are allowed and counted, loss is not), and FIFO order holds for first
+//! deliveries.
 
 #[path = "common/workload.rs"]
 mod workload;
@@ -15,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weft_testbed::redis::QueueStore;
 use weft_testbed::*;
 use xds_proto::v1::{self as pb, consume_request::Kind as In};
 
@@ -22,7 +25,7 @@ const CONFIG: &str = "\
 apiVersion: weft.dev/v1
 kind: Queue
 metadata: {name: ledger, namespace: intel}
-spec: {type: fifo}
+spec: {type: fifo, ackTimeout: 2s}
 ---
 apiVersion: weft.dev/v1
 kind: QueuePolicy
@@ -60,7 +63,19 @@ struct Seen {
 
 #[test]
 fn twenty_kill_9s_under_load_lose_no_acknowledged_publish_and_keep_fifo_order() {
-    let mut mesh = Mesh::start("queue-crashloop");
+    crash_loop(QueueStore::Embedded);
+}
+
+/// An ack lost with Redis leaves its delivery in flight until the 2 s ack
+/// timeout: a duplicate, never a loss.
+#[test]
+fn twenty_kill_9s_of_redis_under_load_lose_no_acknowledged_publish_and_keep_fifo_order() {
+    crash_loop(QueueStore::Redis);
+}
+
+fn crash_loop(store: QueueStore) {
+    let (mut mesh, mut redis) =
+        Mesh::start_with_queue_store(&format!("queue-crashloop-{store:?}"), store, &[]);
     mesh.apply("queues.yaml", CONFIG).expect("apply");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -181,9 +196,18 @@ fn twenty_kill_9s_under_load_lose_no_acknowledged_publish_and_keep_fifo_order() 
     let started = Instant::now();
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
-        mesh.kill_control();
-        std::thread::sleep(Duration::from_millis(rng.below(50)));
-        mesh.start_control();
+        match &mut redis {
+            None => {
+                mesh.kill_control();
+                std::thread::sleep(Duration::from_millis(rng.below(50)));
+                mesh.start_control();
+            }
+            Some(r) => {
+                r.kill();
+                std::thread::sleep(Duration::from_millis(rng.below(50)));
+                r.restart().expect("redis restarts on its files");
+            }
+        }
     }
     // Run a little after the last restart, then stop publishing and drain.
     std::thread::sleep(Duration::from_millis(500));
@@ -208,7 +232,7 @@ fn twenty_kill_9s_under_load_lose_no_acknowledged_publish_and_keep_fifo_order() 
         .collect();
     let duplicates: u32 = seen.deliveries.values().map(|c| c - 1).sum();
     eprintln!(
-        "{KILLS} kills in {:?}: {} publishes acknowledged, {} failed batches retried, {} distinct delivered, {duplicates} duplicate deliveries",
+        "{store:?}: {KILLS} kills in {:?}: {} publishes acknowledged, {} failed batches retried, {} distinct delivered, {duplicates} duplicate deliveries",
         started.elapsed(),
         acknowledged.len(),
         failures,

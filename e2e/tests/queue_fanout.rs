@@ -12,6 +12,7 @@ mod queue;
 
 use queue::*;
 use std::time::Duration;
+use weft_testbed::redis::QueueStore;
 use weft_testbed::*;
 use xds_proto::v1::{self as pb, consume_request::Kind as In};
 
@@ -72,7 +73,17 @@ fn payloads(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn each_subscription_of_a_topic_and_each_broadcast_consumer_gets_every_message() {
-    let mesh = Mesh::start("queue-fanout");
+    fanout(QueueStore::Embedded);
+}
+
+#[test]
+fn on_redis_each_subscription_of_a_topic_and_each_broadcast_consumer_gets_every_message() {
+    fanout(QueueStore::Redis);
+}
+
+fn fanout(store: QueueStore) {
+    let (mesh, _redis) =
+        Mesh::start_with_queue_store(&format!("queue-fanout-{store:?}"), store, &[]);
     mesh.apply("queues.yaml", CONFIG).expect("apply");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -238,10 +249,22 @@ fn each_subscription_of_a_topic_and_each_broadcast_consumer_gets_every_message()
 #[test]
 fn an_operator_peeks_redrives_dead_letters_purges_and_consumes_with_weftctl_and_each_action_is_audited(
 ) {
-    let audit = std::env::temp_dir().join(format!("weft-audit-{}.jsonl", std::process::id()));
+    operator(QueueStore::Embedded);
+}
+
+#[test]
+fn on_redis_an_operator_peeks_redrives_dead_letters_purges_and_consumes_with_weftctl_and_each_action_is_audited(
+) {
+    operator(QueueStore::Redis);
+}
+
+fn operator(store: QueueStore) {
+    let audit =
+        std::env::temp_dir().join(format!("weft-audit-{}-{store:?}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&audit);
-    let mesh = Mesh::start_with(
-        "queue-admin",
+    let (mesh, _redis) = Mesh::start_with_queue_store(
+        &format!("queue-admin-{store:?}"),
+        store,
         &["--audit-log", audit.to_str().expect("utf-8 path")],
     );
     mesh.apply("queues.yaml", CONFIG).expect("apply");

@@ -12,6 +12,7 @@ mod queue;
 
 use queue::*;
 use std::time::Duration;
+use weft_testbed::redis::QueueStore;
 use weft_testbed::*;
 use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::Kind as Out};
 
@@ -45,7 +46,17 @@ spec:
 #[test]
 fn publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priority_into_the_dead_letter_queue(
 ) {
-    let mesh = Mesh::start("queue-flow");
+    policy_priority_and_dead_letters(QueueStore::Embedded);
+}
+
+#[test]
+fn on_redis_publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priority_into_the_dead_letter_queue(
+) {
+    policy_priority_and_dead_letters(QueueStore::Redis);
+}
+
+fn policy_priority_and_dead_letters(store: QueueStore) {
+    let (mesh, _redis) = Mesh::start_with_queue_store(&format!("queue-flow-{store:?}"), store, &[]);
     mesh.apply("queues.yaml", CONFIG).expect("apply");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -263,7 +274,20 @@ fn publishers_and_consumers_are_held_to_their_policy_and_messages_flow_by_priori
 
 #[test]
 fn acknowledged_publishes_survive_a_kill_9_and_unacknowledged_deliveries_come_back() {
-    let mut mesh = Mesh::start("queue-crash");
+    kill_9_of_the_control_plane(QueueStore::Embedded);
+}
+
+/// On Redis the restarted replica takes back what it had in flight (its
+/// name is kept in its data dir), so those come back at once too.
+#[test]
+fn on_redis_acknowledged_publishes_survive_a_kill_9_of_the_control_plane_and_its_deliveries_come_back(
+) {
+    kill_9_of_the_control_plane(QueueStore::Redis);
+}
+
+fn kill_9_of_the_control_plane(store: QueueStore) {
+    let (mut mesh, _redis) =
+        Mesh::start_with_queue_store(&format!("queue-crash-{store:?}"), store, &[]);
     mesh.apply("queues.yaml", CONFIG).expect("apply");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (acked, published) = rt.block_on(async {

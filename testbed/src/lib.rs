@@ -15,6 +15,7 @@ pub mod k8s_issuer;
 pub mod localmesh;
 pub mod mesh;
 pub mod netlab;
+pub mod redis;
 
 pub use http_client::*;
 pub use localmesh::{Binaries, Pki, Proc, ProxyAddrs, ProxyAuth, ProxySpec};

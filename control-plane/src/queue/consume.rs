@@ -8,13 +8,14 @@
 //! nothing; one that falls more than `BROADCAST_BUFFER` behind is told how
 //! many it missed).
 
+use super::backend::Backend;
 use super::metrics::{
     ACKED_TOTAL, BROADCAST_MISSED_TOTAL, DELIVERED_TOTAL, DELIVERY_LATENCY, NACKED_TOTAL,
     REDELIVERED_TOTAL,
 };
 use super::service::{identity, now_ms, status, QueueService};
 use super::state::{Filter, Message};
-use super::store::{Fanout, Queue, Store};
+use super::store::{Fanout, Queue};
 use crate::caller;
 use crate::config::kinds::QueuePermission;
 use std::sync::atomic::Ordering;
@@ -91,7 +92,7 @@ pub(super) async fn start(
 }
 
 struct Stream {
-    store: Arc<Store>,
+    store: Arc<Backend>,
     queue: Arc<Queue>,
     consumer: u64,
     filter: Filter,
@@ -164,6 +165,7 @@ impl Stream {
     async fn run(mut self, inbound: Streaming<pb::ConsumeRequest>) {
         self.queue.consumers.fetch_add(1, Ordering::Relaxed);
         if self.queue.fanout() == Fanout::Broadcast {
+            self.counted().await;
             self.broadcast(inbound).await;
         } else {
             self.compete(inbound).await;
@@ -176,7 +178,17 @@ impl Stream {
             }
         }
         self.queue.consumers.fetch_sub(1, Ordering::Relaxed);
+        if self.queue.fanout() == Fanout::Broadcast {
+            self.counted().await;
+        }
         tracing::info!(queue = %self.queue.name, consumer = self.consumer, "consumer left");
+    }
+
+    /// Tells the store this queue's consumers here changed.
+    async fn counted(&self) {
+        if let Err(e) = self.store.consumers_changed(&self.queue, now_ms()).await {
+            tracing::warn!(queue = %self.queue.name, error = %e, "could not record the broadcast consumers");
+        }
     }
 
     /// Competing consumers: deliveries in flight until acked.
@@ -191,24 +203,26 @@ impl Stream {
             notified.as_mut().enable();
             let batched = self.max_batch > 1;
             while self.credit > 0 {
-                let mut batch = Vec::new();
-                let now = now_ms();
-                while self.credit > 0 && batch.len() < self.max_batch as usize {
-                    match self.store.next(&name, now, self.consumer, &self.filter) {
-                        Ok(Some(d)) => {
-                            self.credit -= 1;
-                            batch.push(self.meters.deliver(&name, &d.message, d.deadline_ms));
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = self.tx.send(Err(status(e))).await;
-                            return;
-                        }
+                let want = self.credit.min(self.max_batch);
+                let taken = match self
+                    .store
+                    .take(&name, now_ms(), self.consumer, &self.filter, want)
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = self.tx.send(Err(status(e))).await;
+                        return;
                     }
-                }
-                if batch.is_empty() {
+                };
+                if taken.is_empty() {
                     break;
                 }
+                self.credit -= taken.len() as u32;
+                let batch: Vec<_> = taken
+                    .iter()
+                    .map(|d| self.meters.deliver(&name, &d.message, d.deadline_ms))
+                    .collect();
                 if !send(&self.tx, batch, batched).await {
                     return;
                 }
@@ -313,7 +327,7 @@ impl Stream {
                 self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
                 Ok(())
             }
-            Some(In::Ack(id)) => match self.store.ack(queue, &[id], self.consumer) {
+            Some(In::Ack(id)) => match self.store.ack(queue, &[id], self.consumer).await {
                 Ok(mut failed) => {
                     if failed.is_empty() {
                         self.acked(1);
@@ -324,7 +338,7 @@ impl Stream {
                 }
                 Err(e) => Err(e),
             },
-            Some(In::Acks(a)) => match self.store.ack(queue, &a.ids, self.consumer) {
+            Some(In::Acks(a)) => match self.store.ack(queue, &a.ids, self.consumer).await {
                 Ok(failed) => {
                     self.acked(a.ids.len() - failed.len());
                     if !failed.is_empty() {
@@ -358,6 +372,7 @@ impl Stream {
                     self.consumer,
                     Duration::from_millis(e.by_ms),
                 )
+                .await
                 .map(drop),
             Some(In::Subscribe(_)) => {
                 return Some("already subscribed: one queue per stream".into())

@@ -99,7 +99,7 @@ impl Keys {
             .insert(id, Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)));
     }
 
-    #[cfg(test)]
+    /// Keys given as bytes (the first encrypts).
     pub fn from_raw(keys: &[[u8; 32]]) -> Keys {
         let mut k = Keys::default();
         for key in keys {

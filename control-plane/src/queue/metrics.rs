@@ -3,7 +3,7 @@
 //! oldest age, consumers) refreshed by the clock loop. `queue` labels are
 //! "<namespace>/<name>" ("<namespace>/<topic>/<subscription>" for pubsub).
 
-use super::store::Store;
+use super::backend::Backend;
 
 /// Publish outcomes, `result` = enqueued | deduplicated | refused.
 pub const PUBLISHED_TOTAL: &str = "weft_queue_published_total";
@@ -41,9 +41,11 @@ pub const LOG_BYTES: &str = "weft_queue_log_bytes";
 const PRIORITY: [&str; super::state::LEVELS] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// Sets every queue's gauges from its state now.
-pub fn refresh(store: &Store, now_ms: u64) {
+pub async fn refresh(store: &Backend, now_ms: u64) {
     for q in store.queues() {
-        let depth = q.depth();
+        let Ok((depth, oldest)) = store.stats(&q, now_ms).await else {
+            continue;
+        };
         let name = q.name.clone();
         for (level, n) in depth.ready_by_priority.iter().enumerate() {
             metrics::gauge!(READY, "queue" => name.clone(), "priority" => PRIORITY[level])
@@ -52,12 +54,11 @@ pub fn refresh(store: &Store, now_ms: u64) {
         metrics::gauge!(WAITING, "queue" => name.clone()).set(depth.waiting as f64);
         metrics::gauge!(IN_FLIGHT, "queue" => name.clone()).set(depth.in_flight as f64);
         metrics::gauge!(QUEUED_BYTES, "queue" => name.clone()).set(depth.bytes as f64);
-        let age = q
-            .oldest_ms()
-            .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
+        let age = oldest.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
         metrics::gauge!(OLDEST_AGE, "queue" => name.clone()).set(age);
         metrics::gauge!(CONSUMERS, "queue" => name).set(q.consumer_count() as f64);
     }
-    let bytes: u64 = store.log_segments().iter().map(|s| s.bytes).sum();
-    metrics::gauge!(LOG_BYTES).set(bytes as f64);
+    if let Some(bytes) = store.log_bytes() {
+        metrics::gauge!(LOG_BYTES).set(bytes as f64);
+    }
 }

@@ -6,11 +6,15 @@
 
 pub mod access;
 pub mod audit;
+pub mod backend;
+mod catalog;
 mod consume;
 pub mod crypt;
+mod dead_letter;
 mod live;
 pub mod log;
 pub mod metrics;
+pub mod redis_store;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -149,7 +153,7 @@ pub fn synchronous(spec: &QueueSpec) -> bool {
 /// Keeps the store's queues and the access rules in step with the config:
 /// new and changed Queues and QueuePolicies take effect on each revision.
 pub async fn follow_config(
-    store: std::sync::Arc<store::Store>,
+    store: std::sync::Arc<backend::Backend>,
     access: std::sync::Arc<arc_swap::ArcSwap<access::Access>>,
     mut published: tokio::sync::watch::Receiver<std::sync::Arc<crate::publish::Published>>,
     trust_domain: String,

@@ -7,9 +7,10 @@
 
 use super::access::Access;
 use super::audit::Audit;
+use super::backend::Backend;
 use super::metrics::{PUBLISHED_TOTAL, PUBLISH_DURATION};
 use super::state::{NewMessage, Published, NORMAL};
-use super::store::{Fanout, Queue, Store, StoreError};
+use super::store::{Fanout, Queue, StoreError};
 use crate::caller;
 use crate::config::kinds::QueuePermission;
 use arc_swap::ArcSwap;
@@ -29,14 +30,18 @@ pub(super) fn now_ms() -> u64 {
 }
 
 pub struct QueueService {
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<Backend>,
     access: Arc<ArcSwap<Access>>,
     audit: Arc<Audit>,
     pub(super) consumers: AtomicU64,
 }
 
 impl QueueService {
-    pub fn new(store: Arc<Store>, access: Arc<ArcSwap<Access>>, audit: Arc<Audit>) -> QueueService {
+    pub fn new(
+        store: Arc<Backend>,
+        access: Arc<ArcSwap<Access>>,
+        audit: Arc<Audit>,
+    ) -> QueueService {
         QueueService {
             store,
             access,
@@ -121,6 +126,7 @@ pub(super) fn status(e: StoreError) -> Status {
         StoreError::UnknownQueue(q) => Status::not_found(format!("queue {q} does not exist")),
         StoreError::Ack(a) => Status::failed_precondition(a.to_string()),
         StoreError::Log(l) => Status::unavailable(format!("queue storage: {l}")),
+        StoreError::Backend(b) => Status::unavailable(format!("queue storage: {b}")),
         StoreError::Crypt(c) => Status::failed_precondition(c.to_string()),
         e @ StoreError::NoDeadLetter(_) => Status::failed_precondition(e.to_string()),
     }
@@ -299,16 +305,21 @@ impl pb::queue_server::Queue for QueueService {
                 .map_err(status)?]
         };
         let mut out = Vec::new();
+        let now = now_ms();
         for q in queues {
             match q.fanout() {
                 Fanout::Topic(subs) => {
                     for s in subs {
                         if let Ok(sub) = self.store.queue(&s) {
-                            out.push(queue_status(&sub, &q));
+                            let stats = self.store.stats(&sub, now).await.map_err(status)?;
+                            out.push(queue_status(&sub, &q, stats));
                         }
                     }
                 }
-                _ => out.push(queue_status(&q, &q)),
+                _ => {
+                    let stats = self.store.stats(&q, now).await.map_err(status)?;
+                    out.push(queue_status(&q, &q, stats));
+                }
             }
         }
         Ok(Response::new(pb::DescribeQueueResponse { queues: out }))
@@ -335,6 +346,7 @@ impl pb::queue_server::Queue for QueueService {
         let found = self
             .store
             .peek(&q.name, limit as usize, req.dead_letter)
+            .await
             .map_err(status)?;
         let messages = found
             .into_iter()
@@ -398,8 +410,11 @@ impl pb::queue_server::Queue for QueueService {
 }
 
 /// Describe's entry for `q` (a subscription of `topic`, or `topic` itself).
-fn queue_status(q: &Queue, topic: &Queue) -> pb::QueueStatus {
-    let depth = q.depth();
+fn queue_status(
+    q: &Queue,
+    topic: &Queue,
+    (depth, oldest): (super::state::Depth, Option<u64>),
+) -> pb::QueueStatus {
     let config = q.config();
     let mut parts = topic.name.splitn(2, '/');
     let namespace = parts.next().unwrap_or_default();
@@ -417,7 +432,7 @@ fn queue_status(q: &Queue, topic: &Queue) -> pb::QueueStatus {
         waiting: depth.waiting,
         in_flight: depth.in_flight,
         bytes: depth.bytes,
-        oldest_unix_ms: q.oldest_ms().unwrap_or(0),
+        oldest_unix_ms: oldest.unwrap_or(0),
         dead_letter: config.dead_letter.unwrap_or_default(),
         subscription,
         consumers: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
@@ -427,7 +442,7 @@ fn queue_status(q: &Queue, topic: &Queue) -> pb::QueueStatus {
 /// Runs every queue's clock: due messages, ack timeouts, expiry and log
 /// compaction, at the earliest queue deadline (checked at least every
 /// second), and refreshes the queue gauges.
-pub async fn tick_loop(store: Arc<Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn tick_loop(store: Arc<Backend>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut gauges_at = 0;
     loop {
         let now = now_ms();
@@ -435,7 +450,7 @@ pub async fn tick_loop(store: Arc<Store>, mut stop: tokio::sync::watch::Receiver
             tracing::warn!(error = %e, "queue tick failed");
         }
         if now >= gauges_at {
-            super::metrics::refresh(&store, now);
+            super::metrics::refresh(&store, now).await;
             gauges_at = now + 1_000;
         }
         let wait = store

@@ -11,13 +11,14 @@
 //! sequence number the log ever used, so an id is never reused even after
 //! compaction dropped its records.
 
+use super::catalog::Catalog;
 use super::crypt::{CryptError, Keys};
 use super::live::Live;
 use super::log::{self, Log, LogError};
 use super::state::{
     AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
 };
-use super::wire::{from_wire, record, to_wire, unseal};
+use super::wire::{from_wire, record, sealed, unseal};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,9 @@ pub enum StoreError {
     Crypt(#[from] CryptError),
     #[error("queue \"{0}\" has no dead-letter queue")]
     NoDeadLetter(String),
+    /// The external store (Redis) failed or answered nonsense.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// One queue: its state and who to wake when it has messages.
@@ -55,7 +59,7 @@ pub struct Queue {
 pub const BROADCAST_BUFFER: usize = 4096;
 
 impl Queue {
-    fn new(config: &QueueConfig, state: QueueState) -> Queue {
+    pub(super) fn new(config: &QueueConfig, state: QueueState) -> Queue {
         Queue {
             name: config.name.clone(),
             state: Mutex::new(state),
@@ -84,11 +88,11 @@ impl Queue {
         self.config.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn dead_letter(&self) -> Option<String> {
+    pub(super) fn dead_letter(&self) -> Option<String> {
         self.settings().dead_letter.clone()
     }
 
-    fn encrypted(&self) -> bool {
+    pub(super) fn encrypted(&self) -> bool {
         self.settings().encrypted
     }
 
@@ -108,6 +112,13 @@ impl Queue {
 
     pub fn config(&self) -> QueueConfig {
         self.settings().clone()
+    }
+
+    /// New settings from a changed Queue (messages already queued keep
+    /// their level and expiry).
+    pub(super) fn reconfigure(&self, config: &QueueConfig) {
+        self.lock().reconfigure(config.settings.clone());
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
     }
 }
 
@@ -144,16 +155,13 @@ pub struct Store {
     log: Log,
     keys: Keys,
     ids: Arc<AtomicU64>,
-    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    queues: Catalog,
     /// Log sequence of each live message's `published` record: the
     /// smallest bounds what compaction may drop.
     live: Mutex<Live>,
 }
 
-/// Headers a dead letter carries: why, from which queue, its id there.
-pub const DEAD_LETTER_REASON: &str = "x-weft-dead-letter-reason";
-pub const DEAD_LETTER_QUEUE: &str = "x-weft-dead-letter-queue";
-pub const DEAD_LETTER_ID: &str = "x-weft-dead-letter-id";
+pub use super::dead_letter::{DEAD_LETTER_ID, DEAD_LETTER_QUEUE, DEAD_LETTER_REASON};
 
 /// Changes to append together and then apply.
 #[derive(Default)]
@@ -336,7 +344,7 @@ impl Store {
                 log,
                 keys,
                 ids,
-                queues: Mutex::new(queues),
+                queues: Catalog::new(queues),
                 live: Mutex::new(live),
             },
             Opened {
@@ -348,42 +356,17 @@ impl Store {
     }
 
     pub fn queue(&self, name: &str) -> Result<Arc<Queue>, StoreError> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::UnknownQueue(name.to_string()))
+        self.queues.get(name)
     }
 
     /// Every queue, by name.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        let mut v: Vec<_> = self
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.queues.all()
     }
 
     /// Adds new queues and updates the settings of existing ones.
     pub fn configure(&self, queues: &[QueueConfig]) {
-        let mut map = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for q in queues {
-            match map.get(&q.name) {
-                Some(existing) => {
-                    existing.lock().reconfigure(q.settings.clone());
-                    *existing.config.lock().unwrap_or_else(|p| p.into_inner()) = q.clone();
-                }
-                None => {
-                    let state = QueueState::with_ids(q.settings.clone(), self.ids.clone());
-                    map.insert(q.name.clone(), Arc::new(Queue::new(q, state)));
-                }
-            }
-        }
+        self.queues.configure(queues, &self.ids);
     }
 
     /// Publishes `bodies` in order; each outcome is final (an enqueued
@@ -580,14 +563,7 @@ impl Store {
                         );
                         continue;
                     };
-                    let mut body = message.body.clone();
-                    body.headers
-                        .insert(DEAD_LETTER_REASON.into(), reason.clone());
-                    body.headers
-                        .insert(DEAD_LETTER_QUEUE.into(), queue.to_string());
-                    body.headers
-                        .insert(DEAD_LETTER_ID.into(), message.id.to_string());
-                    body.deliver_at_ms = None;
+                    let body = super::dead_letter::dead_letter(&message, queue, &reason);
                     let (out, admitted, _) = target.lock().admit(now_ms, body);
                     match admitted {
                         Some(m) => {
@@ -722,9 +698,8 @@ impl Store {
     /// The earliest time any queue's `tick` has work.
     pub fn next_wakeup(&self) -> Option<u64> {
         self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .all()
+            .iter()
             .filter_map(|q| q.lock().next_wakeup())
             .min()
     }
@@ -742,16 +717,7 @@ impl Store {
 
     /// A message as stored: its payload sealed when the queue is encrypted.
     fn wire(&self, queue: &Queue, m: &Message) -> Result<QueueMessage, StoreError> {
-        let mut w = to_wire(m);
-        if queue.encrypted() {
-            let (key_id, nonce, ct) = self
-                .keys
-                .seal(format!("{}/{}", queue.name, m.id).as_bytes(), &w.payload)?;
-            w.payload = ct.into();
-            w.key_id = key_id;
-            w.nonce = nonce;
-        }
-        Ok(w)
+        Ok(sealed(&self.keys, &queue.name, queue.encrypted(), m)?)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {

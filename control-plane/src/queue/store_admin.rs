@@ -2,9 +2,8 @@
 //! purge, and redrive dead letters back to the queue they came from. Each
 //! change is appended before it is visible, like every other.
 
-use super::{
-    record, Batch, Event, Store, StoreError, DEAD_LETTER_ID, DEAD_LETTER_QUEUE, DEAD_LETTER_REASON,
-};
+use super::{record, Batch, Event, Store, StoreError};
+use crate::queue::dead_letter::{self, redriven};
 use crate::queue::metrics::{PURGED_TOTAL, REDRIVEN_TOTAL};
 use crate::queue::state::{Message, Place};
 use std::sync::Arc;
@@ -32,8 +31,7 @@ impl Store {
             return Ok(q.lock().peek(limit, &|_| true));
         }
         let dlq = self.dead_letter_of(queue)?;
-        let from_here =
-            |m: &Message| m.body.headers.get(DEAD_LETTER_QUEUE).map(String::as_str) == Some(queue);
+        let from_here = |m: &Message| dead_letter::source(m) == Some(queue);
         let found = dlq.lock().peek(limit, &from_here);
         Ok(found)
     }
@@ -80,8 +78,7 @@ impl Store {
             let state = dlq.lock();
             state
                 .peek(usize::MAX, &|m| {
-                    m.body.headers.get(DEAD_LETTER_QUEUE).map(String::as_str) == Some(queue)
-                        && (ids.is_empty() || ids.contains(&m.id))
+                    dead_letter::source(m) == Some(queue) && (ids.is_empty() || ids.contains(&m.id))
                 })
                 .into_iter()
                 .filter(|(_, place)| *place != Place::InFlight)
@@ -92,11 +89,7 @@ impl Store {
             let Some(dead) = dlq.lock().take_queued(id) else {
                 continue;
             };
-            let mut body = dead.body.clone();
-            for h in [DEAD_LETTER_QUEUE, DEAD_LETTER_REASON, DEAD_LETTER_ID] {
-                body.headers.remove(h);
-            }
-            body.deliver_at_ms = None;
+            let body = redriven(&dead);
             let (out, admitted, _) = source.lock().admit(now_ms, body);
             let Some(m) = admitted else {
                 dlq.lock().restore((*dead).clone(), now_ms);

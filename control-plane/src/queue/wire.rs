@@ -35,6 +35,24 @@ pub(crate) fn to_wire(m: &Message) -> QueueMessage {
     }
 }
 
+/// A message as stored: its payload sealed (with the queue's name and the
+/// id as associated data) when the queue is encrypted.
+pub(crate) fn sealed(
+    keys: &Keys,
+    queue: &str,
+    encrypted: bool,
+    m: &Message,
+) -> Result<QueueMessage, CryptError> {
+    let mut w = to_wire(m);
+    if encrypted {
+        let (key_id, nonce, ct) = keys.seal(format!("{queue}/{}", m.id).as_bytes(), &w.payload)?;
+        w.payload = ct.into();
+        w.key_id = key_id;
+        w.nonce = nonce;
+    }
+    Ok(w)
+}
+
 /// A stored message with its payload opened (when it was sealed).
 pub(crate) fn unseal(
     keys: &Keys,

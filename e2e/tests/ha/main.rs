@@ -4,6 +4,7 @@
 //! The registry on etcd is in `registry`, CA rotation in `rotation`,
 //! global rate limits across replicas in `rate_limit`.
 
+mod queue;
 mod rate_limit;
 mod registry;
 mod rotation;

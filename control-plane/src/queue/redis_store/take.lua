@@ -1,0 +1,61 @@
+-- Up to ARGV[20] deliveries for consumer ARGV[18]: highest (aged) level
+-- first, FIFO within a level, at least priority ARGV[19], only the types
+-- in ARGV[21..] when given; a key with a delivery in flight waits when
+-- the queue orders by key. Returns {deadline, {{id, stored, deliveries,
+-- last error}...}}.
+local b = KEYS[1]
+local now = num(ARGV[2])
+local S = settings(3)
+local consumer, minp, max = ARGV[18], num(ARGV[19]), num(ARGV[20])
+local kinds = nil
+if #ARGV > 20 then
+  kinds = {}
+  for i = 21, #ARGV do kinds[ARGV[i]] = true end
+end
+due(b, now)
+
+local function candidate(p)
+  local off = 0
+  while off < SCAN do
+    local ids = redis.call('ZRANGE', b .. ':r' .. p, off, off + 15, 'WITHSCORES')
+    if #ids == 0 then return nil end
+    for i = 1, #ids, 2 do
+      local id = ids[i]
+      local m = meta(b, id)
+      if m and (not kinds or kinds[m[3]])
+        and not (S.by_key and m[4] ~= '' and redis.call('SISMEMBER', b .. ':busy', m[4]) == 1) then
+        return id, m, tonumber(ids[i + 1]) / 1024
+      end
+    end
+    off = off + 16
+  end
+  return nil
+end
+
+local deadline = now + S.ack
+local out = {}
+for _ = 1, max do
+  local best, bestp, bestm, besteff, bestsince = nil, nil, nil, nil, nil
+  for p = 9, minp, -1 do
+    if S.prio or p == 4 then
+      local id, m, since = candidate(p)
+      if id then
+        local aged = 0
+        if S.aging > 0 then aged = math.max(0, math.floor(((now - EPOCH) - since) / S.aging)) end
+        local eff = p + aged
+        if not best or eff > besteff or (eff == besteff and since < bestsince) then
+          best, bestp, bestm, besteff, bestsince = id, p, m, eff, since
+        end
+        if S.aging <= 0 then break end
+      end
+    end
+  end
+  if not best then break end
+  redis.call('ZREM', b .. ':r' .. bestp, best)
+  redis.call('ZADD', b .. ':fly', fmt(deadline), best)
+  redis.call('HSET', b .. ':own', best, consumer)
+  local n = redis.call('HINCRBY', b .. ':cnt', best, 1)
+  if S.by_key and bestm[4] ~= '' then redis.call('SADD', b .. ':busy', bestm[4]) end
+  out[#out + 1] = { best, redis.call('HGET', b .. ':msg', best), n, redis.call('HGET', b .. ':err', best) or '' }
+end
+return { deadline, out }
