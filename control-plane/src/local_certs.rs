@@ -66,7 +66,12 @@ impl LocalCerts {
                 // CA rotation switches the issuer).
                 let trust_changed = tokio::select! {
                     _ = tokio::time::sleep((left / 2).max(Duration::from_secs(1))) => false,
-                    r = trust_rx.changed() => r.is_ok(),
+                    r = trust_rx.changed() => match r {
+                        Ok(()) => true,
+                        // The trust source is gone: the control plane is
+                        // shutting down (renewing now would spin).
+                        Err(_) => return,
+                    },
                 };
                 let roots = trust_rx.borrow_and_update().roots_pem.clone();
                 if trust_changed {

@@ -450,7 +450,17 @@ impl QueueState {
                 Where::Waiting { until_ms }
             }
             None => {
-                self.ready[usize::from(message.body.priority)].push_back(id);
+                // Back to its place in line: a redelivered message goes
+                // before those published after it (FIFO survives retries;
+                // it was taken from near the front, so this is cheap).
+                let level = &mut self.ready[usize::from(message.body.priority)];
+                match level.back() {
+                    Some(&last) if last > id => {
+                        let at = level.partition_point(|&x| x < id);
+                        level.insert(at, id);
+                    }
+                    _ => level.push_back(id),
+                }
                 self.depth.ready_by_priority[usize::from(message.body.priority)] += 1;
                 Where::Ready { since_ms: now_ms }
             }

@@ -10,7 +10,8 @@
 //! Cluster). Under the base `weft:q:{<tag>}:<queue>`:
 //! `:msg` (hash id → stored message, payload sealed when encrypted),
 //! `:meta` (hash id → msgpack [priority, bytes, type, key, source]),
-//! `:r0`..`:r9` (ready, by level, FIFO score), `:wait` (zset due time),
+//! `:r0`..`:r9` (ready, by level, FIFO score), `:pos` (hash id → its
+//! first FIFO score, where a redelivery goes back), `:wait` (zset due time),
 //! `:fly` (zset deadline), `:own` (hash id → consumer), `:cnt`, `:err`
 //! (deliveries, last error), `:exp` (zset expiry), `:all` (zset publish
 //! time), `:bytes`, `:busy` (keys in flight), `:dd:<key>` (dedup window),
@@ -196,9 +197,17 @@ impl RedisStore {
         replica: &str,
     ) -> Result<Arc<RedisStore>, StoreError> {
         let client = ::redis::Client::open(url)?;
+        // A call fails (and the service answers UNAVAILABLE) rather than
+        // wait: 5 s for an answer, 2 s per connection attempt, a few
+        // attempts at most 500 ms apart; the next call tries again.
+        let config = ::redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Duration::from_secs(5))
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_number_of_retries(3)
+            .set_max_delay(500);
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            ConnectionManager::new(client.clone()),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
         .map_err(|_| StoreError::Backend(format!("redis {}: no answer in 10 s", display(url))))??;

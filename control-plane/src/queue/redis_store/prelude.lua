@@ -26,11 +26,18 @@ local function meta(b, id)
   return cmsgpack.unpack(m)
 end
 
--- Into its level's ready set, after everything already there.
+-- Into its level's ready set: after everything already there the first
+-- time, back at that place when it is redelivered (FIFO survives retries).
 local function make_ready(b, id, p, now)
+  local pos = redis.call('HGET', b .. ':pos', id)
+  if pos then
+    redis.call('ZADD', b .. ':r' .. p, pos, id)
+    return
+  end
   local last = tonumber(redis.call('GET', b .. ':last') or '0')
   local s = math.max((now - EPOCH) * 1024, last + 1)
   redis.call('SET', b .. ':last', fmt(s))
+  redis.call('HSET', b .. ':pos', id, fmt(s))
   redis.call('ZADD', b .. ':r' .. p, fmt(s), id)
 end
 
@@ -49,7 +56,7 @@ local function erase(b, id)
   local m = meta(b, id)
   if not m then return false end
   unplace(b, id, m)
-  for _, h in ipairs({ ':msg', ':meta', ':cnt', ':err', ':leave' }) do
+  for _, h in ipairs({ ':msg', ':meta', ':cnt', ':err', ':leave', ':pos' }) do
     redis.call('HDEL', b .. h, id)
   end
   redis.call('ZREM', b .. ':all', id)
