@@ -1,6 +1,7 @@
-//! The queue semantics, by counting, on both stores: every test runs the
+//! The queue semantics, by counting, on every store: each test runs the
 //! same steps against the embedded store and against the Redis store on a
-//! real redis-server, with the real clock.
+//! real redis-server, plain and as a one-node cluster (see
+//! common/backends.rs), with the real clock.
 
 mod common;
 
@@ -48,7 +49,7 @@ async fn wait_take(h: &Harness, q: &str, consumer: u64, within: Duration) -> Vec
 #[tokio::test]
 async fn the_highest_priority_is_delivered_first_and_fifo_holds_within_a_level() {
     let queues = [queue("p", |q| q.settings.priorities = true)];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let bodies = vec![
             msg("n1", 4),
             msg("low", 0),
@@ -84,7 +85,7 @@ async fn the_highest_priority_is_delivered_first_and_fifo_holds_within_a_level()
 #[tokio::test]
 async fn a_delayed_message_is_delivered_within_50_ms_of_its_time_and_not_before() {
     let queues = [queue("d", |_| {})];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let at = now_ms() + 300;
         let mut m = msg("later", 4);
         m.deliver_at_ms = Some(at);
@@ -110,7 +111,7 @@ async fn an_expired_message_goes_to_the_dead_letter_queue_with_the_reason() {
         }),
         queue("dlq", |_| {}),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/ttl", vec![msg("old", 4)]).await;
         publish(&h, "t/drop", vec![msg("gone", 4)]).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -143,7 +144,7 @@ async fn retries_wait_out_the_backoff_and_the_last_failure_dead_letters_with_the
         }),
         queue("dlq", |_| {}),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/r", vec![msg("flaky", 4)]).await;
         let mut waited = Vec::new();
         let mut nacked: Option<std::time::Instant> = None;
@@ -188,7 +189,7 @@ async fn a_key_published_again_inside_the_window_is_deduplicated_and_after_it_is
     let queues = [queue("k", |q| {
         q.settings.dedup_window = Some(Duration::from_millis(200))
     })];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let keyed = |p: &str| NewMessage {
             key: Some("order-1".into()),
             ..msg(p, 4)
@@ -220,7 +221,7 @@ async fn an_unacknowledged_delivery_comes_back_after_the_ack_timeout_and_an_exte
     let queues = [queue("a", |q| {
         q.settings.ack_timeout = Duration::from_millis(100)
     })];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/a", vec![msg("x", 4), msg("y", 4)]).await;
         let d = take(&h, "t/a", 1, 10).await;
         let y = d[1].message.id;
@@ -251,7 +252,7 @@ async fn an_unacknowledged_delivery_comes_back_after_the_ack_timeout_and_an_exte
 #[tokio::test]
 async fn a_nack_with_requeue_redelivers_and_without_it_dead_letters_at_once() {
     let queues = [queue("n", with_dlq), queue("dlq", |_| {})];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/n", vec![msg("m", 4)]).await;
         let d = take(&h, "t/n", 1, 10).await;
         h.store
@@ -284,7 +285,7 @@ async fn a_full_queue_refuses_or_drops_its_oldest_as_configured() {
             q.settings.drop_oldest = true;
         }),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let out = publish(&h, "t/full", vec![msg("1", 4), msg("2", 4), msg("3", 4)]).await;
         assert!(
             matches!(&out[2], Published::Refused(why) if why.contains("queue full")),
@@ -311,7 +312,7 @@ async fn a_full_queue_refuses_or_drops_its_oldest_as_configured() {
 #[tokio::test]
 async fn with_order_by_key_the_next_message_of_a_key_waits_for_the_one_in_flight() {
     let queues = [queue("o", |q| q.settings.order_by_key = true)];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let keyed = |k: &str, p: &str| NewMessage {
             key: Some(k.into()),
             ..msg(p, 4)
@@ -347,7 +348,7 @@ async fn every_subscription_of_a_topic_gets_every_message_under_one_id() {
         queue("news/audit", |_| {}),
         queue("news/index", |_| {}),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let out = publish(&h, "t/news", vec![msg("one", 4), msg("two", 4)]).await;
         for s in &subs {
             let d = take(&h, s, 1, 10).await;
@@ -367,7 +368,7 @@ async fn peek_shows_delivery_order_purge_keeps_deliveries_in_flight_and_redrive_
         }),
         queue("dlq", |_| {}),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/w", vec![msg("a", 4), msg("b", 9), msg("poison", 4)]).await;
         let seen = h.store.peek("t/w", 10, false).await.unwrap();
         let order: Vec<_> = seen
@@ -417,7 +418,7 @@ async fn peek_shows_delivery_order_purge_keeps_deliveries_in_flight_and_redrive_
 #[tokio::test]
 async fn a_consumer_that_goes_away_gives_its_deliveries_back() {
     let queues = [queue("g", |_| {})];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/g", vec![msg("m", 4)]).await;
         assert_eq!(take(&h, "t/g", 1, 10).await.len(), 1);
         assert!(take(&h, "t/g", 2, 10).await.is_empty());
@@ -430,7 +431,7 @@ async fn a_consumer_that_goes_away_gives_its_deliveries_back() {
 #[tokio::test]
 async fn a_redelivered_message_goes_back_to_its_place_in_line() {
     let queues = [queue("f", |_| {})];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/f", vec![msg("a", 4), msg("b", 4)]).await;
         let first = take(&h, "t/f", 1, 1).await;
         publish(&h, "t/f", vec![msg("c", 4)]).await;
@@ -450,7 +451,7 @@ async fn an_encrypted_queue_never_writes_its_payloads_in_clear() {
         queue("secret", |q| q.encrypted = true),
         queue("open", |_| {}),
     ];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         publish(&h, "t/secret", vec![msg(&format!("{MARKER}-secret"), 4)]).await;
         publish(&h, "t/open", vec![msg(&format!("{MARKER}-open"), 4)]).await;
         let disk = bytes_under(&h.disk);
@@ -473,7 +474,7 @@ async fn an_encrypted_queue_never_writes_its_payloads_in_clear() {
 #[tokio::test]
 async fn an_unknown_queue_is_named_in_the_error() {
     let queues = [queue("x", |_| {})];
-    for h in both(&queues).await {
+    for h in stores(&queues).await {
         let e = h
             .store
             .publish("t/nope", now_ms(), vec![msg("m", 4)])

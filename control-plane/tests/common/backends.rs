@@ -1,7 +1,11 @@
-//! Both queue stores side by side for the behavioural tests: the embedded
-//! one in a temporary directory and the Redis one on a real redis-server
+//! The queue stores side by side for the behavioural tests: the embedded
+//! one in a temporary directory, and the Redis one on a real redis-server
 //! (Debian's, AOF with `appendfsync always`) on 127.0.0.1 and a free port,
-//! killed when the harness is dropped.
+//! twice: a plain server, and a one-node Redis Cluster owning every slot
+//! (cluster mode refuses a script whose declared keys are not all in one
+//! slot, CROSSSLOT; every other key a script touches is a declared key
+//! plus a suffix, in the same slot by construction). Servers are killed
+//! when the harness is dropped.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -39,19 +43,18 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_redis(dir: &Path) -> (RedisProc, String) {
+fn start_redis(dir: &Path, cluster: bool) -> (RedisProc, String) {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--dir", &dir.display().to_string()])
-        .args([
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(["--save", ""]);
+    if cluster {
+        cmd.args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"]);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -62,7 +65,41 @@ fn start_redis(dir: &Path) -> (RedisProc, String) {
         assert!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (proc, format!("redis://127.0.0.1:{port}"))
+    let url = format!("redis://127.0.0.1:{port}");
+    if cluster {
+        own_every_slot(&url);
+    }
+    (proc, url)
+}
+
+/// Makes a fresh cluster node own all 16384 slots and waits for the
+/// cluster to say it is ok.
+fn own_every_slot(url: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_connection()
+        .expect("connect to the cluster node");
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut c)
+        .expect("CLUSTER ADDSLOTSRANGE");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut c)
+            .expect("CLUSTER INFO");
+        if info.contains("cluster_state:ok") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not become ok: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -71,9 +108,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The embedded and the Redis store, each serving `queues`, with one
-/// queue key.
-pub async fn both(queues: &[QueueConfig]) -> Vec<Harness> {
+/// The embedded store, the Redis store on a plain server and on a
+/// one-node cluster, each serving `queues`, with one queue key.
+pub async fn stores(queues: &[QueueConfig]) -> Vec<Harness> {
     let keys = || Keys::from_raw(&[[7u8; 32]]);
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
@@ -91,19 +128,22 @@ pub async fn both(queues: &[QueueConfig]) -> Vec<Harness> {
         _dir: dir,
         _redis: None,
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (proc, url) = start_redis(dir.path());
-    let redis: Arc<RedisStore> = RedisStore::open(&url, queues, keys(), "0123456789abcdef")
-        .await
-        .expect("redis store");
-    let redis = Harness {
-        name: "redis",
-        store: Backend::Redis(redis),
-        disk: dir.path().to_path_buf(),
-        _dir: dir,
-        _redis: Some(proc),
-    };
-    vec![embedded, redis]
+    let mut out = vec![embedded];
+    for (name, cluster) in [("redis", false), ("redis-cluster", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (proc, url) = start_redis(dir.path(), cluster);
+        let redis: Arc<RedisStore> = RedisStore::open(&url, queues, keys(), "0123456789abcdef")
+            .await
+            .unwrap_or_else(|e| panic!("{name} store: {e}"));
+        out.push(Harness {
+            name,
+            store: Backend::Redis(redis),
+            disk: dir.path().to_path_buf(),
+            _dir: dir,
+            _redis: Some(proc),
+        });
+    }
+    out
 }
 
 /// A queue named "t/<name>" with default settings changed by `f`.

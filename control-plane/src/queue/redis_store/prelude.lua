@@ -1,7 +1,8 @@
 -- Shared by every script of the Redis queue store (see redis/mod.rs for
 -- the key layout). KEYS[1] is a queue's base key "weft:q:{<tag>}:<queue>";
 -- every other key of that queue is the base plus a suffix, in the same
--- hash slot. ARGV[1] is the queue's name, ARGV[2] the caller's clock (Unix
+-- hash slot (never a key built any other way: that keeps every script
+-- inside one Redis Cluster slot). ARGV[1] is the queue's name, ARGV[2] the caller's clock (Unix
 -- ms), ARGV[3..17] the queue's settings.
 local EPOCH = 1767225600000 -- 2026-01-01: ready scores are ms since then x 1024
 local SCAN = 512            -- ready entries a consumer's filters may skip per level
