@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_mesh_tls::admin_client::AdminAuth;
+use weft_testbed::redis::{QueueStore, RedisServer};
 use weft_testbed::Mesh;
 use xds_proto::v1::{
     self as pb, consume_request::Kind as In, consume_response::Kind as Out,
@@ -64,6 +65,11 @@ pub struct QueueArgs {
     /// Only the backlog and priority phases of weft (quick checks).
     #[arg(long)]
     only_priority: bool,
+    /// Weft's queue store: `embedded`, or `redis` (a redis-server with AOF
+    /// at `appendfsync always`, pinned to core 0 beside weft-control; only
+    /// the publish and consume phases, then Redis Streams alone).
+    #[arg(long, default_value = "embedded")]
+    store: String,
     /// Write the results as JSON here too.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -92,8 +98,10 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
         let r = rt.block_on(redis(&args, fsync, false))?;
         results.insert(format!("redis_{fsync}"), r);
     }
-    let r = rt.block_on(redis(&args, "everysec", true))?;
-    results.insert("redis_backlog".into(), r);
+    if args.store == "embedded" {
+        let r = rt.block_on(redis(&args, "everysec", true))?;
+        results.insert("redis_backlog".into(), r);
+    }
     let v = serde_json::Value::Object(results);
     println!("{}", serde_json::to_string_pretty(&v)?);
     if let Some(path) = &args.out {
@@ -112,8 +120,11 @@ fn rate(n: u64, took: Duration) -> f64 {
 
 /// A fresh control plane pinned to core 0 with the bench queues, and four
 /// admin clients.
-async fn weft_mesh(name: &str) -> anyhow::Result<(Mesh, u32, Vec<Client>)> {
-    let mesh = Mesh::start(name);
+async fn weft_mesh(
+    name: &str,
+    store: QueueStore,
+) -> anyhow::Result<(Mesh, Option<RedisServer>, u32, Vec<Client>)> {
+    let (mesh, redis) = Mesh::start_with_queue_store(name, store, &[]);
     mesh.apply("queue-bench.yaml", QUEUES)?;
     let pid = mesh
         .control
@@ -121,6 +132,9 @@ async fn weft_mesh(name: &str) -> anyhow::Result<(Mesh, u32, Vec<Client>)> {
         .and_then(|p| p.pid())
         .context("weft-control is not running")?;
     crate::registry::pin(pid, "0")?;
+    if let Some(r) = &redis {
+        crate::registry::pin(r.pid().context("redis-server is not running")?, "0")?;
+    }
     let auth = AdminAuth::Certs(mesh.pki().admin_certs);
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -128,14 +142,23 @@ async fn weft_mesh(name: &str) -> anyhow::Result<(Mesh, u32, Vec<Client>)> {
             weft_mesh_tls::admin_client::channel(&mesh.cp_url(), &auth).await?,
         ));
     }
-    Ok((mesh, pid, clients))
+    Ok((mesh, redis, pid, clients))
+}
+
+fn store_of(args: &QueueArgs) -> anyhow::Result<QueueStore> {
+    match args.store.as_str() {
+        "embedded" => Ok(QueueStore::Embedded),
+        "redis" => Ok(QueueStore::Redis),
+        other => anyhow::bail!("--store {other:?}: expected embedded or redis"),
+    }
 }
 
 async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     if args.only_priority {
         return weft_backlog(args).await;
     }
-    let (mesh, _, clients) = weft_mesh("queue-bench").await?;
+    let store = store_of(args)?;
+    let (mesh, redis, _, clients) = weft_mesh("queue-bench", store).await?;
     let single = weft_publish(&clients, args, "bench", 1, 4).await?;
     println!("weft publish, 1 per request: {single} msg/s");
     let batched = weft_publish(&clients, args, "bench", args.batch, 4).await?;
@@ -146,12 +169,17 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     println!("weft consume + ack, up to 100 per response/request: {consumed_batched} msg/s");
     drop(clients);
     drop(mesh);
+    drop(redis);
     let mut out = json!({
+        "store": args.store,
         "publish_single_msgs_per_s": single,
         "publish_batch_msgs_per_s": batched,
         "consume_msgs_per_s": consumed,
         "consume_batch_msgs_per_s": consumed_batched,
     });
+    if store == QueueStore::Redis {
+        return Ok(out);
+    }
     if let (Some(o), serde_json::Value::Object(b)) =
         (out.as_object_mut(), weft_backlog(args).await?)
     {
@@ -163,7 +191,8 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
 /// RSS with the backlog, in a fresh control plane, and the priority
 /// latency over it.
 async fn weft_backlog(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
-    let (_mesh, pid, clients) = weft_mesh("queue-bench-backlog").await?;
+    let (_mesh, _redis, pid, clients) =
+        weft_mesh("queue-bench-backlog", QueueStore::Embedded).await?;
     let rss_before = crate::rss_bytes(pid)?;
     let backlog_args = QueueArgs {
         messages: args.backlog,
@@ -208,6 +237,7 @@ impl QueueArgs {
             rate: self.rate,
             seconds: self.seconds,
             only_priority: self.only_priority,
+            store: self.store.clone(),
             out: None,
         }
     }

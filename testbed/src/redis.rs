@@ -59,6 +59,10 @@ impl RedisServer {
         wait_listening(self.addr, Duration::from_secs(15))
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.pid())
+    }
+
     /// SIGKILL: no shutdown, what is not in the AOF is lost.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
