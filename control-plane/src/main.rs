@@ -404,11 +404,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let queue_access = Arc::new(arc_swap::ArcSwap::from_pointee(
         weft_control::queue::access::Access::compile(&state.current(), &args.trust_domain),
     ));
-    tokio::spawn(weft_control::queue::follow_config(
+    let queue_follower = Arc::new(weft_control::queue::Follower::new(
         queue_store.clone(),
         queue_access.clone(),
-        published.clone(),
         args.trust_domain.clone(),
+        Some(state.publisher()),
+    ));
+    tokio::spawn(weft_control::queue::follow_config(
+        queue_follower.clone(),
+        published.clone(),
     ));
     tokio::spawn(weft_control::queue::service::tick_loop(
         queue_store.clone(),
@@ -419,7 +423,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--audit-log {}", path.display()))?,
         None => weft_control::queue::audit::Audit::default(),
     };
-    let queue_service = QueueService::new(queue_store, queue_access, Arc::new(audit));
+    let queue_service =
+        QueueService::new(queue_store, queue_access, Arc::new(audit)).following(queue_follower);
     let discovery = DiscoveryService::new(published, registry.clone(), trust.subscribe());
     let identity = IdentityService::new(
         ca.clone(),

@@ -65,3 +65,23 @@ fn queues_and_their_policies_are_applied_listed_and_dangling_references_are_refu
         "nothing of the refused apply is stored"
     );
 }
+
+/// Config pushes to sidecars are debounced (here by 3 s); the queue
+/// service does not wait for that: a Queue applied a moment ago takes a
+/// publish at once.
+#[test]
+fn a_queue_takes_publishes_as_soon_as_its_apply_returns() {
+    let mesh = Mesh::start_with("queue-fresh", &["--push-debounce-ms", "3000"]);
+    mesh.apply(
+        "queue.yaml",
+        "apiVersion: weft.dev/v1\nkind: Queue\nmetadata: {name: fresh, namespace: intel}\nspec: {type: fifo}\n",
+    )
+    .expect("apply");
+    let out = mesh.weftctl(&["queue", "publish", "fresh", "-n", "intel", "--data", "now"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("enqueued "));
+}

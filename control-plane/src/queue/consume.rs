@@ -232,14 +232,11 @@ impl Stream {
                 _ = &mut notified, if credit > 0 => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)), if credit > 0 => {}
                 _ = self.tx.closed() => return,
-                m = inbound.message() => match m {
-                    Ok(Some(req)) => {
-                        if !self.answer(req).await {
-                            return;
-                        }
+                m = inbound.message() => {
+                    if !self.inbound(m).await {
+                        return;
                     }
-                    Ok(None) | Err(_) => return,
-                },
+                }
             }
         }
     }
@@ -275,14 +272,11 @@ impl Stream {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = self.tx.closed() => return,
-                m = inbound.message() => match m {
-                    Ok(Some(req)) => {
-                        if !self.answer(req).await {
-                            return;
-                        }
+                m = inbound.message() => {
+                    if !self.inbound(m).await {
+                        return;
                     }
-                    Ok(None) | Err(_) => return,
-                },
+                }
             }
         }
     }
@@ -292,6 +286,15 @@ impl Stream {
         self.meters.acked.increment(n as u64);
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
+    }
+
+    /// What the consumer sent: false when its stream ended or broke, or
+    /// it is gone.
+    async fn inbound(&mut self, m: Result<Option<pb::ConsumeRequest>, Status>) -> bool {
+        match m {
+            Ok(Some(req)) => self.answer(req).await,
+            Ok(None) | Err(_) => false,
+        }
     }
 
     /// Applies one request after the subscription and tells the consumer

@@ -150,25 +150,78 @@ pub fn synchronous(spec: &QueueSpec) -> bool {
     spec.durability != Some(Durability::Async)
 }
 
-/// Keeps the store's queues and the access rules in step with the config:
-/// new and changed Queues and QueuePolicies take effect on each revision.
-pub async fn follow_config(
+/// Keeps the store's queues and the access rules in step with the config.
+/// The pushed config is debounced; a queue call first catches up with the
+/// committed one (`catch_up`), so a Queue or QueuePolicy applied a moment
+/// ago is already in force for the next publish.
+pub struct Follower {
     store: std::sync::Arc<backend::Backend>,
     access: std::sync::Arc<arc_swap::ArcSwap<access::Access>>,
-    mut published: tokio::sync::watch::Receiver<std::sync::Arc<crate::publish::Published>>,
     trust_domain: String,
+    source: Option<std::sync::Arc<crate::publish::Publisher>>,
+    /// The config revision in force (None: none yet).
+    followed: std::sync::Mutex<Option<u64>>,
+    /// That revision + 1 (0: none), for the lock-free check.
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl Follower {
+    pub fn new(
+        store: std::sync::Arc<backend::Backend>,
+        access: std::sync::Arc<arc_swap::ArcSwap<access::Access>>,
+        trust_domain: String,
+        source: Option<std::sync::Arc<crate::publish::Publisher>>,
+    ) -> Follower {
+        Follower {
+            store,
+            access,
+            trust_domain,
+            source,
+            followed: std::sync::Mutex::new(None),
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Puts `config` in force unless it (or a later one) already is.
+    pub fn follow(&self, config: &crate::config::ConfigSet) {
+        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if followed.is_some_and(|r| r >= config.revision) {
+            return;
+        }
+        self.store.configure(&configs(config));
+        self.access
+            .store(std::sync::Arc::new(access::Access::compile(
+                config,
+                &self.trust_domain,
+            )));
+        *followed = Some(config.revision);
+        self.seen.store(
+            config.revision.saturating_add(1),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// Follows the committed config now if it is newer than the one in
+    /// force (no lock taken when it is not).
+    pub fn catch_up(&self) {
+        if let Some(source) = &self.source {
+            let config = source.config();
+            let seen = self.seen.load(std::sync::atomic::Ordering::Acquire);
+            if config.revision.saturating_add(1) > seen {
+                self.follow(&config);
+            }
+        }
+    }
+}
+
+/// Follows every pushed config revision.
+pub async fn follow_config(
+    follower: std::sync::Arc<Follower>,
+    mut published: tokio::sync::watch::Receiver<std::sync::Arc<crate::publish::Published>>,
 ) {
-    let mut revision = None;
     loop {
         let config = published.borrow_and_update().config.clone();
-        if revision != Some(config.revision) {
-            revision = Some(config.revision);
-            store.configure(&configs(&config));
-            access.store(std::sync::Arc::new(access::Access::compile(
-                &config,
-                &trust_domain,
-            )));
-        }
+        follower.follow(&config);
         if published.changed().await.is_err() {
             return;
         }

@@ -34,6 +34,7 @@ pub struct QueueService {
     access: Arc<ArcSwap<Access>>,
     audit: Arc<Audit>,
     pub(super) consumers: AtomicU64,
+    follower: Option<Arc<super::Follower>>,
 }
 
 impl QueueService {
@@ -47,6 +48,20 @@ impl QueueService {
             access,
             audit,
             consumers: AtomicU64::new(1),
+            follower: None,
+        }
+    }
+
+    /// Each call first catches up with the committed config through
+    /// `follower` (see `Follower::catch_up`).
+    pub fn following(mut self, follower: Arc<super::Follower>) -> QueueService {
+        self.follower = Some(follower);
+        self
+    }
+
+    fn catch_up(&self) {
+        if let Some(f) = &self.follower {
+            f.catch_up();
         }
     }
 
@@ -58,6 +73,7 @@ impl QueueService {
         queue: &str,
         perm: QueuePermission,
     ) -> Result<(), Status> {
+        self.catch_up();
         self.access
             .load()
             .check(caller, namespace, queue, perm)
@@ -274,6 +290,7 @@ impl pb::queue_server::Queue for QueueService {
         if req.namespace.is_empty() {
             return Err(Status::invalid_argument("namespace is required"));
         }
+        self.catch_up();
         let access = self.access.load();
         let queues = if req.name.is_empty() {
             self.store
