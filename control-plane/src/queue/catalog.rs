@@ -3,6 +3,7 @@
 //! (`store::Queue`). Shared by the embedded and the Redis store; only the
 //! embedded one keeps the queue's state inside it.
 
+use super::crypt::{CryptError, Keys};
 use super::state::QueueState;
 use super::store::{Queue, QueueConfig, StoreError};
 use std::collections::HashMap;
@@ -37,6 +38,24 @@ impl Catalog {
         let mut v: Vec<_> = self.map().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The dead-letter queue of `queue`.
+    pub fn dead_letter_of(&self, queue: &Queue) -> Result<Arc<Queue>, StoreError> {
+        let name = queue
+            .dead_letter()
+            .ok_or_else(|| StoreError::NoDeadLetter(queue.name.clone()))?;
+        self.get(&name)
+    }
+
+    /// Refuses a write into `queue` when it, or where its dead letters
+    /// go, is encrypted and no key was given.
+    pub fn check_key(&self, queue: &Queue, keys: &Keys) -> Result<(), StoreError> {
+        let dead_letter_encrypted = self.dead_letter_of(queue).is_ok_and(|d| d.encrypted());
+        if (queue.encrypted() || dead_letter_encrypted) && keys.current_id().is_none() {
+            return Err(CryptError::NoKey.into());
+        }
+        Ok(())
     }
 
     /// Adds new queues (their ids from `ids`) and updates the settings of

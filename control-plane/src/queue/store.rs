@@ -389,13 +389,7 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?,
         };
         for t in &targets {
-            let dead_letter_encrypted = t
-                .dead_letter()
-                .and_then(|d| self.queue(&d).ok())
-                .is_some_and(|d| d.encrypted());
-            if (t.encrypted() || dead_letter_encrypted) && self.keys.current_id().is_none() {
-                return Err(CryptError::NoKey.into());
-            }
+            self.queues.check_key(t, &self.keys)?;
         }
         let receivers = targets.len() as u32;
         let mut outcomes = Vec::with_capacity(bodies.len());

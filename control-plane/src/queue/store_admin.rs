@@ -37,11 +37,7 @@ impl Store {
     }
 
     fn dead_letter_of(&self, queue: &str) -> Result<Arc<super::Queue>, StoreError> {
-        let q = self.queue(queue)?;
-        let name = q
-            .dead_letter()
-            .ok_or_else(|| StoreError::NoDeadLetter(queue.to_string()))?;
-        self.queue(&name)
+        self.queues.dead_letter_of(&*self.queue(queue)?)
     }
 
     /// Removes every queued message of `queue`; returns how many.

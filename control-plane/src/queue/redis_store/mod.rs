@@ -33,7 +33,7 @@
 mod ops;
 
 use super::catalog::Catalog;
-use super::crypt::{CryptError, Keys};
+use super::crypt::Keys;
 use super::state::{Backoff, Message, Settings};
 use super::store::{Queue, QueueConfig, StoreError};
 use super::wire::{from_wire, unseal};
@@ -336,17 +336,6 @@ impl RedisStore {
             }
             _ => {}
         }
-    }
-
-    fn check_key(&self, queue: &Queue) -> Result<(), StoreError> {
-        let dead_letter_encrypted = queue
-            .dead_letter()
-            .and_then(|d| self.queue(&d).ok())
-            .is_some_and(|d| d.encrypted());
-        if (queue.encrypted() || dead_letter_encrypted) && self.keys.current_id().is_none() {
-            return Err(CryptError::NoKey.into());
-        }
-        Ok(())
     }
 }
 

@@ -63,7 +63,7 @@ impl RedisStore {
                 .collect::<Result<Vec<_>, _>>()?,
         };
         for t in &targets {
-            self.check_key(t)?;
+            self.queues.check_key(t, &self.keys)?;
         }
         let receivers = targets.len() as u32;
         let out = self
@@ -468,7 +468,7 @@ impl RedisStore {
                 });
             }
             if let Some(target) = &target {
-                self.check_key(target)?;
+                self.queues.check_key(target, &self.keys)?;
                 let n = moving.len() as u64;
                 for out in self
                     .admit(std::slice::from_ref(target), now_ms, moving)
@@ -527,13 +527,6 @@ impl RedisStore {
         Ok(out)
     }
 
-    fn dead_letter_of(&self, queue: &Queue) -> Result<Arc<Queue>, StoreError> {
-        let name = queue
-            .dead_letter()
-            .ok_or_else(|| StoreError::NoDeadLetter(queue.name.clone()))?;
-        self.queue(&name)
-    }
-
     /// See `Store::peek`.
     pub async fn peek(
         &self,
@@ -545,7 +538,7 @@ impl RedisStore {
         if !dead_letters {
             return self.peek_in(&q, limit, "", false).await;
         }
-        let dlq = self.dead_letter_of(&q)?;
+        let dlq = self.queues.dead_letter_of(&q)?;
         self.peek_in(&dlq, limit, &q.name, false).await
     }
 
@@ -574,8 +567,8 @@ impl RedisStore {
         now_ms: u64,
     ) -> Result<Redriven, StoreError> {
         let source = self.queue(queue)?;
-        let dlq = self.dead_letter_of(&source)?;
-        self.check_key(&source)?;
+        let dlq = self.queues.dead_letter_of(&source)?;
+        self.queues.check_key(&source, &self.keys)?;
         let candidates = self.peek_in(&dlq, 100_000, queue, true).await?;
         let mut moved = Vec::new();
         let mut stopped = None;
