@@ -2,7 +2,7 @@
 //! snapshot, matching a route among many virtual hosts, picking an endpoint,
 //! and the per-request cost of each traffic policy (balancers, limits,
 //! retry budget, outlier bookkeeping, rate limits).
-//! `cargo bench -p weft-proxy --bench hot_path`
+//! `cargo bench -p weft-benches --bench hot_path`
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
