@@ -68,9 +68,16 @@ impl Backend {
             Backend::Embedded(s) => {
                 let mut out = Vec::new();
                 while out.len() < max as usize {
-                    match s.next(queue, now_ms, consumer, filter)? {
-                        Some(d) => out.push(d),
-                        None => break,
+                    match s.next(queue, now_ms, consumer, filter) {
+                        Ok(Some(d)) => out.push(d),
+                        Ok(None) => break,
+                        // Those taken so far go out; the failed one is in
+                        // flight and comes back after its ack timeout.
+                        Err(e) if !out.is_empty() => {
+                            tracing::warn!(queue, error = %e, "queue delivery failed");
+                            break;
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(out)

@@ -12,9 +12,16 @@
 //! A failed write or fsync poisons the log: later appends are refused
 //! (after a failed fsync the kernel may have dropped the dirty pages, so
 //! retrying could acknowledge data that is not on disk).
+//!
+//! Every record has a `Position` (its sequence and where it starts in its
+//! segment) that stays valid until compaction deletes the segment: the
+//! store keeps only positions of queued payloads in memory and reads them
+//! back (`read`, checked against sequence and CRC) when it delivers.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -45,6 +52,8 @@ pub enum LogError {
     Poisoned(String),
     #[error("queue log writer has stopped")]
     Stopped,
+    #[error("queue log has no record {0} (its segment was compacted away)")]
+    Gone(u64),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -91,7 +100,15 @@ pub struct Segment {
     pub bytes: u64,
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<Vec<u64>, LogError>>;
+/// Where a record is: its sequence number and its first byte in the
+/// segment that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub seq: u64,
+    pub offset: u64,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<Position>, LogError>>;
 
 enum Cmd {
     Append(Vec<Vec<u8>>, Reply),
@@ -104,6 +121,8 @@ pub struct Log {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<Stats>,
     segments: Arc<Mutex<Vec<Segment>>>,
+    /// Open read handles by segment (first sequence), for `read`.
+    readers: Mutex<HashMap<u64, Arc<File>>>,
 }
 
 #[derive(Debug, Default)]
@@ -116,10 +135,10 @@ pub struct Stats {
 
 impl Log {
     /// Opens (or creates) the log in `config.dir`, replaying every record
-    /// into `visit(sequence, payload)` in order.
+    /// into `visit(position, payload)` in order.
     pub fn open(
         config: Config,
-        mut visit: impl FnMut(u64, &[u8]),
+        mut visit: impl FnMut(Position, &[u8]),
     ) -> Result<(Log, Recovery), LogError> {
         std::fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
         let mut segments = list_segments(&config.dir)?;
@@ -180,6 +199,7 @@ impl Log {
                 writer: Mutex::new(Some(handle)),
                 stats,
                 segments,
+                readers: Mutex::new(HashMap::new()),
             },
             Recovery {
                 records,
@@ -189,9 +209,9 @@ impl Log {
         ))
     }
 
-    /// Appends `records` in order; returns their sequence numbers once they
-    /// are durable.
-    pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<Vec<u64>, LogError> {
+    /// Appends `records` in order; returns their positions once they are
+    /// durable.
+    pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<Vec<Position>, LogError> {
         if let Some(big) = records.iter().find(|r| r.len() > MAX_RECORD) {
             return Err(LogError::TooLarge(big.len()));
         }
@@ -218,7 +238,68 @@ impl Log {
     pub async fn drop_before(&self, sequence: u64) -> Result<usize, LogError> {
         let (reply, done) = tokio::sync::oneshot::channel();
         self.send(Cmd::DropBefore(sequence, reply))?;
-        done.await.map_err(|_| LogError::Stopped)?
+        let dropped = done.await.map_err(|_| LogError::Stopped)??;
+        if dropped > 0 {
+            let first = self
+                .segments
+                .lock()
+                .ok()
+                .and_then(|s| s.first().map(|s| s.first));
+            if let (Some(first), Ok(mut readers)) = (first, self.readers.lock()) {
+                readers.retain(|seg, _| *seg >= first);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The record at `at` (appended earlier and not compacted away),
+    /// checked against its sequence number and CRC.
+    pub fn read(&self, at: Position) -> Result<Vec<u8>, LogError> {
+        let (first, path) = {
+            let segs = self.segments.lock().map_err(|_| LogError::Stopped)?;
+            let i = segs.partition_point(|s| s.first <= at.seq);
+            let seg = i
+                .checked_sub(1)
+                .and_then(|i| segs.get(i))
+                .ok_or(LogError::Gone(at.seq))?;
+            (seg.first, seg.path.clone())
+        };
+        let file = {
+            let mut readers = self.readers.lock().map_err(|_| LogError::Stopped)?;
+            match readers.get(&first) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(&path).map_err(io_err(&path))?);
+                    readers.insert(first, f.clone());
+                    f
+                }
+            }
+        };
+        let corrupt = |reason: String| LogError::Corrupt {
+            path: path.clone(),
+            position: at.offset,
+            reason,
+        };
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, at.offset)
+            .map_err(io_err(&path))?;
+        let (size, crc, seq) = parse_header(&header);
+        if seq != at.seq {
+            return Err(corrupt(format!(
+                "sequence {seq} where {} was expected",
+                at.seq
+            )));
+        }
+        if size > MAX_RECORD {
+            return Err(corrupt(format!("a record of {size} bytes")));
+        }
+        let mut payload = vec![0u8; size];
+        file.read_exact_at(&mut payload, at.offset + HEADER as u64)
+            .map_err(io_err(&path))?;
+        if checksum(seq, &payload) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        Ok(payload)
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), LogError> {
@@ -304,12 +385,19 @@ impl Writer {
         let start = self.next;
         let result = self.write(&batch);
         match result {
-            Ok(()) => {
+            Ok(mut offset) => {
                 let mut seq = start;
                 for (records, reply) in batch {
-                    let seqs: Vec<u64> = (seq..seq + records.len() as u64).collect();
-                    seq += records.len() as u64;
-                    let _ = reply.send(Ok(seqs));
+                    let positions = records
+                        .iter()
+                        .map(|r| {
+                            let at = Position { seq, offset };
+                            seq += 1;
+                            offset += (HEADER + r.len()) as u64;
+                            at
+                        })
+                        .collect();
+                    let _ = reply.send(Ok(positions));
                 }
             }
             Err(e) => {
@@ -323,7 +411,8 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[(Vec<Vec<u8>>, Reply)]) -> Result<(), LogError> {
+    /// Writes (and syncs) the batch; returns where in the segment it starts.
+    fn write(&mut self, batch: &[(Vec<Vec<u8>>, Reply)]) -> Result<u64, LogError> {
         self.roll_if_full()?;
         let path = self.current_path();
         let mut buf = Vec::with_capacity(
@@ -347,12 +436,14 @@ impl Writer {
             .records
             .fetch_add(seq - self.next, Ordering::Relaxed);
         self.next = seq;
+        let mut start = 0;
         if let Ok(mut segs) = self.segments.lock() {
             if let Some(last) = segs.last_mut() {
+                start = last.bytes;
                 last.bytes += buf.len() as u64;
             }
         }
-        Ok(())
+        Ok(start)
     }
 
     fn current_path(&self) -> PathBuf {
@@ -398,13 +489,26 @@ impl Writer {
 }
 
 fn encode(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&checksum(seq, payload).to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// The CRC of a record: over its sequence number and payload.
+fn checksum(seq: u64, payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());
     crc.update(payload);
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc.finalize().to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(payload);
+    crc.finalize()
+}
+
+/// (payload size, CRC, sequence) of a record header.
+fn parse_header(h: &[u8; HEADER]) -> (usize, u32, u64) {
+    let size = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let seq = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    (size, crc, seq)
 }
 
 struct End {
@@ -419,7 +523,7 @@ fn replay(
     path: &Path,
     next: &mut u64,
     records: &mut u64,
-    visit: &mut impl FnMut(u64, &[u8]),
+    visit: &mut impl FnMut(Position, &[u8]),
     last: bool,
 ) -> Result<End, LogError> {
     let file = File::open(path).map_err(io_err(path))?;
@@ -447,26 +551,19 @@ fn replay(
             return bad("a partial record header".into());
         }
         r.read_exact(&mut header).map_err(io_err(path))?;
-        let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&header[8..16]);
-        let seq = u64::from_le_bytes(seq_bytes);
+        let (size, crc, seq) = parse_header(&header);
         if size > MAX_RECORD || (len - pos - HEADER as u64) < size as u64 {
             return bad(format!("a record of {size} bytes runs past the end"));
         }
         payload.resize(size, 0);
         r.read_exact(&mut payload).map_err(io_err(path))?;
-        let mut h = crc32fast::Hasher::new();
-        h.update(&seq_bytes);
-        h.update(&payload);
-        if h.finalize() != crc {
+        if checksum(seq, &payload) != crc {
             return bad("checksum mismatch".into());
         }
         if seq != *next {
             return bad(format!("sequence {seq} where {} was due", *next));
         }
-        visit(seq, &payload);
+        visit(Position { seq, offset: pos }, &payload);
         *next += 1;
         *records += 1;
         pos += (HEADER + size) as u64;

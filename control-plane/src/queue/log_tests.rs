@@ -8,13 +8,23 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn open(dir: &Path, segment_bytes: u64) -> (Log, Recovery, Vec<(u64, Vec<u8>)>) {
+    let (log, rec, seen) = open_at(dir, segment_bytes);
+    let seen = seen.into_iter().map(|(at, p)| (at.seq, p)).collect();
+    (log, rec, seen)
+}
+
+fn open_at(dir: &Path, segment_bytes: u64) -> (Log, Recovery, Vec<(Position, Vec<u8>)>) {
     let mut seen = Vec::new();
     let config = Config {
         segment_bytes,
         ..Config::new(dir)
     };
-    let (log, rec) = Log::open(config, |seq, p| seen.push((seq, p.to_vec()))).unwrap();
+    let (log, rec) = Log::open(config, |at, p| seen.push((at, p.to_vec()))).unwrap();
     (log, rec, seen)
+}
+
+fn seqs(positions: Vec<Position>) -> Vec<u64> {
+    positions.into_iter().map(|p| p.seq).collect()
 }
 
 fn msg(i: u64) -> Vec<u8> {
@@ -31,7 +41,7 @@ fn appended_records_come_back_in_order_after_reopening_across_segments() {
         assert!(seen.is_empty());
         for chunk in 0..20u64 {
             let batch: Vec<Vec<u8>> = (chunk * 10..chunk * 10 + 10).map(msg).collect();
-            let seqs = rt.block_on(log.append(batch)).unwrap();
+            let seqs = seqs(rt.block_on(log.append(batch)).unwrap());
             assert_eq!(seqs, (chunk * 10..chunk * 10 + 10).collect::<Vec<_>>());
         }
         assert!(log.segments().len() > 3, "{:?}", log.segments());
@@ -46,7 +56,10 @@ fn appended_records_come_back_in_order_after_reopening_across_segments() {
         assert_eq!(payload, &msg(i as u64));
     }
     // Appends continue the sequence.
-    assert_eq!(rt.block_on(log.append(vec![msg(200)])).unwrap(), vec![200]);
+    assert_eq!(
+        seqs(rt.block_on(log.append(vec![msg(200)])).unwrap()),
+        vec![200]
+    );
 }
 
 #[test]
@@ -71,7 +84,10 @@ fn a_torn_tail_is_cut_off_and_reported_and_the_log_goes_on_from_the_last_whole_r
     assert_eq!((path, at), (seg.path.clone(), whole));
     assert_eq!(dropped, (partial.len() / 2) as u64);
     assert_eq!(std::fs::metadata(&seg.path).unwrap().len(), whole);
-    assert_eq!(rt.block_on(log.append(vec![msg(5)])).unwrap(), vec![5]);
+    assert_eq!(
+        seqs(rt.block_on(log.append(vec![msg(5)])).unwrap()),
+        vec![5]
+    );
     drop(log);
     // A flipped byte in the last record is a torn tail too.
     let mut bytes = std::fs::read(&seg.path).unwrap();
@@ -143,7 +159,7 @@ fn concurrent_appends_are_folded_into_fewer_commits_and_every_acknowledged_recor
                     let mut mine = Vec::new();
                     for i in 0..25u64 {
                         let body = format!("{t}/{i}").into_bytes();
-                        let seq = log.append(vec![body.clone()]).await.unwrap()[0];
+                        let seq = log.append(vec![body.clone()]).await.unwrap()[0].seq;
                         mine.push((seq, body));
                     }
                     mine
@@ -200,4 +216,66 @@ fn an_oversized_record_is_refused_before_it_reaches_the_disk() {
         .unwrap_err();
     assert!(matches!(err, LogError::TooLarge(_)), "{err}");
     assert_eq!(log.segments()[0].bytes, 0);
+}
+
+#[test]
+fn a_record_is_read_back_at_its_position_before_and_after_reopening_and_not_once_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut written = Vec::new();
+    {
+        let (log, _, _) = open_at(dir.path(), 300);
+        for chunk in 0..10u64 {
+            let batch: Vec<Vec<u8>> = (chunk * 3..chunk * 3 + 3).map(msg).collect();
+            let at = rt.block_on(log.append(batch.clone())).unwrap();
+            written.extend(at.into_iter().zip(batch));
+        }
+        assert!(log.segments().len() > 3);
+        for (at, body) in &written {
+            assert_eq!(&log.read(*at).unwrap(), body, "{at:?}");
+        }
+    }
+    let (log, _, seen) = open_at(dir.path(), 300);
+    // Replay reports the positions the appends returned.
+    assert_eq!(seen, written);
+    for (at, body) in &written {
+        assert_eq!(&log.read(*at).unwrap(), body);
+    }
+    let mark = log.segments()[2].first;
+    rt.block_on(log.drop_before(mark)).unwrap();
+    let (gone, _) = &written[0];
+    assert!(matches!(log.read(*gone), Err(LogError::Gone(0))));
+    let (kept, body) = written.iter().find(|(at, _)| at.seq >= mark).unwrap();
+    assert_eq!(&log.read(*kept).unwrap(), body);
+    // A position that does not start a record is refused, not misread.
+    let wrong = Position {
+        seq: kept.seq,
+        offset: kept.offset + 1,
+    };
+    assert!(matches!(log.read(wrong), Err(LogError::Corrupt { .. })));
+}
+
+#[test]
+fn a_damaged_record_is_refused_on_read_with_its_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _, _) = open_at(dir.path(), 1 << 20);
+    let at = rt().block_on(log.append(vec![msg(1), msg(2)])).unwrap();
+    let seg = log.segments()[0].path.clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = (at[1].offset as usize) + HEADER + 3;
+    bytes[last] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    assert_eq!(log.read(at[0]).unwrap(), msg(1));
+    match log.read(at[1]) {
+        Err(LogError::Corrupt {
+            path,
+            position,
+            reason,
+        }) => {
+            assert_eq!(path, seg);
+            assert_eq!(position, at[1].offset);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("read a damaged record: {other:?}"),
+    }
 }

@@ -123,6 +123,28 @@ pub struct Message {
     pub expires_ms: Option<u64>,
     pub deliveries: u32,
     pub last_error: Option<String>,
+    /// Set when the body's payload, publisher and traceparent are not in
+    /// memory but in the store's log (the embedded store keeps queued
+    /// messages this way): where, and how long the payload is.
+    pub stored: Option<Stored>,
+}
+
+/// A message body kept in the log: the record holding it and its
+/// payload's length (for size limits and depth in bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub record: super::log::Position,
+    pub payload_len: u32,
+}
+
+impl Message {
+    /// The payload's length, in memory or not.
+    pub fn payload_len(&self) -> u64 {
+        match self.stored {
+            Some(s) => u64::from(s.payload_len),
+            None => self.body.payload.len() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -386,6 +408,7 @@ impl QueueState {
             deliveries: 0,
             last_error: None,
             body,
+            stored: None,
         });
         self.pending.0 += 1;
         self.pending.1 += size;
@@ -410,10 +433,7 @@ impl QueueState {
 
     fn unpend(&mut self, message: &Message) {
         self.pending.0 = self.pending.0.saturating_sub(1);
-        self.pending.1 = self
-            .pending
-            .1
-            .saturating_sub(message.body.payload.len() as u64);
+        self.pending.1 = self.pending.1.saturating_sub(message.payload_len());
     }
 
     /// Takes a message out without an effect (replaying a removal).
@@ -441,7 +461,7 @@ impl QueueState {
         if let Some(e) = message.expires_ms {
             self.expiries.insert((e, id));
         }
-        self.depth.bytes += message.body.payload.len() as u64;
+        self.depth.bytes += message.payload_len();
         let due = message.body.deliver_at_ms.filter(|t| *t > now_ms);
         let at = match due {
             Some(until_ms) => {
@@ -473,7 +493,7 @@ impl QueueState {
     fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
         let e = self.entries.remove(&id)?;
         self.unplace(id, &e);
-        self.depth.bytes -= e.message.body.payload.len() as u64;
+        self.depth.bytes -= e.message.payload_len();
         if let Some(x) = e.message.expires_ms {
             self.expiries.remove(&(x, id));
         }
@@ -694,7 +714,7 @@ impl QueueState {
             }
             if let Some(e) = self.entries.remove(&id) {
                 self.unplace(id, &e);
-                self.depth.bytes -= e.message.body.payload.len() as u64;
+                self.depth.bytes -= e.message.payload_len();
                 if let Some(x) = e.message.expires_ms {
                     self.expiries.remove(&(x, id));
                 }

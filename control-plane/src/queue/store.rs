@@ -10,6 +10,9 @@
 //! Message ids come from one counter for all queues, started past every
 //! sequence number the log ever used, so an id is never reused even after
 //! compaction dropped its records.
+//!
+//! A queued message's payload is not kept in memory: only its index entry
+//! and its record's position (`stored`); it is read back on delivery.
 
 use super::catalog::Catalog;
 use super::crypt::{CryptError, Keys};
@@ -18,6 +21,7 @@ use super::log::{self, Log, LogError};
 use super::state::{
     AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
 };
+use super::stored::slim;
 use super::wire::{from_wire, record, sealed, unseal};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -282,7 +286,8 @@ impl Store {
         let mut orphaned = 0;
         let mut undecodable = 0;
         let mut sealed: Option<CryptError> = None;
-        let (log, recovery) = Log::open(config, |seq, bytes| {
+        let (log, recovery) = Log::open(config, |at, bytes| {
+            let seq = at.seq;
             let Ok(record) = QueueRecord::decode(bytes) else {
                 undecodable += 1;
                 return;
@@ -302,13 +307,13 @@ impl Store {
                 Some(Event::Published(m)) => {
                     live.add(&record.queue, m.id, seq);
                     if let Some(m) = clear(m) {
-                        state.restore(from_wire(m), now_ms);
+                        state.restore(slim(&from_wire(m), at), now_ms);
                     }
                 }
                 Some(Event::Requeued(m)) => {
                     if state.discard(m.id).is_some() {
                         if let Some(m) = clear(m) {
-                            state.restore(from_wire(m), now_ms);
+                            state.restore(slim(&from_wire(m), at), now_ms);
                         }
                     }
                 }
@@ -449,8 +454,8 @@ impl Store {
         }
         let records = std::mem::take(&mut batch.records);
         match self.log.append(records).await {
-            Ok(seqs) => {
-                self.settle(batch, &seqs, now_ms);
+            Ok(positions) => {
+                self.settle(batch, &positions, now_ms);
                 Ok(())
             }
             Err(e) => {
@@ -462,21 +467,25 @@ impl Store {
 
     /// The batch is durable: admitted messages join their queues, removed
     /// ones stop holding back compaction, consumers are woken.
-    fn settle(&self, batch: Batch, seqs: &[u64], now_ms: u64) {
+    fn settle(&self, batch: Batch, positions: &[log::Position], now_ms: u64) {
         {
             let mut live = self.live();
             for (queue, id) in &batch.removed {
                 live.remove(queue, *id);
             }
-            for (target, m, at) in &batch.admitted {
-                if let Some(seq) = seqs.get(*at) {
-                    live.add(&target.name, m.id, *seq);
+            for (target, m, i) in &batch.admitted {
+                if let Some(at) = positions.get(*i) {
+                    live.add(&target.name, m.id, at.seq);
                 }
             }
         }
         let mut woken: Vec<&Arc<Queue>> = Vec::new();
-        for (target, m, _) in &batch.admitted {
-            target.lock().commit(m.clone(), now_ms);
+        for (target, m, i) in &batch.admitted {
+            let kept = match positions.get(*i) {
+                Some(at) => Arc::new(slim(m, *at)),
+                None => m.clone(),
+            };
+            target.lock().commit(kept, now_ms);
             if !woken.iter().any(|w| Arc::ptr_eq(w, target)) {
                 woken.push(target);
             }
@@ -534,6 +543,7 @@ impl Store {
             }
             match e {
                 Effect::Requeued { message } => {
+                    let message = self.full(source, &message)?;
                     batch.push(record(queue, Event::Requeued(self.wire(source, &message)?)));
                     if !batch.wake.iter().any(|w| Arc::ptr_eq(w, source)) {
                         batch.wake.push(source.clone());
@@ -557,6 +567,7 @@ impl Store {
                         );
                         continue;
                     };
+                    let message = self.full(source, &message)?;
                     let body = super::dead_letter::dead_letter(&message, queue, &reason);
                     let (out, admitted, _) = target.lock().admit(now_ms, body);
                     match admitted {
@@ -580,7 +591,8 @@ impl Store {
         Ok(())
     }
 
-    /// The next message for `consumer`, if one is ready.
+    /// The next message for `consumer`, if one is ready (its body read
+    /// back from the log, outside the queue's lock).
     pub fn next(
         &self,
         queue: &str,
@@ -588,7 +600,15 @@ impl Store {
         consumer: u64,
         filter: &Filter,
     ) -> Result<Option<Delivery>, StoreError> {
-        Ok(self.queue(queue)?.lock().next(now_ms, consumer, filter))
+        let q = self.queue(queue)?;
+        let delivery = q.lock().next(now_ms, consumer, filter);
+        match delivery {
+            Some(mut d) => {
+                d.message = self.full(&q, &d.message)?;
+                Ok(Some(d))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Acknowledges deliveries; returns those that could not be (with
@@ -712,6 +732,14 @@ impl Store {
     /// A message as stored: its payload sealed when the queue is encrypted.
     fn wire(&self, queue: &Queue, m: &Message) -> Result<QueueMessage, StoreError> {
         Ok(sealed(&self.keys, &queue.name, queue.encrypted(), m)?)
+    }
+
+    pub(super) fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub(super) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {

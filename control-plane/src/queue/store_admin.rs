@@ -27,13 +27,19 @@ impl Store {
         dead_letters: bool,
     ) -> Result<Vec<(Arc<Message>, Place)>, StoreError> {
         let q = self.queue(queue)?;
-        if !dead_letters {
-            return Ok(q.lock().peek(limit, &|_| true));
-        }
-        let dlq = self.dead_letter_of(queue)?;
-        let from_here = |m: &Message| dead_letter::source(m) == Some(queue);
-        let found = dlq.lock().peek(limit, &from_here);
-        Ok(found)
+        let (q, found) = if dead_letters {
+            let dlq = self.dead_letter_of(queue)?;
+            let from_here = |m: &Message| dead_letter::source(m) == Some(queue);
+            let found = dlq.lock().peek(limit, &from_here);
+            (dlq, found)
+        } else {
+            let found = q.lock().peek(limit, &|_| true);
+            (q, found)
+        };
+        found
+            .into_iter()
+            .map(|(m, place)| Ok((self.full(&q, &m)?, place)))
+            .collect()
     }
 
     fn dead_letter_of(&self, queue: &str) -> Result<Arc<super::Queue>, StoreError> {
@@ -85,7 +91,14 @@ impl Store {
             let Some(dead) = dlq.lock().take_queued(id) else {
                 continue;
             };
-            let body = redriven(&dead);
+            let body = match self.full(&dlq, &dead) {
+                Ok(whole) => redriven(&whole),
+                Err(e) => {
+                    dlq.lock().restore((*dead).clone(), now_ms);
+                    self.abandon(batch);
+                    return Err(e);
+                }
+            };
             let (out, admitted, _) = source.lock().admit(now_ms, body);
             let Some(m) = admitted else {
                 dlq.lock().restore((*dead).clone(), now_ms);

@@ -92,5 +92,6 @@ pub(crate) fn from_wire(m: QueueMessage) -> Message {
         expires_ms: (m.expires_unix_ms > 0).then_some(m.expires_unix_ms),
         deliveries: m.deliveries,
         last_error: opt(m.last_error),
+        stored: None,
     }
 }

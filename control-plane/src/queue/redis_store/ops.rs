@@ -149,6 +149,7 @@ impl RedisStore {
                 expires_ms,
                 deliveries: 0,
                 last_error: None,
+                stored: None,
             };
             for t in targets {
                 inv.arg(sealed(&self.keys, &t.name, t.encrypted(), &m)?.encode_to_vec());
@@ -209,6 +210,7 @@ impl RedisStore {
                 expires_ms: None,
                 deliveries: 0,
                 last_error: None,
+                stored: None,
             };
             let mut payload = q.name.clone().into_bytes();
             payload.push(b'\n');
