@@ -133,7 +133,12 @@ pub struct Message {
 /// payload's length (for size limits and depth in bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
+    /// The record to read the body from (its `published` record, or a
+    /// later `requeued` one after a restart).
     pub record: super::log::Position,
+    /// The sequence of its `published` record: what keeps it live in the
+    /// log (see `live`).
+    pub live_seq: u64,
     pub payload_len: u32,
 }
 

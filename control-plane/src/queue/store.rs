@@ -173,8 +173,9 @@ struct Batch {
     records: Vec<Vec<u8>>,
     /// Admitted messages to commit, with the index of their record.
     admitted: Vec<(Arc<Queue>, Arc<Message>, usize)>,
-    /// Messages that leave the log's live set.
-    removed: Vec<(String, u64)>,
+    /// Messages that leave the log's live set: their `published`
+    /// records' sequences.
+    removed: Vec<u64>,
     /// Messages already taken out of their queue state, to put back if
     /// the append fails.
     taken: Vec<(Arc<Queue>, Arc<Message>)>,
@@ -193,15 +194,16 @@ impl Batch {
         self.records.push(record);
     }
 
-    fn remove(&mut self, queue: &str, id: u64, why: &str) {
+    /// `m` (as its queue kept it) leaves `queue`.
+    fn remove(&mut self, queue: &str, m: &Message, why: &str) {
         self.records.push(self::record(
             queue,
             Event::Removed(QueueRemoved {
-                id,
+                id: m.id,
                 why: why.into(),
             }),
         ));
-        self.removed.push((queue.to_string(), id));
+        self.removed.extend(m.stored.map(|s| s.live_seq));
     }
 }
 
@@ -305,21 +307,27 @@ impl Store {
             };
             match record.event {
                 Some(Event::Published(m)) => {
-                    live.add(&record.queue, m.id, seq);
                     if let Some(m) = clear(m) {
-                        state.restore(slim(&from_wire(m), at), now_ms);
+                        live.add(seq);
+                        state.restore(slim(&from_wire(m), at, seq), now_ms);
                     }
                 }
+                // Only for a message still here: an ack's removal may be
+                // written before the requeue record of an earlier failure.
                 Some(Event::Requeued(m)) => {
-                    if state.discard(m.id).is_some() {
+                    if let Some(old) = state.discard(m.id) {
+                        let live_seq = old.stored.map_or(seq, |s| s.live_seq);
                         if let Some(m) = clear(m) {
-                            state.restore(slim(&from_wire(m), at), now_ms);
+                            state.restore(slim(&from_wire(m), at, live_seq), now_ms);
                         }
                     }
                 }
                 Some(Event::Removed(r)) => {
-                    state.discard(r.id);
-                    live.remove(&record.queue, r.id);
+                    if let Some(gone) = state.discard(r.id) {
+                        if let Some(s) = gone.stored {
+                            live.remove(s.live_seq);
+                        }
+                    }
                 }
                 None => undecodable += 1,
             }
@@ -470,19 +478,19 @@ impl Store {
     fn settle(&self, batch: Batch, positions: &[log::Position], now_ms: u64) {
         {
             let mut live = self.live();
-            for (queue, id) in &batch.removed {
-                live.remove(queue, *id);
+            for seq in &batch.removed {
+                live.remove(*seq);
             }
-            for (target, m, i) in &batch.admitted {
+            for (_, _, i) in &batch.admitted {
                 if let Some(at) = positions.get(*i) {
-                    live.add(&target.name, m.id, at.seq);
+                    live.add(at.seq);
                 }
             }
         }
         let mut woken: Vec<&Arc<Queue>> = Vec::new();
         for (target, m, i) in &batch.admitted {
             let kept = match positions.get(*i) {
-                Some(at) => Arc::new(slim(m, *at)),
+                Some(at) => Arc::new(slim(m, *at, at.seq)),
                 None => m.clone(),
             };
             target.lock().commit(kept, now_ms);
@@ -553,10 +561,10 @@ impl Store {
                     tracing::info!(queue, id = message.id, reason = %reason, "queue message dropped");
                     metrics::counter!(crate::queue::metrics::DROPPED_TOTAL, "queue" => queue.to_string())
                         .increment(1);
-                    batch.remove(queue, message.id, "dropped");
+                    batch.remove(queue, &message, "dropped");
                 }
                 Effect::DeadLetter { message, reason } => {
-                    batch.remove(queue, message.id, "dead-lettered");
+                    batch.remove(queue, &message, "dead-lettered");
                     metrics::counter!(crate::queue::metrics::DEAD_LETTERED_TOTAL, "queue" => queue.to_string())
                         .increment(1);
                     let Some(target) = &target else {
@@ -624,11 +632,15 @@ impl Store {
         let q = self.queue(queue)?;
         let mut failed = Vec::new();
         let mut done = Vec::with_capacity(ids.len());
+        let mut gone = Vec::with_capacity(ids.len());
         {
             let mut state = q.lock();
             for &id in ids {
                 match state.ack(id, consumer) {
-                    Ok(_) => done.push(id),
+                    Ok(m) => {
+                        done.push(id);
+                        gone.extend(m.stored.map(|s| s.live_seq));
+                    }
                     Err(e) => failed.push((id, e)),
                 }
             }
@@ -650,8 +662,8 @@ impl Store {
             .collect();
         self.log.append_detached(records)?;
         let mut live = self.live();
-        for id in done {
-            live.remove(queue, id);
+        for seq in gone {
+            live.remove(seq);
         }
         Ok(failed)
     }

@@ -52,7 +52,7 @@ impl Store {
         let taken = q.lock().purge();
         let mut batch = Batch::default();
         for m in &taken {
-            batch.remove(&q.name, m.id, "purged");
+            batch.remove(&q.name, m, "purged");
         }
         let n = taken.len() as u64;
         batch.taken = taken.into_iter().map(|m| (q.clone(), m)).collect();
@@ -105,8 +105,8 @@ impl Store {
                 stopped = Some(format!("{queue} refused message {id}: {out:?}"));
                 break;
             };
+            batch.remove(&dlq.name, &dead, "redriven");
             batch.taken.push((dlq.clone(), dead));
-            batch.remove(&dlq.name, id, "redriven");
             let wire = match self.wire(&source, &m) {
                 Ok(w) => w,
                 Err(e) => {

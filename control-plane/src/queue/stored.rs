@@ -19,11 +19,13 @@ use prost::Message as _;
 use std::sync::Arc;
 use xds_proto::v1::{queue_record::Event, QueueRecord};
 
-/// `m` as a queue keeps it once its record, at `at`, is durable.
-pub(super) fn slim(m: &Message, at: Position) -> Message {
+/// `m` as a queue keeps it once its record, at `at`, is durable;
+/// `live_seq`: its `published` record's sequence.
+pub(super) fn slim(m: &Message, at: Position, live_seq: u64) -> Message {
     let mut slim = m.clone();
     slim.stored = Some(Stored {
         record: at,
+        live_seq,
         payload_len: u32::try_from(m.payload_len()).unwrap_or(u32::MAX),
     });
     slim.body.payload = Bytes::new();
