@@ -18,7 +18,7 @@ pub mod redis_store;
 pub mod service;
 pub mod state;
 pub mod store;
-mod stored;
+pub mod stored;
 mod wire;
 
 use crate::config::kinds::{Durability, OnExpiry, OnFull, QueueBackoff, QueueSpec, QueueType};

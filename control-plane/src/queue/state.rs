@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::stored::Stored;
+
 pub const LEVELS: usize = 10;
 /// The reason an expired message leaves with.
 pub const EXPIRED: &str = "expired (message TTL)";
@@ -127,19 +129,6 @@ pub struct Message {
     /// memory but in the store's log (the embedded store keeps queued
     /// messages this way): where, and how long the payload is.
     pub stored: Option<Stored>,
-}
-
-/// A message body kept in the log: the record holding it and its
-/// payload's length (for size limits and depth in bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    /// The record to read the body from (its `published` record, or a
-    /// later `requeued` one after a restart).
-    pub record: super::log::Position,
-    /// The sequence of its `published` record: what keeps it live in the
-    /// log (see `live`).
-    pub live_seq: u64,
-    pub payload_len: u32,
 }
 
 impl Message {

@@ -11,13 +11,26 @@
 //! compaction only drops segments below the oldest live message's record.
 
 use super::log::Position;
-use super::state::{Message, Stored};
+use super::state::Message;
 use super::store::{Queue, Store, StoreError};
 use super::wire::unseal;
 use bytes::Bytes;
 use prost::Message as _;
 use std::sync::Arc;
 use xds_proto::v1::{queue_record::Event, QueueRecord};
+
+/// A message body kept in the log: the record holding it and its
+/// payload's length (for size limits and depth in bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The record to read the body from (its `published` record, or a
+    /// later `requeued` one after a restart).
+    pub record: super::log::Position,
+    /// The sequence of its `published` record: what keeps it live in the
+    /// log (see `live`).
+    pub live_seq: u64,
+    pub payload_len: u32,
+}
 
 /// `m` as a queue keeps it once its record, at `at`, is durable;
 /// `live_seq`: its `published` record's sequence.
