@@ -386,3 +386,56 @@ fn a_queued_message_keeps_only_its_index_in_memory_and_is_delivered_whole() {
         // Not acked: delivered again after the restart.
     }
 }
+
+#[test]
+fn a_message_requeued_before_a_restart_is_read_back_and_once_acked_lets_the_log_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let id = {
+        let (store, _) = open(dir.path(), 512);
+        let id = ids(&rt
+            .block_on(store.publish("intel/jobs", 1_000, vec![body("requeued body")]))
+            .unwrap())[0];
+        store
+            .next("intel/jobs", 1_000, 1, &Filter::default())
+            .unwrap()
+            .unwrap();
+        rt.block_on(store.nack("intel/jobs", 1_000, id, 1, true, "once"))
+            .unwrap();
+        id
+    };
+    let (store, _) = open(dir.path(), 512);
+    let mut seen = false;
+    for i in 0..30 {
+        let done = ids(&rt
+            .block_on(store.publish("intel/jobs", 1_000, vec![body(&format!("filler {i}"))]))
+            .unwrap())[0];
+        let d = store
+            .next("intel/jobs", 1_000, 2, &Filter::default())
+            .unwrap()
+            .unwrap();
+        if d.message.id == id {
+            // Delivered whole from its requeue record.
+            assert_eq!(d.message.body.payload, Bytes::from("requeued body"));
+            assert_eq!(d.message.deliveries, 2);
+            seen = true;
+            store.ack("intel/jobs", &[id], 2).unwrap();
+            let again = store
+                .next("intel/jobs", 1_000, 2, &Filter::default())
+                .unwrap()
+                .unwrap();
+            store.ack("intel/jobs", &[again.message.id], 2).unwrap();
+        } else {
+            store.ack("intel/jobs", &[done], 2).unwrap();
+        }
+    }
+    assert!(seen, "the requeued message came back");
+    assert!(drain(&store, "intel/jobs", 3).is_empty());
+    rt.block_on(store.compact()).unwrap();
+    assert_eq!(
+        store.log_segments().len(),
+        1,
+        "nothing live pins the log: {:?}",
+        store.log_segments()
+    );
+}
