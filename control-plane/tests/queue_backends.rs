@@ -20,10 +20,23 @@ async fn publish(h: &Harness, q: &str, bodies: Vec<NewMessage>) -> Vec<Published
         .collect()
 }
 
+/// Each take has a new number (a consumer stream numbers its takes).
+static TAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000);
+
+fn next_take() -> u64 {
+    TAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn take(h: &Harness, q: &str, consumer: u64, max: u32) -> Vec<Delivery> {
     h.store.tick(now_ms()).await.expect("tick");
     h.store
-        .take(q, now_ms(), consumer, &Filter::default(), max)
+        .take(
+            q,
+            now_ms(),
+            (consumer, next_take()),
+            &Filter::default(),
+            max,
+        )
         .await
         .unwrap_or_else(|e| panic!("{}: take from {q}: {e}", h.name))
 }
@@ -77,7 +90,11 @@ async fn the_highest_priority_is_delivered_first_and_fifo_holds_within_a_level()
             kinds: vec![],
             min_priority: 9,
         };
-        let none = h.store.take("t/p", now_ms(), 2, &filter, 10).await.unwrap();
+        let none = h
+            .store
+            .take("t/p", now_ms(), (2, next_take()), &filter, 10)
+            .await
+            .unwrap();
         assert!(none.is_empty(), "{}", h.name);
     }
 }
@@ -98,7 +115,7 @@ async fn a_delayed_message_is_delivered_within_50_ms_of_its_time_and_not_before(
             h.store.tick(asked_at).await.expect("tick");
             let d = h
                 .store
-                .take("t/d", asked_at, 1, &Filter::default(), 10)
+                .take("t/d", asked_at, (1, next_take()), &Filter::default(), 10)
                 .await
                 .expect("take");
             if !d.is_empty() {
@@ -496,5 +513,64 @@ async fn an_unknown_queue_is_named_in_the_error() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("t/nope"), "{}: {e}", h.name);
+    }
+}
+
+/// Redis ran a take but its reply was lost (it died before answering):
+/// the consumer takes again with the same number and gets the same
+/// deliveries rather than the next ones, so none sits in flight to nobody
+/// until its ack timeout. The embedded store is in-process: no lost
+/// replies, nothing to repeat.
+#[tokio::test]
+async fn a_take_repeated_with_its_number_answers_with_what_it_took() {
+    let queues = [queue("r", |_| {})];
+    for h in stores(&queues).await {
+        if h.name == "embedded" {
+            continue;
+        }
+        publish(&h, "t/r", vec![msg("a", 4), msg("b", 4), msg("c", 4)]).await;
+        let none = Filter::default();
+        let take = |n: u64| h.store.take("t/r", now_ms(), (1, n), &none, 2);
+        let first = take(7).await.expect("take");
+        let again = take(7).await.expect("repeat");
+        assert_eq!(payloads(&first), ["a", "b"], "{}", h.name);
+        assert_eq!(payloads(&again), ["a", "b"], "{}: the repeat", h.name);
+        assert_eq!(
+            again[0].message.deliveries, 1,
+            "{}: not counted twice",
+            h.name
+        );
+        let next = take(8).await.expect("next");
+        assert_eq!(payloads(&next), ["c"], "{}", h.name);
+        // An acked delivery is not answered again.
+        h.store
+            .ack("t/r", &[next[0].message.id], 1)
+            .await
+            .expect("ack");
+        assert!(take(8).await.expect("repeat").is_empty(), "{}", h.name);
+        // A released consumer's last take is forgotten with it: the same
+        // number takes anew (a and b came back).
+        h.store.release("t/r", now_ms(), 1).await.expect("release");
+        let after = take(8).await.expect("after release");
+        assert_eq!(payloads(&after), ["a", "b"], "{}", h.name);
+    }
+}
+
+/// A dead Redis is an unreachable store, which a consumer waits out,
+/// not a refusal.
+#[tokio::test]
+async fn a_dead_redis_is_reported_as_unreachable_for_now() {
+    let queues = [queue("u", |_| {})];
+    for mut h in stores(&queues).await {
+        if h.name == "embedded" {
+            continue;
+        }
+        h.kill_redis();
+        let e = h
+            .store
+            .take("t/u", now_ms(), (1, 1), &Filter::default(), 1)
+            .await
+            .expect_err("Redis is dead");
+        assert!(e.is_transient(), "{}: {e}", h.name);
     }
 }

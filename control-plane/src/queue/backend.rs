@@ -56,11 +56,16 @@ impl Backend {
     }
 
     /// Up to `max` deliveries for `consumer`, in flight until acked.
+    /// `take_no` numbers the consumer's takes: after an error, taking
+    /// again with the same number gets what the failed call may have
+    /// taken (Redis: the script ran but its reply was lost) rather than
+    /// leaving it in flight to nobody until its ack timeout. The embedded
+    /// store has no lost replies.
     pub async fn take(
         &self,
         queue: &str,
         now_ms: u64,
-        consumer: u64,
+        (consumer, take_no): (u64, u64),
         filter: &Filter,
         max: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
@@ -82,7 +87,10 @@ impl Backend {
                 }
                 Ok(out)
             }
-            Backend::Redis(r) => r.take(queue, now_ms, consumer, filter, max).await,
+            Backend::Redis(r) => {
+                r.take(queue, now_ms, (consumer, take_no), filter, max)
+                    .await
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use super::metrics::{
     REDELIVERED_TOTAL,
 };
 use super::service::{identity, now_ms, status, QueueService};
+use super::state::Delivery;
 use super::state::{Filter, Message};
 use super::store::{Fanout, Queue};
 use crate::caller;
@@ -29,6 +30,9 @@ use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::K
 const DEFAULT_PREFETCH: u32 = 16;
 const MAX_PREFETCH: u32 = 10_000;
 const MAX_BATCH: u32 = 1_000;
+/// Waits between tries of a take while the store is unreachable.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 type Tx = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 
@@ -84,6 +88,7 @@ pub(super) async fn start(
         filter,
         credit,
         max_batch: sub.max_batch.clamp(1, MAX_BATCH),
+        takes: 0,
         tx,
         meters,
     };
@@ -99,6 +104,8 @@ struct Stream {
     credit: u32,
     /// Deliveries per response.
     max_batch: u32,
+    /// Takes made so far (the store's retry key).
+    takes: u64,
     tx: Tx,
     meters: Meters,
 }
@@ -169,19 +176,50 @@ impl Stream {
             self.broadcast(inbound).await;
         } else {
             self.compete(inbound).await;
-            if let Err(e) = self
-                .store
-                .release(&self.queue.name, now_ms(), self.consumer)
-                .await
-            {
-                tracing::warn!(queue = %self.queue.name, consumer = self.consumer, error = %e, "could not give back a departed consumer's deliveries");
-            }
+            self.release().await;
         }
         self.queue.consumers.fetch_sub(1, Ordering::Relaxed);
         if self.queue.fanout() == Fanout::Broadcast {
             self.counted().await;
         }
         tracing::info!(queue = %self.queue.name, consumer = self.consumer, "consumer left");
+    }
+
+    /// The departed consumer's deliveries go back to the queue now. While
+    /// the store is unreachable that is tried again in the background
+    /// until the ack timeout, after which they come back anyway.
+    async fn release(&self) {
+        let Err(e) = self
+            .store
+            .release(&self.queue.name, now_ms(), self.consumer)
+            .await
+        else {
+            return;
+        };
+        tracing::warn!(queue = %self.queue.name, consumer = self.consumer, error = %e, "could not give back a departed consumer's deliveries");
+        if !e.is_transient() {
+            return;
+        }
+        let (store, queue, consumer) = (self.store.clone(), self.queue.clone(), self.consumer);
+        let until = tokio::time::Instant::now() + queue.config().settings.ack_timeout;
+        tokio::spawn(async move {
+            let mut pause = RETRY_FIRST;
+            while tokio::time::Instant::now() + pause < until {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+                match store.release(&queue.name, now_ms(), consumer).await {
+                    Ok(()) => {
+                        tracing::info!(queue = %queue.name, consumer, "gave back a departed consumer's deliveries");
+                        return;
+                    }
+                    Err(e) if e.is_transient() => {}
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, consumer, error = %e, "could not give back a departed consumer's deliveries");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Tells the store this queue's consumers here changed.
@@ -204,16 +242,8 @@ impl Stream {
             let batched = self.max_batch > 1;
             while self.credit > 0 {
                 let want = self.credit.min(self.max_batch);
-                let taken = match self
-                    .store
-                    .take(&name, now_ms(), self.consumer, &self.filter, want)
-                    .await
-                {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = self.tx.send(Err(status(e))).await;
-                        return;
-                    }
+                let Some(taken) = self.take(&name, want).await else {
+                    return;
                 };
                 if taken.is_empty() {
                     break;
@@ -236,6 +266,61 @@ impl Stream {
                     if !self.inbound(m).await {
                         return;
                     }
+                }
+            }
+        }
+    }
+
+    /// Up to `want` deliveries. While the store is unreachable (Redis
+    /// restarting) the consumer is told once and the same take is tried
+    /// again, so a take whose reply was lost is answered from what it
+    /// took. None when the consumer is gone or the store refused.
+    async fn take(&mut self, name: &str, want: u32) -> Option<Vec<Delivery>> {
+        self.takes += 1;
+        let mut pause = RETRY_FIRST;
+        let mut down_since: Option<std::time::Instant> = None;
+        loop {
+            let who = (self.consumer, self.takes);
+            match self
+                .store
+                .take(name, now_ms(), who, &self.filter, want)
+                .await
+            {
+                Ok(t) => {
+                    if let Some(since) = down_since {
+                        let down_ms = since.elapsed().as_millis() as u64;
+                        tracing::info!(
+                            queue = name,
+                            consumer = self.consumer,
+                            down_ms,
+                            "queue store reachable again; delivering"
+                        );
+                    }
+                    return Some(t);
+                }
+                Err(e) if e.is_transient() => {
+                    if down_since.is_none() {
+                        down_since = Some(std::time::Instant::now());
+                        tracing::warn!(queue = name, consumer = self.consumer, error = %e, "queue store unreachable; the consumer waits");
+                        let why = format!(
+                            "queue storage unreachable ({e}); deliveries resume when it is back"
+                        );
+                        let resp = pb::ConsumeResponse {
+                            kind: Some(Out::Error(why)),
+                        };
+                        if self.tx.send(Ok(resp)).await.is_err() {
+                            return None;
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.tx.closed() => return None,
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Err(status(e))).await;
+                    return None;
                 }
             }
         }

@@ -142,7 +142,9 @@ pub(super) fn status(e: StoreError) -> Status {
         StoreError::UnknownQueue(q) => Status::not_found(format!("queue {q} does not exist")),
         StoreError::Ack(a) => Status::failed_precondition(a.to_string()),
         StoreError::Log(l) => Status::unavailable(format!("queue storage: {l}")),
-        StoreError::Backend(b) => Status::unavailable(format!("queue storage: {b}")),
+        StoreError::Backend(b) | StoreError::Unavailable(b) => {
+            Status::unavailable(format!("queue storage: {b}"))
+        }
         StoreError::Crypt(c) => Status::failed_precondition(c.to_string()),
         e @ StoreError::NoDeadLetter(_) => Status::failed_precondition(e.to_string()),
     }

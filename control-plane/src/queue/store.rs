@@ -44,6 +44,17 @@ pub enum StoreError {
     /// The external store (Redis) failed or answered nonsense.
     #[error("{0}")]
     Backend(String),
+    /// The external store cannot be reached now (down, restarting,
+    /// loading its data): the same call may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed when tried again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// One queue: its state and who to wake when it has messages.

@@ -102,6 +102,16 @@ fn own_every_slot(url: &str) {
     }
 }
 
+impl Harness {
+    /// Kills the Redis server under a Redis store (SIGKILL).
+    pub fn kill_redis(&mut self) {
+        if let Some(RedisProc(child)) = &mut self._redis {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

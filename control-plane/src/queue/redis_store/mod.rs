@@ -12,7 +12,8 @@
 //! `:meta` (hash id → msgpack [priority, bytes, type, key, source]),
 //! `:r0`..`:r9` (ready, by level, FIFO score), `:pos` (hash id → its
 //! first FIFO score, where a redelivery goes back), `:wait` (zset due time),
-//! `:fly` (zset deadline), `:own` (hash id → consumer), `:cnt`, `:err`
+//! `:fly` (zset deadline), `:own` (hash id → consumer), `:took` (hash
+//! consumer → its last take's number and ids), `:cnt`, `:err`
 //! (deliveries, last error), `:exp` (zset expiry), `:all` (zset publish
 //! time), `:bytes`, `:busy` (keys in flight), `:dd:<key>` (dedup window),
 //! `:mk:<marker>` (moves already made), `:leave` (on the way to the
@@ -88,7 +89,20 @@ pub struct RedisStore {
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
-        StoreError::Backend(format!("redis: {e}"))
+        use ::redis::ErrorKind as K;
+        let down = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || matches!(
+                e.kind(),
+                K::BusyLoadingError | K::TryAgain | K::ClusterDown | K::MasterDown
+            );
+        if down {
+            StoreError::Unavailable(format!("redis: {e}"))
+        } else {
+            StoreError::Backend(format!("redis: {e}"))
+        }
     }
 }
 

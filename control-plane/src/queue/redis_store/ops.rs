@@ -239,11 +239,13 @@ impl RedisStore {
     }
 
     /// Up to `max` deliveries for `consumer`, in flight until acked.
+    /// `take_no` numbers the consumer's takes: the same number again
+    /// answers with what that take made (see take.lua).
     pub async fn take(
         &self,
         queue: &str,
         now_ms: u64,
-        consumer: u64,
+        (consumer, take_no): (u64, u64),
         filter: &Filter,
         max: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
@@ -251,7 +253,8 @@ impl RedisStore {
         let who = self.consumer(consumer);
         let min = filter.min_priority.to_string();
         let max = max.to_string();
-        let mut args: Vec<&str> = vec![&who, &min, &max];
+        let take_no = take_no.to_string();
+        let mut args: Vec<&str> = vec![&who, &min, &max, &take_no];
         args.extend(filter.kinds.iter().map(String::as_str));
         let v = self.run(&self.scripts.take, &q, now_ms, &args).await?;
         let mut parts = items(v).into_iter();

@@ -51,6 +51,13 @@ elseif op == 'release' or op == 'reclaim' then
       if r == 'requeued' then back = back + 1 end
     end
   end
+  -- The consumer's last take is forgotten with it.
+  local took = redis.call('HKEYS', b .. ':took')
+  for _, o in ipairs(took) do
+    if o == consumer or (op == 'reclaim' and string.sub(o, 1, #consumer) == consumer) then
+      redis.call('HDEL', b .. ':took', o)
+    end
+  end
   if back > 0 then wake(b) end
   return dead
 end

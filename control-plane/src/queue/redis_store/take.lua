@@ -1,16 +1,42 @@
 -- Up to ARGV[20] deliveries for consumer ARGV[18]: highest (aged) level
 -- first, FIFO within a level, at least priority ARGV[19], only the types
--- in ARGV[21..] when given; a key with a delivery in flight waits when
+-- in ARGV[22..] when given; a key with a delivery in flight waits when
 -- the queue orders by key. Returns {deadline, {{id, stored, deliveries,
 -- last error}...}}.
+--
+-- ARGV[21] is the consumer's take number. The ids of its last take are
+-- kept under :took; a take with the same number again (the caller lost
+-- the reply: Redis died after running the script) answers with those
+-- still in flight to the consumer instead of taking more, so a lost
+-- reply never strands deliveries until their ack timeout.
 local b = KEYS[1]
 local now = num(ARGV[2])
 local S = settings(3)
-local consumer, minp, max = ARGV[18], num(ARGV[19]), num(ARGV[20])
+local consumer, minp, max, take_no = ARGV[18], num(ARGV[19]), num(ARGV[20]), ARGV[21]
 local kinds = nil
-if #ARGV > 20 then
+if #ARGV > 21 then
   kinds = {}
-  for i = 21, #ARGV do kinds[ARGV[i]] = true end
+  for i = 22, #ARGV do kinds[ARGV[i]] = true end
+end
+
+local function entry(id)
+  return { id, redis.call('HGET', b .. ':msg', id), num(redis.call('HGET', b .. ':cnt', id)),
+    redis.call('HGET', b .. ':err', id) or '' }
+end
+
+local last = redis.call('HGET', b .. ':took', consumer)
+if last then
+  local sep = string.find(last, '|', 1, true)
+  if sep and string.sub(last, 1, sep - 1) == take_no then
+    local out, deadline = {}, now + S.ack
+    for id in string.gmatch(string.sub(last, sep + 1), '[^,]+') do
+      if redis.call('HGET', b .. ':own', id) == consumer then
+        deadline = num(redis.call('ZSCORE', b .. ':fly', id))
+        out[#out + 1] = entry(id)
+      end
+    end
+    return { deadline, out }
+  end
 end
 due(b, now)
 
@@ -54,8 +80,16 @@ for _ = 1, max do
   redis.call('ZREM', b .. ':r' .. bestp, best)
   redis.call('ZADD', b .. ':fly', fmt(deadline), best)
   redis.call('HSET', b .. ':own', best, consumer)
-  local n = redis.call('HINCRBY', b .. ':cnt', best, 1)
+  redis.call('HINCRBY', b .. ':cnt', best, 1)
   if S.by_key and bestm[4] ~= '' then redis.call('SADD', b .. ':busy', bestm[4]) end
-  out[#out + 1] = { best, redis.call('HGET', b .. ':msg', best), n, redis.call('HGET', b .. ':err', best) or '' }
+  out[#out + 1] = entry(best)
+end
+if #out > 0 then
+  local ids = {}
+  for i, d in ipairs(out) do ids[i] = d[1] end
+  redis.call('HSET', b .. ':took', consumer, take_no .. '|' .. table.concat(ids, ','))
+else
+  -- An empty take writes nothing (no AOF entry per idle poll).
+  redis.call('HDEL', b .. ':took', consumer)
 end
 return { deadline, out }
