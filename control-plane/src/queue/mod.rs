@@ -11,14 +11,17 @@ mod catalog;
 mod consume;
 pub mod crypt;
 mod dead_letter;
+mod held;
 mod live;
 pub mod log;
+pub mod message;
 pub mod metrics;
 pub mod redis_store;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod stored;
+mod table;
 mod wire;
 
 use crate::config::kinds::{Durability, OnExpiry, OnFull, QueueBackoff, QueueSpec, QueueType};

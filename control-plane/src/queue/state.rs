@@ -15,13 +15,15 @@
 //! requeue, dead-letters the message (or drops it when the queue has no
 //! dead-letter queue).
 
-use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::held::{Held, Kinds};
+pub use super::message::{Message, NewMessage, Published};
 pub use super::stored::Stored;
+use super::table::Table;
 
 pub const LEVELS: usize = 10;
 /// The reason an expired message leaves with.
@@ -102,53 +104,6 @@ impl Default for Settings {
     }
 }
 
-/// What a publisher sends.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NewMessage {
-    pub key: Option<String>,
-    pub kind: String,
-    pub priority: u8,
-    pub headers: BTreeMap<String, String>,
-    pub payload: Bytes,
-    pub deliver_at_ms: Option<u64>,
-    pub ttl: Option<Duration>,
-    pub traceparent: Option<String>,
-    /// Set by the server from the caller's certificate.
-    pub publisher: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub id: u64,
-    pub body: NewMessage,
-    pub published_ms: u64,
-    pub expires_ms: Option<u64>,
-    pub deliveries: u32,
-    pub last_error: Option<String>,
-    /// Set when the body's payload, publisher and traceparent are not in
-    /// memory but in the store's log (the embedded store keeps queued
-    /// messages this way): where, and how long the payload is.
-    pub stored: Option<Stored>,
-}
-
-impl Message {
-    /// The payload's length, in memory or not.
-    pub fn payload_len(&self) -> u64 {
-        match self.stored {
-            Some(s) => u64::from(s.payload_len),
-            None => self.body.payload.len() as u64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Published {
-    Enqueued(u64),
-    /// A publish with this key is inside the dedup window: the original's id.
-    Deduplicated(u64),
-    Refused(String),
-}
-
 /// What happened to messages besides delivery, for the service to act on
 /// (move to the dead-letter queue, log, count).
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +150,13 @@ pub struct Filter {
 
 impl Filter {
     pub fn accepts(&self, m: &Message) -> bool {
-        m.body.priority >= self.min_priority
-            && (self.kinds.is_empty() || self.kinds.contains(&m.body.kind))
+        self.admits(&m.body.kind, m.body.priority)
+    }
+
+    /// Whether a message of this type and level passes.
+    pub fn admits(&self, kind: &str, priority: u8) -> bool {
+        priority >= self.min_priority
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
     }
 }
 
@@ -215,8 +175,22 @@ enum Where {
 
 #[derive(Debug)]
 struct Entry {
-    message: Arc<Message>,
+    held: Held,
     at: Where,
+}
+
+impl Entry {
+    /// Ready or waiting (not in flight).
+    fn queued(&self) -> bool {
+        !matches!(self.at, Where::InFlight { .. })
+    }
+}
+
+/// A message taken out without an effect (acked, or a replayed removal).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gone {
+    /// Where its body was in the log.
+    pub stored: Option<Stored>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -233,14 +207,13 @@ pub struct QueueState {
     /// Message ids, shared by every queue of a store so that none is ever
     /// reused (see `store`).
     ids: Arc<AtomicU64>,
-    entries: HashMap<u64, Entry>,
+    entries: Table<Entry>,
+    kinds: Kinds,
     /// Ready ids per level, oldest first (stale ids are skipped lazily).
     ready: [VecDeque<u64>; LEVELS],
     waiting: BTreeSet<(u64, u64)>,
     deadlines: BTreeSet<(u64, u64)>,
     expiries: BTreeSet<(u64, u64)>,
-    /// Every queued id (ready or waiting), for "oldest".
-    queued: BTreeSet<u64>,
     busy_keys: HashSet<String>,
     dedup: HashMap<String, (u64, u64)>,
     dedup_order: VecDeque<(u64, String)>,
@@ -260,12 +233,12 @@ impl QueueState {
         QueueState {
             settings,
             ids,
-            entries: HashMap::new(),
+            entries: Table::default(),
+            kinds: Kinds::default(),
             ready: Default::default(),
             waiting: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             expiries: BTreeSet::new(),
-            queued: BTreeSet::new(),
             busy_keys: HashSet::new(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
@@ -298,10 +271,15 @@ impl QueueState {
 
     /// Publish time of the oldest queued (not in-flight) message.
     pub fn oldest_ms(&self) -> Option<u64> {
-        self.queued
-            .first()
+        self.oldest_queued()
             .and_then(|id| self.entries.get(id))
-            .map(|e| e.message.published_ms)
+            .map(|e| e.held.published_ms())
+    }
+
+    /// The oldest queued (ready or waiting) message: past those in flight,
+    /// which are mostly the oldest.
+    fn oldest_queued(&self) -> Option<u64> {
+        self.entries.first(Entry::queued)
     }
 
     /// Admits and commits at once (a store that makes the message durable
@@ -359,7 +337,7 @@ impl QueueState {
             if !(over_count || over_bytes) {
                 break;
             }
-            let oldest = self.queued.first().copied();
+            let oldest = self.oldest_queued();
             match (self.settings.drop_oldest, oldest) {
                 (true, Some(id)) => {
                     if let Some(m) = self.remove(id) {
@@ -412,7 +390,7 @@ impl QueueState {
     /// An admitted message is durable: it joins the queue.
     pub fn commit(&mut self, message: Arc<Message>, now_ms: u64) {
         self.unpend(&message);
-        self.insert(message, now_ms);
+        self.insert(&message, now_ms);
     }
 
     /// An admitted message could not be made durable: forget it.
@@ -431,8 +409,10 @@ impl QueueState {
     }
 
     /// Takes a message out without an effect (replaying a removal).
-    pub fn discard(&mut self, id: u64) -> Option<Arc<Message>> {
-        self.remove(id)
+    pub fn discard(&mut self, id: u64) -> Option<Gone> {
+        self.remove_entry(id).map(|e| Gone {
+            stored: e.held.stored(),
+        })
     }
 
     /// Re-adds a message recovered from storage (ids and counts kept; its
@@ -447,16 +427,22 @@ impl QueueState {
                 self.dedup_order.push_back((until, key.clone()));
             }
         }
-        self.insert(Arc::new(message), now_ms);
+        self.insert(&message, now_ms);
     }
 
-    fn insert(&mut self, message: Arc<Message>, now_ms: u64) {
-        let id = message.id;
-        if let Some(e) = message.expires_ms {
+    fn insert(&mut self, message: &Message, now_ms: u64) {
+        let held = Held::new(message, &mut self.kinds);
+        self.place(message.id, held, now_ms);
+    }
+
+    /// Queues a held message: ready, or waiting for its time.
+    fn place(&mut self, id: u64, held: Held, now_ms: u64) {
+        if let Some(e) = held.expires_ms() {
             self.expiries.insert((e, id));
         }
-        self.depth.bytes += message.payload_len();
-        let due = message.body.deliver_at_ms.filter(|t| *t > now_ms);
+        self.depth.bytes += held.payload_len();
+        let priority = usize::from(held.priority);
+        let due = held.deliver_at_ms().filter(|t| *t > now_ms);
         let at = match due {
             Some(until_ms) => {
                 self.waiting.insert((until_ms, id));
@@ -467,7 +453,7 @@ impl QueueState {
                 // Back to its place in line: a redelivered message goes
                 // before those published after it (FIFO survives retries;
                 // it was taken from near the front, so this is cheap).
-                let level = &mut self.ready[usize::from(message.body.priority)];
+                let level = &mut self.ready[priority];
                 match level.back() {
                     Some(&last) if last > id => {
                         let at = level.partition_point(|&x| x < id);
@@ -475,42 +461,44 @@ impl QueueState {
                     }
                     _ => level.push_back(id),
                 }
-                self.depth.ready_by_priority[usize::from(message.body.priority)] += 1;
+                self.depth.ready_by_priority[priority] += 1;
                 Where::Ready { since_ms: now_ms }
             }
         };
-        self.queued.insert(id);
-        self.entries.insert(id, Entry { message, at });
+        self.entries.insert(id, Entry { held, at });
     }
 
     /// Takes a message out of the queue entirely.
     fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
-        let e = self.entries.remove(&id)?;
-        self.unplace(id, &e);
-        self.depth.bytes -= e.message.payload_len();
-        if let Some(x) = e.message.expires_ms {
+        self.remove_entry(id).map(|e| Arc::new(e.held.message(id)))
+    }
+
+    /// `remove`, as the queue held it.
+    fn remove_entry(&mut self, id: u64) -> Option<Entry> {
+        let e = self.entries.remove(id)?;
+        self.unplace(id, e.held.priority, e.held.key(), &e.at);
+        self.depth.bytes -= e.held.payload_len();
+        if let Some(x) = e.held.expires_ms() {
             self.expiries.remove(&(x, id));
         }
-        Some(e.message)
+        Some(e)
     }
 
     /// Undoes the bookkeeping of where the entry was (ready ids are left
     /// in their deque and skipped later).
-    fn unplace(&mut self, id: u64, e: &Entry) {
-        match e.at {
+    fn unplace(&mut self, id: u64, priority: u8, key: Option<&str>, at: &Where) {
+        match *at {
             Where::Ready { .. } => {
-                self.depth.ready_by_priority[usize::from(e.message.body.priority)] -= 1;
-                self.queued.remove(&id);
+                self.depth.ready_by_priority[usize::from(priority)] -= 1;
             }
             Where::Waiting { until_ms } => {
                 self.waiting.remove(&(until_ms, id));
                 self.depth.waiting -= 1;
-                self.queued.remove(&id);
             }
             Where::InFlight { deadline_ms, .. } => {
                 self.deadlines.remove(&(deadline_ms, id));
                 self.depth.in_flight -= 1;
-                if let Some(k) = &e.message.body.key {
+                if let Some(k) = key {
                     if self.settings.order_by_key {
                         self.busy_keys.remove(k);
                     }
@@ -523,21 +511,19 @@ impl QueueState {
     pub fn next(&mut self, now_ms: u64, consumer: u64, filter: &Filter) -> Option<Delivery> {
         let id = self.pick(now_ms, filter)?;
         let deadline_ms = now_ms + self.settings.ack_timeout.as_millis() as u64;
-        let e = self.entries.get_mut(&id)?;
-        let mut m = (*e.message).clone();
-        m.deliveries += 1;
-        let message = Arc::new(m);
-        let old = std::mem::replace(
-            e,
-            Entry {
-                message: message.clone(),
-                at: Where::InFlight {
-                    consumer,
-                    deadline_ms,
-                },
+        let e = self.entries.get_mut(id)?;
+        e.held.deliveries += 1;
+        let was = std::mem::replace(
+            &mut e.at,
+            Where::InFlight {
+                consumer,
+                deadline_ms,
             },
         );
-        self.unplace(id, &old);
+        let priority = e.held.priority;
+        let message = Arc::new(e.held.message(id));
+        // It was ready or waiting (no key of it was busy).
+        self.unplace(id, priority, None, &was);
         self.deadlines.insert((deadline_ms, id));
         self.depth.in_flight += 1;
         if self.settings.order_by_key {
@@ -560,26 +546,27 @@ impl QueueState {
         for level in (usize::from(filter.min_priority).min(LEVELS - 1)..LEVELS).rev() {
             // Drop stale ids at the front.
             while let Some(id) = self.ready[level].front() {
-                match self.entries.get(id) {
+                match self.entries.get(*id) {
                     Some(Entry {
                         at: Where::Ready { .. },
-                        message,
-                    }) if usize::from(message.body.priority) == level => break,
+                        held,
+                    }) if usize::from(held.priority) == level => break,
                     _ => {
                         self.ready[level].pop_front();
                     }
                 }
             }
             let found = self.ready[level].iter().enumerate().find_map(|(i, id)| {
-                let e = self.entries.get(id)?;
+                let e = self.entries.get(*id)?;
                 let Where::Ready { since_ms } = e.at else {
                     return None;
                 };
-                if usize::from(e.message.body.priority) != level || !filter.accepts(&e.message) {
+                let p = e.held.priority;
+                if usize::from(p) != level || !filter.admits(e.held.kind(), p) {
                     return None;
                 }
                 if self.settings.order_by_key {
-                    if let Some(k) = &e.message.body.key {
+                    if let Some(k) = e.held.key() {
                         if self.busy_keys.contains(k) {
                             return None;
                         }
@@ -605,9 +592,9 @@ impl QueueState {
         self.ready[level].remove(i)
     }
 
-    pub fn ack(&mut self, id: u64, consumer: u64) -> Result<Arc<Message>, AckError> {
+    pub fn ack(&mut self, id: u64, consumer: u64) -> Result<Gone, AckError> {
         self.in_flight(id, consumer)?;
-        self.remove(id).ok_or(AckError::Unknown(id))
+        self.discard(id).ok_or(AckError::Unknown(id))
     }
 
     /// Extends an in-flight message's deadline to `now + by`.
@@ -619,7 +606,7 @@ impl QueueState {
         by: Duration,
     ) -> Result<u64, AckError> {
         self.in_flight(id, consumer)?;
-        let e = self.entries.get_mut(&id).ok_or(AckError::Unknown(id))?;
+        let e = self.entries.get_mut(id).ok_or(AckError::Unknown(id))?;
         let Where::InFlight { deadline_ms, .. } = &mut e.at else {
             return Err(AckError::Unknown(id));
         };
@@ -644,7 +631,7 @@ impl QueueState {
     }
 
     fn in_flight(&self, id: u64, consumer: u64) -> Result<(), AckError> {
-        match self.entries.get(&id).map(|e| &e.at) {
+        match self.entries.get(id).map(|e| &e.at) {
             Some(Where::InFlight { consumer: c, .. }) if *c == consumer => Ok(()),
             Some(Where::InFlight { .. }) => Err(AckError::NotYours(id)),
             _ => Err(AckError::Unknown(id)),
@@ -653,27 +640,27 @@ impl QueueState {
 
     /// A delivery failed (nack, ack timeout, consumer gone).
     fn failed(&mut self, now_ms: u64, id: u64, requeue: bool, error: &str) -> Vec<Effect> {
-        let Some(message) = self.remove(id) else {
+        let Some(Entry { mut held, .. }) = self.remove_entry(id) else {
             return Vec::new();
         };
-        let mut m = (*message).clone();
-        m.last_error = Some(error.to_string());
+        held.set_last_error(error);
+        let deliveries = held.deliveries;
         let exhausted = self
             .settings
             .max_deliveries
-            .is_some_and(|max| m.deliveries >= max);
+            .is_some_and(|max| deliveries >= max);
         if !requeue || exhausted {
             let reason = if requeue {
-                format!("{} deliveries failed; last error: {error}", m.deliveries)
+                format!("{deliveries} deliveries failed; last error: {error}")
             } else {
                 format!("rejected by the consumer: {error}")
             };
-            return vec![self.dead(Arc::new(m), reason)];
+            return vec![self.dead(Arc::new(held.message(id)), reason)];
         }
-        let wait = self.settings.backoff.delay(m.deliveries);
-        m.body.deliver_at_ms = (!wait.is_zero()).then(|| now_ms + wait.as_millis() as u64);
-        let message = Arc::new(m);
-        self.insert(message.clone(), now_ms);
+        let wait = self.settings.backoff.delay(deliveries);
+        held.set_deliver_at_ms((!wait.is_zero()).then(|| now_ms + wait.as_millis() as u64));
+        let message = Arc::new(held.message(id));
+        self.place(id, held, now_ms);
         vec![Effect::Requeued { message }]
     }
 
@@ -691,7 +678,7 @@ impl QueueState {
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.at, Where::InFlight { consumer: c, .. } if c == consumer))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         mine.into_iter()
             .flat_map(|id| self.failed(now_ms, id, true, "the consumer went away"))
@@ -706,15 +693,9 @@ impl QueueState {
             if until > now_ms {
                 break;
             }
-            if let Some(e) = self.entries.remove(&id) {
-                self.unplace(id, &e);
-                self.depth.bytes -= e.message.payload_len();
-                if let Some(x) = e.message.expires_ms {
-                    self.expiries.remove(&(x, id));
-                }
-                let mut m = (*e.message).clone();
-                m.body.deliver_at_ms = None;
-                self.insert(Arc::new(m), now_ms);
+            if let Some(Entry { mut held, .. }) = self.remove_entry(id) {
+                held.set_deliver_at_ms(None);
+                self.place(id, held, now_ms);
             } else {
                 self.waiting.remove(&(until, id));
             }
@@ -737,7 +718,7 @@ impl QueueState {
             self.expiries.remove(&(at, id));
             // In flight: the consumer may still finish; expiry waits.
             if matches!(
-                self.entries.get(&id).map(|e| &e.at),
+                self.entries.get(id).map(|e| &e.at),
                 Some(Where::InFlight { .. })
             ) {
                 continue;

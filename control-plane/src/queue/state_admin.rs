@@ -37,11 +37,11 @@ impl QueueState {
         let ready = (0..LEVELS).rev().flat_map(|level| {
             self.ready[level]
                 .iter()
-                .filter_map(move |id| match self.entries.get(id) {
+                .filter_map(move |&id| match self.entries.get(id) {
                     Some(Entry {
-                        message,
+                        held,
                         at: Where::Ready { .. },
-                    }) if usize::from(message.body.priority) == level => Some(message.clone()),
+                    }) if usize::from(held.priority) == level => Some(Arc::new(held.message(id))),
                     _ => None,
                 })
         });
@@ -64,8 +64,10 @@ impl QueueState {
             if out.len() >= limit {
                 break;
             }
-            if let Some(e) = self.entries.get(id).filter(|e| keep(&e.message)) {
-                out.push((e.message.clone(), place));
+            if let Some(m) = self.entries.get(*id).map(|e| e.held.message(*id)) {
+                if keep(&m) {
+                    out.push((Arc::new(m), place));
+                }
             }
         }
         out
@@ -74,14 +76,14 @@ impl QueueState {
     /// Removes every queued (ready or waiting) message; deliveries in
     /// flight stay. Returns what was removed, oldest first.
     pub fn purge(&mut self) -> Vec<Arc<Message>> {
-        let ids: Vec<u64> = self.queued.iter().copied().collect();
+        let ids = self.queued_ids();
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Takes one queued message out (not one in flight: its consumer may
     /// still ack it).
     pub fn take_queued(&mut self, id: u64) -> Option<Arc<Message>> {
-        if self.queued.contains(&id) {
+        if self.entries.get(id).is_some_and(Entry::queued) {
             self.remove(id)
         } else {
             None
@@ -90,7 +92,7 @@ impl QueueState {
 
     /// Ids of the queued messages, oldest first.
     pub fn queued_ids(&self) -> Vec<u64> {
-        self.queued.iter().copied().collect()
+        self.entries.ids(Entry::queued)
     }
 
     /// An admitted message that is handed on rather than kept (broadcast):

@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 
 fn msg(kind: &str, priority: u8) -> NewMessage {
     NewMessage {
