@@ -110,6 +110,17 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long after the last publish the backlog's RSS is read (what the
+/// server holds, not the request buffers of the burst it just freed).
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// RSS of `pid` right after a burst and `SETTLE` later.
+async fn settled_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let right_after = crate::rss_bytes(pid)?;
+    tokio::time::sleep(SETTLE).await;
+    Ok((right_after, crate::rss_bytes(pid)?))
+}
+
 fn payload(size: usize) -> bytes::Bytes {
     bytes::Bytes::from(vec![b'x'; size])
 }
@@ -201,12 +212,14 @@ async fn weft_backlog(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     };
     let started = Instant::now();
     weft_publish(&clients, &backlog_args, "prio", 500, 4).await?;
-    let rss = crate::rss_bytes(pid)?;
+    let took = started.elapsed();
+    let (rss_after, rss) = settled_rss(pid).await?;
     println!(
-        "weft backlog of {} NORMAL in {:.1}s; RSS {:.0} MB (idle {:.0} MB)",
+        "weft backlog of {} NORMAL in {:.1}s; RSS {:.0} MB {SETTLE:?} later, {:.0} MB right after (idle {:.0} MB)",
         args.backlog,
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         rss / 1e6,
+        rss_after / 1e6,
         rss_before / 1e6
     );
     let (p50, p99, n) = weft_priority(&clients, args, true).await?;
@@ -217,6 +230,7 @@ async fn weft_backlog(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
         "backlog_messages": args.backlog,
         "idle_rss_mb": (rss_before / 1e6).round(),
         "backlog_rss_mb": (rss / 1e6).round(),
+        "backlog_rss_right_after_mb": (rss_after / 1e6).round(),
         "priority_p50_ms": p50,
         "priority_p99_ms": p99,
         "priority_timed": n,
@@ -575,17 +589,19 @@ async fn redis_phases(
             ..args.clone_for_backlog()
         };
         redis_publish(addr, &args, b"backlog", 500).await?;
-        let rss = crate::rss_bytes(pid)?;
+        let (rss_after, rss) = settled_rss(pid).await?;
         println!(
-            "redis backlog of {} in one stream: RSS {:.0} MB (idle {:.0} MB)",
+            "redis backlog of {} in one stream: RSS {:.0} MB {SETTLE:?} later, {:.0} MB right after (idle {:.0} MB)",
             args.messages,
             rss / 1e6,
+            rss_after / 1e6,
             idle / 1e6
         );
         return Ok(json!({
             "backlog_messages": args.messages,
             "idle_rss_mb": (idle / 1e6).round(),
             "backlog_rss_mb": (rss / 1e6).round(),
+            "backlog_rss_right_after_mb": (rss_after / 1e6).round(),
         }));
     }
     admin
