@@ -9,9 +9,11 @@
 //! when it is near the end, and else into a small ordered map beside.
 //!
 //! Per message this costs its id and its value, with no hashing and no
-//! spare buckets (a `HashMap` at a million entries holds two million).
+//! spare buckets (a `HashMap` at a million entries holds two million); the
+//! deque is `Chunked`, so growing never copies it.
 
-use std::collections::{BTreeMap, VecDeque};
+use super::chunked::Chunked;
+use std::collections::BTreeMap;
 
 /// How far from the end an out-of-order id is inserted in place (a
 /// shift of at most this many slots).
@@ -22,7 +24,7 @@ const SWEEP_AT: usize = 1024;
 
 #[derive(Debug)]
 pub struct Table<T> {
-    slots: VecDeque<(u64, Option<T>)>,
+    slots: Chunked<(u64, Option<T>)>,
     /// Values in `slots`.
     filled: usize,
     /// Ids that came below the deque's last id, far from its end.
@@ -32,7 +34,7 @@ pub struct Table<T> {
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            slots: VecDeque::new(),
+            slots: Chunked::default(),
             filled: 0,
             aside: BTreeMap::new(),
         }
@@ -121,7 +123,6 @@ impl<T> Table<T> {
         let holes = self.slots.len() - self.filled;
         if holes > SWEEP_AT && holes > self.filled {
             self.slots.retain(|s| s.1.is_some());
-            self.slots.shrink_to(self.slots.len() * 2);
         }
         Some(old)
     }
