@@ -8,7 +8,6 @@ pub mod access;
 pub mod audit;
 pub mod backend;
 mod catalog;
-mod chunked;
 mod consume;
 pub mod crypt;
 mod dead_letter;

@@ -9,11 +9,9 @@
 //! when it is near the end, and else into a small ordered map beside.
 //!
 //! Per message this costs its id and its value, with no hashing and no
-//! spare buckets (a `HashMap` at a million entries holds two million); the
-//! deque is `Chunked`, so growing never copies it.
+//! spare buckets (a `HashMap` at a million entries holds two million).
 
-use super::chunked::Chunked;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// How far from the end an out-of-order id is inserted in place (a
 /// shift of at most this many slots).
@@ -24,7 +22,7 @@ const SWEEP_AT: usize = 1024;
 
 #[derive(Debug)]
 pub struct Table<T> {
-    slots: Chunked<(u64, Option<T>)>,
+    slots: VecDeque<(u64, Option<T>)>,
     /// Values in `slots`.
     filled: usize,
     /// Ids that came below the deque's last id, far from its end.
@@ -34,7 +32,7 @@ pub struct Table<T> {
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            slots: Chunked::default(),
+            slots: VecDeque::new(),
             filled: 0,
             aside: BTreeMap::new(),
         }
@@ -123,6 +121,7 @@ impl<T> Table<T> {
         let holes = self.slots.len() - self.filled;
         if holes > SWEEP_AT && holes > self.filled {
             self.slots.retain(|s| s.1.is_some());
+            self.slots.shrink_to(self.slots.len() * 2);
         }
         Some(old)
     }
