@@ -1,23 +1,24 @@
 //! A message as a queue holds it while it is queued or in flight: what
-//! choosing, ordering, expiring and accounting need, in a fixed ~100-byte
-//! form, and the rest (headers, delay, TTL, last error, and the body of a
-//! message not kept in the log) boxed only when there is any. The type is
-//! shared with the queue's other messages of that type. A whole `Message`
-//! is built when one leaves the queue's state (delivered, peeked, dead-
-//! lettered, requeued).
+//! choosing, ordering, expiring and accounting need, and where it is
+//! (ready, waiting, in flight), in a fixed 88-byte form; the rest
+//! (headers, delay, TTL, last error, the body of a message not kept in the
+//! log) is boxed only when there is any. The type is an index into the
+//! queue's `Kinds`. A whole `Message` is built when one leaves the queue's
+//! state (delivered, peeked, dead-lettered, requeued).
 
 use super::log::Position;
-use super::state::{Message, NewMessage};
+use super::state::{Message, NewMessage, Place};
 use super::stored::Stored;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// Distinct types a queue shares among its messages; past this each
-/// message of a new type holds its own copy (a flood of distinct types
-/// cannot grow the set without bound).
-const MAX_KINDS: usize = 4096;
+/// Distinct types a queue indexes; past this a message of a new type
+/// holds its own copy (a flood of distinct types cannot grow the index
+/// without bound).
+const MAX_KINDS: u16 = 4096;
+/// The type index of a message holding its own type.
+const OWN_KIND: u16 = u16::MAX;
 
 #[derive(Debug)]
 pub struct Held {
@@ -26,13 +27,18 @@ pub struct Held {
     expires_ms: u64,
     /// Where the body is, when it is in the log (see `stored`).
     record: Position,
-    live_seq: u64,
+    /// Where it is in the queue (the state's `Where`, flattened so the
+    /// tag shares the padding): since / until / deadline, and the
+    /// consumer of a delivery in flight.
+    pub place: Place,
+    pub at_ms: u64,
+    pub consumer: u64,
     payload_len: u32,
     pub deliveries: u32,
-    kind: Arc<str>,
     key: Option<Box<str>>,
     rest: Option<Box<Rest>>,
     pub priority: u8,
+    kind: u16,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +49,11 @@ struct Rest {
     last_error: Option<String>,
     /// The body of a message not kept in the log.
     body: Option<Body>,
+    /// Its type, when the queue's index of types is full.
+    kind: Option<Box<str>>,
+    /// Its `published` record's sequence, when that is not the record it
+    /// is read from (a requeue record after a restart).
+    live_seq: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -52,26 +63,42 @@ struct Body {
     traceparent: Option<String>,
 }
 
-/// The types a queue's messages share.
+/// The types of a queue's messages, indexed.
 #[derive(Debug, Default)]
-pub struct Kinds(HashSet<Arc<str>>);
+pub struct Kinds {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u16>,
+}
 
 impl Kinds {
-    fn get(&mut self, kind: &str) -> Arc<str> {
-        if let Some(k) = self.0.get(kind) {
-            return k.clone();
+    /// The index of `kind`; `OWN_KIND` when the index is full.
+    fn index(&mut self, kind: &str) -> u16 {
+        if let Some(&i) = self.index.get(kind) {
+            return i;
         }
-        let k: Arc<str> = Arc::from(kind);
-        if self.0.len() < MAX_KINDS {
-            self.0.insert(k.clone());
-        }
-        k
+        let i = match u16::try_from(self.names.len()) {
+            Ok(i) if i < MAX_KINDS => i,
+            _ => return OWN_KIND,
+        };
+        self.names.push(kind.into());
+        self.index.insert(kind.into(), i);
+        i
+    }
+
+    fn name(&self, i: u16) -> Option<&str> {
+        self.names.get(usize::from(i)).map(|n| &**n)
     }
 }
 
 impl Held {
-    pub fn new(m: &Message, kinds: &mut Kinds) -> Held {
+    /// `m` as the queue holds it, ready since `at_ms` (see `place`).
+    pub fn new(m: &Message, kinds: &mut Kinds, at_ms: u64) -> Held {
         let b = &m.body;
+        let kind = kinds.index(&b.kind);
+        let own_kind = (kind == OWN_KIND).then(|| Box::from(b.kind.as_str()));
+        let live_seq = m
+            .stored
+            .and_then(|s| (s.live_seq != s.record.seq).then_some(s.live_seq));
         let body = match m.stored {
             Some(_) => None,
             None => Some(Body {
@@ -84,7 +111,9 @@ impl Held {
             && b.deliver_at_ms.is_none()
             && b.ttl.is_none()
             && m.last_error.is_none()
-            && body.is_none();
+            && body.is_none()
+            && own_kind.is_none()
+            && live_seq.is_none();
         let rest = (!plain).then(|| {
             Box::new(Rest {
                 headers: b.headers.clone(),
@@ -92,6 +121,8 @@ impl Held {
                 ttl: b.ttl,
                 last_error: m.last_error.clone(),
                 body,
+                kind: own_kind,
+                live_seq,
             })
         });
         let stored = m.stored;
@@ -99,25 +130,27 @@ impl Held {
             published_ms: m.published_ms,
             expires_ms: m.expires_ms.unwrap_or(u64::MAX),
             record: stored.map_or(Position { seq: 0, offset: 0 }, |s| s.record),
-            live_seq: stored.map_or(0, |s| s.live_seq),
+            place: Place::Ready,
+            at_ms,
+            consumer: 0,
             payload_len: u32::try_from(m.payload_len()).unwrap_or(u32::MAX),
             deliveries: m.deliveries,
-            kind: kinds.get(&b.kind),
             key: b.key.as_deref().map(Box::from),
             rest,
             priority: b.priority,
+            kind,
         }
     }
 
     /// The whole message (its body still in the log when it is kept there).
-    pub fn message(&self, id: u64) -> Message {
+    pub fn message(&self, id: u64, kinds: &Kinds) -> Message {
         let rest = self.rest.as_deref();
         let body = rest.and_then(|r| r.body.as_ref());
         Message {
             id,
             body: NewMessage {
                 key: self.key.as_deref().map(String::from),
-                kind: self.kind.to_string(),
+                kind: self.kind(kinds).to_string(),
                 priority: self.priority,
                 headers: rest.map(|r| r.headers.clone()).unwrap_or_default(),
                 payload: body.map(|b| b.payload.clone()).unwrap_or_default(),
@@ -137,9 +170,10 @@ impl Held {
     /// Where its body is in the log; None when it is in memory.
     pub fn stored(&self) -> Option<Stored> {
         let in_memory = self.rest.as_ref().is_some_and(|r| r.body.is_some());
+        let live_seq = self.rest.as_ref().and_then(|r| r.live_seq);
         (!in_memory).then_some(Stored {
             record: self.record,
-            live_seq: self.live_seq,
+            live_seq: live_seq.unwrap_or(self.record.seq),
             payload_len: self.payload_len,
         })
     }
@@ -156,8 +190,9 @@ impl Held {
         u64::from(self.payload_len)
     }
 
-    pub fn kind(&self) -> &str {
-        &self.kind
+    pub fn kind<'a>(&'a self, kinds: &'a Kinds) -> &'a str {
+        let own = self.rest.as_ref().and_then(|r| r.kind.as_deref());
+        own.or_else(|| kinds.name(self.kind)).unwrap_or_default()
     }
 
     pub fn key(&self) -> Option<&str> {
@@ -228,29 +263,51 @@ mod tests {
         let mut kinds = Kinds::default();
         for stored in [false, true] {
             let m = message(stored);
-            let held = Held::new(&m, &mut kinds);
-            assert_eq!(held.message(9), m, "stored: {stored}");
+            let held = Held::new(&m, &mut kinds, 0);
+            assert_eq!(held.message(9, &kinds), m, "stored: {stored}");
             assert_eq!(held.stored(), m.stored);
             assert_eq!(held.payload_len(), m.payload_len());
         }
     }
 
     #[test]
-    fn a_plain_message_boxes_nothing_and_shares_its_type() {
+    fn a_plain_message_boxes_nothing_and_indexes_its_type() {
         let mut kinds = Kinds::default();
         let mut m = message(true);
         m.body.headers.clear();
         m.body.deliver_at_ms = None;
         m.body.ttl = None;
         m.last_error = None;
-        let (a, b) = (Held::new(&m, &mut kinds), Held::new(&m, &mut kinds));
+        if let Some(s) = &mut m.stored {
+            s.live_seq = s.record.seq;
+        }
+        let (a, b) = (Held::new(&m, &mut kinds, 0), Held::new(&m, &mut kinds, 0));
         assert!(a.rest.is_none());
-        assert!(Arc::ptr_eq(&a.kind, &b.kind));
-        assert_eq!(a.message(9), m);
-        assert!(
-            std::mem::size_of::<Held>() <= 96,
-            "{}",
-            std::mem::size_of::<Held>()
+        assert_eq!((a.kind, b.kind), (0, 0));
+        assert_eq!(a.message(9, &kinds), m);
+        assert_eq!(std::mem::size_of::<Held>(), 88);
+        assert_eq!(
+            std::mem::size_of::<Option<Held>>(),
+            88,
+            "a niche for the table's holes"
         );
+    }
+
+    #[test]
+    fn past_the_index_of_types_a_message_keeps_its_own_and_a_requeue_record_its_live_seq() {
+        let mut kinds = Kinds::default();
+        for i in 0..MAX_KINDS {
+            kinds.index(&format!("t{i}"));
+        }
+        let mut m = message(true);
+        m.body.kind = "one.more".into();
+        if let Some(s) = &mut m.stored {
+            s.live_seq = 1;
+        }
+        let held = Held::new(&m, &mut kinds, 0);
+        assert_eq!(held.kind, OWN_KIND);
+        assert_eq!(held.kind(&kinds), "one.more");
+        assert_eq!(held.message(9, &kinds), m);
+        assert_eq!(held.stored().map(|s| s.live_seq), Some(1));
     }
 }

@@ -1,6 +1,7 @@
 //! A queue message: what a publisher sends (`NewMessage`), what a queue
 //! makes of it (`Message`: id, times, counts, where its body is kept), and
-//! what a publish comes to (`Published`).
+//! what a publish comes to (`Published`), and what a consumer accepts
+//! (`Filter`).
 
 use super::stored::Stored;
 use bytes::Bytes;
@@ -52,4 +53,23 @@ pub enum Published {
     /// A publish with this key is inside the dedup window: the original's id.
     Deduplicated(u64),
     Refused(String),
+}
+
+/// Consumer filters: only these types, at least this priority.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub kinds: Vec<String>,
+    pub min_priority: u8,
+}
+
+impl Filter {
+    pub fn accepts(&self, m: &Message) -> bool {
+        self.admits(&m.body.kind, m.body.priority)
+    }
+
+    /// Whether a message of this type and level passes.
+    pub fn admits(&self, kind: &str, priority: u8) -> bool {
+        priority >= self.min_priority
+            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
+    }
 }

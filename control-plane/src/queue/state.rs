@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::held::{Held, Kinds};
-pub use super::message::{Message, NewMessage, Published};
+pub use super::message::{Filter, Message, NewMessage, Published};
 pub use super::stored::Stored;
 use super::table::Table;
 
@@ -141,32 +141,13 @@ impl std::fmt::Display for AckError {
 
 impl std::error::Error for AckError {}
 
-/// Consumer filters: only these types, at least this priority.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    pub kinds: Vec<String>,
-    pub min_priority: u8,
-}
-
-impl Filter {
-    pub fn accepts(&self, m: &Message) -> bool {
-        self.admits(&m.body.kind, m.body.priority)
-    }
-
-    /// Whether a message of this type and level passes.
-    pub fn admits(&self, kind: &str, priority: u8) -> bool {
-        priority >= self.min_priority
-            && (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub message: Arc<Message>,
     pub deadline_ms: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Where {
     Ready { since_ms: u64 },
     Waiting { until_ms: u64 },
@@ -175,14 +156,38 @@ enum Where {
 
 #[derive(Debug)]
 struct Entry {
+    /// The message, with where it is flattened into it (see `at`).
     held: Held,
-    at: Where,
 }
 
 impl Entry {
+    fn at(&self) -> Where {
+        let h = &self.held;
+        match h.place {
+            Place::Ready => Where::Ready { since_ms: h.at_ms },
+            Place::Waiting => Where::Waiting { until_ms: h.at_ms },
+            Place::InFlight => Where::InFlight {
+                consumer: h.consumer,
+                deadline_ms: h.at_ms,
+            },
+        }
+    }
+
+    fn set_at(&mut self, at: Where) {
+        let h = &mut self.held;
+        (h.place, h.at_ms, h.consumer) = match at {
+            Where::Ready { since_ms } => (Place::Ready, since_ms, 0),
+            Where::Waiting { until_ms } => (Place::Waiting, until_ms, 0),
+            Where::InFlight {
+                consumer,
+                deadline_ms,
+            } => (Place::InFlight, deadline_ms, consumer),
+        };
+    }
+
     /// Ready or waiting (not in flight).
     fn queued(&self) -> bool {
-        !matches!(self.at, Where::InFlight { .. })
+        self.held.place != Place::InFlight
     }
 }
 
@@ -431,7 +436,7 @@ impl QueueState {
     }
 
     fn insert(&mut self, message: &Message, now_ms: u64) {
-        let held = Held::new(message, &mut self.kinds);
+        let held = Held::new(message, &mut self.kinds, now_ms);
         self.place(message.id, held, now_ms);
     }
 
@@ -465,18 +470,21 @@ impl QueueState {
                 Where::Ready { since_ms: now_ms }
             }
         };
-        self.entries.insert(id, Entry { held, at });
+        let mut e = Entry { held };
+        e.set_at(at);
+        self.entries.insert(id, e);
     }
 
     /// Takes a message out of the queue entirely.
     fn remove(&mut self, id: u64) -> Option<Arc<Message>> {
-        self.remove_entry(id).map(|e| Arc::new(e.held.message(id)))
+        let e = self.remove_entry(id)?;
+        Some(Arc::new(e.held.message(id, &self.kinds)))
     }
 
     /// `remove`, as the queue held it.
     fn remove_entry(&mut self, id: u64) -> Option<Entry> {
         let e = self.entries.remove(id)?;
-        self.unplace(id, e.held.priority, e.held.key(), &e.at);
+        self.unplace(id, e.held.priority, e.held.key(), &e.at());
         self.depth.bytes -= e.held.payload_len();
         if let Some(x) = e.held.expires_ms() {
             self.expiries.remove(&(x, id));
@@ -513,15 +521,13 @@ impl QueueState {
         let deadline_ms = now_ms + self.settings.ack_timeout.as_millis() as u64;
         let e = self.entries.get_mut(id)?;
         e.held.deliveries += 1;
-        let was = std::mem::replace(
-            &mut e.at,
-            Where::InFlight {
-                consumer,
-                deadline_ms,
-            },
-        );
+        let was = e.at();
+        e.set_at(Where::InFlight {
+            consumer,
+            deadline_ms,
+        });
         let priority = e.held.priority;
-        let message = Arc::new(e.held.message(id));
+        let message = Arc::new(e.held.message(id, &self.kinds));
         // It was ready or waiting (no key of it was busy).
         self.unplace(id, priority, None, &was);
         self.deadlines.insert((deadline_ms, id));
@@ -547,10 +553,11 @@ impl QueueState {
             // Drop stale ids at the front.
             while let Some(id) = self.ready[level].front() {
                 match self.entries.get(*id) {
-                    Some(Entry {
-                        at: Where::Ready { .. },
-                        held,
-                    }) if usize::from(held.priority) == level => break,
+                    Some(Entry { held })
+                        if held.place == Place::Ready && usize::from(held.priority) == level =>
+                    {
+                        break
+                    }
                     _ => {
                         self.ready[level].pop_front();
                     }
@@ -558,11 +565,11 @@ impl QueueState {
             }
             let found = self.ready[level].iter().enumerate().find_map(|(i, id)| {
                 let e = self.entries.get(*id)?;
-                let Where::Ready { since_ms } = e.at else {
+                let Where::Ready { since_ms } = e.at() else {
                     return None;
                 };
                 let p = e.held.priority;
-                if usize::from(p) != level || !filter.admits(e.held.kind(), p) {
+                if usize::from(p) != level || !filter.admits(e.held.kind(&self.kinds), p) {
                     return None;
                 }
                 if self.settings.order_by_key {
@@ -607,13 +614,21 @@ impl QueueState {
     ) -> Result<u64, AckError> {
         self.in_flight(id, consumer)?;
         let e = self.entries.get_mut(id).ok_or(AckError::Unknown(id))?;
-        let Where::InFlight { deadline_ms, .. } = &mut e.at else {
+        let Where::InFlight {
+            consumer,
+            deadline_ms: old,
+        } = e.at()
+        else {
             return Err(AckError::Unknown(id));
         };
-        self.deadlines.remove(&(*deadline_ms, id));
-        *deadline_ms = now_ms + by.as_millis() as u64;
-        self.deadlines.insert((*deadline_ms, id));
-        Ok(*deadline_ms)
+        let deadline_ms = now_ms + by.as_millis() as u64;
+        e.set_at(Where::InFlight {
+            consumer,
+            deadline_ms,
+        });
+        self.deadlines.remove(&(old, id));
+        self.deadlines.insert((deadline_ms, id));
+        Ok(deadline_ms)
     }
 
     /// A consumer gives a delivery back: `requeue` retries it (after the
@@ -631,8 +646,8 @@ impl QueueState {
     }
 
     fn in_flight(&self, id: u64, consumer: u64) -> Result<(), AckError> {
-        match self.entries.get(id).map(|e| &e.at) {
-            Some(Where::InFlight { consumer: c, .. }) if *c == consumer => Ok(()),
+        match self.entries.get(id).map(Entry::at) {
+            Some(Where::InFlight { consumer: c, .. }) if c == consumer => Ok(()),
             Some(Where::InFlight { .. }) => Err(AckError::NotYours(id)),
             _ => Err(AckError::Unknown(id)),
         }
@@ -655,11 +670,11 @@ impl QueueState {
             } else {
                 format!("rejected by the consumer: {error}")
             };
-            return vec![self.dead(Arc::new(held.message(id)), reason)];
+            return vec![self.dead(Arc::new(held.message(id, &self.kinds)), reason)];
         }
         let wait = self.settings.backoff.delay(deliveries);
         held.set_deliver_at_ms((!wait.is_zero()).then(|| now_ms + wait.as_millis() as u64));
-        let message = Arc::new(held.message(id));
+        let message = Arc::new(held.message(id, &self.kinds));
         self.place(id, held, now_ms);
         vec![Effect::Requeued { message }]
     }
@@ -677,7 +692,7 @@ impl QueueState {
         let mine: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.at, Where::InFlight { consumer: c, .. } if c == consumer))
+            .filter(|(_, e)| matches!(e.at(), Where::InFlight { consumer: c, .. } if c == consumer))
             .map(|(id, _)| id)
             .collect();
         mine.into_iter()
@@ -718,7 +733,7 @@ impl QueueState {
             self.expiries.remove(&(at, id));
             // In flight: the consumer may still finish; expiry waits.
             if matches!(
-                self.entries.get(id).map(|e| &e.at),
+                self.entries.get(id).map(Entry::at),
                 Some(Where::InFlight { .. })
             ) {
                 continue;

@@ -2,7 +2,7 @@
 //! in delivery order, purge what is queued, take single messages out (a
 //! redrive), and let a broadcast message pass without being kept.
 
-use super::{Entry, Message, QueueState, Where, LEVELS};
+use super::{Entry, Message, QueueState, LEVELS};
 use std::sync::Arc;
 
 /// Where a peeked message is.
@@ -38,10 +38,11 @@ impl QueueState {
             self.ready[level]
                 .iter()
                 .filter_map(move |&id| match self.entries.get(id) {
-                    Some(Entry {
-                        held,
-                        at: Where::Ready { .. },
-                    }) if usize::from(held.priority) == level => Some(Arc::new(held.message(id))),
+                    Some(Entry { held })
+                        if held.place == Place::Ready && usize::from(held.priority) == level =>
+                    {
+                        Some(Arc::new(held.message(id, &self.kinds)))
+                    }
                     _ => None,
                 })
         });
@@ -64,7 +65,11 @@ impl QueueState {
             if out.len() >= limit {
                 break;
             }
-            if let Some(m) = self.entries.get(*id).map(|e| e.held.message(*id)) {
+            if let Some(m) = self
+                .entries
+                .get(*id)
+                .map(|e| e.held.message(*id, &self.kinds))
+            {
                 if keep(&m) {
                     out.push((Arc::new(m), place));
                 }
