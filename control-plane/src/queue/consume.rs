@@ -11,11 +11,10 @@
 use super::backend::Backend;
 use super::metrics::{
     ACKED_TOTAL, BROADCAST_MISSED_TOTAL, DELIVERED_TOTAL, DELIVERY_LATENCY, NACKED_TOTAL,
-    REDELIVERED_TOTAL,
+    REDELIVERED_TOTAL, STORE_RETRIES_TOTAL,
 };
 use super::service::{identity, now_ms, status, QueueService};
-use super::state::Delivery;
-use super::state::{Filter, Message};
+use super::state::{Delivery, Filter, Message};
 use super::store::{Fanout, Queue};
 use crate::caller;
 use crate::config::kinds::QueuePermission;
@@ -299,6 +298,8 @@ impl Stream {
                     return Some(t);
                 }
                 Err(e) if e.is_transient() => {
+                    metrics::counter!(STORE_RETRIES_TOTAL, "queue" => name.to_string())
+                        .increment(1);
                     if down_since.is_none() {
                         down_since = Some(std::time::Instant::now());
                         tracing::warn!(queue = name, consumer = self.consumer, error = %e, "queue store unreachable; the consumer waits");

@@ -24,6 +24,9 @@ pub const BROADCAST_MISSED_TOTAL: &str = "weft_queue_broadcast_missed_total";
 /// Purged and redriven messages.
 pub const PURGED_TOTAL: &str = "weft_queue_purged_total";
 pub const REDRIVEN_TOTAL: &str = "weft_queue_redriven_total";
+/// A consumer's take that met an unreachable store (Redis down) and is
+/// tried again.
+pub const STORE_RETRIES_TOTAL: &str = "weft_queue_store_retries_total";
 /// Publish call, received to answered (durable).
 pub const PUBLISH_DURATION: &str = "weft_queue_publish_duration_seconds";
 /// Published to first delivered, per message (end to end).
