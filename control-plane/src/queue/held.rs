@@ -91,15 +91,14 @@ impl Kinds {
 }
 
 impl Held {
-    /// `m` as the queue holds it, ready since `at_ms` (see `place`).
-    pub fn new(m: &Message, kinds: &mut Kinds, at_ms: u64) -> Held {
+    /// `m` as the queue holds it, ready since `at_ms` (see `place`), its
+    /// body in the log at `stored` or else in memory.
+    pub fn new(m: &Message, stored: Option<Stored>, kinds: &mut Kinds, at_ms: u64) -> Held {
         let b = &m.body;
         let kind = kinds.index(&b.kind);
         let own_kind = (kind == OWN_KIND).then(|| Box::from(b.kind.as_str()));
-        let live_seq = m
-            .stored
-            .and_then(|s| (s.live_seq != s.record.seq).then_some(s.live_seq));
-        let body = match m.stored {
+        let live_seq = stored.and_then(|s| (s.live_seq != s.record.seq).then_some(s.live_seq));
+        let body = match stored {
             Some(_) => None,
             None => Some(Body {
                 payload: b.payload.clone(),
@@ -125,7 +124,6 @@ impl Held {
                 live_seq,
             })
         });
-        let stored = m.stored;
         Held {
             published_ms: m.published_ms,
             expires_ms: m.expires_ms.unwrap_or(u64::MAX),
@@ -133,7 +131,9 @@ impl Held {
             place: Place::Ready,
             at_ms,
             consumer: 0,
-            payload_len: u32::try_from(m.payload_len()).unwrap_or(u32::MAX),
+            payload_len: stored.map_or(u32::try_from(m.payload_len()).unwrap_or(u32::MAX), |s| {
+                s.payload_len
+            }),
             deliveries: m.deliveries,
             key: b.key.as_deref().map(Box::from),
             rest,
@@ -263,7 +263,7 @@ mod tests {
         let mut kinds = Kinds::default();
         for stored in [false, true] {
             let m = message(stored);
-            let held = Held::new(&m, &mut kinds, 0);
+            let held = Held::new(&m, m.stored, &mut kinds, 0);
             assert_eq!(held.message(9, &kinds), m, "stored: {stored}");
             assert_eq!(held.stored(), m.stored);
             assert_eq!(held.payload_len(), m.payload_len());
@@ -281,7 +281,10 @@ mod tests {
         if let Some(s) = &mut m.stored {
             s.live_seq = s.record.seq;
         }
-        let (a, b) = (Held::new(&m, &mut kinds, 0), Held::new(&m, &mut kinds, 0));
+        let (a, b) = (
+            Held::new(&m, m.stored, &mut kinds, 0),
+            Held::new(&m, m.stored, &mut kinds, 0),
+        );
         assert!(a.rest.is_none());
         assert_eq!((a.kind, b.kind), (0, 0));
         assert_eq!(a.message(9, &kinds), m);
@@ -304,7 +307,7 @@ mod tests {
         if let Some(s) = &mut m.stored {
             s.live_seq = 1;
         }
-        let held = Held::new(&m, &mut kinds, 0);
+        let held = Held::new(&m, m.stored, &mut kinds, 0);
         assert_eq!(held.kind, OWN_KIND);
         assert_eq!(held.kind(&kinds), "one.more");
         assert_eq!(held.message(9, &kinds), m);

@@ -292,7 +292,7 @@ impl QueueState {
     pub fn publish(&mut self, now_ms: u64, body: NewMessage) -> (Published, Vec<Effect>) {
         let (out, message, effects) = self.admit(now_ms, body);
         if let Some(m) = message {
-            self.commit(m, now_ms);
+            self.commit(&m, None, now_ms);
         }
         (out, effects)
     }
@@ -393,9 +393,10 @@ impl QueueState {
     }
 
     /// An admitted message is durable: it joins the queue.
-    pub fn commit(&mut self, message: Arc<Message>, now_ms: u64) {
-        self.unpend(&message);
-        self.insert(&message, now_ms);
+    /// `stored`: where its body is in the log (None: kept in memory).
+    pub fn commit(&mut self, message: &Message, stored: Option<Stored>, now_ms: u64) {
+        self.unpend(message);
+        self.insert(message, stored, now_ms);
     }
 
     /// An admitted message could not be made durable: forget it.
@@ -422,8 +423,8 @@ impl QueueState {
 
     /// Re-adds a message recovered from storage (ids and counts kept; its
     /// key re-enters the dedup window if it is still open).
-    pub fn restore(&mut self, mut message: Message, now_ms: u64) {
-        message.body.priority = message.body.priority.min(LEVELS as u8 - 1);
+    /// `stored`: where its body is in the log (None: kept in memory).
+    pub fn restore(&mut self, message: &Message, stored: Option<Stored>, now_ms: u64) {
         self.ids.fetch_max(message.id + 1, Ordering::Relaxed);
         if let (Some(window), Some(key)) = (self.settings.dedup_window, &message.body.key) {
             let until = message.published_ms + window.as_millis() as u64;
@@ -432,11 +433,12 @@ impl QueueState {
                 self.dedup_order.push_back((until, key.clone()));
             }
         }
-        self.insert(&message, now_ms);
+        self.insert(message, stored, now_ms);
     }
 
-    fn insert(&mut self, message: &Message, now_ms: u64) {
-        let held = Held::new(message, &mut self.kinds, now_ms);
+    fn insert(&mut self, message: &Message, stored: Option<Stored>, now_ms: u64) {
+        let mut held = Held::new(message, stored, &mut self.kinds, now_ms);
+        held.priority = held.priority.min(LEVELS as u8 - 1);
         self.place(message.id, held, now_ms);
     }
 

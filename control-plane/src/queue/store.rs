@@ -21,7 +21,7 @@ use super::log::{self, Log, LogError};
 use super::state::{
     AckError, Delivery, Effect, Filter, Message, NewMessage, Published, QueueState, Settings,
 };
-use super::stored::slim;
+use super::stored::Stored;
 use super::wire::{from_wire, record, sealed, unseal};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -320,7 +320,8 @@ impl Store {
                 Some(Event::Published(m)) => {
                     if let Some(m) = clear(m) {
                         live.add(seq);
-                        state.restore(slim(&from_wire(m), at, seq), now_ms);
+                        let m = from_wire(m);
+                        state.restore(&m, Some(Stored::of(&m, at, seq)), now_ms);
                     }
                 }
                 // Only for a message still here: an ack's removal may be
@@ -329,7 +330,9 @@ impl Store {
                     if let Some(old) = state.discard(m.id) {
                         let live_seq = old.stored.map_or(seq, |s| s.live_seq);
                         if let Some(m) = clear(m) {
-                            state.restore(slim(&from_wire(m), at, live_seq), now_ms);
+                            let m = from_wire(m);
+                            let stored = Stored::of(&m, at, live_seq);
+                            state.restore(&m, Some(stored), now_ms);
                         }
                     }
                 }
@@ -500,11 +503,8 @@ impl Store {
         }
         let mut woken: Vec<&Arc<Queue>> = Vec::new();
         for (target, m, i) in &batch.admitted {
-            let kept = match positions.get(*i) {
-                Some(at) => Arc::new(slim(m, *at, at.seq)),
-                None => m.clone(),
-            };
-            target.lock().commit(kept, now_ms);
+            let stored = positions.get(*i).map(|at| Stored::of(m, *at, at.seq));
+            target.lock().commit(m, stored, now_ms);
             if !woken.iter().any(|w| Arc::ptr_eq(w, target)) {
                 woken.push(target);
             }
@@ -521,7 +521,7 @@ impl Store {
             target.lock().abandon(m);
         }
         for (q, m) in batch.taken {
-            q.lock().restore((*m).clone(), m.published_ms);
+            q.lock().restore(&m, m.stored, m.published_ms);
         }
     }
 

@@ -94,14 +94,14 @@ impl Store {
             let body = match self.full(&dlq, &dead) {
                 Ok(whole) => redriven(&whole),
                 Err(e) => {
-                    dlq.lock().restore((*dead).clone(), now_ms);
+                    dlq.lock().restore(&dead, dead.stored, now_ms);
                     self.abandon(batch);
                     return Err(e);
                 }
             };
             let (out, admitted, _) = source.lock().admit(now_ms, body);
             let Some(m) = admitted else {
-                dlq.lock().restore((*dead).clone(), now_ms);
+                dlq.lock().restore(&dead, dead.stored, now_ms);
                 stopped = Some(format!("{queue} refused message {id}: {out:?}"));
                 break;
             };

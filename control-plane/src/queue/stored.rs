@@ -14,7 +14,6 @@ use super::log::Position;
 use super::state::Message;
 use super::store::{Queue, Store, StoreError};
 use super::wire::unseal;
-use bytes::Bytes;
 use prost::Message as _;
 use std::sync::Arc;
 use xds_proto::v1::{queue_record::Event, QueueRecord};
@@ -32,19 +31,17 @@ pub struct Stored {
     pub payload_len: u32,
 }
 
-/// `m` as a queue keeps it once its record, at `at`, is durable;
-/// `live_seq`: its `published` record's sequence.
-pub(super) fn slim(m: &Message, at: Position, live_seq: u64) -> Message {
-    let mut slim = m.clone();
-    slim.stored = Some(Stored {
-        record: at,
-        live_seq,
-        payload_len: u32::try_from(m.payload_len()).unwrap_or(u32::MAX),
-    });
-    slim.body.payload = Bytes::new();
-    slim.body.publisher = String::new();
-    slim.body.traceparent = None;
-    slim
+impl Stored {
+    /// Where `m`'s body is once its record, at `at`, is durable;
+    /// `live_seq`: its `published` record's sequence. A queue given this
+    /// keeps none of the body in memory (see `held`).
+    pub(super) fn of(m: &Message, at: Position, live_seq: u64) -> Stored {
+        Stored {
+            record: at,
+            live_seq,
+            payload_len: u32::try_from(m.payload_len()).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 impl Store {
