@@ -367,9 +367,12 @@ impl Stream {
         }
     }
 
-    /// `n` deliveries were acknowledged: counted, credit back.
-    fn acked(&mut self, n: usize) {
-        self.meters.acked.increment(n as u64);
+    /// The consumer settled `n` deliveries (acked or nacked them): it no
+    /// longer holds them, so their credit comes back whatever the store
+    /// answered. (A settle the store could not apply, Redis being down,
+    /// leaves the delivery to its ack timeout; keeping its credit would
+    /// starve a stream that outlives the outage.)
+    fn settled(&mut self, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
     }
@@ -397,9 +400,9 @@ impl Stream {
 
     /// One request after the subscription; Some(error) to tell the consumer.
     async fn handle(&mut self, req: pb::ConsumeRequest) -> Option<String> {
-        let queue = self.queue.name.as_str();
-        let broadcast = self.queue.fanout() == Fanout::Broadcast;
-        let settled = |credit: &mut u32| *credit = credit.saturating_add(1).min(MAX_PREFETCH);
+        let q = self.queue.clone();
+        let queue = q.name.as_str();
+        let broadcast = q.fanout() == Fanout::Broadcast;
         let result = match req.kind {
             Some(In::Credit(n)) => {
                 self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
@@ -408,44 +411,51 @@ impl Stream {
             // Nothing is kept for a broadcast consumer: settling only
             // returns credit.
             Some(In::Ack(_) | In::Nack(_)) if broadcast => {
-                settled(&mut self.credit);
+                self.settled(1);
                 Ok(())
             }
             Some(In::Acks(a)) if broadcast => {
-                let n = u32::try_from(a.ids.len()).unwrap_or(u32::MAX);
-                self.credit = self.credit.saturating_add(n).min(MAX_PREFETCH);
+                self.settled(a.ids.len());
                 Ok(())
             }
-            Some(In::Ack(id)) => match self.store.ack(queue, &[id], self.consumer).await {
-                Ok(mut failed) => {
-                    if failed.is_empty() {
-                        self.acked(1);
+            Some(In::Ack(id)) => {
+                self.settled(1);
+                match self.store.ack(queue, &[id], self.consumer).await {
+                    Ok(mut failed) => {
+                        if failed.is_empty() {
+                            self.meters.acked.increment(1);
+                            Ok(())
+                        } else {
+                            Err(failed.remove(0).1.into())
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Some(In::Acks(a)) => {
+                self.settled(a.ids.len());
+                match self.store.ack(queue, &a.ids, self.consumer).await {
+                    Ok(failed) => {
+                        let done = a.ids.len() - failed.len();
+                        self.meters.acked.increment(done as u64);
+                        if !failed.is_empty() {
+                            let why: Vec<String> =
+                                failed.iter().map(|(_, e)| e.to_string()).collect();
+                            return Some(why.join("; "));
+                        }
                         Ok(())
-                    } else {
-                        Err(failed.remove(0).1.into())
                     }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            Some(In::Acks(a)) => match self.store.ack(queue, &a.ids, self.consumer).await {
-                Ok(failed) => {
-                    self.acked(a.ids.len() - failed.len());
-                    if !failed.is_empty() {
-                        let why: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
-                        return Some(why.join("; "));
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
+            }
             Some(In::Nack(n)) => {
+                self.settled(1);
                 let r = self
                     .store
                     .nack(queue, now_ms(), n.id, self.consumer, n.requeue, &n.error)
                     .await;
                 if r.is_ok() {
                     metrics::counter!(NACKED_TOTAL, "queue" => queue.to_string(), "requeue" => if n.requeue { "true" } else { "false" }).increment(1);
-                    settled(&mut self.credit);
                 }
                 r
             }
