@@ -59,6 +59,11 @@ pub struct QueueArgs {
     /// CRITICAL messages per second in the priority phase.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// Prefetch (credit) of the priority phase's consumer: a CRITICAL
+    /// message overtakes the queued backlog but not the deliveries already
+    /// sent to a draining consumer.
+    #[arg(long, default_value_t = 100)]
+    priority_prefetch: u32,
     /// Length of the priority phase.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -171,7 +176,8 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     let store = store_of(args)?;
     let (mesh, redis, _, clients) = weft_mesh("queue-bench", store).await?;
     let single = weft_publish(&clients, args, "bench", 1, 4).await?;
-    println!("weft publish, 1 per request: {single} msg/s");
+    let folded = records_per_commit(&mesh).await;
+    println!("weft publish, 1 per request: {single} msg/s ({folded:.1} records per log commit)");
     let batched = weft_publish(&clients, args, "bench", args.batch, 4).await?;
     println!("weft publish, {} per request: {batched} msg/s", args.batch);
     let consumed = weft_consume(&clients, args.messages, args.consumers, 1).await?;
@@ -184,6 +190,7 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
     let mut out = json!({
         "store": args.store,
         "publish_single_msgs_per_s": single,
+        "publish_single_records_per_commit": (folded * 10.0).round() / 10.0,
         "publish_batch_msgs_per_s": batched,
         "consume_msgs_per_s": consumed,
         "consume_batch_msgs_per_s": consumed_batched,
@@ -197,6 +204,20 @@ async fn weft(args: &QueueArgs) -> anyhow::Result<serde_json::Value> {
         o.extend(b);
     }
     Ok(out)
+}
+
+/// Records per group commit of the embedded log so far (0 for Redis),
+/// from the control plane's metrics once they refresh (every second).
+async fn records_per_commit(mesh: &Mesh) -> f64 {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, text) = mesh.admin_get(mesh.control_admin, "/metrics");
+    let commits = weft_testbed::metric(&text, "weft_queue_log_commits_total", "").unwrap_or(0.0);
+    let records = weft_testbed::metric(&text, "weft_queue_log_records_total", "").unwrap_or(0.0);
+    if commits > 0.0 {
+        records / commits
+    } else {
+        0.0
+    }
 }
 
 /// RSS with the backlog, in a fresh control plane, and the priority
@@ -249,6 +270,7 @@ impl QueueArgs {
             consumers: self.consumers,
             backlog: self.backlog,
             rate: self.rate,
+            priority_prefetch: self.priority_prefetch,
             seconds: self.seconds,
             only_priority: self.only_priority,
             store: self.store.clone(),
@@ -422,7 +444,7 @@ async fn weft_consume(
 }
 
 /// CRITICAL messages at `args.rate`/s (10 per request every ms) into
-/// `prio` while one consumer (prefetch 100) drains it; latency from the
+/// `prio` while one consumer (prefetch `args.priority_prefetch`) drains it; latency from the
 /// publish call to the delivery, for the CRITICAL ones.
 /// `critical_only`: the consumer takes only CRITICAL messages (min
 /// priority 9) and the backlog sits; else it drains the backlog too and
@@ -434,7 +456,13 @@ async fn weft_priority(
 ) -> anyhow::Result<(f64, f64, usize)> {
     let mut c = clients[0].clone();
     let (tx, mut rx) =
-        open_filtered(&mut c, "prio", 100, if critical_only { 9 } else { 0 }).await?;
+        open_filtered(
+            &mut c,
+            "prio",
+            args.priority_prefetch,
+            if critical_only { 9 } else { 0 },
+        )
+        .await?;
     let epoch = Instant::now();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -182,6 +182,14 @@ impl Backend {
         }
     }
 
+    /// The embedded log's group commits and records written since start.
+    pub fn log_commits(&self) -> Option<(u64, u64)> {
+        match self {
+            Backend::Embedded(s) => Some(s.log_commits()),
+            Backend::Redis(_) => None,
+        }
+    }
+
     pub async fn peek(
         &self,
         queue: &str,

@@ -40,6 +40,10 @@ pub const OLDEST_AGE: &str = "weft_queue_oldest_message_age_seconds";
 pub const CONSUMERS: &str = "weft_queue_consumers";
 /// The segment log on disk (all queues).
 pub const LOG_BYTES: &str = "weft_queue_log_bytes";
+/// Group commits of the log (one write + fsync each), and the records
+/// they carried: records / commits is how well concurrent publishes fold.
+pub const LOG_COMMITS_TOTAL: &str = "weft_queue_log_commits_total";
+pub const LOG_RECORDS_TOTAL: &str = "weft_queue_log_records_total";
 
 const PRIORITY: [&str; super::state::LEVELS] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
@@ -63,5 +67,9 @@ pub async fn refresh(store: &Backend, now_ms: u64) {
     }
     if let Some(bytes) = store.log_bytes() {
         metrics::gauge!(LOG_BYTES).set(bytes as f64);
+    }
+    if let Some((commits, records)) = store.log_commits() {
+        metrics::counter!(LOG_COMMITS_TOTAL).absolute(commits);
+        metrics::counter!(LOG_RECORDS_TOTAL).absolute(records);
     }
 }

@@ -752,6 +752,15 @@ impl Store {
         self.log.segments()
     }
 
+    /// Group commits (fsyncs) and records written since start.
+    pub fn log_commits(&self) -> (u64, u64) {
+        let s = self.log.stats();
+        (
+            s.commits.load(std::sync::atomic::Ordering::Relaxed),
+            s.records.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// A message as stored: its payload sealed when the queue is encrypted.
     fn wire(&self, queue: &Queue, m: &Message) -> Result<QueueMessage, StoreError> {
         Ok(sealed(&self.keys, &queue.name, queue.encrypted(), m)?)
