@@ -455,14 +455,13 @@ async fn weft_priority(
     critical_only: bool,
 ) -> anyhow::Result<(f64, f64, usize)> {
     let mut c = clients[0].clone();
-    let (tx, mut rx) =
-        open_filtered(
-            &mut c,
-            "prio",
-            args.priority_prefetch,
-            if critical_only { 9 } else { 0 },
-        )
-        .await?;
+    let (tx, mut rx) = open_filtered(
+        &mut c,
+        "prio",
+        args.priority_prefetch,
+        if critical_only { 9 } else { 0 },
+    )
+    .await?;
     let epoch = Instant::now();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

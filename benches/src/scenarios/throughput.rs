@@ -140,13 +140,27 @@ pub fn round(c: &Contenders, plan: &Plan, results: &mut Results) -> anyhow::Resu
             ("weft", SocketAddr::new(client.ip, c.tcp_bind)),
         ] {
             eprintln!("  tcp_throughput {name}");
-            results.add(
-                "tcp_throughput",
-                name,
-                "bytes_per_s",
-                "B/s",
-                env.iperf(addr)?,
-            );
+            let cpu_before = crate::cpu_seconds(proxy_pid)?;
+            let bytes_per_s = env.iperf(addr)?;
+            results.add("tcp_throughput", name, "bytes_per_s", "B/s", bytes_per_s);
+            if name == "weft" {
+                // What the proxy's core spent per GB moved: with both
+                // iperf3 ends on the load core, throughput can be bound by
+                // that core while the proxy idles, so this is the proxy's
+                // own cost.
+                let cpu = crate::cpu_seconds(proxy_pid)? - cpu_before;
+                // iperf3 runs for whole seconds (`-t`).
+                let gb = bytes_per_s * env.seconds.ceil() / 1e9;
+                if gb > 0.0 {
+                    results.add(
+                        "tcp_proxy_cpu",
+                        name,
+                        "cpu_ms_per_gb",
+                        "ms/GB",
+                        cpu * 1000.0 / gb,
+                    );
+                }
+            }
         }
     }
     Ok(())

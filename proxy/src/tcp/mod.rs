@@ -1,6 +1,11 @@
 //! Opaque TCP forwarding: connect to the chosen endpoint (over mTLS with the
-//! `weft-tcp` ALPN when a sidecar fronts it) and copy bytes both ways until
-//! either side closes, counting them.
+//! `weft-tcp` ALPN when a sidecar fronts it) and move bytes both ways until
+//! both sides close, counting them: spliced in the kernel between two
+//! plaintext sockets on Linux, copied through user space when TLS is on
+//! either side.
+
+#[cfg(target_os = "linux")]
+mod splice;
 
 use crate::metrics::TcpMetrics;
 use crate::mtls::{Alpn, MeshTls};
@@ -39,7 +44,18 @@ pub async fn forward(
 ) -> std::io::Result<()> {
     let upstream = connect_plain(target).await?;
     let _ = client.set_nodelay(true);
-    relay(client, upstream, metrics).await
+    relay_plain(client, upstream, metrics).await
+}
+
+/// Relays two plaintext sockets: spliced (no copy through user space) on
+/// Linux, copied where pipes are not available.
+async fn relay_plain(a: TcpStream, b: TcpStream, metrics: &TcpMetrics) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    match splice::Pipes::new() {
+        Ok(pipes) => return counted(metrics, splice::relay(&a, &b, pipes)).await,
+        Err(e) => tracing::debug!(error = %e, "no pipe for splice; copying instead"),
+    }
+    relay(a, b, metrics).await
 }
 
 /// Forwards `client` to `target`: over mTLS when `identity` names the
@@ -65,16 +81,25 @@ pub async fn forward_to_endpoint(
     }
 }
 
-/// Copies both ways until either side closes.
+/// Copies both ways until both sides close.
 pub async fn relay<A, B>(mut a: A, mut b: B, metrics: &TcpMetrics) -> std::io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+    counted(metrics, copy).await
+}
+
+/// Runs one relay, counting it open while it runs and its bytes (both
+/// directions) when it ends.
+async fn counted(
+    metrics: &TcpMetrics,
+    relay: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+) -> std::io::Result<()> {
     metrics.opened.increment(1);
     metrics.active.increment(1.0);
-    let result =
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await;
+    let result = relay.await;
     metrics.active.decrement(1.0);
     let (up, down) = result?;
     metrics.bytes.increment(up + down);
