@@ -147,14 +147,19 @@ pub fn run_cmd(program: &str, args: &[String]) -> anyhow::Result<String> {
 
 /// Resident set size of a process, bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
+    let kb = status_kb(pid, "VmRSS:").ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kb * 1024.0)
+}
+
+/// The number after `field` in `/proc/<pid>/status` (kB for the memory
+/// fields).
+pub fn status_kb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))?;
-    Ok(kb * 1024.0)
 }
 
 /// CPU time (user + system) a process has used so far, seconds, from

@@ -1,7 +1,7 @@
 //! weft-proxy: the sidecar. Flags, runtimes and lifecycle. The data plane
-//! (listeners, HTTP, TCP) runs on a multi-thread runtime; the xDS client,
-//! admin and metrics run on their own single-thread runtime so control work
-//! never competes with requests.
+//! (listeners, HTTP, TCP) runs on one current-thread runtime per worker
+//! (`listener::workers`); the xDS client, admin and metrics run on their
+//! own single-thread runtime so control work never competes with requests.
 #![forbid(unsafe_code)]
 
 use weft_proxy::{
@@ -129,8 +129,8 @@ struct Args {
     /// workload certificate.
     #[arg(long, env = "WEFT_INSECURE_DEV")]
     insecure_dev: bool,
-    /// Data-plane worker threads. One (the default) runs a current-thread
-    /// runtime, the fastest layout per core.
+    /// Data-plane worker threads, each a current-thread runtime with its
+    /// own listening sockets (SO_REUSEPORT) and upstream pools.
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
     workers: usize,
     /// Register the workload in the mesh's service registry (lease,
@@ -253,7 +253,7 @@ fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     telemetry::init_tracing("info");
-    let (data_rt, control_rt) = runtimes(args.workers)?;
+    let (data_rt, control_rt) = runtimes()?;
     // The recorder must exist before any metric handle is created.
     let prometheus = control_rt.block_on(async { telemetry::install_metrics() })?;
     let node = pb::Node {
@@ -277,14 +277,20 @@ fn main() -> anyhow::Result<()> {
         )),
         identity,
     };
-    let (ctx, outbound_l, inbound_l) = data_rt.block_on(bind_data_plane(
-        &args,
-        data.snapshot.clone(),
-        data.drain.clone(),
-        mesh_tls,
-    ))?;
+    let (mut workers, mut outbound_ls, mut inbound_ls) =
+        bind_data_plane(&args, data.snapshot.clone(), data.drain.clone(), mesh_tls)?;
+    let ctx = workers.remove(0);
+    let (outbound_l, inbound_l) = (outbound_ls.remove(0), inbound_ls.remove(0));
     data.explicit.set_context(ctx.clone());
     start_control_thread(control_rt, &args, node, &data, prometheus)?;
+    for (i, ((w, o), l)) in workers
+        .into_iter()
+        .zip(outbound_ls)
+        .zip(inbound_ls)
+        .enumerate()
+    {
+        listener::workers::spawn(i + 1, w, o, l).context("cannot start a data-plane worker")?;
+    }
     tracing::info!(outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, metrics = %args.metrics, service = %args.service, "weft-proxy started");
     let drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     data_rt.block_on(serve_until_drained(
@@ -292,26 +298,17 @@ fn main() -> anyhow::Result<()> {
         outbound_l,
         inbound_l,
         drain_timeout,
-    ));
-    Ok(())
+    ))
 }
 
-/// The data-plane runtime (one worker: a current-thread runtime, no
-/// work-stealing bookkeeping, wakeups stay local; more: tokio's
-/// multi-thread scheduler) and the control runtime (xDS, admin, metrics).
-fn runtimes(workers: usize) -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
-    let data_rt = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("weft-data")
-            .enable_all()
-            .build()
-    }
-    .context("cannot start data-plane runtime")?;
+/// The first data-plane worker's runtime (current-thread: no
+/// work-stealing bookkeeping, wakeups stay local; more workers get their
+/// own, `listener::workers`) and the control runtime (xDS, admin, metrics).
+fn runtimes() -> anyhow::Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let data_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start data-plane runtime")?;
     let control_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,23 +357,23 @@ fn workload_identity(args: &Args) -> anyhow::Result<Option<Arc<identity::Workloa
     })
 }
 
-/// Binds the outbound and inbound listeners (so a bad address fails fast
-/// and loudly) and builds the per-connection context.
-async fn bind_data_plane(
+/// The listening sockets a worker gets: outbound, inbound.
+type Sockets = Vec<std::net::TcpListener>;
+
+/// Binds the outbound and inbound listeners, one socket of each per worker
+/// (so a bad address fails fast and loudly), and builds each worker's
+/// per-connection context: its own HTTP servers (upstream pools), the
+/// snapshot, drain, caps and metrics shared.
+fn bind_data_plane(
     args: &Args,
     snapshot: snapshot::SnapshotHolder,
     drain: drain::Drain,
     mesh_tls: Option<Arc<mtls::MeshTls>>,
-) -> anyhow::Result<(
-    Arc<Context>,
-    tokio::net::TcpListener,
-    tokio::net::TcpListener,
-)> {
-    let outbound_l = tokio::net::TcpListener::bind(args.outbound)
-        .await
+) -> anyhow::Result<(Vec<Arc<Context>>, Sockets, Sockets)> {
+    let workers = args.workers.max(1);
+    let outbound_ls = listener::workers::bind(args.outbound, workers)
         .with_context(|| format!("cannot bind outbound listener {}", args.outbound))?;
-    let inbound_l = tokio::net::TcpListener::bind(args.inbound)
-        .await
+    let inbound_ls = listener::workers::bind(args.inbound, workers)
         .with_context(|| format!("cannot bind inbound listener {}", args.inbound))?;
     let ms = |v: u64| Duration::from_millis(v.max(1));
     let timeouts = http::limits::ClientTimeouts {
@@ -396,28 +393,38 @@ async fn bind_data_plane(
         open_files = ?fd_limit,
         outbound = caps.0,
         inbound = caps.1,
+        workers,
         "connection caps"
     );
-    let ctx = Arc::new(Context {
-        snapshot: snapshot.clone(),
-        drain: drain.clone(),
-        outbound_http: Arc::new(
-            http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone()).with_timeouts(timeouts),
-        ),
-        inbound_http: Arc::new(
-            http::HttpServer::inbound(snapshot.clone(), &args.service, args.app_port)
-                .with_timeouts(timeouts),
-        ),
-        mtls: mesh_tls.clone(),
-        detect_timeout: Duration::from_millis(args.detect_timeout_ms),
-        opaque_ports: args.opaque_ports.clone(),
-        app_port: args.app_port,
-        tcp_outbound: metrics::TcpMetrics::new("outbound"),
-        tcp_inbound: metrics::TcpMetrics::new("inbound"),
-        outbound_cap: ConnectionCap::new("outbound", caps.0),
-        inbound_cap: ConnectionCap::new("inbound", caps.1),
-    });
-    Ok((ctx, outbound_l, inbound_l))
+    let (outbound_cap, inbound_cap) = (
+        ConnectionCap::new("outbound", caps.0),
+        ConnectionCap::new("inbound", caps.1),
+    );
+    let contexts = (0..workers)
+        .map(|_| {
+            Arc::new(Context {
+                snapshot: snapshot.clone(),
+                drain: drain.clone(),
+                outbound_http: Arc::new(
+                    http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone())
+                        .with_timeouts(timeouts),
+                ),
+                inbound_http: Arc::new(
+                    http::HttpServer::inbound(snapshot.clone(), &args.service, args.app_port)
+                        .with_timeouts(timeouts),
+                ),
+                mtls: mesh_tls.clone(),
+                detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+                opaque_ports: args.opaque_ports.clone(),
+                app_port: args.app_port,
+                tcp_outbound: metrics::TcpMetrics::new("outbound"),
+                tcp_inbound: metrics::TcpMetrics::new("inbound"),
+                outbound_cap: outbound_cap.clone(),
+                inbound_cap: inbound_cap.clone(),
+            })
+        })
+        .collect();
+    Ok((contexts, outbound_ls, inbound_ls))
 }
 
 /// Admin, metrics, xDS, certificate renewal and rate-limit leases, on their
@@ -530,25 +537,14 @@ const SHUTDOWN_BEFORE_DRAIN: Duration = Duration::from_secs(15);
 /// (SIGTERM, Ctrl-C or POST /drain) has finished or timed out.
 async fn serve_until_drained(
     ctx: Arc<Context>,
-    outbound_l: tokio::net::TcpListener,
-    inbound_l: tokio::net::TcpListener,
+    outbound_l: std::net::TcpListener,
+    inbound_l: std::net::TcpListener,
     drain_timeout: Duration,
-) {
+) -> anyhow::Result<()> {
+    let outbound_l = tokio::net::TcpListener::from_std(outbound_l)?;
+    let inbound_l = tokio::net::TcpListener::from_std(inbound_l)?;
     tokio::spawn(health::run(ctx.snapshot.clone(), ctx.mtls.clone()));
-    tokio::spawn(listener::accept_loop(
-        outbound_l,
-        ctx.clone(),
-        "outbound",
-        ctx.outbound_cap.clone(),
-        listener::outbound::handle,
-    ));
-    tokio::spawn(listener::accept_loop(
-        inbound_l,
-        ctx.clone(),
-        "inbound",
-        ctx.inbound_cap.clone(),
-        listener::inbound::handle,
-    ));
+    listener::workers::accept(&ctx, outbound_l, inbound_l);
     let d = ctx.drain.clone();
     tokio::spawn(async move {
         if let Ok(mut term) =
@@ -582,6 +578,7 @@ async fn serve_until_drained(
             "drain deadline passed; exiting"
         );
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,20 @@ pub fn rss_idle(c: &Contenders, plan: &Plan, results: &mut Results) -> anyhow::R
         "bytes",
         rss_bytes(c.proxy_pid)?,
     );
+    // Where it is: the binary's and libraries' mapped pages (file) against
+    // heap, stacks and anonymous maps (anon).
+    for (metric, field) in [
+        ("rss_anon_bytes", "RssAnon:"),
+        ("rss_file_bytes", "RssFile:"),
+    ] {
+        if let Some(v) = crate::status_kb(c.proxy_pid, field) {
+            results.add("rss_idle", "weft", metric, "bytes", v * 1024.0);
+        }
+    }
+    eprintln!(
+        "  rss_idle: weft-proxy has {} threads",
+        crate::status_kb(c.proxy_pid, "Threads:").unwrap_or(0.0)
+    );
     if let Some(e) = &c.envoy {
         results.add("rss_idle", "envoy", "rss_bytes", "bytes", rss_bytes(e.pid)?);
     }

@@ -10,6 +10,7 @@ pub mod explicit;
 pub mod inbound;
 pub mod orig_dst;
 pub mod outbound;
+pub mod workers;
 
 use crate::drain::Drain;
 use crate::http::server::Conn;
