@@ -77,6 +77,127 @@ impl Contenders {
         })
     }
 
+    /// Another client-side sidecar (service `bench-client`, so it gets the
+    /// same routes) with `workers` data-plane workers, pinned to `cores`,
+    /// on 127.0.0.`last`; returns its pid and outbound address once a
+    /// request through it reaches the upstream.
+    pub fn spawn_client_sidecar(
+        &mut self,
+        workers: usize,
+        cores: &str,
+        last: u8,
+    ) -> anyhow::Result<(u32, SocketAddr)> {
+        let admin_auth = AdminAuth::Certs(self.pki.admin_certs.clone());
+        let token = join_token(
+            &self.env.bins,
+            &self.cp_url,
+            &admin_auth,
+            "bench",
+            "bench-client",
+        )?;
+        let addrs = ProxyAddrs::on(ip(last));
+        let spec = ProxySpec {
+            node: format!("bench-client-w{workers}"),
+            namespace: "bench".into(),
+            service: "bench-client".into(),
+            app_port: 1,
+            addrs,
+            auth: ProxyAuth::Token {
+                token,
+                ca_bundle: self.pki.ca_bundle.clone(),
+            },
+            extra_args: vec!["--workers".into(), workers.to_string()],
+        };
+        let proxy_bin = self.env.bins.path(localmesh::PROXY);
+        let pid = self.env.spawn_pinned_env(
+            &format!("weft-bench-client-w{workers}"),
+            cores,
+            &proxy_bin,
+            spec.args(&self.cp_url),
+            &spec.env(),
+        )?;
+        localmesh::wait_listening(addrs.outbound, Duration::from_secs(15))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match weft_testbed::http_request(
+                addrs.outbound,
+                "GET",
+                "/bytes?n=100",
+                "bench",
+                &[],
+                b"",
+            ) {
+                Ok((200, _)) => return Ok((pid, addrs.outbound)),
+                other if std::time::Instant::now() > deadline => {
+                    bail!("the {workers}-worker sidecar never routed a request: {other:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// HAProxy with `threads` threads pinned to `cores`, one hop to the
+    /// HTTP upstream, on 127.0.0.`last`.
+    pub fn spawn_haproxy(
+        &mut self,
+        threads: usize,
+        cores: &str,
+        last: u8,
+    ) -> anyhow::Result<(u32, SocketAddr)> {
+        let listen = SocketAddr::new(ip(last), 10000);
+        let cfg = self.env.dir.join(format!("haproxy-{threads}.cfg"));
+        std::fs::write(&cfg, haproxy_config(listen, self.http_up, threads))?;
+        let pid = self.env.spawn_pinned(
+            &format!("haproxy-{threads}"),
+            cores,
+            Path::new("/usr/sbin/haproxy"),
+            vec!["-f".into(), cfg.display().to_string(), "-db".into()],
+        )?;
+        localmesh::wait_listening(listen, Duration::from_secs(10))?;
+        Ok((pid, listen))
+    }
+
+    /// Envoy `--concurrency n` pinned to `cores`, one hop to the HTTP
+    /// upstream, on 127.0.0.`last`; None where Envoy is not installed.
+    pub fn spawn_envoy(
+        &mut self,
+        concurrency: usize,
+        cores: &str,
+        last: u8,
+    ) -> anyhow::Result<Option<(u32, SocketAddr)>> {
+        let Some(bin) = self.env.envoy.clone() else {
+            return Ok(None);
+        };
+        let listen = SocketAddr::new(ip(last), 10000);
+        let cfg = self.env.dir.join(format!("envoy-{concurrency}.yaml"));
+        std::fs::write(
+            &cfg,
+            envoy_config(&[EnvoyHop {
+                listen,
+                upstream: self.http_up,
+                upstream_h2: false,
+                downstream_tls: None,
+                upstream_tls: None,
+            }]),
+        )?;
+        let pid = self.env.spawn_pinned(
+            &format!("envoy-{concurrency}"),
+            cores,
+            &bin,
+            vec![
+                "-c".into(),
+                cfg.display().to_string(),
+                "--concurrency".into(),
+                concurrency.to_string(),
+                "--disable-hot-restart".into(),
+                "-l".into(),
+                "error".into(),
+            ],
+        )?;
+        localmesh::wait_listening(listen, Duration::from_secs(30))?;
+        Ok(Some((pid, listen)))
+    }
+
     /// Runs weftctl against the bench control plane with the admin cert.
     pub fn weftctl(&self, args: &[String]) -> anyhow::Result<String> {
         let mut full = vec![
@@ -519,7 +640,7 @@ fn start_haproxy(env: &mut Env, http_up: SocketAddr) -> anyhow::Result<SocketAdd
     let dir = env.dir.clone();
     let haproxy_addr = SocketAddr::new(ip(6), 10000);
     let hp = dir.join("haproxy.cfg");
-    std::fs::write(&hp, haproxy_config(haproxy_addr, http_up))?;
+    std::fs::write(&hp, haproxy_config(haproxy_addr, http_up, 1))?;
     env.spawn_pinned(
         "haproxy",
         PROXY_CORE,
@@ -531,9 +652,9 @@ fn start_haproxy(env: &mut Env, http_up: SocketAddr) -> anyhow::Result<SocketAdd
     Ok(haproxy_addr)
 }
 
-fn haproxy_config(listen: SocketAddr, upstream: SocketAddr) -> String {
+fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> String {
     format!(
-        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
+        "global\n  nbthread {threads}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
     )
 }
 

@@ -69,6 +69,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         eprintln!("round {}/{}", round + 1, plan.rounds);
         scenarios::throughput::round(&c, &plan, &mut results)?;
     }
+    scenarios::workers::run(&mut c, &plan, &mut results)?;
     scenarios::memory::rss_10k_endpoints(&c, &plan, &mut results)?;
     scenarios::control_plane::run(&mut c, &plan, &mut results)?;
     write_results(args.out, &plan, &c, &results)

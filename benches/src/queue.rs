@@ -134,13 +134,35 @@ fn rate(n: u64, took: Duration) -> f64 {
     (n as f64 / took.as_secs_f64()).round()
 }
 
+/// A bench mesh whose directory (the queue log: ~1 GB after the backlog
+/// phase) is removed once its processes are stopped.
+struct BenchMesh(Option<Mesh>);
+
+impl std::ops::Deref for BenchMesh {
+    type Target = Mesh;
+    fn deref(&self) -> &Mesh {
+        self.0.as_ref().expect("the mesh lives until drop")
+    }
+}
+
+impl Drop for BenchMesh {
+    fn drop(&mut self) {
+        if let Some(mesh) = self.0.take() {
+            let dir = mesh.dir.clone();
+            drop(mesh);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// A fresh control plane pinned to core 0 with the bench queues, and four
 /// admin clients.
 async fn weft_mesh(
     name: &str,
     store: QueueStore,
-) -> anyhow::Result<(Mesh, Option<RedisServer>, u32, Vec<Client>)> {
+) -> anyhow::Result<(BenchMesh, Option<RedisServer>, u32, Vec<Client>)> {
     let (mesh, redis) = Mesh::start_with_queue_store(name, store, &[]);
+    let mesh = BenchMesh(Some(mesh));
     mesh.apply("queue-bench.yaml", QUEUES)?;
     let pid = mesh
         .control

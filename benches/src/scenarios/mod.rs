@@ -4,6 +4,7 @@
 pub mod control_plane;
 pub mod memory;
 pub mod throughput;
+pub mod workers;
 
 /// Which scenarios run, and how long.
 pub struct Plan {
