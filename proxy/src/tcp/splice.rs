@@ -61,7 +61,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> 
     loop {
         let n = from
             .async_io(Interest::READABLE, || {
-                splice(from, None, &pipe.write, None, CHUNK, FLAGS).map_err(io::Error::from)
+                retrying(|| splice(from, None, &pipe.write, None, CHUNK, FLAGS))
             })
             .await?;
         if n == 0 {
@@ -76,7 +76,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> 
         while left > 0 {
             let m = to
                 .async_io(Interest::WRITABLE, || {
-                    splice(&pipe.read, None, to, None, left, FLAGS).map_err(io::Error::from)
+                    retrying(|| splice(&pipe.read, None, to, None, left, FLAGS))
                 })
                 .await?;
             if m == 0 {
@@ -90,6 +90,17 @@ async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> 
             left -= m;
         }
         total += n as u64;
+    }
+}
+
+/// One splice, again if a signal interrupted it (EAGAIN goes back to
+/// tokio as `WouldBlock`, which clears the readiness).
+fn retrying(mut f: impl FnMut() -> rustix::io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match f() {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
     }
 }
 
