@@ -31,17 +31,8 @@ fn extra_worker_ticks(pid: u32) -> Vec<u64> {
 #[test]
 fn requests_on_many_connections_reach_the_app_through_sidecars_with_three_workers_each() {
     let mut mesh = Mesh::start("workers");
-    let app = mesh.http_app("server");
-    let client = mesh.proxy("client", "e2e", 1, 2, &["--workers", "3"]);
-    let server = mesh.proxy("server", "e2e", app, 3, &["--workers", "3"]);
-    let yaml = format!(
-        "{}---\n{}---\n{}",
-        service_yaml("client", "e2e", 1, "http", client.inbound),
-        service_yaml("server", "e2e", app, "http", server.inbound),
-        http_route_yaml("server", "e2e", &["client"], &["server"], "server", app)
-    );
-    let rev = mesh.apply("mesh.yaml", &yaml).expect("apply");
-    mesh.wait_synced(rev, 2);
+    let workers = ["--workers", "3"];
+    let (client, _server) = http_pair_with_flags(&mut mesh, "http", &workers, &workers);
 
     // Each request on a connection of its own, so the kernel picks a
     // worker's socket every time; several threads at once.

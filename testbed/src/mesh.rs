@@ -408,9 +408,19 @@ pub fn http_pair_with(
     protocol: &str,
     client_flags: &[&str],
 ) -> (ProxyAddrs, ProxyAddrs) {
+    http_pair_with_flags(mesh, protocol, client_flags, &[])
+}
+
+/// `http_pair` with extra flags for each sidecar.
+pub fn http_pair_with_flags(
+    mesh: &mut Mesh,
+    protocol: &str,
+    client_flags: &[&str],
+    server_flags: &[&str],
+) -> (ProxyAddrs, ProxyAddrs) {
     let app = mesh.http_app("server");
     let client = mesh.proxy("client", "e2e", 1, 2, client_flags);
-    let server = mesh.proxy("server", "e2e", app, 3, &[]);
+    let server = mesh.proxy("server", "e2e", app, 3, server_flags);
     let yaml = format!(
         "{}---\n{}---\n{}",
         service_yaml("client", "e2e", 1, "http", client.inbound),
