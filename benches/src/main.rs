@@ -162,25 +162,9 @@ pub fn status_kb(pid: u32, field: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// CPU time (user + system) a process has used so far, seconds, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in USER_HZ ticks: 100 per second
-/// on Linux whatever the kernel's own tick).
+/// CPU time (user + system) a process has used so far, seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces: count from after its ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("unreadable /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
-    let tick = |i: usize| -> anyhow::Result<f64> {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("no field {i} in /proc/{pid}/stat"))
-    };
-    Ok((tick(14)? + tick(15)?) / 100.0)
+    weft_testbed::procfs::cpu_seconds(pid).ok_or_else(|| anyhow!("unreadable /proc/{pid}/stat"))
 }
 
 pub fn workspace_root() -> PathBuf {

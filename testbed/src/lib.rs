@@ -7,6 +7,7 @@
 //!   command lines, the PKI files a control plane writes.
 //! - `mesh`: a whole mesh per e2e test on its own 127.A.B.0/24, with
 //!   clients (curl, raw HTTP/1.1, keep-alive) and metric readers.
+//! - `procfs`: CPU time of processes and threads.
 #![forbid(unsafe_code)]
 
 pub mod etcd;
@@ -15,6 +16,7 @@ pub mod k8s_issuer;
 pub mod localmesh;
 pub mod mesh;
 pub mod netlab;
+pub mod procfs;
 pub mod redis;
 
 pub use http_client::*;
