@@ -33,6 +33,9 @@ pub struct Cluster {
     /// The endpoints (shown as their addresses in the config dump).
     #[serde(rename = "endpoints", serialize_with = "host_addrs")]
     pub hosts: Vec<Host>,
+    /// Some endpoint has a sidecar (an identity): reached over mTLS.
+    #[serde(skip)]
+    pub has_sidecars: bool,
     #[serde(skip)]
     pub lb: Balancer,
     #[serde(skip)]
@@ -190,6 +193,7 @@ fn build(
         protocol,
         addresses,
         lb: Balancer::new(lb, &hosts),
+        has_sidecars: hosts.iter().any(|h| h.identity.is_some()),
         hosts,
         limits: Limits::from_pb(c.limits.as_deref()),
         outlier: c.outlier.as_deref().map(OutlierConfig::from_pb),

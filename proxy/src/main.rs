@@ -133,6 +133,11 @@ struct Args {
     /// own listening sockets (SO_REUSEPORT) and upstream pools.
     #[arg(long, env = "WEFT_WORKERS", default_value_t = 1)]
     workers: usize,
+    /// Forward plain outbound HTTP/1.1 requests to plaintext HTTP/1.1
+    /// endpoints on the purpose-built loop (`http::fast_h1`); everything
+    /// else, and everything with `--fast-h1 false`, goes through hyper.
+    #[arg(long, env = "WEFT_FAST_H1", default_value_t = true, action = clap::ArgAction::Set)]
+    fast_h1: bool,
     /// Register the workload in the mesh's service registry (lease,
     /// heartbeats, readiness, deregistration before the drain).
     /// `--register false` turns it off.
@@ -407,7 +412,8 @@ fn bind_data_plane(
                 drain: drain.clone(),
                 outbound_http: Arc::new(
                     http::HttpServer::outbound(snapshot.clone(), mesh_tls.clone())
-                        .with_timeouts(timeouts),
+                        .with_timeouts(timeouts)
+                        .with_fast_h1(args.fast_h1),
                 ),
                 inbound_http: Arc::new(
                     http::HttpServer::inbound(snapshot.clone(), &args.service, args.app_port)

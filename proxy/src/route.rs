@@ -333,6 +333,9 @@ pub struct RouteTable {
     suffixes: Vec<(String, usize)>,
     #[serde(skip)]
     catch_all: Option<usize>,
+    /// Some rule matches on headers (routing then needs the header map).
+    #[serde(skip)]
+    uses_headers: bool,
 }
 
 impl Rule {
@@ -426,7 +429,9 @@ impl RouteTable {
             let mut rules = Vec::with_capacity(vh.rules.len());
             for (j, r) in vh.rules.iter().enumerate() {
                 let at = |e: String| format!("route \"{}\" rule {j}: {e}", vh.name);
-                rules.push(Rule::build(&vh.name, r, clusters).map_err(at)?);
+                let rule = Rule::build(&vh.name, r, clusters).map_err(at)?;
+                out.uses_headers |= !rule.headers.is_empty();
+                rules.push(rule);
             }
             for h in &vh.hosts {
                 let h = h.to_ascii_lowercase();
@@ -447,6 +452,11 @@ impl RouteTable {
         }
         out.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(out)
+    }
+
+    /// Whether matching a request needs its headers.
+    pub fn uses_headers(&self) -> bool {
+        self.uses_headers
     }
 
     fn lookup(&self, host: &str) -> Option<usize> {

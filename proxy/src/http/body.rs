@@ -335,6 +335,14 @@ impl ResponseBody {
         }
     }
 
+    /// The bytes of a local body (empty for an upstream one).
+    pub fn local_bytes(&self) -> &[u8] {
+        match &self.inner {
+            Inner::Local(Some(b)) => b,
+            _ => &[],
+        }
+    }
+
     /// An upstream body; `idle` and `deadline` (if any) cut it short.
     pub fn upstream(
         body: Incoming,

@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 /// Client connections whose request head timed out, by listener.
 pub const HEADER_TIMEOUTS: &str = "weft_http_header_timeouts_total";
 
-const RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\nx-weft-error: request_header_timeout\r\ncontent-length: 46\r\n\r\nweft: the request head did not arrive in time\n";
+/// The 408 for a request head that did not arrive in time.
+pub const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\nx-weft-error: request_header_timeout\r\ncontent-length: 46\r\n\r\nweft: the request head did not arrive in time\n";
 
 /// A stream that can take a few bytes without waiting (plain TCP); others
 /// (TLS between sidecars) say nothing.
@@ -72,7 +73,7 @@ impl<I: LastWords> Watched<I> {
 impl<I: LastWords> Drop for Watched<I> {
     fn drop(&mut self) {
         if self.pending && self.h2 == Some(false) && self.timed_out.load(Ordering::Relaxed) {
-            self.io.try_write_now(RESPONSE);
+            self.io.try_write_now(TIMEOUT_RESPONSE);
         }
     }
 }
@@ -161,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_408_body_is_as_long_as_its_content_length_says() {
-        let text = std::str::from_utf8(RESPONSE).unwrap();
+        let text = std::str::from_utf8(TIMEOUT_RESPONSE).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
     }

@@ -17,6 +17,7 @@
 //! side (1.66x the HTTP/1.1 requests/s; see benches/RESULTS.md).
 
 pub mod body;
+pub mod fast_h1;
 pub mod forward;
 pub mod head_timeout;
 pub mod headers;

@@ -100,6 +100,11 @@ impl Outbound {
         }
     }
 
+    /// Whether endpoints with a sidecar are reached over mTLS.
+    pub fn has_mesh_tls(&self) -> bool {
+        self.upstreams.mesh.is_some()
+    }
+
     /// `original_dst`: where an intercepted connection was headed. A
     /// request no route takes goes to the mesh service at that address
     /// (its VIP or an endpoint's address), else passes through to it;

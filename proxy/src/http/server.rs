@@ -3,6 +3,7 @@
 //! read once for it, to its direction's handler.
 
 use crate::http::body::ResponseBody;
+use crate::http::fast_h1::{Ended, FastH1, Prefixed};
 use crate::http::head_timeout::{is_header_timeout, LastWords, Watched, HEADER_TIMEOUTS};
 use crate::http::headers::{is_grpc, normalize_host};
 use crate::http::idle::{Activity, Counted};
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -68,6 +70,8 @@ pub struct Conn {
 pub struct HttpServer {
     snapshot: SnapshotHolder,
     handler: Handler,
+    /// The HTTP/1.1 fast path (outbound only).
+    fast_h1: Option<FastH1>,
     timeouts: ClientTimeouts,
     /// Requests refused at the edge, before any route or app port.
     refused: RequestMetrics,
@@ -80,6 +84,7 @@ impl HttpServer {
         HttpServer {
             snapshot,
             timeouts: ClientTimeouts::default(),
+            fast_h1: None,
             handler: Handler::Outbound(Outbound::new(mtls)),
             refused: RequestMetrics::new("outbound", "none", "none"),
         }
@@ -90,6 +95,7 @@ impl HttpServer {
         HttpServer {
             snapshot,
             timeouts: ClientTimeouts::default(),
+            fast_h1: None,
             handler: Handler::Inbound(Inbound::new(service, app_port)),
             refused: RequestMetrics::new("inbound", "inbound", service),
         }
@@ -103,6 +109,39 @@ impl HttpServer {
             Handler::Outbound(h) => h.body_read = timeouts.body_read,
         }
         self
+    }
+
+    /// Plain HTTP/1.1 requests of an outbound server go through the fast
+    /// path (`fast_h1`) when `on`.
+    pub fn with_fast_h1(mut self, on: bool) -> Self {
+        if let (true, Handler::Outbound(out)) = (on, &self.handler) {
+            self.fast_h1 = Some(FastH1::new(out.has_mesh_tls()));
+        }
+        self
+    }
+
+    /// Serves a plaintext client connection: one that starts with an
+    /// HTTP/1.1 request (`h1`) on the fast path while its requests are the
+    /// fast path's, the rest (and h2c) with hyper.
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        stream: TcpStream,
+        conn: Conn,
+        mut draining: watch::Receiver<bool>,
+        h1: bool,
+    ) {
+        let Some(fast) = self.fast_h1.as_ref().filter(|_| h1) else {
+            return self.serve(stream, conn, draining).await;
+        };
+        let span = tracing::debug_span!("http_connection", direction = "outbound", fast = true, peer = %conn.peer);
+        let ended = fast
+            .serve(&self.snapshot, self.timeouts, stream, &conn, &mut draining)
+            .instrument(span)
+            .await;
+        if let Ended::Handoff(read, stream) = ended {
+            self.serve(Prefixed::new(read, stream), conn, draining)
+                .await
+        }
     }
 
     fn direction(&self) -> Direction {

@@ -29,7 +29,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection is kept for reuse.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection refused locally because its cluster is at `max_connections`.
 #[derive(Debug, thiserror::Error)]
@@ -229,19 +230,7 @@ impl tower::Service<http::Uri> for PlainConnector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let target = current_target();
         Box::pin(async move {
-            let target = target?;
-            let addr = target.addr;
-            let timeout = target.timeout();
-            let slot = target.admit()?;
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {addr} timed out after {timeout:?}"),
-                    )
-                })??;
-            let _ = tcp.set_nodelay(true);
+            let (tcp, slot) = connect_plain(&target?).await?;
             Ok(Tracked {
                 io: TokioIo::new(tcp),
                 h2: false,
@@ -249,6 +238,26 @@ impl tower::Service<http::Uri> for PlainConnector {
             })
         })
     }
+}
+
+/// A plain TCP connection to `target` under its cluster's connect timeout
+/// and `max_connections` (the slot is held as long as the connection).
+pub async fn connect_plain(
+    target: &ConnectTarget,
+) -> io::Result<(TcpStream, Option<ConnectionSlot>)> {
+    let addr = target.addr;
+    let timeout = target.timeout();
+    let slot = target.admit()?;
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out after {timeout:?}"),
+            )
+        })??;
+    let _ = tcp.set_nodelay(true);
+    Ok((tcp, slot))
 }
 
 /// mTLS to a peer sidecar, which must present the identity the request's

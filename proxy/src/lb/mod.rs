@@ -249,6 +249,14 @@ impl Balancer {
     }
 
     /// The consistent-hash key of a request, when this balancer uses one.
+    /// Whether `hash_key` reads the request's headers.
+    pub fn hashes_headers(&self) -> bool {
+        matches!(
+            self.config.hash_key,
+            Some(HashKey::Header(_) | HashKey::Cookie(_))
+        )
+    }
+
     pub fn hash_key(
         &self,
         headers: &http::HeaderMap,

@@ -127,7 +127,7 @@ async fn plaintext(
             identity: None,
             original_dst,
         };
-        ctx.serve_http(crate::http::Direction::Inbound, stream, conn)
+        ctx.serve_http(crate::http::Direction::Inbound, stream, conn, false)
             .await;
         return;
     }

@@ -50,14 +50,17 @@ impl Context {
         self.opaque_ports.iter().any(|r| r.contains(port))
     }
 
-    /// Serves one HTTP connection (h1 or h2c) in `direction`.
-    pub async fn serve_http(&self, direction: Direction, stream: TcpStream, conn: Conn) {
+    /// Serves one HTTP connection (h1 or h2c) in `direction`; `h1`: it
+    /// starts with an HTTP/1.x request.
+    pub async fn serve_http(&self, direction: Direction, stream: TcpStream, conn: Conn, h1: bool) {
         let http = match direction {
             Direction::Outbound => &self.outbound_http,
             Direction::Inbound => &self.inbound_http,
         };
         let _ = stream.set_nodelay(true);
-        http.clone().serve(stream, conn, self.drain.watch()).await
+        http.clone()
+            .serve_tcp(stream, conn, self.drain.watch(), h1)
+            .await
     }
 
     /// Forwards an opaque connection to `target` (mTLS when `identity` names

@@ -54,7 +54,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: std::net::Socket
                 identity: None,
                 original_dst: original,
             };
-            ctx.serve_http(crate::http::Direction::Outbound, stream, conn)
+            let h1 = detected == Detected::Http1;
+            ctx.serve_http(crate::http::Direction::Outbound, stream, conn, h1)
                 .await;
         }
         Detected::Opaque => {
