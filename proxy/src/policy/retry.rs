@@ -155,6 +155,13 @@ impl RetryPolicy {
         self.attempts > 1 && self.conditions != 0
     }
 
+    /// Whether every failure the policy retries is one where nothing of the
+    /// request was sent (a connect failure, a refused stream): the request
+    /// body then never needs replaying.
+    pub fn only_unsent(&self) -> bool {
+        self.conditions & !(CONNECT_FAILURE | REFUSED_STREAM) == 0
+    }
+
     /// Whether `method` may be retried after it may have reached the app.
     pub fn method_allowed(&self, method: &http::Method) -> bool {
         self.non_idempotent || is_idempotent(method)

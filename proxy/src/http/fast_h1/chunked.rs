@@ -10,7 +10,9 @@ const MAX_TRAILERS: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a chunk size (`digits` so far).
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// Whitespace or an extension after the size, up to CR.
     Extension,
     SizeLf,

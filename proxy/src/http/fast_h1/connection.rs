@@ -22,8 +22,8 @@ use tokio::sync::watch;
 pub enum Next {
     KeepOpen,
     Close,
-    /// hyper takes the connection, this request's head included.
-    Handoff,
+    /// hyper takes the connection, this request's head included (why).
+    Handoff(&'static str),
 }
 
 pub struct Connection {
@@ -36,8 +36,7 @@ pub struct Connection {
     /// The upstream's bytes not yet forwarded.
     pub rbuf: BytesMut,
     pub rfields: Vec<Field>,
-    /// A response head (or a request head with its first body bytes) on
-    /// its way out.
+    /// A response head on its way out.
     pub resp_out: Vec<u8>,
     /// The upstream connection this client connection last used.
     pub up: Option<Upstream>,
@@ -69,8 +68,8 @@ impl Connection {
         // The first request's head must arrive within `header_read` of
         // the accept; later ones may wait `idle` for their first byte,
         // then have `header_read` for the rest.
-        let mut head_deadline = (!served || !self.cbuf.is_empty())
-            .then(|| tokio::time::Instant::now() + t.header_read);
+        let mut head_deadline =
+            (!served || !self.cbuf.is_empty()).then(|| tokio::time::Instant::now() + t.header_read);
         loop {
             if !self.cbuf.is_empty() {
                 match head::parse_request(&self.cbuf, &mut self.fields, MAX_HEAD_BYTES) {
@@ -98,7 +97,8 @@ impl Connection {
             match read {
                 Some(Ok(0)) | Some(Err(_)) => return None,
                 Some(Ok(_)) => {
-                    head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + t.header_read);
+                    head_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + t.header_read);
                 }
                 None if waiting_first_byte => {
                     metrics::counter!(IDLE_CLOSED, "direction" => "outbound").increment(1);
@@ -132,8 +132,10 @@ impl Connection {
 
     /// Writes the upstream's response head (with the rule's header edits)
     /// and relays its body, the rule's idle timeout between reads and the
-    /// request deadline over all. Ok(true): the response ended cleanly; the
-    /// upstream connection is kept if it can carry another request.
+    /// request deadline over all. Ok(true): the response ended cleanly and
+    /// the client may send another request (`close` and a response that
+    /// ends at the close say it may not). The upstream connection is kept
+    /// if it can carry another request.
     pub async fn respond(
         &mut self,
         rule: &Rule,
@@ -147,7 +149,13 @@ impl Connection {
             Some(ops) => {
                 let mut map = head::header_map(&self.rbuf, &self.rfields);
                 ops.apply(&mut map);
-                head::write_response(&mut self.resp_out, &self.rbuf, &resp, Fields::Map(&map), close);
+                head::write_response(
+                    &mut self.resp_out,
+                    &self.rbuf,
+                    &resp,
+                    Fields::Map(&map),
+                    close,
+                );
             }
             None => head::write_response(
                 &mut self.resp_out,
@@ -160,14 +168,11 @@ impl Connection {
         self.rbuf.advance(resp.len);
         let mut rem = Remaining::new(resp.framing);
         let k = rem.take(&self.rbuf)?;
-        self.resp_out.extend_from_slice(&self.rbuf[..k]);
+        let written = relay::write_two(&mut self.client, &self.resp_out, &self.rbuf[..k]).await;
         self.rbuf.advance(k);
-        self.client
-            .write_all(&self.resp_out)
-            .await
-            .map_err(RelayError::Write)?;
+        written.map_err(RelayError::Write)?;
         let Some(mut up) = self.up.take() else {
-            return Ok(rem.done());
+            return Ok(rem.done() && !close);
         };
         if !rem.done() {
             let relay = relay::relay(
@@ -180,7 +185,9 @@ impl Connection {
             match deadline {
                 Some(d) => tokio::time::timeout_at(d.at.into(), relay)
                     .await
-                    .map_err(|_| RelayError::Stalled(d.at.saturating_duration_since(Instant::now())))??,
+                    .map_err(|_| {
+                        RelayError::Stalled(d.at.saturating_duration_since(Instant::now()))
+                    })??,
                 None => relay.await?,
             };
         }
@@ -188,7 +195,7 @@ impl Connection {
             up.idle_since = Instant::now();
             self.up = Some(up);
         }
-        Ok(true)
+        Ok(!close)
     }
 }
 

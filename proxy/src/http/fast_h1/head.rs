@@ -140,24 +140,25 @@ pub fn parse_request(buf: &[u8], fields: &mut Vec<Field>, max_head: usize) -> Re
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => return Fallback("head_too_large"),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
-            return Fallback("head over the size limit")
+            return Fallback("head_too_large")
         }
         Ok(httparse::Status::Partial) => return RequestParse::Partial,
-        Err(_) => return Fallback("malformed head"),
+        Err(_) => return Fallback("malformed_head"),
     };
     if req.version != Some(1) {
-        return Fallback("not HTTP/1.1");
+        return Fallback("not_http_1_1");
     }
     let (Some(method), Some(target)) = (req.method, req.path) else {
-        return Fallback("malformed head");
+        return Fallback("malformed_head");
     };
     if method == "CONNECT" || !target.starts_with('/') {
-        return Fallback("not origin form");
+        return Fallback("not_origin_form");
     }
     let Ok(m) = http::Method::from_bytes(method.as_bytes()) else {
-        return Fallback("bad method");
+        return Fallback("bad_method");
     };
     let mut host = None;
     let mut length = None;
@@ -173,22 +174,22 @@ pub fn parse_request(buf: &[u8], fields: &mut Vec<Field>, max_head: usize) -> Re
         match name.len() {
             4 if is(name, "host") => {
                 if host.is_some() || !plain_authority(value) {
-                    return Fallback("host");
+                    return Fallback("bad_host");
                 }
                 host = Some(range_of(buf, value));
             }
             14 if is(name, "content-length") => {
                 if length.is_some() {
-                    return Fallback("repeated content-length");
+                    return Fallback("repeated_content_length");
                 }
                 match content_length(value) {
                     Some(n) => length = Some(n),
-                    None => return Fallback("content-length"),
+                    None => return Fallback("content_length"),
                 }
             }
             17 if is(name, "transfer-encoding") => {
                 if chunked || !value.eq_ignore_ascii_case(b"chunked") {
-                    return Fallback("transfer-encoding");
+                    return Fallback("transfer_encoding");
                 }
                 chunked = true;
             }
@@ -197,7 +198,7 @@ pub fn parse_request(buf: &[u8], fields: &mut Vec<Field>, max_head: usize) -> Re
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
-                        return Fallback("connection options");
+                        return Fallback("connection_options");
                     }
                 }
                 continue;
@@ -209,20 +210,21 @@ pub fn parse_request(buf: &[u8], fields: &mut Vec<Field>, max_head: usize) -> Re
             2 if is(name, "te") => return Fallback("te"),
             14 if is(name, "http2-settings") => return Fallback("h2c"),
             12 if is(name, "grpc-timeout") => return Fallback("grpc"),
-            12 if is(name, "content-type") => {
-                if value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc") {
-                    return Fallback("grpc");
-                }
+            12 if is(name, "content-type")
+                && value.len() >= 16
+                && value[..16].eq_ignore_ascii_case(b"application/grpc") =>
+            {
+                return Fallback("grpc")
             }
             _ => {}
         }
         fields.push(field());
     }
     let Some(host) = host else {
-        return Fallback("no host");
+        return Fallback("no_host");
     };
     let framing = match (chunked, length) {
-        (true, Some(_)) => return Fallback("content-length with transfer-encoding"),
+        (true, Some(_)) => return Fallback("content_length_with_transfer_encoding"),
         (true, None) => Framing::Chunked,
         (false, Some(n)) if n > 0 => Framing::Length(n),
         (false, _) => Framing::Empty,
@@ -250,6 +252,9 @@ pub fn parse_response(
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
     let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => {
+            return Invalid("response head over the size limit")
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Invalid("response head over the size limit")
@@ -469,11 +474,17 @@ mod tests {
 
     #[test]
     fn request_framing_is_read_from_one_length_or_chunked_alone() {
-        let RequestParse::Fast(h) = req("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\n\r\n").0 else {
+        let RequestParse::Fast(h) =
+            req("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 12\r\n\r\n").0
+        else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Length(12));
-        let RequestParse::Fast(h) = req("POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: Chunked\r\nconnection: close\r\n\r\n").0 else {
+        let RequestParse::Fast(h) = req(
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: Chunked\r\nconnection: close\r\n\r\n",
+        )
+        .0
+        else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Chunked);
@@ -484,29 +495,53 @@ mod tests {
     fn ambiguous_or_unusual_requests_are_left_to_hyper() {
         // Smuggling shapes: both framings, repeated or non-numeric lengths,
         // codings other than chunked alone.
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"));
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n"));
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +3\r\n\r\n"));
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n"));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n"
+        ));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: +3\r\n\r\n"
+        ));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        ));
         assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"));
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding : chunked\r\n\r\n"));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding : chunked\r\n\r\n"
+        ));
         // Host: none, two, userinfo.
         assert!(fallback("GET / HTTP/1.1\r\n\r\n"));
         assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n"));
         assert!(fallback("GET / HTTP/1.1\r\nhost: u@a\r\n\r\n"));
         // Upgrades, h2c, 100-continue, TE, other versions and forms.
-        assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"));
-        assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nupgrade: h2c\r\nhttp2-settings: x\r\n\r\n"));
-        assert!(fallback("PUT / HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"));
-        assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nte: trailers\r\n\r\n"));
+        assert!(fallback(
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        ));
+        assert!(fallback(
+            "GET / HTTP/1.1\r\nhost: a\r\nupgrade: h2c\r\nhttp2-settings: x\r\n\r\n"
+        ));
+        assert!(fallback(
+            "PUT / HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(fallback(
+            "GET / HTTP/1.1\r\nhost: a\r\nte: trailers\r\n\r\n"
+        ));
         assert!(fallback("GET / HTTP/1.0\r\nhost: a\r\n\r\n"));
         assert!(fallback("GET http://a/ HTTP/1.1\r\nhost: a\r\n\r\n"));
         assert!(fallback("OPTIONS * HTTP/1.1\r\nhost: a\r\n\r\n"));
         assert!(fallback("CONNECT a:443 HTTP/1.1\r\nhost: a:443\r\n\r\n"));
-        assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nconnection: x-secret\r\n\r\n"));
-        assert!(fallback("POST / HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc\r\n\r\n"));
+        assert!(fallback(
+            "GET / HTTP/1.1\r\nhost: a\r\nconnection: x-secret\r\n\r\n"
+        ));
+        assert!(fallback(
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc\r\n\r\n"
+        ));
         // Garbage and obsolete line folding.
-        assert!(fallback("GET / HTTP/1.1\r\nhost: a\r\nx: 1\r\n  folded\r\n\r\n"));
+        assert!(fallback(
+            "GET / HTTP/1.1\r\nhost: a\r\nx: 1\r\n  folded\r\n\r\n"
+        ));
         assert!(fallback("GET /\0 HTTP/1.1\r\nhost: a\r\n\r\n"));
     }
 
@@ -522,14 +557,17 @@ mod tests {
             parse_request(raw, &mut f, raw.len()),
             RequestParse::Fallback(_)
         ));
+        // A whole head that arrived at once is held to the limit too.
+        let whole = b"GET / HTTP/1.1\r\nhost: a\r\nx: 123456\r\n\r\n";
+        assert!(matches!(
+            parse_request(whole, &mut f, 20),
+            RequestParse::Fallback("head_too_large")
+        ));
     }
 
     fn resp(raw: &str, head_request: bool) -> (ResponseParse, Vec<Field>) {
         let mut f = Vec::new();
-        (
-            parse_response(raw.as_bytes(), head_request, &mut f, MAX),
-            f,
-        )
+        (parse_response(raw.as_bytes(), head_request, &mut f, MAX), f)
     }
 
     fn framing(raw: &str) -> Framing {
@@ -541,27 +579,56 @@ mod tests {
 
     #[test]
     fn response_framing_follows_rfc_9112_section_6_3() {
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Framing::Length(5));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), Framing::Empty);
-        assert_eq!(framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Framing::Empty);
-        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"), Framing::Empty);
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), Framing::Chunked);
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Framing::Close);
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Framing::Close
+        );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::Close);
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n"), Framing::Length(5));
-        let ResponseParse::Head(h) = resp("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true).0 else {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n"),
+            Framing::Length(5)
+        );
+        let ResponseParse::Head(h) = resp("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true).0
+        else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Empty);
         assert!(matches!(
-            resp("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", false).0,
+            resp(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                false
+            )
+            .0,
             ResponseParse::Invalid(_)
         ));
         assert!(matches!(
             resp("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", false).0,
             ResponseParse::Invalid(_)
         ));
-        assert!(matches!(resp("HTTP/1.1 2000 OK\r\n\r\n", false).0, ResponseParse::Invalid(_)));
+        assert!(matches!(
+            resp("HTTP/1.1 2000 OK\r\n\r\n", false).0,
+            ResponseParse::Invalid(_)
+        ));
     }
 
     #[test]
@@ -571,9 +638,13 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(!close("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
-        assert!(close("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(close(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        ));
         assert!(close("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
-        assert!(!close("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!close(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -44,8 +44,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tries::{Req, Tried};
 
-/// The fast path of one worker's outbound HTTP server.
+/// Client connections handed to hyper, by reason (the head was not the
+/// plain case, no route, a mirror, retries with a body, an h2 or mTLS
+/// upstream).
+pub const HANDOFFS_TOTAL: &str = "weft_http_fast_h1_handoffs_total";
 
+/// The fast path of one worker's outbound HTTP server.
 pub struct FastH1 {
     pool: Pool,
     security: SecurityCounters,
@@ -62,7 +66,6 @@ pub enum Ended {
     /// (and what followed) the fast path did not take.
     Handoff(BytesMut, TcpStream),
 }
-
 
 impl FastH1 {
     pub fn new(mesh: bool) -> Self {
@@ -87,24 +90,35 @@ impl FastH1 {
         loop {
             let head = match c.read_head(t, served, draining).await {
                 Some(Ok(h)) => h,
-                Some(Err(why)) => {
-                    tracing::debug!(why, "request left to hyper");
-                    return self.handoff(c);
-                }
-                None => return Ended::Closed,
+                Some(Err(why)) => return self.handoff(c, why),
+                None => return self.close(c),
             };
             served = true;
             let start = Instant::now();
             let snap = snapshot.load_full();
-            match self.exchange(&mut c, &snap, head, conn, t, start, draining).await {
+            match self
+                .exchange(&mut c, &snap, head, conn, t, start, draining)
+                .await
+            {
                 Next::KeepOpen => {}
-                Next::Close => return Ended::Closed,
-                Next::Handoff => return self.handoff(c),
+                Next::Close => return self.close(c),
+                Next::Handoff(why) => return self.handoff(c, why),
             }
         }
     }
 
-    fn handoff(&self, mut c: Connection) -> Ended {
+    /// The client connection is over; its upstream connection (if it
+    /// ended cleanly) waits in the pool for the next client.
+    fn close(&self, c: Connection) -> Ended {
+        if let Some(up) = c.up {
+            self.pool.put(up);
+        }
+        Ended::Closed
+    }
+
+    fn handoff(&self, mut c: Connection, why: &'static str) -> Ended {
+        tracing::debug!(why, "request left to hyper");
+        metrics::counter!(HANDOFFS_TOTAL, "reason" => why).increment(1);
         if let Some(up) = c.up.take() {
             self.pool.put(up);
         }
@@ -134,21 +148,34 @@ impl FastH1 {
         let host = std::str::from_utf8(&c.cbuf[head.host.clone()]).unwrap_or("");
         let routed = snap
             .routes
-            .route(host, path, query, &head.method, map.as_ref().unwrap_or(&empty))
+            .route(
+                host,
+                path,
+                query,
+                &head.method,
+                map.as_ref().unwrap_or(&empty),
+            )
             .map(|(_, r)| r)
             .or_else(|| conn.original_dst.and_then(|d| snap.intercepted_rule(d)));
         let Some(rule) = routed else {
-            return Next::Handoff;
+            return Next::Handoff("no_route");
         };
         let may_retry = rule.retry.enabled();
-        if rule.mirror.is_some() || (may_retry && head.framing != Framing::Empty) {
-            return Next::Handoff;
+        if rule.mirror.is_some() {
+            return Next::Handoff("mirror");
+        }
+        let bodiless = head.framing == Framing::Empty;
+        if may_retry && !bodiless && !rule.retry.only_unsent() {
+            return Next::Handoff("retry_with_body");
         }
         // 2. backend (its hosts must be plaintext HTTP/1.1)
         let backend = rule.pick_backend();
         let cluster = &backend.cluster;
-        if cluster.protocol.is_h2() || (self.mesh && cluster.has_sidecars) {
-            return Next::Handoff;
+        if cluster.protocol.is_h2() {
+            return Next::Handoff("h2_upstream");
+        }
+        if self.mesh && cluster.has_sidecars {
+            return Next::Handoff("mtls_upstream");
         }
         backend.count_request();
         let (_, lb) = backend.hosts();
@@ -192,6 +219,7 @@ impl FastH1 {
             method: &head.method,
             head_request: head.method == http::Method::HEAD,
             may_retry,
+            bodiless,
             body_stall: t.body_read,
             deadline,
         };
@@ -234,13 +262,11 @@ impl FastH1 {
             }
         };
         rule.metrics.record(resp.status, start.elapsed());
-        let sent = c
-            .respond(rule, resp, close, deadline)
-            .await;
+        let sent = c.respond(rule, resp, close, deadline).await;
         drop((guard, slot));
         match sent {
-            Ok(true) if !close => Next::KeepOpen,
-            Ok(_) => Next::Close,
+            Ok(true) => Next::KeepOpen,
+            Ok(false) => Next::Close,
             Err(e) => {
                 tracing::debug!(error = %e, "response relay ended");
                 Next::Close

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per address; more are closed.
@@ -54,16 +54,49 @@ impl Upstream {
     }
 }
 
+/// How often idle connections to every address are checked (on the next
+/// use of the pool after that long).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    by_addr: HashMap<SocketAddr, Vec<Upstream>>,
+    swept: Option<Instant>,
+}
+
+impl Idle {
+    /// Closes connections past the idle time or closed by their server,
+    /// for every address, at most every `SWEEP_EVERY`.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.by_addr.retain(|_, list| {
+            list.retain(|u| u.usable(now));
+            !list.is_empty()
+        });
+    }
 }
 
 impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The most recently idle usable connection to `addr`.
     pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<Upstream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let mut idle = self.lock();
+        idle.sweep(now);
+        let list = idle.by_addr.get_mut(&addr)?;
         while let Some(mut up) = list.pop() {
             if up.usable(now) {
                 up.reused = true;
@@ -73,21 +106,26 @@ impl Pool {
         None
     }
 
-    /// Keeps `up` for reuse (closing the oldest ones past the idle time or
-    /// the per-address cap).
+    /// Keeps `up` for reuse if it can carry another request (closing the
+    /// oldest beyond the per-address cap).
     pub fn put(&self, up: Upstream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(up.addr).or_default();
-        let now = up.idle_since;
-        let stale = list
-            .iter()
-            .take_while(|u| now.saturating_duration_since(u.idle_since) >= IDLE_TIMEOUT)
-            .count();
-        list.drain(..stale);
+        let now = Instant::now();
+        if !up.usable(now) {
+            return;
+        }
+        let mut idle = self.lock();
+        idle.sweep(now);
+        let list = idle.by_addr.entry(up.addr).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
             list.remove(0);
         }
         list.push(up);
+    }
+
+    /// Idle connections held, every address together.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_addr.values().map(Vec::len).sum()
     }
 }
 
@@ -119,5 +157,6 @@ mod tests {
             server_a.peer_addr().unwrap()
         );
         assert!(pool.take(addr, Instant::now()).is_none());
+        assert_eq!(pool.len(), 0);
     }
 }

@@ -13,6 +13,10 @@ use tokio::net::TcpStream;
 /// Read size while relaying a body.
 pub const CHUNK: usize = 16 * 1024;
 
+/// The response buffer: a head and a body of this size arrive in one read
+/// and leave in one write.
+pub const RESPONSE_BUFFER: usize = 64 * 1024;
+
 /// How much of a body is still to come.
 #[derive(Debug)]
 pub enum Remaining {
@@ -72,6 +76,22 @@ pub enum RelayError {
     Write(io::Error),
     #[error(transparent)]
     Framing(#[from] BadChunk),
+}
+
+/// Writes `a` then `b` with as few (vectored) writes as the socket takes.
+pub async fn write_two(dst: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let (mut at_a, mut at_b) = (0, 0);
+    while at_a < a.len() || at_b < b.len() {
+        let bufs = [io::IoSlice::new(&a[at_a..]), io::IoSlice::new(&b[at_b..])];
+        let n = dst.write_vectored(&bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len() - at_a);
+        at_a += from_a;
+        at_b += n - from_a;
+    }
+    Ok(())
 }
 
 /// Makes room for one more read.

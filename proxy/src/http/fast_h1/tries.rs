@@ -20,7 +20,11 @@ use crate::route::{Backend, Rule};
 use bytes::Buf;
 use http::StatusCode;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+
+/// An upstream connection used this recently is reused without checking
+/// whether its server closed it (a bodiless request that finds it closed is
+/// sent again on a new one).
+const RECENT: Duration = Duration::from_millis(100);
 
 /// What every try of a request needs.
 pub struct Req<'a> {
@@ -30,6 +34,9 @@ pub struct Req<'a> {
     pub method: &'a http::Method,
     pub head_request: bool,
     pub may_retry: bool,
+    /// No request body (any failure can be retried; with a body, only one
+    /// before anything was sent).
+    pub bodiless: bool,
     pub body_stall: Duration,
     pub deadline: Option<Deadline>,
 }
@@ -103,10 +110,11 @@ impl FastH1 {
                     host.state.latency.observe(sent_at.elapsed());
                     let status = resp.status;
                     cluster.record_outcome(host, picked.guard.probe, Outcome::of_status(status));
-                    if status < 400 || !r.may_retry {
+                    let failure = Failure::Status(status);
+                    if status < 400 || !r.may_retry || policy.reason(failure).is_none() {
                         return Tried::Response(resp, picked.guard);
                     }
-                    (Failure::Status(status), Some(resp))
+                    (failure, Some(resp))
                 }
                 Err(TryError::OverLimit(limit)) => return Tried::Overloaded(limit),
                 Err(TryError::Client(fault, detail)) => return Tried::Client(fault, detail),
@@ -128,7 +136,7 @@ impl FastH1 {
                 failure,
                 &FailedTry {
                     attempt,
-                    replayable: r.may_retry,
+                    replayable: r.may_retry && (r.bodiless || failure == Failure::ConnectFailure),
                     method: r.method,
                     grpc: false,
                     response: headers.as_ref(),
@@ -203,7 +211,10 @@ impl FastH1 {
     ) -> Result<Upstream, TryError> {
         let now = Instant::now();
         if let Some(up) = c.up.take() {
-            if up.addr == target.addr && !fresh_only && up.usable(now) {
+            // Back to back on one connection, a server has had no time to
+            // close it; a connection idle for longer is checked first.
+            let recent = now.saturating_duration_since(up.idle_since) < RECENT;
+            if up.addr == target.addr && !fresh_only && (recent || up.usable(now)) {
                 let mut up = up;
                 up.reused = true;
                 return Ok(up);
@@ -217,13 +228,15 @@ impl FastH1 {
                 return Ok(up);
             }
         }
-        Upstream::connect(target).await.map_err(|e| match over_limit(&e) {
-            Some(limit) => TryError::OverLimit(limit),
-            None => {
-                tracing::debug!(addr = %target.addr, error = %e, "connect failed");
-                TryError::Upstream(Failure::ConnectFailure)
-            }
-        })
+        Upstream::connect(target)
+            .await
+            .map_err(|e| match over_limit(&e) {
+                Some(limit) => TryError::OverLimit(limit),
+                None => {
+                    tracing::debug!(addr = %target.addr, error = %e, "connect failed");
+                    TryError::Upstream(Failure::ConnectFailure)
+                }
+            })
     }
 }
 
@@ -246,21 +259,21 @@ async fn write_request(
 ) -> Result<(), Sent> {
     let bad = |e: super::chunked::BadChunk| Sent::Client(BodyFault::Malformed, e.to_string());
     let k = body.take(&c.cbuf).map_err(bad)?;
-    let written = if k == 0 {
-        up.stream.write_all(&c.req_out).await
-    } else {
-        c.resp_out.clear();
-        c.resp_out.extend_from_slice(&c.req_out);
-        c.resp_out.extend_from_slice(&c.cbuf[..k]);
-        let w = up.stream.write_all(&c.resp_out).await;
-        c.cbuf.advance(k);
-        w
-    };
+    let written = relay::write_two(&mut up.stream, &c.req_out, &c.cbuf[..k]).await;
+    c.cbuf.advance(k);
     written.map_err(|_| Sent::Nothing)?;
     if body.done() {
         return Ok(());
     }
-    match relay::relay(&mut c.client, &mut c.cbuf, &mut up.stream, body, Some(stall)).await {
+    match relay::relay(
+        &mut c.client,
+        &mut c.cbuf,
+        &mut up.stream,
+        body,
+        Some(stall),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(RelayError::Write(_)) => Err(Sent::Upstream),
         Err(RelayError::Stalled(t)) => Err(Sent::Client(
@@ -278,6 +291,7 @@ async fn read_response(
     head_request: bool,
 ) -> Result<ResponseHead, Sent> {
     c.rbuf.clear();
+    c.rbuf.reserve(relay::RESPONSE_BUFFER);
     let mut got_any = false;
     loop {
         if !c.rbuf.is_empty() {
