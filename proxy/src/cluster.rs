@@ -5,10 +5,11 @@
 
 use crate::host::{authority_of, no_labels, Host, HostState};
 use crate::lb::{Balancer, LbConfig};
-use crate::policy::circuit_breaker::{ClusterLoad, Limits, RetrySlot};
+use crate::policy::circuit_breaker::{ClusterLoad, Limit, Limits, RequestSlot, RetrySlot};
 use crate::policy::outlier::{ClusterOutliers, Outcome, OutlierConfig};
 use crate::policy::retry::RetryCounters;
 use crate::policy::retry_budget::{BudgetConfig, RetryBudget};
+use crate::policy::timeout::Deadline;
 use crate::protocol::Protocol;
 use crate::resource_cache::ResourceCache;
 use serde::Serialize;
@@ -99,6 +100,19 @@ impl Cluster {
         let p = self.lb.pick(&self.hosts, None, None, self.unavailable())?;
         let h = &self.hosts[p.index];
         Some((h.addr, h.identity.clone()))
+    }
+
+    /// A request slot under the cluster's limits (waiting in the pending
+    /// queue no longer than `deadline` leaves), and the request counted for
+    /// the retry budget.
+    pub async fn admit(&self, deadline: Option<Deadline>) -> Result<RequestSlot, Limit> {
+        let slot = self
+            .runtime
+            .load
+            .admit(&self.limits, deadline.map(|d| d.remaining()))
+            .await?;
+        self.runtime.budget.record_request();
+        Ok(slot)
     }
 
     /// Takes a retry slot (`max_retries`) and budget for one more try;

@@ -136,19 +136,13 @@ impl Outbound {
         let cluster = &backend.cluster;
         let deadline = Deadline::of(start, rule.timeout, req.headers());
         // 3. breaker
-        let slot = match cluster
-            .runtime
-            .load
-            .admit(&cluster.limits, deadline.map(|d| d.remaining()))
-            .await
-        {
+        let slot = match cluster.admit(deadline).await {
             Ok(s) => s,
             Err(limit) => {
                 rule.metrics.record(503, start.elapsed());
                 return overloaded(limit, grpc);
             }
         };
-        cluster.runtime.budget.record_request();
 
         // 4. body and request headers
         let upgrade = is_upgrade(req.headers());
@@ -538,12 +532,18 @@ fn no_endpoints(hosts: &[Host]) -> Tried {
     }
 }
 
-fn failed(f: Failure) -> Tried {
-    let (status, reason) = match f {
+/// The status and `x-weft-error` reason for a request whose last try
+/// failed with `f` (no response to pass on).
+pub fn failure_status(f: Failure) -> (StatusCode, &'static str) {
+    match f {
         Failure::ConnectFailure => (StatusCode::BAD_GATEWAY, "upstream_connect"),
         Failure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
-    };
+    }
+}
+
+fn failed(f: Failure) -> Tried {
+    let (status, reason) = failure_status(f);
     Tried::Failed {
         status,
         reason,

@@ -168,7 +168,8 @@ impl Connection {
         self.rbuf.advance(resp.len);
         let mut rem = Remaining::new(resp.framing);
         let k = rem.take(&self.rbuf)?;
-        let written = relay::write_two(&mut self.client, &self.resp_out, &self.rbuf[..k]).await;
+        let written =
+            relay::write_head(&mut self.client, &mut self.resp_out, &self.rbuf[..k]).await;
         self.rbuf.advance(k);
         written.map_err(RelayError::Write)?;
         let Some(mut up) = self.up.take() else {

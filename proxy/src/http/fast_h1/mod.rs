@@ -198,19 +198,13 @@ impl FastH1 {
         let mut body = Remaining::new(head.framing);
         let close = head.close;
         // 3. breaker
-        let slot = match cluster
-            .runtime
-            .load
-            .admit(&cluster.limits, deadline.map(|d| d.remaining()))
-            .await
-        {
+        let slot = match cluster.admit(deadline).await {
             Ok(s) => s,
             Err(limit) => {
                 rule.metrics.record(503, start.elapsed());
                 return c.local(overloaded(limit, false), &body, close).await;
             }
         };
-        cluster.runtime.budget.record_request();
         // 4. tries, under the deadline
         let req = Req {
             rule,

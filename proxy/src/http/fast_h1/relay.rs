@@ -15,7 +15,7 @@ pub const CHUNK: usize = 16 * 1024;
 
 /// The response buffer: a head and a body of this size arrive in one read
 /// and leave in one write.
-pub const RESPONSE_BUFFER: usize = 64 * 1024;
+pub const RESPONSE_BUFFER: usize = 32 * 1024;
 
 /// How much of a body is still to come.
 #[derive(Debug)]
@@ -78,16 +78,32 @@ pub enum RelayError {
     Framing(#[from] BadChunk),
 }
 
-/// Writes `a` then `b` with as few (vectored) writes as the socket takes.
-pub async fn write_two(dst: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+/// Bodies up to this size are copied behind their head and sent with one
+/// plain write; larger ones go out with the head in vectored writes.
+const COPY_BEHIND_HEAD: usize = 4096;
+
+/// Writes the message head in `head` followed by the body bytes `body`,
+/// in one system call when the socket takes it all. `head` is left as it
+/// was.
+pub async fn write_head(dst: &mut TcpStream, head: &mut Vec<u8>, body: &[u8]) -> io::Result<()> {
+    if body.len() <= COPY_BEHIND_HEAD {
+        let len = head.len();
+        head.extend_from_slice(body);
+        let written = dst.write_all(head).await;
+        head.truncate(len);
+        return written;
+    }
     let (mut at_a, mut at_b) = (0, 0);
-    while at_a < a.len() || at_b < b.len() {
-        let bufs = [io::IoSlice::new(&a[at_a..]), io::IoSlice::new(&b[at_b..])];
+    while at_a < head.len() || at_b < body.len() {
+        let bufs = [
+            io::IoSlice::new(&head[at_a..]),
+            io::IoSlice::new(&body[at_b..]),
+        ];
         let n = dst.write_vectored(&bufs).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let from_a = n.min(a.len() - at_a);
+        let from_a = n.min(head.len() - at_a);
         at_a += from_a;
         at_b += n - from_a;
     }
@@ -120,8 +136,8 @@ pub async fn read_more(
 }
 
 /// Relays the rest of a body (what `rem` says is still to come) from `src`
-/// to `dst`, through `buf` (which holds bytes already read from `src`).
-/// Returns the bytes relayed.
+/// to `dst`, through `buf` (which holds bytes already read from `src`);
+/// `stall` bounds each read and each write. Returns the bytes relayed.
 pub async fn relay(
     src: &mut TcpStream,
     buf: &mut BytesMut,
@@ -134,7 +150,16 @@ pub async fn relay(
         if !buf.is_empty() {
             let k = rem.take(buf)?;
             if k > 0 {
-                dst.write_all(&buf[..k]).await.map_err(RelayError::Write)?;
+                let write = dst.write_all(&buf[..k]);
+                match stall {
+                    // A receiver that takes nothing for as long as a sender
+                    // may stall fails the relay too.
+                    Some(t) => tokio::time::timeout(t, write)
+                        .await
+                        .map_err(|_| RelayError::Write(io::ErrorKind::TimedOut.into()))?,
+                    None => write.await,
+                }
+                .map_err(RelayError::Write)?;
                 buf.advance(k);
                 sent += k as u64;
             }
@@ -203,6 +228,25 @@ mod tests {
         let t = Duration::from_millis(50);
         let e = relay(&mut from, &mut buf, &mut to, &mut rem, Some(t)).await;
         assert!(matches!(e, Err(RelayError::Stalled(_))));
+    }
+
+    #[tokio::test]
+    async fn a_head_and_its_body_arrive_in_order_and_the_head_buffer_is_kept() {
+        for size in [0, 100, COPY_BEHIND_HEAD + 1, 300_000] {
+            let (mut to, mut sink) = pair().await;
+            let mut head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                sink.read_to_end(&mut got).await.map(|_| got)
+            });
+            write_head(&mut to, &mut head, &body).await.unwrap();
+            drop(to);
+            let got = reader.await.unwrap().unwrap();
+            assert_eq!(head, b"HTTP/1.1 200 OK\r\n\r\n", "size {size}");
+            assert_eq!(&got[..head.len()], &head[..]);
+            assert!(got[head.len()..] == body[..], "size {size}");
+        }
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use super::FastH1;
 use crate::host::HostGuard;
 use crate::http::body::BodyFault;
 use crate::http::limits::MAX_HEAD_BYTES;
+use crate::http::outbound::failure_status;
 use crate::http::upstream::{over_limit, ConnectTarget};
 use crate::policy::circuit_breaker::{Limit, RetrySlot};
 use crate::policy::outlier::Outcome;
@@ -259,7 +260,7 @@ async fn write_request(
 ) -> Result<(), Sent> {
     let bad = |e: super::chunked::BadChunk| Sent::Client(BodyFault::Malformed, e.to_string());
     let k = body.take(&c.cbuf).map_err(bad)?;
-    let written = relay::write_two(&mut up.stream, &c.req_out, &c.cbuf[..k]).await;
+    let written = relay::write_head(&mut up.stream, &mut c.req_out, &c.cbuf[..k]).await;
     c.cbuf.advance(k);
     written.map_err(|_| Sent::Nothing)?;
     if body.done() {
@@ -321,10 +322,6 @@ async fn read_response(
 }
 
 fn failed(f: Failure) -> Tried {
-    let (status, reason) = match f {
-        Failure::ConnectFailure => (StatusCode::BAD_GATEWAY, "upstream_connect"),
-        Failure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-        _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
-    };
+    let (status, reason) = failure_status(f);
     Tried::Failed(status, reason, format!("{f:?}"))
 }
