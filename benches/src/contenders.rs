@@ -58,7 +58,8 @@ impl Contenders {
             )?),
             None => None,
         };
-        let haproxy = start_haproxy(&mut env, http_up)?;
+        let haproxy = SocketAddr::new(ip(6), 10000);
+        run_haproxy(&mut env, "haproxy", PROXY_CORE, haproxy, http_up, 1)?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(Contenders {
             env,
@@ -145,15 +146,8 @@ impl Contenders {
         last: u8,
     ) -> anyhow::Result<(u32, SocketAddr)> {
         let listen = SocketAddr::new(ip(last), 10000);
-        let cfg = self.env.dir.join(format!("haproxy-{threads}.cfg"));
-        std::fs::write(&cfg, haproxy_config(listen, self.http_up, threads))?;
-        let pid = self.env.spawn_pinned(
-            &format!("haproxy-{threads}"),
-            cores,
-            Path::new("/usr/sbin/haproxy"),
-            vec!["-f".into(), cfg.display().to_string(), "-db".into()],
-        )?;
-        localmesh::wait_listening(listen, Duration::from_secs(10))?;
+        let name = format!("haproxy-{threads}");
+        let pid = run_haproxy(&mut self.env, &name, cores, listen, self.http_up, threads)?;
         Ok((pid, listen))
     }
 
@@ -169,31 +163,15 @@ impl Contenders {
             return Ok(None);
         };
         let listen = SocketAddr::new(ip(last), 10000);
-        let cfg = self.env.dir.join(format!("envoy-{concurrency}.yaml"));
-        std::fs::write(
-            &cfg,
-            envoy_config(&[EnvoyHop {
-                listen,
-                upstream: self.http_up,
-                upstream_h2: false,
-                downstream_tls: None,
-                upstream_tls: None,
-            }]),
-        )?;
-        let pid = self.env.spawn_pinned(
-            &format!("envoy-{concurrency}"),
-            cores,
-            &bin,
-            vec![
-                "-c".into(),
-                cfg.display().to_string(),
-                "--concurrency".into(),
-                concurrency.to_string(),
-                "--disable-hot-restart".into(),
-                "-l".into(),
-                "error".into(),
-            ],
-        )?;
+        let config = envoy_config(&[EnvoyHop {
+            listen,
+            upstream: self.http_up,
+            upstream_h2: false,
+            downstream_tls: None,
+            upstream_tls: None,
+        }]);
+        let name = format!("envoy-{concurrency}");
+        let pid = run_envoy(&mut self.env, &name, &bin, cores, &config, concurrency)?;
         localmesh::wait_listening(listen, Duration::from_secs(30))?;
         Ok(Some((pid, listen)))
     }
@@ -571,59 +549,35 @@ fn start_envoy(
     tls_a: &EnvoyTls,
     tls_b: &EnvoyTls,
 ) -> anyhow::Result<EnvoyAddrs> {
-    let dir = env.dir.clone();
     let envoy_addr = SocketAddr::new(ip(4), 10000);
     let envoy_h2 = SocketAddr::new(ip(4), 10001);
     let envoy_grpc = SocketAddr::new(ip(4), 10002);
     let envoy_2hop = SocketAddr::new(ip(4), 10003);
     let envoy_b = SocketAddr::new(ip(5), 10000);
-    let mut envoy_pid = 0;
-    {
-        let (tls_a, tls_b) = (tls_a.clone(), tls_b.clone());
-        let hop = |listen, upstream, upstream_h2| EnvoyHop {
-            listen,
-            upstream,
-            upstream_h2,
-            downstream_tls: None,
-            upstream_tls: None,
-        };
-        let a = envoy_config(&[
-            hop(envoy_addr, http_up, false),
-            hop(envoy_h2, http_up, true),
-            hop(envoy_grpc, grpc_up, true),
-            EnvoyHop {
-                upstream_tls: Some(tls_a),
-                ..hop(envoy_2hop, envoy_b, true)
-            },
-        ]);
-        let b = envoy_config(&[EnvoyHop {
-            downstream_tls: Some(tls_b),
-            ..hop(envoy_b, http_up, false)
-        }]);
-        for (name, cfg) in [("envoy-a", a), ("envoy-b", b)] {
-            let path = dir.join(format!("{name}.yaml"));
-            std::fs::write(&path, cfg)?;
-            let pid = env.spawn_pinned(
-                name,
-                PROXY_CORE,
-                envoy,
-                vec![
-                    "-c".into(),
-                    path.display().to_string(),
-                    "--concurrency".into(),
-                    "1".into(),
-                    "--disable-hot-restart".into(),
-                    "-l".into(),
-                    "error".into(),
-                ],
-            )?;
-            if name == "envoy-a" {
-                envoy_pid = pid;
-            }
-        }
-        for a in [envoy_addr, envoy_b] {
-            localmesh::wait_listening(a, Duration::from_secs(30))?;
-        }
+    let hop = |listen, upstream, upstream_h2| EnvoyHop {
+        listen,
+        upstream,
+        upstream_h2,
+        downstream_tls: None,
+        upstream_tls: None,
+    };
+    let a = envoy_config(&[
+        hop(envoy_addr, http_up, false),
+        hop(envoy_h2, http_up, true),
+        hop(envoy_grpc, grpc_up, true),
+        EnvoyHop {
+            upstream_tls: Some(tls_a.clone()),
+            ..hop(envoy_2hop, envoy_b, true)
+        },
+    ]);
+    let b = envoy_config(&[EnvoyHop {
+        downstream_tls: Some(tls_b.clone()),
+        ..hop(envoy_b, http_up, false)
+    }]);
+    let envoy_pid = run_envoy(env, "envoy-a", envoy, PROXY_CORE, &a, 1)?;
+    run_envoy(env, "envoy-b", envoy, PROXY_CORE, &b, 1)?;
+    for a in [envoy_addr, envoy_b] {
+        localmesh::wait_listening(a, Duration::from_secs(30))?;
     }
     Ok(EnvoyAddrs {
         pid: envoy_pid,
@@ -635,21 +589,54 @@ fn start_envoy(
     })
 }
 
-/// HAProxy pinned to the proxy core, one thread, keep-alive to the upstream.
-fn start_haproxy(env: &mut Env, http_up: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let dir = env.dir.clone();
-    let haproxy_addr = SocketAddr::new(ip(6), 10000);
-    let hp = dir.join("haproxy.cfg");
-    std::fs::write(&hp, haproxy_config(haproxy_addr, http_up, 1))?;
+/// Envoy `name` with config `config`, `--concurrency n`, pinned to
+/// `cores`; returns its pid (the caller waits for its listeners).
+fn run_envoy(
+    env: &mut Env,
+    name: &str,
+    bin: &Path,
+    cores: &str,
+    config: &str,
+    concurrency: usize,
+) -> anyhow::Result<u32> {
+    let path = env.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config)?;
     env.spawn_pinned(
-        "haproxy",
-        PROXY_CORE,
-        Path::new("/usr/sbin/haproxy"),
-        vec!["-f".into(), hp.display().to_string(), "-db".into()],
-    )?;
-    localmesh::wait_listening(haproxy_addr, Duration::from_secs(10))?;
+        name,
+        cores,
+        bin,
+        vec![
+            "-c".into(),
+            path.display().to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--disable-hot-restart".into(),
+            "-l".into(),
+            "error".into(),
+        ],
+    )
+}
 
-    Ok(haproxy_addr)
+/// HAProxy `name`, `threads` threads pinned to `cores`, keep-alive to the
+/// upstream, listening on `listen`; returns its pid once it listens.
+fn run_haproxy(
+    env: &mut Env,
+    name: &str,
+    cores: &str,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    threads: usize,
+) -> anyhow::Result<u32> {
+    let cfg = env.dir.join(format!("{name}.cfg"));
+    std::fs::write(&cfg, haproxy_config(listen, upstream, threads))?;
+    let pid = env.spawn_pinned(
+        name,
+        cores,
+        Path::new("/usr/sbin/haproxy"),
+        vec!["-f".into(), cfg.display().to_string(), "-db".into()],
+    )?;
+    localmesh::wait_listening(listen, Duration::from_secs(10))?;
+    Ok(pid)
 }
 
 fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> String {

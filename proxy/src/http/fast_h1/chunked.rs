@@ -32,6 +32,13 @@ enum State {
 #[error("malformed chunked body: {0}")]
 pub struct BadChunk(&'static str);
 
+/// A byte a header field or chunk extension may hold (RFC 9110 §5.5:
+/// visible ASCII, space, tab, obs-text); control bytes are refused so that
+/// no receiver downstream can read the framing differently.
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
 #[derive(Debug)]
 pub struct ChunkScanner {
     state: State,
@@ -91,6 +98,9 @@ impl ChunkScanner {
                 State::Extension => match b {
                     b'\r' => State::SizeLf,
                     b'\n' => return Err(BadChunk("bare LF")),
+                    _ if !field_byte(b) => {
+                        return Err(BadChunk("control byte in a chunk extension"))
+                    }
                     _ => {
                         self.extra += 1;
                         if self.extra > MAX_EXTENSION {
@@ -118,12 +128,12 @@ impl ChunkScanner {
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
                     b'\n' => return Err(BadChunk("bare LF")),
-                    _ => self.trailer_byte()?,
+                    _ => self.trailer_byte(b)?,
                 },
                 State::Trailer => match b {
                     b'\r' => State::TrailerLf,
                     b'\n' => return Err(BadChunk("bare LF")),
-                    _ => self.trailer_byte()?,
+                    _ => self.trailer_byte(b)?,
                 },
                 State::TrailerLf => match b {
                     b'\n' => State::TrailerStart,
@@ -145,7 +155,10 @@ impl ChunkScanner {
         Ok(i)
     }
 
-    fn trailer_byte(&mut self) -> Result<State, BadChunk> {
+    fn trailer_byte(&mut self, b: u8) -> Result<State, BadChunk> {
+        if !field_byte(b) {
+            return Err(BadChunk("control byte in a trailer"));
+        }
         self.extra += 1;
         if self.extra > MAX_TRAILERS {
             return Err(BadChunk("trailers too long"));
@@ -194,6 +207,8 @@ mod tests {
             b"10000000000000000\r\n",
             b"0\r\nx: 1\n\r\n",
             b"-1\r\n",
+            b"5;x=\0\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nx: \x01\r\n\r\n",
         ] {
             let mut s = ChunkScanner::default();
             assert!(s.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
