@@ -395,7 +395,7 @@ fn an_upstream_closing_kept_alive_connections_under_it_fails_no_request() {
     // A response ended by the close (no length): forwarded whole, and the
     // client's connection closes after it.
     let (up, _) =
-        closing_upstream(b"HTTP/1.1 200 OK\r\nX-Kind: until-close\r\n\r\nevery byte until the end");
+        closing_upstream(b"HTTP/1.1 200\r\nX-Kind: until-close\r\n\r\nevery byte until the end");
     let mut mesh = Mesh::start("fast-h1-close-delimited");
     let client = setup(&mut mesh, up, "");
     let mut c = connect(client.outbound);

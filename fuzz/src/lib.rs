@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("push", push),
     ("headers", headers),
     ("certificate", certificate),
+    ("h1_messages", h1_messages),
 ];
 
 /// A config file as `weftctl apply` sends it: YAML documents parsed and
@@ -232,4 +233,79 @@ pub fn generated_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 fn csr_pem(id: &xds_proto::spiffe::SpiffeId) -> Option<String> {
     weft_mesh_tls::svid::csr_for(id).ok().map(|(csr, _key)| csr)
+}
+
+/// Bytes from a client (and, the same bytes, from an upstream) as the
+/// HTTP/1.1 fast path reads them. Whatever it takes, it must write back out
+/// as a message a strict reader takes the same way (same method, target,
+/// Host and framing; the status and framing of a response), so that the
+/// sidecar and the next hop never disagree about where a message ends; a
+/// chunked body must end at the same byte however it is split.
+pub fn h1_messages(data: &[u8]) {
+    use weft_proxy::http::fast_h1::chunked::ChunkScanner;
+    use weft_proxy::http::fast_h1::head::{self, Fields, Framing, RequestParse, ResponseParse};
+    const MAX: usize = 64 * 1024;
+    let mut fields = Vec::new();
+    if let RequestParse::Fast(h) = head::parse_request(data, &mut fields, MAX) {
+        assert!(h.len <= data.len());
+        let mut out = Vec::new();
+        head::write_request(&mut out, data, &h, Fields::Raw(&fields));
+        let mut again = Vec::new();
+        match head::parse_request(&out, &mut again, MAX) {
+            RequestParse::Fast(h2) => {
+                assert_eq!(h2.len, out.len(), "the written head is one whole head");
+                assert_eq!(h2.method, h.method);
+                assert_eq!(out[h2.target.clone()], data[h.target.clone()]);
+                assert_eq!(out[h2.host.clone()], data[h.host.clone()]);
+                assert_eq!(h2.framing, h.framing);
+                assert!(!h2.close, "Connection is never forwarded");
+            }
+            other => panic!("a head the fast path took is written as {other:?}"),
+        }
+        if h.framing == Framing::Chunked {
+            let body = &data[h.len..];
+            let mut whole = ChunkScanner::default();
+            let at_once = whole.scan(body);
+            let mut split = ChunkScanner::default();
+            let mut taken = 0;
+            let mut failed = false;
+            for piece in body.chunks(7) {
+                match split.scan(piece) {
+                    Ok(n) => taken += n,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+                if split.done() {
+                    break;
+                }
+            }
+            match at_once {
+                Ok(n) => {
+                    assert!(!failed && taken == n && split.done() == whole.done());
+                }
+                Err(_) => assert!(
+                    failed,
+                    "split scanning accepted what whole scanning refused"
+                ),
+            }
+        }
+    }
+    for head_request in [false, true] {
+        if let ResponseParse::Head(r) = head::parse_response(data, head_request, &mut fields, MAX) {
+            let mut out = Vec::new();
+            head::write_response(&mut out, data, &r, Fields::Raw(&fields), r.close);
+            let mut again = Vec::new();
+            match head::parse_response(&out, head_request, &mut again, MAX) {
+                ResponseParse::Head(r2) => {
+                    assert_eq!(r2.len, out.len());
+                    assert_eq!(r2.status, r.status);
+                    assert_eq!(r2.framing, r.framing);
+                    assert_eq!(r2.close, r.close);
+                }
+                other => panic!("a response head the fast path took is written as {other:?}"),
+            }
+        }
+    }
 }

@@ -96,9 +96,15 @@ pub enum ResponseParse {
     Invalid(&'static str),
 }
 
+/// Where `part` (a slice httparse returned) lies in `buf`. httparse may
+/// hand back an empty slice that is not in `buf` at all (an empty reason
+/// phrase); that, and anything else outside `buf`, is the empty range.
 fn range_of(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if !part.is_empty() && end <= buf.len() => start..end,
+        _ => 0..0,
+    }
 }
 
 /// The text of a range httparse already checked to be visible ASCII (the
@@ -629,6 +635,33 @@ mod tests {
             resp("HTTP/1.1 2000 OK\r\n\r\n", false).0,
             ResponseParse::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn a_status_line_without_a_reason_and_empty_values_are_written_back() {
+        // Found by the fuzzer: httparse's empty reason is not a slice of
+        // the buffer.
+        let raw = "HTTP/1.0 200\n\r\n";
+        let (p, fields) = resp(raw, false);
+        let ResponseParse::Head(h) = p else {
+            panic!("{p:?}")
+        };
+        let mut out = Vec::new();
+        write_response(&mut out, raw.as_bytes(), &h, Fields::Raw(&fields), h.close);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 \r\nconnection: close\r\n\r\n"
+        );
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n";
+        let (RequestParse::Fast(h), fields) = req(raw) else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, raw.as_bytes(), &h, Fields::Raw(&fields));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Empty: \r\n\r\n"
+        );
     }
 
     #[test]

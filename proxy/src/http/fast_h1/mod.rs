@@ -17,7 +17,7 @@
 //! mirror or with retries and a request body, an h2 or mTLS upstream.
 //! hyper then answers it exactly as before the fast path existed.
 
-mod chunked;
+pub mod chunked;
 pub mod head;
 mod pool;
 mod prefixed;
