@@ -106,7 +106,9 @@ impl Connection {
                 }
                 None => {
                     metrics::counter!(HEADER_TIMEOUTS, "direction" => "outbound").increment(1);
-                    let _ = self.client.write_all(TIMEOUT_RESPONSE).await;
+                    // Without waiting: a client that stalled its head may
+                    // not read either.
+                    let _ = self.client.try_write(TIMEOUT_RESPONSE);
                     return None;
                 }
             }
