@@ -251,7 +251,10 @@ enum Sent {
 }
 
 /// The head and as much body as is at hand in one write, then the rest of
-/// the body as the client sends it.
+/// the body as the client sends it. The response is read only after the
+/// whole body was sent: an upstream that answers early and stops reading a
+/// large body fails the request (502) where hyper would pass its early
+/// answer on; such a body's write is bounded by the body stall limit.
 async fn write_request(
     c: &mut Connection,
     up: &mut Upstream,
