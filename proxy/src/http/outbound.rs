@@ -524,11 +524,16 @@ fn no_endpoints(hosts: &[Host]) -> Tried {
     Tried::Failed {
         status: StatusCode::SERVICE_UNAVAILABLE,
         reason: "no_endpoints",
-        detail: if hosts.is_empty() {
-            "no endpoints".into()
-        } else {
-            "no healthy endpoint".into()
-        },
+        detail: no_endpoints_detail(hosts).into(),
+    }
+}
+
+/// Why the balancer found no host among `hosts` (for the 503's text).
+pub fn no_endpoints_detail(hosts: &[Host]) -> &'static str {
+    if hosts.is_empty() {
+        "no endpoints"
+    } else {
+        "no healthy endpoint"
     }
 }
 

@@ -125,7 +125,14 @@ impl Connection {
     ) -> Next {
         let close = close || !body.done();
         self.resp_out.clear();
-        write_local(&mut self.resp_out, &resp, close);
+        let body = resp.body().local_bytes();
+        head::write_local(
+            &mut self.resp_out,
+            resp.status(),
+            resp.headers(),
+            body,
+            close,
+        );
         match self.client.write_all(&self.resp_out).await {
             Ok(()) if !close => Next::KeepOpen,
             _ => Next::Close,
@@ -200,27 +207,4 @@ impl Connection {
         }
         Ok(!close)
     }
-}
-
-/// A local response (`local_response` and friends) as HTTP/1.1 bytes.
-fn write_local(out: &mut Vec<u8>, resp: &Response<ResponseBody>, close: bool) {
-    let status = resp.status();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let body = resp.body().local_bytes();
-    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }

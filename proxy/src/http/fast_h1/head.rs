@@ -57,6 +57,11 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The Host field's value (checked to be authority characters).
+    pub fn host<'b>(&self, buf: &'b [u8]) -> &'b str {
+        str_of(&buf[self.host.clone()])
+    }
+
     /// The path (before any `?`) and the query.
     pub fn path_and_query<'b>(&self, buf: &'b [u8]) -> (&'b str, Option<&'b str>) {
         let t = str_of(&buf[self.target.clone()]);
@@ -376,6 +381,29 @@ fn put_map(out: &mut Vec<u8>, map: &http::HeaderMap) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// A response the proxy made (`local_response` and friends) as HTTP/1.1
+/// bytes, with its length; `close` adds `connection: close`.
+pub fn write_local(
+    out: &mut Vec<u8>,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    put_map(out, headers);
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
 
 /// The fields as a header map, for what needs one (header matches, hash

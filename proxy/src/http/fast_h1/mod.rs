@@ -145,7 +145,7 @@ impl FastH1 {
             .uses_headers()
             .then(|| head::header_map(&c.cbuf, &c.fields));
         let (path, query) = head.path_and_query(&c.cbuf);
-        let host = std::str::from_utf8(&c.cbuf[head.host.clone()]).unwrap_or("");
+        let host = head.host(&c.cbuf);
         let routed = snap
             .routes
             .route(

@@ -11,7 +11,7 @@ use super::FastH1;
 use crate::host::HostGuard;
 use crate::http::body::BodyFault;
 use crate::http::limits::MAX_HEAD_BYTES;
-use crate::http::outbound::failure_status;
+use crate::http::outbound::{failure_status, no_endpoints_detail};
 use crate::http::upstream::{over_limit, ConnectTarget};
 use crate::policy::circuit_breaker::{Limit, RetrySlot};
 use crate::policy::outlier::Outcome;
@@ -76,16 +76,8 @@ impl FastH1 {
         loop {
             attempt += 1;
             let Some(picked) = lb.pick(hosts, r.key, previous, cluster.unavailable()) else {
-                let detail = if hosts.is_empty() {
-                    "no endpoints"
-                } else {
-                    "no healthy endpoint"
-                };
-                return Tried::Failed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_endpoints",
-                    detail.into(),
-                );
+                let detail = no_endpoints_detail(hosts).into();
+                return Tried::Failed(StatusCode::SERVICE_UNAVAILABLE, "no_endpoints", detail);
             };
             let host = &hosts[picked.index];
             self.security.record(false);
