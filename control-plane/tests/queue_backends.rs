@@ -7,6 +7,7 @@ mod common;
 
 use common::backends::*;
 use std::time::Duration;
+use weft_control::queue::backend::Backend;
 use weft_control::queue::state::{Backoff, Delivery, Filter, NewMessage, Published, EXPIRED};
 use weft_control::queue::store::{Fanout, DEAD_LETTER_QUEUE, DEAD_LETTER_REASON};
 
@@ -316,6 +317,10 @@ async fn a_full_queue_refuses_or_drops_its_oldest_as_configured() {
             q.settings.max_messages = Some(2);
             q.settings.drop_oldest = true;
         }),
+        queue("ring2", |q| {
+            q.settings.max_messages = Some(2);
+            q.settings.drop_oldest = true;
+        }),
     ];
     for h in stores(&queues).await {
         let out = publish(&h, "t/full", vec![msg("1", 4), msg("2", 4), msg("3", 4)]).await;
@@ -329,6 +334,21 @@ async fn a_full_queue_refuses_or_drops_its_oldest_as_configured() {
         assert_eq!(
             payloads(&take(&h, "t/ring", 1, 10).await),
             ["2", "3"],
+            "{}",
+            h.name
+        );
+        h.store.ack("t/ring", &[], 1).await.expect("ack nothing");
+        // One request over the limit: the oldest go first, the request's
+        // own earlier messages included.
+        publish(
+            &h,
+            "t/ring2",
+            (4..9).map(|i| msg(&i.to_string(), 4)).collect(),
+        )
+        .await;
+        assert_eq!(
+            payloads(&take(&h, "t/ring2", 1, 10).await),
+            ["7", "8"],
             "{}",
             h.name
         );
@@ -572,5 +592,74 @@ async fn a_dead_redis_is_reported_as_unreachable_for_now() {
             .await
             .expect_err("Redis is dead");
         assert!(e.is_transient(), "{}: {e}", h.name);
+    }
+}
+
+/// Publishes one message to t/ids: its id.
+async fn one(store: &Backend, payload: &str) -> u64 {
+    match store
+        .publish("t/ids", now_ms(), vec![msg(payload, 4)])
+        .await
+    {
+        Ok(mut out) => match out.remove(0).0 {
+            Published::Enqueued(id) => id,
+            o => panic!("publish {payload}: {o:?}"),
+        },
+        Err(e) => panic!("publish {payload}: {e}"),
+    }
+}
+
+/// Replicas reserve ids in blocks: two replicas publishing in turn never
+/// hand out the same id. A block reserved before Redis lost its writes
+/// (a restart under `appendfsync everysec`: the counter goes back) is
+/// still used by its replica; when another replica's fresh block names a
+/// message stored from it, that publish takes new ids and nothing is
+/// overwritten.
+#[tokio::test]
+async fn replicas_never_share_an_id_even_when_redis_forgets_its_id_counter() {
+    let queues = [queue("ids", |_| {})];
+    for h in stores(&queues).await {
+        let Some(url) = &h.url else { continue };
+        let replica = |name: &'static str| {
+            let keys = weft_control::queue::crypt::Keys::from_raw(&[[7u8; 32]]);
+            weft_control::queue::redis_store::RedisStore::open(url, &queues, keys, name)
+        };
+        let other = replica("fedcba9876543210").await.expect("second replica");
+        let other = Backend::Redis(other);
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let store = if i % 2 == 0 { &h.store } else { &other };
+            ids.push(one(store, &format!("m{i}")).await);
+        }
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 6, "{}: {ids:?}", h.name);
+        let got = payloads(&take(&h, "t/ids", 1, 10).await);
+        assert_eq!(got, ["m0", "m1", "m2", "m3", "m4", "m5"], "{}", h.name);
+
+        // Redis loses everything (its counter too); both replicas keep
+        // their blocks, a new one reserves from the start again.
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut c = client.get_connection().expect("connect");
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL");
+        let third = Backend::Redis(replica("0000111122223333").await.expect("third replica"));
+        // The old replica goes on with its block (ids after m4's); the
+        // new one's block starts at 1 and runs into them.
+        let mut after = vec![one(&h.store, "y1").await];
+        for x in ["x1", "x2", "x3", "x4"] {
+            after.push(one(&third, x).await);
+        }
+        let mut unique = after.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 5, "{}: {after:?}", h.name);
+        assert!(
+            after[1..].contains(&(after[0] - 1)),
+            "{}: the new block reached the old one's ids: {after:?}",
+            h.name
+        );
+        let got = payloads(&take(&h, "t/ids", 2, 10).await);
+        assert_eq!(got, ["y1", "x1", "x2", "x3", "x4"], "{}", h.name);
     }
 }

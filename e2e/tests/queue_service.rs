@@ -362,3 +362,83 @@ fn kill_9_of_the_control_plane(store: QueueStore) {
         "every unacknowledged message, none of the acknowledged"
     );
 }
+
+#[test]
+fn acks_sent_back_to_back_are_all_applied_and_a_bad_one_among_them_is_reported() {
+    acks_back_to_back(QueueStore::Embedded);
+}
+
+#[test]
+fn on_redis_acks_sent_back_to_back_are_all_applied_and_a_bad_one_among_them_is_reported() {
+    acks_back_to_back(QueueStore::Redis);
+}
+
+/// A consumer with 60 deliveries in hand (one per response, prefetch 60)
+/// acks them all without waiting, with an ack of a message it does not
+/// hold in the middle (the server settles acks that arrive together in
+/// one store call): every real ack lands, nothing comes back, and the bad
+/// one is answered with an error naming it.
+fn acks_back_to_back(store: QueueStore) {
+    let (mesh, _redis) = Mesh::start_with_queue_store(&format!("queue-acks-{store:?}"), store, &[]);
+    mesh.apply("queues.yaml", CONFIG).expect("apply");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut feed = workload(&mesh, "feeds", "collector").await;
+        let mut enricher = workload(&mesh, "intel", "enricher").await;
+        let mut admin = admin(&mesh).await;
+        let messages = (0..60).map(|i| message("t", 4, &format!("m{i}"))).collect();
+        let out = publish(&mut feed, "enrichment", messages)
+            .await
+            .expect("publish");
+        assert_eq!(out.len(), 60);
+        let mut c = Consumer::open(&mut enricher, "enrichment", 60)
+            .await
+            .expect("consume");
+        let mut ids = Vec::new();
+        for _ in 0..60 {
+            let m = c.next(Duration::from_secs(5)).await.expect("delivery");
+            ids.push(m.id);
+        }
+        let stranger = ids.iter().max().copied().unwrap_or(0) + 1_000_000;
+        for (i, id) in ids.iter().enumerate() {
+            if i == 30 {
+                c.send(In::Ack(stranger)).await;
+            }
+            c.send(In::Ack(*id)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), c.rx.message()).await {
+            Ok(Ok(Some(pb::ConsumeResponse {
+                kind: Some(Out::Error(e)),
+            }))) => assert!(
+                e.contains(&stranger.to_string()) && e.contains("not in flight"),
+                "{e}"
+            ),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        let mut depth = (u64::MAX, u64::MAX);
+        for _ in 0..50 {
+            let d = admin
+                .describe(pb::DescribeQueueRequest {
+                    namespace: "intel".into(),
+                    name: "enrichment".into(),
+                })
+                .await
+                .expect("describe")
+                .into_inner();
+            let q = &d.queues[0];
+            depth = (q.ready_by_priority.iter().sum::<u64>(), q.in_flight);
+            if depth == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(depth, (0, 0), "every ack applied: (ready, in flight)");
+        assert!(
+            c.next(Duration::from_millis(300)).await.is_none(),
+            "nothing comes back"
+        );
+    });
+    let m = mesh.admin_get(mesh.control_admin, "/metrics").1;
+    let acked = metric(&m, "weft_queue_acked_total", "queue=\"intel/enrichment\"");
+    assert!(acked.is_some_and(|n| n >= 60.0), "{acked:?}");
+}

@@ -18,6 +18,7 @@ use super::state::{Delivery, Filter, Message};
 use super::store::{Fanout, Queue};
 use crate::caller;
 use crate::config::kinds::QueuePermission;
+use futures::FutureExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,11 @@ use xds_proto::v1::{self as pb, consume_request::Kind as In, consume_response::K
 const DEFAULT_PREFETCH: u32 = 16;
 const MAX_PREFETCH: u32 = 10_000;
 const MAX_BATCH: u32 = 1_000;
+/// Deliveries taken from the store at once for a consumer that gets them
+/// one per response (each take is a round trip, and a write, on Redis).
+const TAKE_AT_ONCE: u32 = 64;
+/// Acks that arrived together and are settled in one store call, at most.
+const ACKS_AT_ONCE: usize = 1_000;
 /// Waits between tries of a take while the store is unreachable.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -240,7 +246,7 @@ impl Stream {
             notified.as_mut().enable();
             let batched = self.max_batch > 1;
             while self.credit > 0 {
-                let want = self.credit.min(self.max_batch);
+                let want = self.credit.min(self.max_batch.max(TAKE_AT_ONCE));
                 let Some(taken) = self.take(&name, want).await else {
                     return;
                 };
@@ -248,12 +254,14 @@ impl Stream {
                     break;
                 }
                 self.credit -= taken.len() as u32;
-                let batch: Vec<_> = taken
-                    .iter()
-                    .map(|d| self.meters.deliver(&name, &d.message, d.deadline_ms))
-                    .collect();
-                if !send(&self.tx, batch, batched).await {
-                    return;
+                for chunk in taken.chunks(self.max_batch as usize) {
+                    let batch: Vec<_> = chunk
+                        .iter()
+                        .map(|d| self.meters.deliver(&name, &d.message, d.deadline_ms))
+                        .collect();
+                    if !send(&self.tx, batch, batched).await {
+                        return;
+                    }
                 }
             }
             let credit = self.credit;
@@ -262,11 +270,57 @@ impl Stream {
                 _ = tokio::time::sleep(Duration::from_millis(500)), if credit > 0 => {}
                 _ = self.tx.closed() => return,
                 m = inbound.message() => {
-                    if !self.inbound(m).await {
+                    if !self.inbound_acks_together(m, &mut inbound).await {
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// Like `inbound`, with the acks the consumer sent together (already
+    /// received, not waited for) settled in one store call.
+    async fn inbound_acks_together(
+        &mut self,
+        m: Result<Option<pb::ConsumeRequest>, Status>,
+        inbound: &mut Streaming<pb::ConsumeRequest>,
+    ) -> bool {
+        let mut ids = match m {
+            Ok(Some(pb::ConsumeRequest {
+                kind: Some(In::Ack(id)),
+            })) => vec![id],
+            Ok(Some(pb::ConsumeRequest {
+                kind: Some(In::Acks(a)),
+            })) => a.ids,
+            other => return self.inbound(other).await,
+        };
+        let mut after = None;
+        while ids.len() < ACKS_AT_ONCE {
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(pb::ConsumeRequest {
+                    kind: Some(In::Ack(id)),
+                }))) => ids.push(id),
+                Some(Ok(Some(pb::ConsumeRequest {
+                    kind: Some(In::Acks(a)),
+                }))) => ids.extend(a.ids),
+                Some(next) => {
+                    after = Some(next);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !self
+            .answer(pb::ConsumeRequest {
+                kind: Some(In::Acks(pb::Acks { ids })),
+            })
+            .await
+        {
+            return false;
+        }
+        match after {
+            Some(next) => self.inbound(next).await,
+            None => true,
         }
     }
 

@@ -409,6 +409,14 @@ impl QueueState {
         }
     }
 
+    /// An admitted message is dropped before it was committed (the oldest
+    /// of a full queue that drops its oldest): it no longer counts
+    /// against the limits; its key stays in the dedup window, as a
+    /// committed message's does when it is dropped.
+    pub fn forget_pending(&mut self, message: &Message) {
+        self.unpend(message);
+    }
+
     fn unpend(&mut self, message: &Message) {
         self.pending.0 = self.pending.0.saturating_sub(1);
         self.pending.1 = self.pending.1.saturating_sub(message.payload_len());

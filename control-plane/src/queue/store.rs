@@ -178,94 +178,6 @@ pub struct Store {
 
 pub use super::dead_letter::{DEAD_LETTER_ID, DEAD_LETTER_QUEUE, DEAD_LETTER_REASON};
 
-/// Changes to append together and then apply.
-#[derive(Default)]
-struct Batch {
-    records: Vec<Vec<u8>>,
-    /// Admitted messages to commit, with the index of their record.
-    admitted: Vec<(Arc<Queue>, Arc<Message>, usize)>,
-    /// Messages that leave the log's live set: their `published`
-    /// records' sequences.
-    removed: Vec<u64>,
-    /// Messages already taken out of their queue state, to put back if
-    /// the append fails.
-    taken: Vec<(Arc<Queue>, Arc<Message>)>,
-    /// Queues with requeued messages.
-    wake: Vec<Arc<Queue>>,
-}
-
-impl Batch {
-    fn push(&mut self, record: Vec<u8>) {
-        self.records.push(record);
-    }
-
-    fn admit(&mut self, queue: &Arc<Queue>, message: Arc<Message>, record: Vec<u8>) {
-        self.admitted
-            .push((queue.clone(), message, self.records.len()));
-        self.records.push(record);
-    }
-
-    /// `m` (as its queue kept it) leaves `queue`.
-    fn remove(&mut self, queue: &str, m: &Message, why: &str) {
-        self.records.push(self::record(
-            queue,
-            Event::Removed(QueueRemoved {
-                id: m.id,
-                why: why.into(),
-            }),
-        ));
-        self.removed.extend(m.stored.map(|s| s.live_seq));
-    }
-}
-
-/// Admits one message into every target (all with the first one's id), or
-/// into none when one refuses it. Effects are collected by target index.
-fn admit_everywhere(
-    targets: &[Arc<Queue>],
-    now_ms: u64,
-    body: NewMessage,
-    effects: &mut Vec<(usize, Vec<Effect>)>,
-) -> (Published, Vec<(usize, Arc<Message>)>) {
-    let mut copies: Vec<(usize, Arc<Message>)> = Vec::new();
-    let mut first: Option<Published> = None;
-    let mut id = None;
-    let last = targets.len().saturating_sub(1);
-    let mut body = Some(body);
-    for (i, t) in targets.iter().enumerate() {
-        let b = if i == last { body.take() } else { body.clone() };
-        let Some(b) = b else { break };
-        let (out, message, e) = t.lock().admit_as(now_ms, b, id);
-        if !e.is_empty() {
-            effects.push((i, e));
-        }
-        if let Published::Refused(why) = out {
-            for (j, m) in copies.drain(..) {
-                targets[j].lock().abandon(&m);
-            }
-            let why = if targets.len() > 1 {
-                format!(
-                    "subscription {}: {why}",
-                    t.name.rsplit('/').next().unwrap_or("")
-                )
-            } else {
-                why
-            };
-            return (Published::Refused(why), Vec::new());
-        }
-        if let Some(m) = message {
-            id = Some(m.id);
-            copies.push((i, m));
-        }
-        first.get_or_insert(out);
-    }
-    let out = match (id, first) {
-        (Some(id), _) => Published::Enqueued(id),
-        (None, Some(out)) => out,
-        (None, None) => Published::Refused("no subscription to take it".into()),
-    };
-    (out, copies)
-}
-
 /// What opening found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
@@ -422,8 +334,14 @@ impl Store {
         let mut outcomes = Vec::with_capacity(bodies.len());
         let mut batch = Batch::default();
         let mut effects: Vec<(usize, Vec<Effect>)> = Vec::new();
+        let drops = targets.iter().any(|t| t.settings().settings.drop_oldest);
         for body in bodies {
-            let (out, copies) = admit_everywhere(&targets, now_ms, body, &mut effects);
+            let (out, copies) = if drops {
+                self.admit_dropping(&targets, now_ms, body, &mut batch, &mut effects)
+            } else {
+                let (out, copies, _) = admit_everywhere(&targets, now_ms, body, &mut effects);
+                (out, copies)
+            };
             outcomes.push((out, receivers));
             for (t, m) in copies {
                 let wire = match self.wire(&targets[t], &m) {
@@ -449,6 +367,38 @@ impl Store {
         }
         self.write(batch, now_ms).await?;
         Ok(outcomes)
+    }
+
+    /// `admit_everywhere` for targets that drop their oldest when full:
+    /// when the oldest are this request's own (not yet committed)
+    /// messages, those are dropped to make room, as a committed one would
+    /// be.
+    fn admit_dropping(
+        &self,
+        targets: &[Arc<Queue>],
+        now_ms: u64,
+        body: NewMessage,
+        batch: &mut Batch,
+        effects: &mut Vec<(usize, Vec<Effect>)>,
+    ) -> (Published, Copies) {
+        loop {
+            let (out, copies, refused_by) =
+                admit_everywhere(targets, now_ms, body.clone(), effects);
+            let Some(t) = refused_by.filter(|t| targets[*t].settings().settings.drop_oldest) else {
+                return (out, copies);
+            };
+            let Some(m) = batch.take_back_oldest(&targets[t]) else {
+                return (out, copies);
+            };
+            targets[t].lock().forget_pending(&m);
+            effects.push((
+                t,
+                vec![Effect::Dropped {
+                    message: m,
+                    reason: "dropped as the oldest: the queue was full".into(),
+                }],
+            ));
+        }
     }
 
     /// A broadcast publish: checked (dedup) and handed to every consumer
@@ -778,6 +728,10 @@ impl Store {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[path = "store_batch.rs"]
+mod batch;
+use batch::{admit_everywhere, Batch, Copies};
 
 #[path = "store_admin.rs"]
 mod admin;

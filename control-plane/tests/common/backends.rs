@@ -23,6 +23,8 @@ pub struct Harness {
     pub store: Backend,
     /// Where the store's bytes land on disk (log segments or Redis's AOF).
     pub disk: PathBuf,
+    /// The Redis server's URL (Redis stores only): for a second replica.
+    pub url: Option<String>,
     _dir: tempfile::TempDir,
     _redis: Option<RedisProc>,
 }
@@ -135,6 +137,7 @@ pub async fn stores(queues: &[QueueConfig]) -> Vec<Harness> {
         name: "embedded",
         store: Backend::Embedded(Box::new(store)),
         disk: log,
+        url: None,
         _dir: dir,
         _redis: None,
     };
@@ -149,6 +152,7 @@ pub async fn stores(queues: &[QueueConfig]) -> Vec<Harness> {
             name,
             store: Backend::Redis(redis),
             disk: dir.path().to_path_buf(),
+            url: Some(url),
             _dir: dir,
             _redis: Some(proc),
         });

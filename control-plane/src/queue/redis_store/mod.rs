@@ -18,7 +18,9 @@
 //! time), `:bytes`, `:busy` (keys in flight), `:dd:<key>` (dedup window),
 //! `:mk:<marker>` (moves already made), `:leave` (on the way to the
 //! dead-letter queue, with the reason), `:cons` (consumers per replica).
-//! Ids come from `weft:q:{<tag>}:ids`.
+//! Ids come from `weft:q:{<tag>}:ids`, which each replica advances by a
+//! block at a time (`ID_BLOCK`): ids are unique and rise within one
+//! replica; a replica that stops leaves the rest of its block unused.
 //!
 //! Moves between queues (dead letters, redrive) cross hash tags, so they
 //! are two steps made safe to repeat: the message waits under `:leave`,
@@ -51,6 +53,9 @@ use xds_proto::v1::QueueMessage;
 const PRELUDE: &str = include_str!("prelude.lua");
 const WAKE: &str = "weft:q:wake";
 const BROADCAST: &str = "weft:q:bc";
+/// Ids a replica reserves per `INCRBY` of a hash tag's id counter: one
+/// write to Redis per this many publishes rather than one per request.
+const ID_BLOCK: u64 = 1024;
 
 struct Scripts {
     publish: Script,
@@ -85,6 +90,9 @@ pub struct RedisStore {
     /// When each queue's tick next has work (as of its last tick or
     /// publish here).
     wakeups: Mutex<HashMap<String, u64>>,
+    /// Ids reserved here and not yet used, per id counter: next, end
+    /// (exclusive).
+    reserved: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl From<::redis::RedisError> for StoreError {
@@ -235,6 +243,7 @@ impl RedisStore {
             ids: Arc::new(AtomicU64::new(1)),
             scripts: Scripts::load(),
             wakeups: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
         });
         store.configure(queues);
         store.reclaim().await?;
@@ -312,6 +321,49 @@ impl RedisStore {
         let error = text(error);
         m.last_error = (!error.is_empty()).then_some(error);
         Ok(m)
+    }
+
+    /// `n` consecutive new ids for messages of `queue`: the first. Taken
+    /// from this replica's reserved block, reserving another (one
+    /// `INCRBY`) when it runs short.
+    async fn new_ids(&self, queue: &str, n: u64) -> Result<u64, StoreError> {
+        let counter = ids_key(queue);
+        let from_block = |reserved: &mut HashMap<String, (u64, u64)>| {
+            let (next, end) = reserved.get_mut(&counter)?;
+            (*end - *next >= n).then(|| {
+                *next += n;
+                *next - n
+            })
+        };
+        if let Some(first) =
+            from_block(&mut self.reserved.lock().unwrap_or_else(|p| p.into_inner()))
+        {
+            return Ok(first);
+        }
+        let size = n.max(ID_BLOCK);
+        let last: u64 = ::redis::cmd("INCRBY")
+            .arg(&counter)
+            .arg(size)
+            .query_async(&mut self.conn())
+            .await?;
+        let first = last + 1 - size;
+        // This call's ids come from the new block; what is left of it
+        // replaces the old block (a concurrent call may have reserved one
+        // meanwhile: the unused rest of either is skipped, never reused).
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(counter, (first + n, last + 1));
+        Ok(first)
+    }
+
+    /// Drops this replica's reserved ids for `queue`'s counter (they may
+    /// predate writes Redis lost); the next publish reserves a new block.
+    fn forget_ids(&self, queue: &str) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ids_key(queue));
     }
 
     /// A message published here may be due before the queue's next tick.

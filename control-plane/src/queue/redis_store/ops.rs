@@ -3,7 +3,7 @@
 //! and the operators' peek / purge / redrive. Each is one script call per
 //! queue (see the Lua files beside this one).
 
-use super::{base, ids_key, int, items, settings_args, text, RedisStore, BROADCAST};
+use super::{base, int, items, settings_args, text, RedisStore, BROADCAST};
 use crate::queue::dead_letter;
 use crate::queue::metrics::{
     DEAD_LETTERED_TOTAL, DROPPED_TOTAL, EXPIRED_TOTAL, PURGED_TOTAL, REDRIVEN_TOTAL,
@@ -93,25 +93,10 @@ impl RedisStore {
         if items_in.is_empty() {
             return Ok(Vec::new());
         }
-        let n = items_in.len() as u64;
-        let last: u64 = ::redis::cmd("INCRBY")
-            .arg(ids_key(&first.name))
-            .arg(n)
-            .query_async(&mut self.conn())
-            .await?;
         let settings = first.config().settings;
-        let mut inv = self.scripts.publish.prepare_invoke();
-        for t in targets {
-            inv.key(base(&t.name));
-        }
-        inv.arg(&first.name).arg(now_ms);
-        for a in settings_args(&settings) {
-            inv.arg(a);
-        }
-        inv.arg(n);
         let ttl_default = settings.ttl;
-        for (i, item) in items_in.into_iter().enumerate() {
-            let id = last + 1 - n + i as u64;
+        let mut batch = Vec::with_capacity(items_in.len());
+        for item in items_in {
             let mut body = item.body;
             body.priority = if settings.priorities {
                 body.priority.min(LEVELS as u8 - 1)
@@ -123,27 +108,16 @@ impl RedisStore {
                 (a, b) => a.or(b),
             };
             let expires_ms = ttl.map(|t| now_ms + t.as_millis() as u64);
-            if let Some(at) = body.deliver_at_ms.filter(|t| *t > now_ms) {
+            for at in [body.deliver_at_ms.filter(|t| *t > now_ms), expires_ms]
+                .into_iter()
+                .flatten()
+            {
                 for t in targets {
                     self.hint(&t.name, at);
                 }
             }
-            if let Some(at) = expires_ms {
-                for t in targets {
-                    self.hint(&t.name, at);
-                }
-            }
-            inv.arg(id)
-                .arg(body.priority)
-                .arg(body.payload.len())
-                .arg(&body.kind)
-                .arg(body.key.as_deref().unwrap_or(""))
-                .arg(body.deliver_at_ms.unwrap_or(0))
-                .arg(expires_ms.unwrap_or(0))
-                .arg(&item.marker)
-                .arg(&item.source);
             let m = Message {
-                id,
+                id: 0,
                 body,
                 published_ms: now_ms,
                 expires_ms,
@@ -151,11 +125,65 @@ impl RedisStore {
                 last_error: None,
                 stored: None,
             };
-            for t in targets {
-                inv.arg(sealed(&self.keys, &t.name, t.encrypted(), &m)?.encode_to_vec());
-            }
+            batch.push((m, item.marker, item.source));
         }
-        let v: Value = inv.invoke_async(&mut self.conn()).await?;
+        let n = batch.len() as u64;
+        let mut v = Value::Nil;
+        // Twice at most: a block of ids reserved before Redis lost writes
+        // (a restart under a weaker appendfsync than `always`) may name
+        // messages already there; the script then writes nothing and a
+        // fresh block is reserved.
+        for _ in 0..2 {
+            let first_id = self.new_ids(&first.name, n).await?;
+            let mut inv = self.scripts.publish.prepare_invoke();
+            for t in targets {
+                inv.key(base(&t.name));
+            }
+            inv.arg(&first.name).arg(now_ms);
+            for a in settings_args(&settings) {
+                inv.arg(a);
+            }
+            inv.arg(n);
+            for (i, (m, marker, source)) in batch.iter_mut().enumerate() {
+                m.id = first_id + i as u64;
+                let body = &m.body;
+                inv.arg(m.id)
+                    .arg(body.priority)
+                    .arg(body.payload.len())
+                    .arg(&body.kind)
+                    .arg(body.key.as_deref().unwrap_or(""))
+                    .arg(body.deliver_at_ms.unwrap_or(0))
+                    .arg(m.expires_ms.unwrap_or(0))
+                    .arg(&*marker)
+                    .arg(&*source);
+                for t in targets {
+                    inv.arg(sealed(&self.keys, &t.name, t.encrypted(), m)?.encode_to_vec());
+                }
+            }
+            v = match inv.invoke_async(&mut self.conn()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    if e.is_transient() {
+                        // Redis may be restarting: its counter may come
+                        // back behind this block.
+                        self.forget_ids(&first.name);
+                    }
+                    return Err(e);
+                }
+            };
+            if text(&v) != "ids-taken" {
+                break;
+            }
+            tracing::warn!(queue = %first.name, first_id, "queue store: reserved ids already in use (Redis lost writes?); reserving anew");
+            self.forget_ids(&first.name);
+        }
+        if text(&v) == "ids-taken" {
+            return Err(StoreError::Unavailable(format!(
+                "redis: ids of {} collide with stored messages twice; try again",
+                first.name
+            )));
+        }
         let mut parts = items(v).into_iter();
         let results = parts.next().map(items).unwrap_or_default();
         let dropped = parts.next().map_or(0, |d| int(&d));
@@ -188,10 +216,7 @@ impl RedisStore {
         let settings = q.config().settings;
         let mut out = Vec::with_capacity(bodies.len());
         for body in bodies {
-            let id: u64 = ::redis::cmd("INCR")
-                .arg(ids_key(&q.name))
-                .query_async(&mut self.conn())
-                .await?;
+            let id = self.new_ids(&q.name, 1).await?;
             if let (Some(window), Some(key)) = (settings.dedup_window, &body.key) {
                 let window = window.as_millis().to_string();
                 let had = self
