@@ -79,12 +79,12 @@ async fn the_highest_priority_is_delivered_first_and_fifo_holds_within_a_level()
             "{}",
             h.name
         );
-        let (depth, _) = h
+        let stats = h
             .store
             .stats(&h.store.queue("t/p").unwrap(), now_ms())
             .await
             .unwrap();
-        assert_eq!(depth.in_flight, 5, "{}", h.name);
+        assert_eq!(stats.depth.in_flight, 5, "{}", h.name);
         // A consumer of CRITICAL only sees nothing below it.
         publish(&h, "t/p", vec![msg("n4", 4)]).await;
         let filter = Filter {

@@ -9,6 +9,16 @@ use super::store::{Queue, QueueConfig, Redriven, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What Describe and the gauges show of one queue.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub depth: Depth,
+    /// When its oldest message was published (Unix ms).
+    pub oldest_ms: Option<u64>,
+    /// Its consumers: on Redis, every replica's seen in the last seconds.
+    pub consumers: u64,
+}
+
 pub enum Backend {
     Embedded(Box<Store>),
     Redis(Arc<RedisStore>),
@@ -142,8 +152,8 @@ impl Backend {
         }
     }
 
-    /// A broadcast queue's consumers changed here (Redis counts every
-    /// replica's for the publisher's `receivers`).
+    /// A queue's consumers changed here (Redis counts every replica's:
+    /// for a broadcast publisher's `receivers` and for Describe).
     pub async fn consumers_changed(&self, q: &Queue, now_ms: u64) -> Result<(), StoreError> {
         match self {
             Backend::Embedded(_) => Ok(()),
@@ -165,10 +175,14 @@ impl Backend {
         }
     }
 
-    /// Depth and the oldest message's publish time.
-    pub async fn stats(&self, q: &Queue, now_ms: u64) -> Result<(Depth, Option<u64>), StoreError> {
+    /// Depth, the oldest message's publish time and the consumers.
+    pub async fn stats(&self, q: &Queue, now_ms: u64) -> Result<Stats, StoreError> {
         match self {
-            Backend::Embedded(_) => Ok((q.depth(), q.oldest_ms())),
+            Backend::Embedded(_) => Ok(Stats {
+                depth: q.depth(),
+                oldest_ms: q.oldest_ms(),
+                consumers: q.consumer_count(),
+            }),
             Backend::Redis(r) => r.stats(q, now_ms).await,
         }
     }

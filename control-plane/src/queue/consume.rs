@@ -176,17 +176,15 @@ async fn send(tx: &Tx, mut batch: Vec<pb::Delivery>, batched: bool) -> bool {
 impl Stream {
     async fn run(mut self, inbound: Streaming<pb::ConsumeRequest>) {
         self.queue.consumers.fetch_add(1, Ordering::Relaxed);
+        self.counted().await;
         if self.queue.fanout() == Fanout::Broadcast {
-            self.counted().await;
             self.broadcast(inbound).await;
         } else {
             self.compete(inbound).await;
             self.release().await;
         }
         self.queue.consumers.fetch_sub(1, Ordering::Relaxed);
-        if self.queue.fanout() == Fanout::Broadcast {
-            self.counted().await;
-        }
+        self.counted().await;
         tracing::info!(queue = %self.queue.name, consumer = self.consumer, "consumer left");
     }
 

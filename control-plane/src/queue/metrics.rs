@@ -50,7 +50,10 @@ const PRIORITY: [&str; super::state::LEVELS] = ["0", "1", "2", "3", "4", "5", "6
 /// Sets every queue's gauges from its state now.
 pub async fn refresh(store: &Backend, now_ms: u64) {
     for q in store.queues() {
-        let Ok((depth, oldest)) = store.stats(&q, now_ms).await else {
+        let Ok(super::backend::Stats {
+            depth, oldest_ms, ..
+        }) = store.stats(&q, now_ms).await
+        else {
             continue;
         };
         let name = q.name.clone();
@@ -61,8 +64,9 @@ pub async fn refresh(store: &Backend, now_ms: u64) {
         metrics::gauge!(WAITING, "queue" => name.clone()).set(depth.waiting as f64);
         metrics::gauge!(IN_FLIGHT, "queue" => name.clone()).set(depth.in_flight as f64);
         metrics::gauge!(QUEUED_BYTES, "queue" => name.clone()).set(depth.bytes as f64);
-        let age = oldest.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
+        let age = oldest_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
         metrics::gauge!(OLDEST_AGE, "queue" => name.clone()).set(age);
+        // This replica's consumers (summed over replicas in a query).
         metrics::gauge!(CONSUMERS, "queue" => name).set(q.consumer_count() as f64);
     }
     if let Some(bytes) = store.log_bytes() {

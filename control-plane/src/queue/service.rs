@@ -429,11 +429,12 @@ impl pb::queue_server::Queue for QueueService {
 }
 
 /// Describe's entry for `q` (a subscription of `topic`, or `topic` itself).
-fn queue_status(
-    q: &Queue,
-    topic: &Queue,
-    (depth, oldest): (super::state::Depth, Option<u64>),
-) -> pb::QueueStatus {
+fn queue_status(q: &Queue, topic: &Queue, stats: super::backend::Stats) -> pb::QueueStatus {
+    let super::backend::Stats {
+        depth,
+        oldest_ms: oldest,
+        consumers,
+    } = stats;
     let config = q.config();
     let mut parts = topic.name.splitn(2, '/');
     let namespace = parts.next().unwrap_or_default();
@@ -454,7 +455,7 @@ fn queue_status(
         oldest_unix_ms: oldest.unwrap_or(0),
         dead_letter: config.dead_letter.unwrap_or_default(),
         subscription,
-        consumers: u32::try_from(q.consumer_count()).unwrap_or(u32::MAX),
+        consumers: u32::try_from(consumers).unwrap_or(u32::MAX),
     }
 }
 

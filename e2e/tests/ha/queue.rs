@@ -1,6 +1,7 @@
 //! Replicas sharing one Redis queue store serve the same queues: messages
 //! published through two replicas are described and consumed (in priority
-//! order) through a third, and the acks show through the first.
+//! order) through a third, the acks show through the first, and a consumer
+//! connected to one replica is counted by Describe on another.
 
 use super::*;
 use weft_testbed::redis::RedisServer;
@@ -109,4 +110,40 @@ fn replicas_on_one_redis_serve_one_queue_publish_here_consume_there() {
     let q: serde_json::Value = serde_json::from_str(&after).expect("json");
     assert_eq!(q[0]["readyByPriority"][9], 0, "{q}");
     assert_eq!(q[0]["inFlight"], 0, "acked through the third replica: {q}");
+
+    // A consumer waiting on replica 2 is counted by Describe on replica 0,
+    // and no longer once it has gone.
+    let consumers_at_0 = || {
+        let out = ok(weftctl_at(
+            &mesh,
+            &urls[0],
+            &["-o", "json", "queue", "describe", "jobs", "-n", "intel"],
+        ));
+        let q: serde_json::Value = serde_json::from_str(&out).expect("json");
+        q[0]["consumers"].as_u64().unwrap_or(0)
+    };
+    let mut waiting = std::process::Command::new(binaries().path(localmesh::WEFTCTL))
+        .args(["--control-plane", &urls[1], "--certs"])
+        .arg(mesh.pki().admin_certs)
+        .args(["queue", "consume", "jobs", "-n", "intel"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weftctl queue consume");
+    let mut counted = 0;
+    for _ in 0..50 {
+        counted = consumers_at_0();
+        if counted == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+    assert_eq!(counted, 1, "the consumer on replica 1, seen from replica 0");
+    wait_until_ok(
+        "the departed consumer is no longer counted",
+        Duration::from_secs(10),
+        || consumers_at_0() == 0,
+    );
 }

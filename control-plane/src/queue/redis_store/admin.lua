@@ -1,6 +1,6 @@
 -- Reading and tidying one queue. ARGV[18]: op.
 -- stats -> {ready per level 0..9, waiting, in flight, bytes, oldest
---   publish ms or -1}
+--   publish ms or -1, consumers of replicas seen in the last 5 s}
 -- peek ARGV[19] limit, ARGV[20] source filter ('' none), ARGV[21] '1' to
 --   leave out deliveries in flight -> {{id, stored, deliveries, error,
 --   place}...} ready (delivery order), then waiting, then in flight
@@ -17,6 +17,17 @@ local b = KEYS[1]
 local now = num(ARGV[2])
 local op = ARGV[18]
 
+-- Consumers recorded by replicas seen in the last 5 s.
+local function consumers()
+  local all = redis.call('HGETALL', b .. ':cons')
+  local total = 0
+  for i = 1, #all, 2 do
+    local c, seen = string.match(all[i + 1], '^(%d+):(%d+)$')
+    if c and num(seen) >= now - 5000 then total = total + num(c) end
+  end
+  return total
+end
+
 if op == 'stats' then
   local out = {}
   for p = 0, 9 do out[#out + 1] = redis.call('ZCARD', b .. ':r' .. p) end
@@ -25,6 +36,7 @@ if op == 'stats' then
   out[#out + 1] = num(redis.call('GET', b .. ':bytes'))
   local first = redis.call('ZRANGE', b .. ':all', 0, 0, 'WITHSCORES')
   if #first > 0 then out[#out + 1] = tonumber(first[2]) else out[#out + 1] = -1 end
+  out[#out + 1] = consumers()
   return out
 elseif op == 'peek' then
   local limit, src, queued_only = num(ARGV[19]), ARGV[20], ARGV[21] == '1'
@@ -89,12 +101,6 @@ elseif op == 'dedup' then
   return false
 elseif op == 'consumers' then
   redis.call('HSET', b .. ':cons', ARGV[19], ARGV[20] .. ':' .. fmt(now))
-  local all = redis.call('HGETALL', b .. ':cons')
-  local total = 0
-  for i = 1, #all, 2 do
-    local c, seen = string.match(all[i + 1], '^(%d+):(%d+)$')
-    if c and num(seen) >= now - 5000 then total = total + num(c) end
-  end
-  return total
+  return consumers()
 end
 return redis.error_reply('unknown op ' .. tostring(op))

@@ -53,6 +53,9 @@ use xds_proto::v1::QueueMessage;
 const PRELUDE: &str = include_str!("prelude.lua");
 const WAKE: &str = "weft:q:wake";
 const BROADCAST: &str = "weft:q:bc";
+/// How often a replica records its consumers of a queue while it has
+/// any (a record older than 5 s no longer counts).
+const CONSUMERS_REFRESH_MS: u64 = 2_000;
 /// Ids a replica reserves per `INCRBY` of a hash tag's id counter: one
 /// write to Redis per this many publishes rather than one per request.
 const ID_BLOCK: u64 = 1024;
@@ -93,6 +96,8 @@ pub struct RedisStore {
     /// Ids reserved here and not yet used, per id counter: next, end
     /// (exclusive).
     reserved: Mutex<HashMap<String, (u64, u64)>>,
+    /// When this replica last recorded its consumers of each queue.
+    consumers_recorded: Mutex<HashMap<String, u64>>,
 }
 
 impl From<::redis::RedisError> for StoreError {
@@ -244,6 +249,7 @@ impl RedisStore {
             scripts: Scripts::load(),
             wakeups: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
+            consumers_recorded: Mutex::new(HashMap::new()),
         });
         store.configure(queues);
         store.reclaim().await?;
@@ -364,6 +370,21 @@ impl RedisStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ids_key(queue));
+    }
+
+    /// Whether this replica's consumers of `queue` are due to be recorded
+    /// again (and, if so, notes that they are being recorded now).
+    fn consumers_due(&self, queue: &str, now_ms: u64) -> bool {
+        let mut at = self
+            .consumers_recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let last = at.entry(queue.to_string()).or_insert(0);
+        if now_ms.saturating_sub(*last) < CONSUMERS_REFRESH_MS {
+            return false;
+        }
+        *last = now_ms;
+        true
     }
 
     /// A message published here may be due before the queue's next tick.

@@ -4,13 +4,13 @@
 //! queue (see the Lua files beside this one).
 
 use super::{base, int, items, settings_args, text, RedisStore, BROADCAST};
+use crate::queue::backend::Stats;
 use crate::queue::dead_letter;
 use crate::queue::metrics::{
     DEAD_LETTERED_TOTAL, DROPPED_TOTAL, EXPIRED_TOTAL, PURGED_TOTAL, REDRIVEN_TOTAL,
 };
 use crate::queue::state::{
-    AckError, Delivery, Depth, Filter, Message, NewMessage, Place, Published, EXPIRED, LEVELS,
-    NORMAL,
+    AckError, Delivery, Filter, Message, NewMessage, Place, Published, EXPIRED, LEVELS, NORMAL,
 };
 use crate::queue::store::{Fanout, Queue, Redriven, StoreError};
 use crate::queue::wire::{sealed, to_wire};
@@ -422,18 +422,16 @@ impl RedisStore {
 
     /// Moves every queue's clock (any replica may: the scripts are
     /// atomic), moves what left to the dead-letter queues, and refreshes
-    /// this replica's broadcast consumer counts.
+    /// this replica's consumer counts (every `CONSUMERS_REFRESH_MS`: other
+    /// replicas count a record older than 5 s as gone).
     pub async fn tick(&self, now_ms: u64) -> Result<(), StoreError> {
         let mut wakeups = std::collections::HashMap::new();
         for q in self.queues() {
+            if q.consumer_count() > 0 && self.consumers_due(&q.name, now_ms) {
+                self.consumers_changed(&q, now_ms).await?;
+            }
             match q.fanout() {
-                Fanout::Topic(_) => continue,
-                Fanout::Broadcast => {
-                    if q.consumer_count() > 0 {
-                        self.consumers_changed(&q, now_ms).await?;
-                    }
-                    continue;
-                }
+                Fanout::Topic(_) | Fanout::Broadcast => continue,
                 Fanout::None => {}
             }
             let v = self.run(&self.scripts.tick, &q, now_ms, &[EXPIRED]).await?;
@@ -517,22 +515,24 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Depth and the oldest message's publish time.
-    pub async fn stats(&self, q: &Queue, now_ms: u64) -> Result<(Depth, Option<u64>), StoreError> {
+    /// Depth, the oldest message's publish time, and the consumers of
+    /// every replica (as each last recorded them).
+    pub async fn stats(&self, q: &Queue, now_ms: u64) -> Result<Stats, StoreError> {
         let v = self.admin(q, now_ms, "stats", &[]).await?;
         let r: Vec<i64> = items(v).iter().map(int).collect();
-        let mut depth = Depth::default();
-        if r.len() < LEVELS + 4 {
-            return Ok((depth, None));
+        let mut stats = Stats::default();
+        if r.len() < LEVELS + 5 {
+            return Ok(stats);
         }
         for (level, n) in r[..LEVELS].iter().enumerate() {
-            depth.ready_by_priority[level] = *n as u64;
+            stats.depth.ready_by_priority[level] = *n as u64;
         }
-        depth.waiting = r[LEVELS] as u64;
-        depth.in_flight = r[LEVELS + 1] as u64;
-        depth.bytes = r[LEVELS + 2] as u64;
-        let oldest = u64::try_from(r[LEVELS + 3]).ok();
-        Ok((depth, oldest))
+        stats.depth.waiting = r[LEVELS] as u64;
+        stats.depth.in_flight = r[LEVELS + 1] as u64;
+        stats.depth.bytes = r[LEVELS + 2] as u64;
+        stats.oldest_ms = u64::try_from(r[LEVELS + 3]).ok();
+        stats.consumers = u64::try_from(r[LEVELS + 4]).unwrap_or(0);
+        Ok(stats)
     }
 
     async fn peek_in(
