@@ -663,3 +663,36 @@ async fn replicas_never_share_an_id_even_when_redis_forgets_its_id_counter() {
         assert_eq!(got, ["y1", "x1", "x2", "x3", "x4"], "{}", h.name);
     }
 }
+
+/// Acks settled together: an id named twice in one call is settled once
+/// (the second is not in flight any more), the queue's bytes and in-flight
+/// count end at zero, and a later take finds nothing.
+#[tokio::test]
+async fn an_id_acked_twice_in_one_call_is_settled_once() {
+    let queues = [queue("twice", |_| {})];
+    for h in stores(&queues).await {
+        publish(&h, "t/twice", vec![msg("a", 4), msg("b", 4)]).await;
+        let got = take(&h, "t/twice", 1, 10).await;
+        let ids: Vec<u64> = got.iter().map(|d| d.message.id).collect();
+        assert_eq!(ids.len(), 2, "{}", h.name);
+        let failed = h
+            .store
+            .ack("t/twice", &[ids[0], ids[0], ids[1]], 1)
+            .await
+            .expect("ack");
+        assert_eq!(failed.len(), 1, "{}: {failed:?}", h.name);
+        assert_eq!(failed[0].0, ids[0], "{}", h.name);
+        let stats = h
+            .store
+            .stats(&h.store.queue("t/twice").expect("queue"), now_ms())
+            .await
+            .expect("stats");
+        assert_eq!(
+            (stats.depth.in_flight, stats.depth.bytes),
+            (0, 0),
+            "{}",
+            h.name
+        );
+        assert!(take(&h, "t/twice", 1, 10).await.is_empty(), "{}", h.name);
+    }
+}

@@ -45,7 +45,18 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A redis-server on a free port; tried again on another port when it
+/// exits before answering (a port taken between the probe and its bind).
 fn start_redis(dir: &Path, cluster: bool) -> (RedisProc, String) {
+    for _ in 0..3 {
+        if let Some(started) = try_start_redis(dir, cluster) {
+            return started;
+        }
+    }
+    panic!("redis-server did not start (three ports tried)");
+}
+
+fn try_start_redis(dir: &Path, cluster: bool) -> Option<(RedisProc, String)> {
     let port = free_port();
     let mut cmd = Command::new("redis-server");
     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -54,16 +65,19 @@ fn start_redis(dir: &Path, cluster: bool) -> (RedisProc, String) {
         .args(["--save", ""]);
     if cluster {
         cmd.args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", "nodes.conf"]);
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
     }
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server (apt-get install redis-server)");
-    let proc = RedisProc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut proc = RedisProc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if proc.0.try_wait().ok().flatten().is_some() {
+            return None;
+        }
         assert!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -71,7 +85,7 @@ fn start_redis(dir: &Path, cluster: bool) -> (RedisProc, String) {
     if cluster {
         own_every_slot(&url);
     }
-    (proc, url)
+    Some((proc, url))
 }
 
 /// Makes a fresh cluster node own all 16384 slots and waits for the

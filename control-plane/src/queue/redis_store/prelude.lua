@@ -66,6 +66,35 @@ local function erase(b, id)
   return true
 end
 
+-- Every trace of messages acked in flight (erase for many at once: a few
+-- multi-member commands whatever their number; at most a few hundred).
+local function erase_acked(b, ids)
+  if #ids == 0 then return end
+  local metas = redis.call('HMGET', b .. ':meta', unpack(ids))
+  local found, levels, keys, bytes = {}, {}, {}, 0
+  for j, id in ipairs(ids) do
+    if metas[j] then
+      local m = cmsgpack.unpack(metas[j])
+      found[#found + 1] = id
+      levels[m[1]] = levels[m[1]] or {}
+      table.insert(levels[m[1]], id)
+      if m[4] ~= '' then keys[#keys + 1] = m[4] end
+      bytes = bytes + m[2]
+    end
+  end
+  if #found == 0 then return end
+  for p, l in pairs(levels) do redis.call('ZREM', b .. ':r' .. p, unpack(l)) end
+  for _, z in ipairs({ ':wait', ':fly', ':all', ':exp' }) do
+    redis.call('ZREM', b .. z, unpack(found))
+  end
+  for _, h in ipairs({ ':own', ':msg', ':meta', ':cnt', ':err', ':leave', ':pos' }) do
+    redis.call('HDEL', b .. h, unpack(found))
+  end
+  -- In flight, so each key is held by this message alone (key order).
+  if #keys > 0 then redis.call('SREM', b .. ':busy', unpack(keys)) end
+  redis.call('DECRBY', b .. ':bytes', bytes)
+end
+
 local function backoff(S, failed)
   if S.bk == 1 then return S.b_init end
   if S.bk == 2 then

@@ -19,11 +19,18 @@ local function owned(id)
 end
 
 if op == 'ack' then
-  local res = {}
+  local res, done, seen = {}, {}, {}
   for i = 20, #ARGV do
-    local c = owned(ARGV[i])
-    if c == 0 then erase(b, ARGV[i]) end
+    local c = 1
+    if not seen[ARGV[i]] then c = owned(ARGV[i]) end
+    if c == 0 then
+      seen[ARGV[i]] = true
+      done[#done + 1] = ARGV[i]
+    end
     res[#res + 1] = c
+  end
+  for from = 1, #done, 500 do
+    erase_acked(b, { unpack(done, from, math.min(from + 499, #done)) })
   end
   return res
 elseif op == 'nack' then

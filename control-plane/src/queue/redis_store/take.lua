@@ -60,7 +60,51 @@ end
 
 local deadline = now + S.ack
 local out = {}
-for _ = 1, max do
+
+-- Without type filters, key order or aging the pick is the first ready
+-- messages of the highest levels, taken and placed in a few multi-member
+-- commands (one AOF entry each rather than several per delivery).
+local function take_plain()
+  local ids, need = {}, max
+  for p = 9, minp, -1 do
+    if need <= 0 then break end
+    if S.prio or p == 4 then
+      local level = redis.call('ZRANGE', b .. ':r' .. p, 0, need - 1)
+      if #level > 0 then
+        redis.call('ZREM', b .. ':r' .. p, unpack(level))
+        for _, id in ipairs(level) do ids[#ids + 1] = id end
+        need = need - #level
+      end
+    end
+  end
+  if #ids == 0 then return end
+  -- A ready id whose message is gone (never expected) is dropped here.
+  local metas = redis.call('HMGET', b .. ':meta', unpack(ids))
+  local taken, fly, own = {}, {}, {}
+  for j, id in ipairs(ids) do
+    if metas[j] then
+      taken[#taken + 1] = id
+      fly[#fly + 1] = fmt(deadline)
+      fly[#fly + 1] = id
+      own[#own + 1] = id
+      own[#own + 1] = consumer
+    end
+  end
+  if #taken == 0 then return end
+  redis.call('ZADD', b .. ':fly', unpack(fly))
+  redis.call('HSET', b .. ':own', unpack(own))
+  local counts = {}
+  for j, id in ipairs(taken) do counts[j] = redis.call('HINCRBY', b .. ':cnt', id, 1) end
+  local bodies = redis.call('HMGET', b .. ':msg', unpack(taken))
+  local errors = redis.call('HMGET', b .. ':err', unpack(taken))
+  for j, id in ipairs(taken) do
+    out[#out + 1] = { id, bodies[j], counts[j], errors[j] or '' }
+  end
+end
+
+local plain = not kinds and not S.by_key and not (S.prio and S.aging > 0)
+if plain then take_plain() end
+for _ = 1, (plain and 0 or max) do
   local best, bestp, bestm, besteff, bestsince = nil, nil, nil, nil, nil
   for p = 9, minp, -1 do
     if S.prio or p == 4 then
