@@ -56,9 +56,7 @@ fn on_redis_publishers_and_consumers_are_held_to_their_policy_and_messages_flow_
 }
 
 fn policy_priority_and_dead_letters(store: QueueStore) {
-    let (mesh, _redis) = Mesh::start_with_queue_store(&format!("queue-flow-{store:?}"), store, &[]);
-    mesh.apply("queues.yaml", CONFIG).expect("apply");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mesh, _redis, rt) = queue_mesh("queue-flow", store, CONFIG);
     rt.block_on(async {
         let mut feed = workload(&mesh, "feeds", "collector").await;
         let mut enricher = workload(&mesh, "intel", "enricher").await;
@@ -303,10 +301,7 @@ fn on_redis_acknowledged_publishes_survive_a_kill_9_of_the_control_plane_and_its
 }
 
 fn kill_9_of_the_control_plane(store: QueueStore) {
-    let (mut mesh, _redis) =
-        Mesh::start_with_queue_store(&format!("queue-crash-{store:?}"), store, &[]);
-    mesh.apply("queues.yaml", CONFIG).expect("apply");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut mesh, _redis, rt) = queue_mesh("queue-crash", store, CONFIG);
     let (acked, published) = rt.block_on(async {
         let mut feed = workload(&mesh, "feeds", "collector").await;
         let mut enricher = workload(&mesh, "intel", "enricher").await;
@@ -379,9 +374,7 @@ fn on_redis_acks_sent_back_to_back_are_all_applied_and_a_bad_one_among_them_is_r
 /// one store call): every real ack lands, nothing comes back, and the bad
 /// one is answered with an error naming it.
 fn acks_back_to_back(store: QueueStore) {
-    let (mesh, _redis) = Mesh::start_with_queue_store(&format!("queue-acks-{store:?}"), store, &[]);
-    mesh.apply("queues.yaml", CONFIG).expect("apply");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mesh, _redis, rt) = queue_mesh("queue-acks", store, CONFIG);
     rt.block_on(async {
         let mut feed = workload(&mesh, "feeds", "collector").await;
         let mut enricher = workload(&mesh, "intel", "enricher").await;

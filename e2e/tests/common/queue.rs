@@ -14,6 +14,23 @@ use xds_proto::v1::{
 
 pub type Client = QueueClient<tonic::transport::Channel>;
 
+/// A mesh named `<name>-<store>` on `store` with `config` applied, and a
+/// runtime for the clients.
+pub fn queue_mesh(
+    name: &str,
+    store: weft_testbed::redis::QueueStore,
+    config: &str,
+) -> (
+    Mesh,
+    Option<weft_testbed::redis::RedisServer>,
+    tokio::runtime::Runtime,
+) {
+    let (mesh, redis) = Mesh::start_with_queue_store(&format!("{name}-{store:?}"), store, &[]);
+    mesh.apply("queues.yaml", config).expect("apply");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    (mesh, redis, rt)
+}
+
 pub async fn admin(mesh: &Mesh) -> Client {
     let auth = weft_mesh_tls::admin_client::AdminAuth::Certs(mesh.pki().admin_certs);
     QueueClient::new(
