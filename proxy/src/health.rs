@@ -147,7 +147,7 @@ async fn probe(
     upstreams: &Upstreams,
     tls: Option<&MeshTls>,
 ) -> Result<(), String> {
-    let meshed = host.identity.is_some() && upstreams.mesh.is_some();
+    let meshed = host.identity.is_some() && upstreams.has_mesh();
     match &cfg.check {
         Some(Check::Http(h)) => {
             let h2 = meshed || cluster.protocol.is_h2();

@@ -10,6 +10,7 @@
 //! the idle/request timeouts enforced, or a locally generated body.
 
 use crate::host::HostGuard;
+use crate::http::upstream::UpstreamBody;
 use crate::policy::circuit_breaker::RequestSlot;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -304,7 +305,7 @@ pub struct ResponseBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -345,7 +346,7 @@ impl ResponseBody {
 
     /// An upstream body; `idle` and `deadline` (if any) cut it short.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         held: Held,
         idle: Option<Duration>,
         deadline: Option<std::time::Instant>,
@@ -385,7 +386,7 @@ impl Body for ResponseBody {
                         let wake = t.next_wake();
                         t.sleep.as_mut().reset(wake);
                     }
-                    Poll::Ready(r.map(|r| r.map_err(Into::into)))
+                    Poll::Ready(r)
                 }
                 Poll::Pending => {
                     if let Some(t) = this.timer.as_mut() {

@@ -36,7 +36,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| has_token(v, "upgrade"))
 }
 
-fn has_token(v: &HeaderValue, token: &str) -> bool {
+pub(crate) fn has_token(v: &HeaderValue, token: &str) -> bool {
     v.to_str()
         .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         .unwrap_or(false)

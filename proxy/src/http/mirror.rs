@@ -67,7 +67,7 @@ pub fn send(upstreams: &Upstreams, slot: MirrorSlot, req: Request<RequestBody>, 
             let resp = upstreams.send(req, to.target, to.meshed, to.h2).await?;
             // Read the body so the connection goes back to the pool.
             let _ = resp.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>(())
+            Ok::<_, crate::http::upstream::SendError>(())
         })
         .await;
         count(match sent {

@@ -19,6 +19,7 @@
 pub mod body;
 pub mod fast_h1;
 pub mod forward;
+pub mod h2_client;
 pub mod head_timeout;
 pub mod headers;
 pub mod idle;

@@ -22,7 +22,9 @@ use crate::http::local_response::{local_response, overloaded};
 use crate::http::mirror::{self, MirrorTarget, Mirrors};
 use crate::http::replay::Replay;
 use crate::http::upgrade;
-use crate::http::upstream::{over_limit, refused_stream, upstream_uri, ConnectTarget, Upstreams};
+use crate::http::upstream::{
+    over_limit, refused_stream, upstream_uri, ConnectTarget, UpstreamBody, Upstreams,
+};
 use crate::metrics::{RequestMetrics, SecurityCounters};
 use crate::mtls::MeshTls;
 use crate::policy::circuit_breaker::{Limit, RetrySlot};
@@ -54,7 +56,7 @@ pub struct Outbound {
 
 /// What the tries came to.
 enum Tried {
-    Response(Response<Incoming>, HostGuard),
+    Response(Response<UpstreamBody>, HostGuard),
     Failed {
         status: StatusCode,
         reason: &'static str,
@@ -102,7 +104,7 @@ impl Outbound {
 
     /// Whether endpoints with a sidecar are reached over mTLS.
     pub fn has_mesh_tls(&self) -> bool {
-        self.upstreams.mesh.is_some()
+        self.upstreams.has_mesh()
     }
 
     /// `original_dst`: where an intercepted connection was headed. A
@@ -386,7 +388,7 @@ impl Outbound {
     /// fronts it (and this proxy has mTLS), else the cluster's protocol; h2,
     /// except for an upgrade, which only HTTP/1.1 carries as it is.
     fn hop(&self, cluster: &Arc<Cluster>, host: &Host, upgrade: bool) -> Hop {
-        let meshed = host.identity.is_some() && self.upstreams.mesh.is_some();
+        let meshed = host.identity.is_some() && self.upstreams.has_mesh();
         Hop {
             target: ConnectTarget::endpoint(cluster, host),
             meshed,

@@ -193,7 +193,9 @@ impl HttpServer {
             let caller = caller.clone();
             let in_flight = counting.start();
             async move {
-                let resp = this.handle(req, peer, caller, original_dst).await;
+                // Boxed: hyper moves the service future into the stream's
+                // task, and this one is kilobytes.
+                let resp = Box::pin(this.handle(req, peer, caller, original_dst)).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, in_flight)))
             }
         });

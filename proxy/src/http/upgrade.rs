@@ -15,9 +15,9 @@ pub fn client_side(req: &mut http::Request<Incoming>, upgrade: bool) -> Option<O
 /// If the upstream switched protocols, splices it with the client (in the
 /// background) and returns true; the 101 response is then passed on as is.
 /// `direction`: the listener ("inbound"/"outbound"), for the metrics.
-pub fn splice_if_switched(
+pub fn splice_if_switched<B>(
     client: Option<OnUpgrade>,
-    resp: &mut http::Response<Incoming>,
+    resp: &mut http::Response<B>,
     direction: &'static str,
 ) -> bool {
     match client {

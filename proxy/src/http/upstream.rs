@@ -10,12 +10,14 @@
 
 use crate::cluster::Cluster;
 use crate::host::Host;
-use crate::http::body::RequestBody;
-use crate::http::limits::{MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
+use crate::http::body::{BoxError, RequestBody};
+use crate::http::h2_client::{H2Body, H2Client, H2Error};
+use crate::http::limits::MAX_HEAD_BYTES;
 use crate::mtls::{Alpn, MeshTls};
 use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -97,7 +99,7 @@ impl ConnectTarget {
         }
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.cluster
             .as_ref()
             .and_then(|c| c.connect_timeout)
@@ -105,7 +107,7 @@ impl ConnectTarget {
     }
 
     /// A connection slot under the cluster's `max_connections`.
-    fn admit(&self) -> io::Result<Option<ConnectionSlot>> {
+    pub(crate) fn admit(&self) -> io::Result<Option<ConnectionSlot>> {
         let Some(cluster) = &self.cluster else {
             return Ok(None);
         };
@@ -155,17 +157,12 @@ pub fn upstream_uri(
 /// A connection holding its cluster's connection slot.
 pub struct Tracked<T> {
     io: T,
-    h2: bool,
     _slot: Option<ConnectionSlot>,
 }
 
 impl<T> Connection for Tracked<T> {
     fn connected(&self) -> Connected {
-        if self.h2 {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
+        Connected::new()
     }
 }
 
@@ -233,7 +230,6 @@ impl tower::Service<http::Uri> for PlainConnector {
             let (tcp, slot) = connect_plain(&target?).await?;
             Ok(Tracked {
                 io: TokioIo::new(tcp),
-                h2: false,
                 _slot: slot,
             })
         })
@@ -242,7 +238,7 @@ impl tower::Service<http::Uri> for PlainConnector {
 
 /// A plain TCP connection to `target` under its cluster's connect timeout
 /// and `max_connections` (the slot is held as long as the connection).
-pub async fn connect_plain(
+pub(crate) async fn connect_plain(
     target: &ConnectTarget,
 ) -> io::Result<(TcpStream, Option<ConnectionSlot>)> {
     let addr = target.addr;
@@ -260,12 +256,11 @@ pub async fn connect_plain(
     Ok((tcp, slot))
 }
 
-/// mTLS to a peer sidecar, which must present the identity the request's
-/// target names; `alpn` says what the connection speaks.
+/// HTTP/1.1 over mTLS to a peer sidecar (upgrades), which must present the
+/// identity the request's target names.
 #[derive(Clone)]
 pub struct MeshConnector {
     pub tls: Arc<MeshTls>,
-    pub alpn: Alpn,
 }
 
 impl tower::Service<http::Uri> for MeshConnector {
@@ -279,7 +274,6 @@ impl tower::Service<http::Uri> for MeshConnector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let tls = self.tls.clone();
-        let alpn = self.alpn;
         let target = current_target();
         Box::pin(async move {
             let target = target?;
@@ -291,57 +285,103 @@ impl tower::Service<http::Uri> for MeshConnector {
                 )
             })?;
             let slot = target.admit()?;
-            let stream = tls.connect(addr, &expected, alpn, target.timeout()).await?;
+            let stream = tls
+                .connect(addr, &expected, Alpn::Http1, target.timeout())
+                .await?;
             Ok(Tracked {
                 io: TokioIo::new(stream),
-                h2: alpn == Alpn::H2,
                 _slot: slot,
             })
         })
     }
 }
 
-/// The pools: HTTP/1.1 keep-alive and h2c (prior knowledge) to plaintext
-/// endpoints; h2 over mTLS to endpoints with a sidecar, and HTTP/1.1 over
-/// mTLS to them for upgrades (a WebSocket takes its connection with it).
+/// The pools: HTTP/1.1 keep-alive to plaintext endpoints and HTTP/1.1
+/// over mTLS to endpoints with a sidecar for upgrades (a WebSocket takes
+/// its connection with it), both hyper's; HTTP/2 (h2c to plaintext
+/// endpoints, h2 over mTLS between sidecars) on `h2_client`.
 #[derive(Clone)]
 pub struct Upstreams {
     pub h1: Client<PlainConnector, RequestBody>,
-    pub h2: Client<PlainConnector, RequestBody>,
-    pub mesh: Option<Client<MeshConnector, RequestBody>>,
     pub mesh_h1: Option<Client<MeshConnector, RequestBody>>,
+    pub h2: H2Client,
+    mesh: bool,
+}
+
+/// Why a request got no response from upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    H1(#[source] hyper_util::client::legacy::Error),
+    #[error("{0}")]
+    H2(#[source] H2Error),
+}
+
+impl SendError {
+    /// Whether no connection could be had (the request was not sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::H1(e) => e.is_connect(),
+            SendError::H2(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A response body from upstream: hyper's (HTTP/1.1) or an HTTP/2 stream.
+pub enum UpstreamBody {
+    H1(Incoming),
+    H2(H2Body),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 impl Upstreams {
     pub fn new(tls: Option<Arc<MeshTls>>) -> Self {
-        let plain = PlainConnector;
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .http1_max_buf_size(MAX_HEAD_BYTES)
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
-        let h1 = b.build(plain.clone());
-        let mesh_h1 = tls.clone().map(|tls| {
-            b.build(MeshConnector {
-                tls,
-                alpn: Alpn::Http1,
-            })
-        });
-        b.http2_only(true).timer(TokioTimer::new());
-        let h2 = b.build(plain);
+            .http1_max_buf_size(MAX_HEAD_BYTES);
+        let h1 = b.build(PlainConnector);
+        let mesh_h1 = tls.clone().map(|tls| b.build(MeshConnector { tls }));
         // Between sidecars HTTP rides one multiplexed h2 connection.
-        let mesh = tls.map(|tls| {
-            b.build(MeshConnector {
-                tls,
-                alpn: Alpn::H2,
-            })
-        });
         Upstreams {
             h1,
-            h2,
-            mesh,
             mesh_h1,
+            mesh: tls.is_some(),
+            h2: H2Client::new(tls),
         }
+    }
+
+    /// Whether endpoints with a sidecar are reached over mTLS.
+    pub fn has_mesh(&self) -> bool {
+        self.mesh
     }
 
     /// Sends on the pool for this hop (mTLS to a sidecar: h2, or HTTP/1.1
@@ -353,14 +393,21 @@ impl Upstreams {
         target: ConnectTarget,
         meshed: bool,
         h2: bool,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let sent = match (&self.mesh, &self.mesh_h1, meshed, h2) {
-            (Some(mesh), _, true, true) => mesh.request(req),
-            (_, Some(mesh_h1), true, false) => mesh_h1.request(req),
-            (_, _, _, true) => self.h2.request(req),
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
+        if h2 {
+            let resp = self
+                .h2
+                .send(req, &target, meshed && self.mesh)
+                .await
+                .map_err(SendError::H2)?;
+            return Ok(resp.map(UpstreamBody::H2));
+        }
+        let sent = match (&self.mesh_h1, meshed) {
+            (Some(mesh_h1), true) => mesh_h1.request(req),
             _ => self.h1.request(req),
         };
-        TARGET.scope(target, sent).await
+        let resp = TARGET.scope(target, sent).await.map_err(SendError::H1)?;
+        Ok(resp.map(UpstreamBody::H1))
     }
 }
 
