@@ -164,7 +164,9 @@ impl H2Client {
                     if let Some(e) = entry.failed_since(waiting_since) {
                         return Err(e);
                     }
-                    let opened = self.connect(key, target, entry.clone()).await;
+                    // Boxed: a TLS connect is kilobytes of state, and every
+                    // request's future would carry it inline.
+                    let opened = Box::pin(self.connect(key, target, entry.clone())).await;
                     if let Err(e) = &opened {
                         entry.record_failure(e);
                     }
