@@ -8,10 +8,10 @@
 //! Each phase is one call into one policy module (`crate::policy`,
 //! `crate::lb`, `crate::route`); the helpers both directions share are
 //! `headers`, `upgrade` and `local_response`; `upstream` holds the pools and
-//! connectors, `body` the request and response bodies, `idle` when a
-//! client connection has been idle too long, `head_timeout` the 408 for a
-//! request head that did not arrive in time, `limits` its deadlines and
-//! header limits.
+//! connectors (HTTP/2 to upstreams: `h2_client`), `body` the request and
+//! response bodies, `idle` when a client connection has been idle too long,
+//! `head_timeout` the 408 for a request head that did not arrive in time,
+//! `limits` its deadlines and header limits.
 //!
 //! hyper replaced a pingora-based path after both were measured side by
 //! side (1.66x the HTTP/1.1 requests/s; see benches/RESULTS.md).

@@ -1,7 +1,7 @@
-//! Upstream connections: the pools requests go out on (HTTP/1.1 keep-alive
-//! and h2c to plaintext endpoints, h2 over mTLS to endpoints with a
-//! sidecar, HTTP/1.1 over mTLS for upgrades to them) and the connectors
-//! behind them. A request is sent with the
+//! Upstream connections: the pools requests go out on (hyper's HTTP/1.1
+//! keep-alive to plaintext endpoints and HTTP/1.1 over mTLS for upgrades to
+//! sidecars; HTTP/2, h2c or h2 over mTLS, on `h2_client`) and the
+//! connectors behind them. A request is sent with the
 //! `ConnectTarget` it already chose (cluster and host, from the snapshot it
 //! read); a connector opening a connection for it applies that cluster's
 //! connect timeout and `max_connections` limit and checks that host's
