@@ -14,8 +14,9 @@
 
 use crate::http::body::RequestBody;
 use crate::http::limits::MAX_HEADER_LIST_BYTES;
-use crate::http::upstream::{connect_plain, over_limit, ConnectTarget, OverLimit, IDLE_TIMEOUT};
+use crate::http::upstream::{connect, over_limit, BoxedIo, ConnectTarget, OverLimit, IDLE_TIMEOUT};
 use crate::mtls::{Alpn, MeshTls};
+use crate::policy::circuit_breaker::ConnectionSlot;
 use crate::policy::circuit_breaker::Limit;
 use bytes::Bytes;
 use futures::future::poll_fn;
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
 
 /// hyper's client defaults, kept: a 2 MiB stream window, 5 MiB for the
@@ -210,34 +210,21 @@ impl H2Client {
         target: &ConnectTarget,
         entry: Entry,
     ) -> Result<Conn, H2Error> {
-        let conn = match (&self.tls, key.1) {
-            (Some(tls), true) => {
-                let expected = target.identity.clone().ok_or_else(|| {
-                    H2Error::Connect(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("no identity known for {}", key.0),
-                    ))
-                })?;
-                let slot = target.admit().map_err(H2Error::Connect)?;
-                let io = tls
-                    .connect(key.0, &expected, Alpn::H2, target.timeout())
-                    .await
-                    .map_err(H2Error::Connect)?;
-                self.handshake(key, io, slot, entry).await?
-            }
-            _ => {
-                let (tcp, slot) = connect_plain(target).await.map_err(H2Error::Connect)?;
-                self.handshake(key, tcp, slot, entry).await?
-            }
+        let tls = match (&self.tls, key.1) {
+            (Some(tls), true) => Some((&**tls, Alpn::H2)),
+            _ => None,
         };
-        Ok(conn)
+        let (io, slot) = connect(target, tls).await.map_err(H2Error::Connect)?;
+        self.handshake(key, io, slot, entry).await
     }
 
-    async fn handshake<T, S>(&self, key: Key, io: T, slot: S, entry: Entry) -> Result<Conn, H2Error>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: Send + 'static,
-    {
+    async fn handshake(
+        &self,
+        key: Key,
+        io: BoxedIo,
+        slot: Option<ConnectionSlot>,
+        entry: Entry,
+    ) -> Result<Conn, H2Error> {
         let (send, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(STREAM_WINDOW)

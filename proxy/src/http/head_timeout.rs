@@ -37,6 +37,22 @@ impl LastWords for tokio_rustls::server::TlsStream<TcpStream> {
     fn try_write_now(&self, _: &[u8]) {}
 }
 
+/// A client connection's stream (plain TCP, TLS, or handed off by the
+/// fast path), boxed by `HttpServer::serve` so hyper's server is compiled
+/// once for all of them (the binary's size is most of an idle sidecar's
+/// RSS).
+pub trait ClientIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send> ClientIo for T {}
+
+impl LastWords for Box<dyn ClientIo> {
+    fn try_write_now(&self, bytes: &[u8]) {
+        (**self).try_write_now(bytes)
+    }
+}
+
 /// The client's stream, watched for a request left unanswered.
 pub struct Watched<I: LastWords> {
     io: I,

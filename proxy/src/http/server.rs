@@ -4,7 +4,7 @@
 
 use crate::http::body::ResponseBody;
 use crate::http::fast_h1::{Ended, FastH1, Prefixed};
-use crate::http::head_timeout::{is_header_timeout, LastWords, Watched, HEADER_TIMEOUTS};
+use crate::http::head_timeout::{is_header_timeout, ClientIo, Watched, HEADER_TIMEOUTS};
 use crate::http::headers::{is_grpc, normalize_host};
 use crate::http::idle::{Activity, Counted};
 use crate::http::inbound::{Caller, Inbound};
@@ -153,14 +153,21 @@ impl HttpServer {
 
     /// Serves one client connection until it closes or the drain asks it to
     /// finish its in-flight requests and close.
-    pub async fn serve<I>(
+    pub async fn serve<I: ClientIo + 'static>(
         self: Arc<Self>,
         stream: I,
         conn: Conn,
+        draining: watch::Receiver<bool>,
+    ) {
+        self.serve_boxed(Box::new(stream), conn, draining).await
+    }
+
+    async fn serve_boxed(
+        self: Arc<Self>,
+        stream: Box<dyn ClientIo>,
+        conn: Conn,
         mut draining: watch::Receiver<bool>,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + LastWords + Unpin + Send + 'static,
-    {
+    ) {
         let direction = self.direction().as_str();
         let Conn {
             peer,

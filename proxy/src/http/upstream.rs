@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,34 +207,68 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Tracked<T> {
     }
 }
 
-pub type PlainIo = Tracked<TokioIo<TcpStream>>;
-pub type MeshIo = Tracked<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>;
+/// A connection to an upstream, plain TCP or mTLS, behind one type: each
+/// HTTP client is compiled once for both (the binary's size is most of an
+/// idle sidecar's RSS).
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpstreamIo for T {}
+pub type BoxedIo = Box<dyn UpstreamIo>;
 
-type Connecting<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Tracked<TokioIo<BoxedIo>>>> + Send>>;
 
-/// Plain TCP to an endpoint without a sidecar (or to the local app).
+/// hyper's connector: plain TCP to an endpoint without a sidecar (or to
+/// the local app); with `tls`, HTTP/1.1 over mTLS to a peer sidecar
+/// (upgrades).
 #[derive(Clone, Default)]
-pub struct PlainConnector;
+pub struct Connector {
+    pub tls: Option<Arc<MeshTls>>,
+}
 
-impl tower::Service<http::Uri> for PlainConnector {
-    type Response = PlainIo;
+impl tower::Service<http::Uri> for Connector {
+    type Response = Tracked<TokioIo<BoxedIo>>;
     type Error = io::Error;
-    type Future = Connecting<PlainIo>;
+    type Future = Connecting;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
         let target = current_target();
         Box::pin(async move {
-            let (tcp, slot) = connect_plain(&target?).await?;
+            let tls = tls.as_deref().map(|t| (t, Alpn::Http1));
+            let (io, slot) = connect(&target?, tls).await?;
             Ok(Tracked {
-                io: TokioIo::new(tcp),
+                io: TokioIo::new(io),
                 _slot: slot,
             })
         })
     }
+}
+
+/// A connection to `target` under its cluster's connect timeout and
+/// `max_connections` (the slot is held as long as the connection): with
+/// `tls`, mTLS speaking that ALPN to the sidecar there, which must present
+/// the identity the target names; else plain TCP.
+pub(crate) async fn connect(
+    target: &ConnectTarget,
+    tls: Option<(&MeshTls, Alpn)>,
+) -> io::Result<(BoxedIo, Option<ConnectionSlot>)> {
+    let addr = target.addr;
+    let Some((tls, alpn)) = tls else {
+        let (tcp, slot) = connect_plain(target).await?;
+        return Ok((Box::new(tcp), slot));
+    };
+    let expected = target.identity.clone().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no identity known for {addr}"),
+        )
+    })?;
+    let slot = target.admit()?;
+    let stream = tls.connect(addr, &expected, alpn, target.timeout()).await?;
+    Ok((Box::new(stream), slot))
 }
 
 /// A plain TCP connection to `target` under its cluster's connect timeout
@@ -256,54 +291,14 @@ pub(crate) async fn connect_plain(
     Ok((tcp, slot))
 }
 
-/// HTTP/1.1 over mTLS to a peer sidecar (upgrades), which must present the
-/// identity the request's target names.
-#[derive(Clone)]
-pub struct MeshConnector {
-    pub tls: Arc<MeshTls>,
-}
-
-impl tower::Service<http::Uri> for MeshConnector {
-    type Response = MeshIo;
-    type Error = io::Error;
-    type Future = Connecting<MeshIo>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
-        let target = current_target();
-        Box::pin(async move {
-            let target = target?;
-            let addr = target.addr;
-            let expected = target.identity.clone().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no identity known for {addr}"),
-                )
-            })?;
-            let slot = target.admit()?;
-            let stream = tls
-                .connect(addr, &expected, Alpn::Http1, target.timeout())
-                .await?;
-            Ok(Tracked {
-                io: TokioIo::new(stream),
-                _slot: slot,
-            })
-        })
-    }
-}
-
 /// The pools: HTTP/1.1 keep-alive to plaintext endpoints and HTTP/1.1
 /// over mTLS to endpoints with a sidecar for upgrades (a WebSocket takes
 /// its connection with it), both hyper's; HTTP/2 (h2c to plaintext
 /// endpoints, h2 over mTLS between sidecars) on `h2_client`.
 #[derive(Clone)]
 pub struct Upstreams {
-    pub h1: Client<PlainConnector, RequestBody>,
-    pub mesh_h1: Option<Client<MeshConnector, RequestBody>>,
+    pub h1: Client<Connector, RequestBody>,
+    pub mesh_h1: Option<Client<Connector, RequestBody>>,
     pub h2: H2Client,
     mesh: bool,
 }
@@ -368,8 +363,8 @@ impl Upstreams {
         b.pool_idle_timeout(IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .http1_max_buf_size(MAX_HEAD_BYTES);
-        let h1 = b.build(PlainConnector);
-        let mesh_h1 = tls.clone().map(|tls| b.build(MeshConnector { tls }));
+        let h1 = b.build(Connector::default());
+        let mesh_h1 = tls.clone().map(|tls| b.build(Connector { tls: Some(tls) }));
         // Between sidecars HTTP rides one multiplexed h2 connection.
         Upstreams {
             h1,
@@ -429,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn a_connector_outside_a_request_refuses_instead_of_guessing() {
         use tower::Service;
-        let err = PlainConnector
+        let err = Connector::default()
             .call("http://127.0.0.1:1/".parse().unwrap())
             .await
             .err()
@@ -445,7 +440,7 @@ mod tests {
         // The URI names another port: the connector must use the target.
         let conn = TARGET
             .scope(ConnectTarget::local(addr), async {
-                PlainConnector
+                Connector::default()
                     .call("http://127.0.0.1:1/".parse().unwrap())
                     .await
             })
