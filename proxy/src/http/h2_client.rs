@@ -41,6 +41,14 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
+/// HTTP/2 upstream connections by what happened to them: `opened`,
+/// `connect_failed`, `closed_idle`, `closed` (by the peer or an error).
+pub const CONNECTIONS: &str = "weft_http_h2_upstream_connections_total";
+
+fn count(result: &'static str) {
+    metrics::counter!(CONNECTIONS, "result" => result).increment(1);
+}
+
 /// Why a request sent over HTTP/2 got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum H2Error {
@@ -167,8 +175,12 @@ impl H2Client {
                     // Boxed: a TLS connect is kilobytes of state, and every
                     // request's future would carry it inline.
                     let opened = Box::pin(self.connect(key, target, entry.clone())).await;
-                    if let Err(e) = &opened {
-                        entry.record_failure(e);
+                    match &opened {
+                        Ok(_) => count("opened"),
+                        Err(e) => {
+                            count("connect_failed");
+                            entry.record_failure(e);
+                        }
                     }
                     opened
                 })
@@ -242,11 +254,13 @@ impl H2Client {
             let _slot = slot;
             tokio::select! {
                 r = connection => {
+                    count("closed");
                     if let Err(e) = r {
                         tracing::debug!(addr = %key.0, error = %e, "h2 upstream connection ended");
                     }
                 }
                 () = idle(&watched) => {
+                    count("closed_idle");
                     tracing::debug!(addr = %key.0, "h2 upstream connection idle, closing");
                 }
             }
