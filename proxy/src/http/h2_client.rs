@@ -16,8 +16,7 @@ use crate::http::body::RequestBody;
 use crate::http::limits::MAX_HEADER_LIST_BYTES;
 use crate::http::upstream::{connect, over_limit, BoxedIo, ConnectTarget, OverLimit, IDLE_TIMEOUT};
 use crate::mtls::{Alpn, MeshTls};
-use crate::policy::circuit_breaker::ConnectionSlot;
-use crate::policy::circuit_breaker::Limit;
+use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
 use bytes::Bytes;
 use futures::future::poll_fn;
 use h2::client::SendRequest;
@@ -105,14 +104,14 @@ struct Failed {
 
 impl Endpoint {
     fn record_failure(&self, e: &H2Error) {
-        let kind = match e {
-            H2Error::Connect(io) => io.kind(),
-            _ => io::ErrorKind::Other,
+        let (kind, message) = match e {
+            H2Error::Connect(io) => (io.kind(), io.to_string()),
+            other => (io::ErrorKind::Other, other.to_string()),
         };
         let failed = Failed {
             at: Instant::now(),
             kind,
-            message: e.to_string(),
+            message,
             over_limit: over_limit(e),
         };
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed);
@@ -161,31 +160,12 @@ impl H2Client {
         let mut replaced = false;
         loop {
             let entry = self.entry(key);
-            let waiting_since = Instant::now();
-            let conn = entry
-                .conn
-                .get_or_try_init(|| async {
-                    // An attempt that failed while this request waited for
-                    // it answers this request too (requests to a dead
-                    // endpoint must not each wait out a connect timeout in
-                    // turn).
-                    if let Some(e) = entry.failed_since(waiting_since) {
-                        return Err(e);
-                    }
-                    // Boxed: a TLS connect is kilobytes of state, and every
-                    // request's future would carry it inline.
-                    let opened = Box::pin(self.connect(key, target, entry.clone())).await;
-                    match &opened {
-                        Ok(_) => count("opened"),
-                        Err(e) => {
-                            count("connect_failed");
-                            entry.record_failure(e);
-                        }
-                    }
-                    opened
-                })
-                .await?
-                .clone();
+            let conn = match entry.conn.get() {
+                Some(conn) => conn.clone(),
+                // Boxed: opening is kilobytes of state (a TLS connect) that
+                // every request's future would otherwise carry inline.
+                None => Box::pin(self.open(key, target, &entry)).await?,
+            };
             let mut ready = match conn.send.ready().await {
                 Ok(ready) => ready,
                 // The connection closed (GOAWAY, EOF, error) before taking
@@ -204,6 +184,33 @@ impl H2Client {
             conn.usage.sends.fetch_add(1, Ordering::Relaxed);
             return exchange(response, stream, body, conn.usage).await;
         }
+    }
+
+    /// The connection `entry` holds, opened by this request or by the one
+    /// it waited for.
+    async fn open(&self, key: Key, target: &ConnectTarget, entry: &Entry) -> Result<Conn, H2Error> {
+        let waiting_since = Instant::now();
+        let conn = entry
+            .conn
+            .get_or_try_init(|| async {
+                // An attempt that failed while this request waited for it
+                // answers this request too (requests to a dead endpoint
+                // must not each wait out a connect timeout in turn).
+                if let Some(e) = entry.failed_since(waiting_since) {
+                    return Err(e);
+                }
+                let opened = self.connect(key, target, entry.clone()).await;
+                match &opened {
+                    Ok(_) => count("opened"),
+                    Err(e) => {
+                        count("connect_failed");
+                        entry.record_failure(e);
+                    }
+                }
+                opened
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     fn entry(&self, key: Key) -> Entry {
