@@ -10,7 +10,7 @@
 //! the idle/request timeouts enforced, or a locally generated body.
 
 use crate::host::HostGuard;
-use crate::http::upstream::UpstreamBody;
+use crate::http::h2_stream::H2Body;
 use crate::policy::circuit_breaker::RequestSlot;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -25,6 +25,42 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A body as it arrives, from a client or from upstream: hyper's
+/// (HTTP/1.1) or an HTTP/2 stream's.
+pub enum RecvBody {
+    H1(Incoming),
+    H2(H2Body),
+}
+
+impl hyper::body::Body for RecvBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RecvBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RecvBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RecvBody::H1(b) => b.is_end_stream(),
+            RecvBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            RecvBody::H1(b) => b.size_hint(),
+            RecvBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body failed while it was being forwarded: it was
 /// malformed (bad chunked encoding), the connection was cut mid-body, or the
 /// client stopped sending it. The request is the client's fault (400, or 408
@@ -33,7 +69,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("the request body from the client is malformed or incomplete: {0}")]
-    Malformed(#[source] hyper::Error),
+    Malformed(#[source] BoxError),
     #[error("the client sent no request body bytes for {0:?}")]
     Stalled(Duration),
 }
@@ -67,7 +103,7 @@ const FAULT_STALLED: u8 = 2;
 /// clock runs only while the proxy waits on the client, never while the
 /// upstream is slow to take what was already sent.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RecvBody,
     fault: Option<Arc<AtomicU8>>,
     stall_limit: Duration,
     /// Armed when a read finds nothing to take; None while data flows.
@@ -91,7 +127,7 @@ impl BodyWatch {
 
 impl ClientBody {
     /// An empty body needs no watch (nothing is allocated for it).
-    pub fn new(inner: Incoming, stall_limit: Duration) -> (ClientBody, BodyWatch) {
+    pub fn new(inner: RecvBody, stall_limit: Duration) -> (ClientBody, BodyWatch) {
         let fault = (!inner.is_end_stream()).then(|| Arc::new(AtomicU8::new(FAULT_NONE)));
         let watch = BodyWatch(fault.clone());
         let body = ClientBody {
@@ -305,7 +341,7 @@ pub struct ResponseBody {
 }
 
 enum Inner {
-    Upstream(UpstreamBody),
+    Upstream(RecvBody),
     Local(Option<Bytes>),
 }
 
@@ -346,7 +382,7 @@ impl ResponseBody {
 
     /// An upstream body; `idle` and `deadline` (if any) cut it short.
     pub fn upstream(
-        body: UpstreamBody,
+        body: RecvBody,
         held: Held,
         idle: Option<Duration>,
         deadline: Option<std::time::Instant>,

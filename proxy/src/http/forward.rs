@@ -3,6 +3,7 @@
 //! original destination outside the mesh (outbound passthrough). No
 //! retries: the caller chose the address, and the body streams through.
 
+use crate::http::body::RecvBody;
 use crate::http::body::{ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::headers::{authority_as_host, is_upgrade, strip_hop_by_hop};
 use crate::http::local_response::local_response;
@@ -12,7 +13,6 @@ use crate::metrics::RequestMetrics;
 use http::header;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 
 /// Where and how to send.
@@ -34,7 +34,7 @@ impl Plain {
     pub async fn forward(
         &self,
         upstreams: &Upstreams,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         grpc: bool,
         metrics: &RequestMetrics,
         start: Instant,

@@ -13,24 +13,22 @@
 //! holds its cluster's connection slot until then.
 
 use crate::http::body::RequestBody;
+use crate::http::h2_stream::{send_body, H2Body};
 use crate::http::limits::MAX_HEADER_LIST_BYTES;
 use crate::http::upstream::{connect, over_limit, BoxedIo, ConnectTarget, OverLimit, IDLE_TIMEOUT};
 use crate::mtls::{Alpn, MeshTls};
 use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
 use bytes::Bytes;
-use futures::future::poll_fn;
 use h2::client::SendRequest;
-use h2::{RecvStream, SendStream};
+use h2::SendStream;
 use http::header::{HeaderValue, CONTENT_LENGTH, TE};
 use http::{Method, Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Body;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::OnceCell;
 
@@ -342,24 +340,16 @@ async fn exchange(
             stream.send_data(bytes, true).map_err(H2Error::Stream)?;
             None
         }
-        streaming => Some(PipeGuard(Some(tokio::spawn(pipe(streaming, stream))))),
+        streaming => Some(PipeGuard(Some(tokio::spawn(send_body(streaming, stream))))),
     };
     let resp = response.await.map_err(H2Error::Stream)?;
     if let Some(mut p) = _pipe {
         // The response is here: the body keeps streaming on its own.
         p.0.take();
     }
-    let len = resp
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    Ok(resp.map(|recv| H2Body {
-        recv,
-        data_done: false,
-        len,
-        _usage: usage,
-    }))
+    let (parts, recv) = resp.into_parts();
+    let body = H2Body::response(recv, &parts.headers, usage);
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Stops a request body's pipe when the request is dropped before its
@@ -374,138 +364,13 @@ impl Drop for PipeGuard {
     }
 }
 
-/// Copies a streaming request body into its HTTP/2 stream as the peer's
-/// window allows; a failing body resets the stream, a reset stream stops
-/// reading the body.
-async fn pipe(mut body: RequestBody, mut tx: SendStream<Bytes>) {
-    loop {
-        // Room for at least one byte, or the stream reset.
-        tx.reserve_capacity(1);
-        if tx.capacity() == 0 {
-            let ok = poll_fn(|cx| loop {
-                match tx.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(0))) => continue,
-                    Poll::Ready(Some(Ok(_))) => return Poll::Ready(true),
-                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(false),
-                    Poll::Pending => {
-                        return match tx.poll_reset(cx) {
-                            Poll::Ready(_) => Poll::Ready(false),
-                            Poll::Pending => Poll::Pending,
-                        }
-                    }
-                }
-            })
-            .await;
-            if !ok {
-                return;
-            }
-        }
-        let frame = poll_fn(|cx| {
-            if let Poll::Ready(r) = Pin::new(&mut body).poll_frame(cx) {
-                return Poll::Ready(Some(r));
-            }
-            match tx.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        let Some(frame) = frame else {
-            return; // the peer reset the stream
-        };
-        match frame {
-            None => {
-                let _ = tx.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "request body failed, resetting the h2 stream");
-                tx.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let eos = body.is_end_stream();
-                    if tx.send_data(data, eos).is_err() || eos {
-                        return;
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = tx.send_trailers(trailers);
-                    } else {
-                        let _ = tx.send_data(Bytes::new(), true);
-                    }
-                    return;
-                }
-            },
-        }
-    }
-}
-
-/// A response body read from an HTTP/2 stream, its window given back as
-/// it is read.
-pub struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-    len: Option<u64>,
-    _usage: Arc<Usage>,
-}
-
-impl Body for H2Body {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = self.get_mut();
-        if !this.data_done {
-            match this.recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    // A reset without error after the response is its end
-                    // (hyper reads it so too).
-                    return match e.reason() {
-                        Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => Poll::Ready(None),
-                        _ => Poll::Ready(Some(Err(e))),
-                    };
-                }
-                Poll::Ready(None) => this.data_done = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        match this.recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.len {
-            Some(n) if !self.data_done => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::body::ClientBody;
+    use crate::http::body::{ClientBody, RecvBody};
     use http::HeaderMap;
     use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Incoming;
+    use hyper::body::{Frame, Incoming};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::convert::Infallible;
     use std::sync::atomic::AtomicUsize;
@@ -669,7 +534,8 @@ mod tests {
                 async move {
                     let (mut parts, body) = req.into_parts();
                     parts.uri = format!("http://{upstream}/echo").parse().unwrap();
-                    let (body, _watch) = ClientBody::new(body, Duration::from_secs(5));
+                    let (body, _watch) =
+                        ClientBody::new(RecvBody::H1(body), Duration::from_secs(5));
                     let req = Request::from_parts(parts, RequestBody::Stream(body));
                     let resp = client
                         .send(req, &ConnectTarget::local(upstream), false)

@@ -2,6 +2,7 @@
 //! local app), in order: authorize → rate-limit → caller identity → app →
 //! respond. Each phase is one call into its policy module.
 
+use crate::http::body::RecvBody;
 use crate::http::body::ResponseBody;
 use crate::http::forward::Plain;
 use crate::http::headers::is_grpc;
@@ -16,7 +17,6 @@ use crate::snapshot::Snapshot;
 use http::header::{HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ impl Inbound {
     pub async fn handle(
         &self,
         snapshot: &Snapshot,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         client: SocketAddr,
         caller: Option<Caller>,
         port: Option<u16>,
@@ -85,7 +85,7 @@ impl Inbound {
     fn authorize(
         &self,
         snapshot: &Snapshot,
-        req: &Request<Incoming>,
+        req: &Request<RecvBody>,
         port: u16,
         peer: Option<&Peer>,
         grpc: bool,
@@ -114,7 +114,7 @@ impl Inbound {
     fn rate_limit(
         &self,
         snapshot: &Snapshot,
-        req: &Request<Incoming>,
+        req: &Request<RecvBody>,
         port: u16,
         peer: Option<&Peer>,
         client: SocketAddr,
@@ -141,7 +141,7 @@ impl Inbound {
     async fn to_app(
         &self,
         snapshot: &Snapshot,
-        req: Request<Incoming>,
+        req: Request<RecvBody>,
         port: u16,
         grpc: bool,
         start: Instant,

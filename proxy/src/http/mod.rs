@@ -1,5 +1,6 @@
-//! The HTTP path. A connection is served by `server` (hyper, HTTP/1.1 or
-//! h2c by preface); each request then runs the phases of its direction:
+//! The HTTP path. A connection is served by `server` (HTTP/2, told by its
+//! preface, on `h2_server`; HTTP/1.1 on `fast_h1` or hyper); each request
+//! then runs the phases of its direction:
 //!
 //! - `inbound`: authorize → rate-limit → caller identity → app → respond.
 //! - `outbound`: route → pick backend → breaker → body → mirror →
@@ -8,8 +9,9 @@
 //! Each phase is one call into one policy module (`crate::policy`,
 //! `crate::lb`, `crate::route`); the helpers both directions share are
 //! `headers`, `upgrade` and `local_response`; `upstream` holds the pools and
-//! connectors (HTTP/2 to upstreams: `h2_client`), `body` the request and
-//! response bodies, `idle` when a client connection has been idle too long,
+//! connectors (HTTP/2 to upstreams: `h2_client`; an HTTP/2 stream's bodies:
+//! `h2_stream`), `body` the request and response bodies, `prefixed` a
+//! connection with bytes already read in front, `idle` when a client connection has been idle too long,
 //! `head_timeout` the 408 for a request head that did not arrive in time,
 //! `limits` its deadlines and header limits.
 //!
@@ -20,6 +22,8 @@ pub mod body;
 pub mod fast_h1;
 pub mod forward;
 pub mod h2_client;
+pub mod h2_server;
+pub mod h2_stream;
 pub mod head_timeout;
 pub mod headers;
 pub mod idle;
@@ -28,6 +32,7 @@ pub mod limits;
 pub mod local_response;
 pub mod mirror;
 pub mod outbound;
+pub mod prefixed;
 pub mod replay;
 pub mod server;
 pub mod upgrade;

@@ -14,6 +14,7 @@
 
 use crate::cluster::Cluster;
 use crate::host::{Host, HostGuard};
+use crate::http::body::RecvBody;
 use crate::http::body::{BodyFault, BodyWatch, ClientBody, Held, RequestBody, ResponseBody};
 use crate::http::forward::Plain;
 use crate::http::headers::{authority_as_host, grpc_status, is_grpc, is_upgrade, strip_hop_by_hop};
@@ -22,9 +23,7 @@ use crate::http::local_response::{local_response, overloaded};
 use crate::http::mirror::{self, MirrorTarget, Mirrors};
 use crate::http::replay::Replay;
 use crate::http::upgrade;
-use crate::http::upstream::{
-    over_limit, refused_stream, upstream_uri, ConnectTarget, UpstreamBody, Upstreams,
-};
+use crate::http::upstream::{over_limit, refused_stream, upstream_uri, ConnectTarget, Upstreams};
 use crate::metrics::{RequestMetrics, SecurityCounters};
 use crate::mtls::MeshTls;
 use crate::policy::circuit_breaker::{Limit, RetrySlot};
@@ -36,7 +35,6 @@ use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{request, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +54,7 @@ pub struct Outbound {
 
 /// What the tries came to.
 enum Tried {
-    Response(Response<UpstreamBody>, HostGuard),
+    Response(Response<RecvBody>, HostGuard),
     Failed {
         status: StatusCode,
         reason: &'static str,
@@ -114,7 +112,7 @@ impl Outbound {
     pub async fn handle(
         &self,
         snapshot: &Snapshot,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         client: SocketAddr,
         original_dst: Option<SocketAddr>,
         start: Instant,
@@ -238,7 +236,7 @@ impl Outbound {
     /// to it as it is (plaintext, the client's HTTP version), counted.
     async fn passthrough(
         &self,
-        req: Request<Incoming>,
+        req: Request<RecvBody>,
         dst: SocketAddr,
         grpc: bool,
         start: Instant,
@@ -456,7 +454,7 @@ impl Prepared<'_> {
 
 /// The rule for this request: by its authority (or Host), path, query,
 /// method and headers.
-fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Option<&'s Rule> {
+fn route<'s>(snapshot: &'s Snapshot, req: &Request<RecvBody>) -> Option<&'s Rule> {
     let uri = req.uri();
     snapshot
         .routes
@@ -470,7 +468,7 @@ fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Option<&'s Rule
         .map(|(_, rule)| rule)
 }
 
-fn authority(req: &Request<Incoming>) -> &str {
+fn authority(req: &Request<RecvBody>) -> &str {
     req.uri()
         .authority()
         .map(|a| a.as_str())
@@ -482,7 +480,7 @@ fn authority(req: &Request<Incoming>) -> &str {
         .unwrap_or("")
 }
 
-fn no_route(req: &Request<Incoming>, grpc: bool) -> Response<ResponseBody> {
+fn no_route(req: &Request<RecvBody>, grpc: bool) -> Response<ResponseBody> {
     let body = format!(
         "weft: no route for host \"{}\" path \"{}\"\n",
         authority(req),

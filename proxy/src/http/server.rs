@@ -1,27 +1,33 @@
-//! Serves one client connection with hyper (HTTP/1.1 or h2c, told apart by
-//! the preface; upgrades allowed) and hands each request, with the snapshot
-//! read once for it, to its direction's handler.
+//! Serves one client connection, HTTP/2 (h2c or h2 over TLS, told by its
+//! preface) with `h2_server`, HTTP/1.1 with hyper (upgrades allowed), and
+//! hands each request, with the snapshot read once for it, to its
+//! direction's handler.
 
+use crate::http::body::RecvBody;
 use crate::http::body::ResponseBody;
-use crate::http::fast_h1::{Ended, FastH1, Prefixed};
+use crate::http::fast_h1::{Ended, FastH1};
+use crate::http::h2_server::{self, Stop, PREFACE};
 use crate::http::head_timeout::{is_header_timeout, ClientIo, Watched, HEADER_TIMEOUTS};
 use crate::http::headers::{is_grpc, normalize_host};
 use crate::http::idle::{Activity, Counted};
 use crate::http::inbound::{Caller, Inbound};
-use crate::http::limits::{ClientTimeouts, KEEPALIVE_ACK, MAX_HEADER_LIST_BYTES, MAX_HEAD_BYTES};
+use crate::http::limits::{ClientTimeouts, MAX_HEAD_BYTES};
 use crate::http::local_response::local_response;
 use crate::http::outbound::Outbound;
+use crate::http::prefixed::Prefixed;
 use crate::metrics::RequestMetrics;
 use crate::mtls::MeshTls;
 use crate::policy::authz::Peer;
 use crate::snapshot::SnapshotHolder;
+use bytes::BytesMut;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -164,52 +170,126 @@ impl HttpServer {
 
     async fn serve_boxed(
         self: Arc<Self>,
-        stream: Box<dyn ClientIo>,
+        mut stream: Box<dyn ClientIo>,
         conn: Conn,
         mut draining: watch::Receiver<bool>,
     ) {
         let direction = self.direction().as_str();
+        let span = tracing::debug_span!("http_connection", direction, peer = %conn.peer);
+        let t = self.timeouts;
+        let activity = Activity::new();
+        // HTTP/2 by its preface, else HTTP/1.1; a client that sends neither
+        // in time, or arrives while draining, is dropped.
+        let sniffed = tokio::select! {
+            s = sniff_h2(&mut stream) => s,
+            _ = activity.idle_for(t.header_read, t.idle) => {
+                metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
+                return;
+            }
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let (h2, read) = match sniffed {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(direction, error = %e, "client connection ended before a request");
+                return;
+            }
+        };
+        let stream = Prefixed::new(read, stream);
+        if h2 {
+            self.serve_h2(stream, conn, draining, activity)
+                .instrument(span)
+                .await
+        } else {
+            self.serve_h1(stream, conn, draining, activity)
+                .instrument(span)
+                .await
+        }
+    }
+
+    /// HTTP/2: every stream served on this connection's task (`h2_server`).
+    async fn serve_h2(
+        self: Arc<Self>,
+        stream: Prefixed<Box<dyn ClientIo>>,
+        conn: Conn,
+        mut draining: watch::Receiver<bool>,
+        activity: Arc<Activity>,
+    ) {
+        let direction = self.direction().as_str();
+        let t = self.timeouts;
         let Conn {
             peer,
             identity,
             original_dst,
         } = conn;
-        let span = tracing::debug_span!("http_connection", direction, %peer);
         let caller = identity.map(|p| Caller {
             header: HeaderValue::from_str(&p.uri).ok(),
             peer: p,
         });
+        let handle = |req| {
+            // Boxed: the request's future is kilobytes, and the connection's
+            // task holds one per stream in flight.
+            Box::pin(self.handle(req, peer, caller.clone(), original_dst))
+        };
+        let watching = activity.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = draining.wait_for(|d| *d) => Stop::Drain,
+                served = watching.idle_for(t.header_read, t.idle) => {
+                    // Nothing in flight. A client that never sent a request
+                    // is dropped; one that did is asked to go (GOAWAY) and
+                    // dropped if it does not.
+                    metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
+                    Stop::Idle(if served { IDLE_CLOSE_GRACE } else { Duration::ZERO })
+                }
+            }
+        };
+        if let Err(e) = h2_server::serve(stream, t.keepalive, activity, handle, stop).await {
+            tracing::debug!(direction, error = %e, "http/2 connection ended with error");
+        }
+    }
+
+    /// HTTP/1.1 (with upgrades) on hyper.
+    async fn serve_h1(
+        self: Arc<Self>,
+        stream: Prefixed<Box<dyn ClientIo>>,
+        conn: Conn,
+        mut draining: watch::Receiver<bool>,
+        activity: Arc<Activity>,
+    ) {
+        let direction = self.direction().as_str();
         let t = self.timeouts;
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let Conn {
+            peer,
+            identity,
+            original_dst,
+        } = conn;
+        let caller = identity.map(|p| Caller {
+            header: HeaderValue::from_str(&p.uri).ok(),
+            peer: p,
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(t.header_read)
             .max_buf_size(MAX_HEAD_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(t.keepalive))
-            .keep_alive_timeout(KEEPALIVE_ACK)
-            .max_header_list_size(MAX_HEADER_LIST_BYTES);
-        let activity = Activity::new();
         let this = self.clone();
         let counting = activity.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let caller = caller.clone();
             let in_flight = counting.start();
             async move {
-                // Boxed: hyper moves the service future into the stream's
-                // task, and this one is kilobytes.
+                // Boxed: this future is kilobytes.
+                let req = req.map(RecvBody::H1);
                 let resp = Box::pin(this.handle(req, peer, caller, original_dst)).await;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| Counted::new(b, in_flight)))
             }
         });
         let (stream, timed_out) = Watched::new(stream);
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .instrument(span);
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
         tokio::pin!(conn);
         let drain_started = async move {
             let _ = draining.wait_for(|d| *d).await;
@@ -217,16 +297,15 @@ impl HttpServer {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             () = drain_started => {
-                conn.as_mut().inner_pin_mut().graceful_shutdown();
+                conn.as_mut().graceful_shutdown();
                 conn.await
             }
             served = activity.idle_for(t.header_read, t.idle) => {
                 // Nothing in flight. A client that never sent a request is
-                // dropped; one that did is asked to go (HTTP/2 GOAWAY) and
-                // dropped if it does not.
+                // dropped; one that did is closed after its last response.
                 metrics::counter!(IDLE_CLOSED, "direction" => direction).increment(1);
                 if served {
-                    conn.as_mut().inner_pin_mut().graceful_shutdown();
+                    conn.as_mut().graceful_shutdown();
                     tokio::time::timeout(IDLE_CLOSE_GRACE, conn)
                         .await
                         .unwrap_or(Ok(()))
@@ -238,7 +317,7 @@ impl HttpServer {
             }
         };
         if let Err(e) = result {
-            if is_header_timeout(e.as_ref()) {
+            if is_header_timeout(&e) {
                 // Answered 408 when `conn` drops the stream, if a head was
                 // under way.
                 timed_out.set();
@@ -250,7 +329,7 @@ impl HttpServer {
 
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         client: SocketAddr,
         caller: Option<Caller>,
         original_dst: Option<SocketAddr>,
@@ -277,6 +356,25 @@ impl HttpServer {
                 inb.handle(&snapshot, req, client, caller, port, start)
                     .await
             }
+        }
+    }
+}
+
+/// Reads until the first bytes are HTTP/2's preface or cannot be: true
+/// for HTTP/2, with the bytes read (to be read again by the protocol).
+async fn sniff_h2<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<(bool, BytesMut)> {
+    let mut read = BytesMut::with_capacity(PREFACE.len());
+    loop {
+        let n = io.read_buf(&mut read).await?;
+        let got = &read[..];
+        if !PREFACE.starts_with(got) {
+            return Ok((false, read));
+        }
+        if got.len() == PREFACE.len() {
+            return Ok((true, read));
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
 }

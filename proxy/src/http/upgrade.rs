@@ -2,13 +2,13 @@
 //! before the request is forwarded; when the upstream answers 101 the two
 //! upgraded connections are spliced byte for byte.
 
+use crate::http::body::RecvBody;
 use crate::metrics::{UPGRADES, UPGRADE_BYTES};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 /// The client's half of an upgrade, taken before the request is consumed.
-pub fn client_side(req: &mut http::Request<Incoming>, upgrade: bool) -> Option<OnUpgrade> {
+pub fn client_side(req: &mut http::Request<RecvBody>, upgrade: bool) -> Option<OnUpgrade> {
     upgrade.then(|| hyper::upgrade::on(req))
 }
 

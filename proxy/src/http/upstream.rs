@@ -10,14 +10,13 @@
 
 use crate::cluster::Cluster;
 use crate::host::Host;
-use crate::http::body::{BoxError, RequestBody};
-use crate::http::h2_client::{H2Body, H2Client, H2Error};
+use crate::http::body::{RecvBody, RequestBody};
+use crate::http::h2_client::{H2Client, H2Error};
 use crate::http::limits::MAX_HEAD_BYTES;
 use crate::mtls::{Alpn, MeshTls};
 use crate::policy::circuit_breaker::{ConnectionSlot, Limit};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -322,41 +321,6 @@ impl SendError {
     }
 }
 
-/// A response body from upstream: hyper's (HTTP/1.1) or an HTTP/2 stream.
-pub enum UpstreamBody {
-    H1(Incoming),
-    H2(H2Body),
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
-        }
-    }
-}
-
 impl Upstreams {
     pub fn new(tls: Option<Arc<MeshTls>>) -> Self {
         let mut b = Client::builder(TokioExecutor::new());
@@ -388,21 +352,21 @@ impl Upstreams {
         target: ConnectTarget,
         meshed: bool,
         h2: bool,
-    ) -> Result<http::Response<UpstreamBody>, SendError> {
+    ) -> Result<http::Response<RecvBody>, SendError> {
         if h2 {
             let resp = self
                 .h2
                 .send(req, &target, meshed && self.mesh)
                 .await
                 .map_err(SendError::H2)?;
-            return Ok(resp.map(UpstreamBody::H2));
+            return Ok(resp.map(RecvBody::H2));
         }
         let sent = match (&self.mesh_h1, meshed) {
             (Some(mesh_h1), true) => mesh_h1.request(req),
             _ => self.h1.request(req),
         };
         let resp = TARGET.scope(target, sent).await.map_err(SendError::H1)?;
-        Ok(resp.map(UpstreamBody::H1))
+        Ok(resp.map(RecvBody::H1))
     }
 }
 

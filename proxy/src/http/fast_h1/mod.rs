@@ -12,7 +12,7 @@
 //! wait in the worker's `pool`.
 //!
 //! Everything else goes to hyper (`http::server`) with the bytes already
-//! read (`prefixed`), for the rest of the connection: a head that is not
+//! read (`http::prefixed`), for the rest of the connection: a head that is not
 //! the plain case (see `head`), a request no route takes, a rule with a
 //! mirror or with retries and a request body, an h2 or mTLS upstream.
 //! hyper then answers it exactly as before the fast path existed.
@@ -20,7 +20,6 @@
 pub mod chunked;
 pub mod head;
 mod pool;
-mod prefixed;
 mod relay;
 
 mod connection;
@@ -37,7 +36,6 @@ use connection::{Connection, Next};
 use head::{Fields, Framing, RequestHead};
 use http::{HeaderMap, StatusCode};
 use pool::Pool;
-pub use prefixed::Prefixed;
 use relay::Remaining;
 use std::time::Instant;
 use tokio::net::TcpStream;

@@ -1,6 +1,7 @@
-//! A client connection handed from the fast path to hyper: the bytes the
-//! fast path already read (a request head it does not take, and whatever
-//! followed) are read again first, then the socket.
+//! A client connection whose first bytes were already read: by the fast
+//! path (a request head it does not take, and whatever followed), or by
+//! the server telling HTTP/2's preface from HTTP/1.1. They are read again
+//! first, then the socket.
 
 use crate::http::head_timeout::LastWords;
 use bytes::{Buf, BytesMut};
@@ -10,24 +11,24 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub struct Prefixed {
+pub struct Prefixed<S = TcpStream> {
     prefix: BytesMut,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Prefixed {
-    pub fn new(prefix: BytesMut, stream: TcpStream) -> Self {
+impl<S> Prefixed<S> {
+    pub fn new(prefix: BytesMut, stream: S) -> Self {
         Prefixed { prefix, stream }
     }
 }
 
-impl LastWords for Prefixed {
+impl<S: LastWords> LastWords for Prefixed<S> {
     fn try_write_now(&self, bytes: &[u8]) {
         self.stream.try_write_now(bytes)
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -43,7 +44,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
