@@ -22,7 +22,6 @@ use crate::http::limits::{KEEPALIVE_ACK, MAX_HEADER_LIST_BYTES};
 use bytes::Bytes;
 use futures::future::poll_fn;
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::pin::Pin;
 use h2::server::SendResponse;
 use h2::{Ping, RecvStream};
 use http::header::{HeaderValue, CONTENT_LENGTH, DATE, TE};
@@ -31,6 +30,7 @@ use hyper::body::Body;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,7 +111,10 @@ where
                 }
             }
         }
-        if grace.as_mut().is_some_and(|g| g.as_mut().poll(cx).is_ready()) {
+        if grace
+            .as_mut()
+            .is_some_and(|g| g.as_mut().poll(cx).is_ready())
+        {
             return Poll::Ready(Ok(()));
         }
         if let Poll::Ready(e) = pings.as_mut().poll(cx) {

@@ -72,6 +72,18 @@ pub struct Conn {
     pub original_dst: Option<SocketAddr>,
 }
 
+impl Conn {
+    /// The peer, the caller its certificate proves (with the header value
+    /// that names it), and the original destination.
+    fn parts(self) -> (SocketAddr, Option<Caller>, Option<SocketAddr>) {
+        let caller = self.identity.map(|p| Caller {
+            header: HeaderValue::from_str(&p.uri).ok(),
+            peer: p,
+        });
+        (self.peer, caller, self.original_dst)
+    }
+}
+
 /// The HTTP server of one listener direction.
 pub struct HttpServer {
     snapshot: SnapshotHolder,
@@ -217,15 +229,7 @@ impl HttpServer {
     ) {
         let direction = self.direction().as_str();
         let t = self.timeouts;
-        let Conn {
-            peer,
-            identity,
-            original_dst,
-        } = conn;
-        let caller = identity.map(|p| Caller {
-            header: HeaderValue::from_str(&p.uri).ok(),
-            peer: p,
-        });
+        let (peer, caller, original_dst) = conn.parts();
         let handle = |req| {
             // Boxed: the request's future is kilobytes, and the connection's
             // task holds one per stream in flight.
@@ -259,15 +263,7 @@ impl HttpServer {
     ) {
         let direction = self.direction().as_str();
         let t = self.timeouts;
-        let Conn {
-            peer,
-            identity,
-            original_dst,
-        } = conn;
-        let caller = identity.map(|p| Caller {
-            header: HeaderValue::from_str(&p.uri).ok(),
-            peer: p,
-        });
+        let (peer, caller, original_dst) = conn.parts();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
